@@ -1,0 +1,74 @@
+"""Every error skiplock raises on purpose.
+
+    SkiplockError
+    ├── ConfigError              a setting is missing or invalid
+    ├── DatabaseError            PostgreSQL refused or dropped a statement (asyncpg errors are mapped here)
+    │   └── MigrationError       a migration file is missing, out of order or failed
+    ├── NotFoundError            a job, queue or task that does not exist
+    │   ├── JobNotFound
+    │   └── UnknownTaskError
+    ├── InvalidArgumentsError    job arguments fail the task's model
+    ├── ConflictError            the request is valid but the current state forbids it
+    │   └── InvalidStateError    cancel a finished job, retry a running one …
+    └── JobError                 raised by a task to steer its own outcome
+        └── PermanentJobError    fail now, never retry
+
+Each subclass's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SkiplockError(Exception):
+    """skiplock failed."""
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        self.extra = extra
+        super().__init__(self.message)
+
+
+class ConfigError(SkiplockError):
+    """A setting is missing or invalid."""
+
+
+class DatabaseError(SkiplockError):
+    """The database failed the statement."""
+
+
+class MigrationError(DatabaseError):
+    """Migrations could not be applied."""
+
+
+class NotFoundError(SkiplockError):
+    """Not found."""
+
+
+class JobNotFound(NotFoundError):
+    """No job has this id."""
+
+
+class UnknownTaskError(NotFoundError):
+    """No task is registered under this name."""
+
+
+class InvalidArgumentsError(SkiplockError):
+    """The job's arguments do not match the task's model."""
+
+
+class ConflictError(SkiplockError):
+    """The current state forbids this."""
+
+
+class InvalidStateError(ConflictError):
+    """The job is not in a state that allows this."""
+
+
+class JobError(SkiplockError):
+    """The job failed."""
+
+
+class PermanentJobError(JobError):
+    """The job failed and must not be retried."""

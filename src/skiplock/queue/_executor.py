@@ -1,0 +1,120 @@
+"""Runs one job: its context, timeout, cancellation, and the outcome handed to the completer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from pydantic_core import to_jsonable_python
+
+from skiplock.errors import InvalidArgumentsError, PermanentJobError, UnknownTaskError
+from skiplock.queue._completer import RELEASED, Completer, Outcome
+from skiplock.queue._running import RunningJob, RunningJobs, StopReason
+from skiplock.queue.client import Client
+from skiplock.queue.context import Context, JobInfo
+from skiplock.queue.models import ClaimedJob
+from skiplock.queue.tasks import TaskRegistry
+
+log = structlog.get_logger("skiplock.executor")
+
+_TRACEBACK_LINES = 30
+_MESSAGE_CHARS = 2000
+
+
+def error_record(job: ClaimedJob, exc: BaseException, message: str | None = None) -> dict[str, Any]:
+    """What is kept of one failed attempt: type, message and a trimmed traceback."""
+    lines = traceback.format_exception(exc)
+    trimmed = "".join(lines[-_TRACEBACK_LINES:])[-8000:]
+    return {
+        "attempt": job.attempt,
+        "type": type(exc).__name__,
+        "message": (message or str(exc) or type(exc).__name__)[:_MESSAGE_CHARS],
+        "traceback": trimmed,
+        "at": datetime.now(UTC).isoformat(),
+    }
+
+
+class Executor:
+    def __init__(
+        self, registry: TaskRegistry, client: Client, running: RunningJobs, completer: Completer
+    ) -> None:
+        self.registry = registry
+        self.client = client
+        self.running = running
+        self.completer = completer
+
+    async def run(self, running: RunningJob) -> None:
+        """Execute the job and hand its outcome on; never raises."""
+        job = running.job
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(
+            job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt
+        ):
+            log.debug("job_started")
+            try:
+                outcome = await self._execute(running)
+            finally:
+                self.running.remove(job.id)
+            if outcome is None:
+                log.warning("job_abandoned", reason="lease lost")
+                return
+            outcome.progress = running.progress
+            self.completer.put(outcome)
+            log.info(
+                "job_finished",
+                outcome=outcome.state,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                error=outcome.error["message"] if outcome.error else None,
+            )
+
+    async def _execute(self, running: RunningJob) -> Outcome | None:
+        job = running.job
+        try:
+            spec = self.registry.get(job.task)
+            args = spec.validate_args(job.args)
+        except (UnknownTaskError, InvalidArgumentsError) as exc:
+            return Outcome(job, "failed", error=error_record(job, exc))
+        ctx = Context(
+            JobInfo(job.id, job.task, job.queue, job.attempt, job.max_attempts),
+            client=self.client,
+            on_progress=self.running.set_progress,
+        )
+        try:
+            async with asyncio.timeout(job.timeout_s):
+                if spec.is_async:
+                    result = await spec.fn(ctx, args)
+                else:
+                    result = await asyncio.to_thread(spec.fn, ctx, args)
+            return Outcome(job, "succeeded", result=to_jsonable_python(result))
+        except asyncio.CancelledError:
+            reason = running.stop_reason
+            if reason is None:
+                raise  # not a stop we asked for: let it through
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            if reason is StopReason.CANCELLED:
+                return Outcome(job, "cancelled")
+            if reason is StopReason.SHUTDOWN:
+                return Outcome(job, RELEASED)
+            return None
+        except TimeoutError as exc:
+            message = f"timed out after {job.timeout_s:g}s" if job.timeout_s else None
+            return self._failure(job, spec.backoff.delay(job.attempt), exc, message)
+        except PermanentJobError as exc:
+            return Outcome(job, "failed", error=error_record(job, exc))
+        except Exception as exc:
+            return self._failure(job, spec.backoff.delay(job.attempt), exc)
+
+    @staticmethod
+    def _failure(
+        job: ClaimedJob, retry_in_s: float, exc: BaseException, message: str | None = None
+    ) -> Outcome:
+        error = error_record(job, exc, message)
+        if job.attempt < job.max_attempts:
+            return Outcome(job, "queued", error=error, retry_in_s=retry_in_s)
+        return Outcome(job, "failed", error=error)

@@ -1,0 +1,117 @@
+"""The one LISTEN connection of a process: reconnects by itself, pings when idle, fans out.
+
+Notifications are hints; the callback only parses and hands on (no I/O). After a reconnect
+every handler is told to look again, since notifications sent meanwhile are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import structlog
+
+from skiplock.db.pool import connect
+from skiplock.errors import DatabaseError
+from skiplock.queue._statements import CHANNEL
+from skiplock.service import StopSignal
+
+log = structlog.get_logger("skiplock.listener")
+
+Handler = Callable[[str], None]
+
+
+class ListenerSignals:
+    """Test hooks; nothing waits on them in production."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+
+class Listener:
+    name = "listener"
+
+    def __init__(self, dsn: str, *, ping_interval_s: float = 2.0, max_backoff_s: float = 5.0) -> None:
+        self.dsn = dsn
+        self.ping_interval_s = ping_interval_s
+        self.max_backoff_s = max_backoff_s
+        self.signals = ListenerSignals()
+        self._handlers: dict[str, list[Handler]] = {}
+        self._on_reconnect: list[Callable[[], None]] = []
+        self._stop = StopSignal()
+        self._lost = asyncio.Event()
+        self.connection_pid: int | None = None
+
+    def subscribe(self, kind: str, handler: Handler) -> None:
+        """Call ``handler(rest)`` for each payload ``'<kind>:<rest>'``."""
+        self._handlers.setdefault(kind, []).append(handler)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._on_reconnect.append(callback)
+
+    def _dispatch(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        kind, _, rest = payload.partition(":")
+        for handler in self._handlers.get(kind, ()):
+            handler(rest)
+
+    def _connection_lost(self, _conn: Any) -> None:
+        self._lost.set()
+
+    async def run(self, ready: asyncio.Event) -> None:
+        backoff = 0.1
+        first = True
+        while not self._stop.is_set:
+            try:
+                conn = await connect(self.dsn)
+            except DatabaseError as exc:
+                log.warning("listener_connect_failed", error=str(exc), retry_in_s=backoff)
+                if await self._stop.sleep(backoff):
+                    break
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            try:
+                await self._serve(conn, ready, first)
+                first = False
+                backoff = 0.1
+            finally:
+                self.signals.connected.clear()
+                if not conn.is_closed():
+                    try:
+                        await asyncio.wait_for(conn.close(), timeout=2)
+                    except (OSError, TimeoutError, asyncpg.InterfaceError):
+                        conn.terminate()
+
+    async def _serve(self, conn: asyncpg.Connection, ready: asyncio.Event, first: bool) -> None:
+        self._lost.clear()
+        conn.add_termination_listener(self._connection_lost)
+        await conn.add_listener(CHANNEL, self._dispatch)
+        self.connection_pid = conn.get_server_pid()
+        self.signals.connected.set()
+        if first:
+            ready.set()
+        else:
+            self.signals.reconnects += 1
+            log.info("listener_reconnected", reconnects=self.signals.reconnects)
+            for callback in self._on_reconnect:
+                callback()
+        while not self._stop.is_set:
+            try:
+                await asyncio.wait_for(self._lost.wait(), timeout=self.ping_interval_s)
+            except TimeoutError:
+                pass
+            if self._stop.is_set:
+                return
+            try:
+                if self._lost.is_set():
+                    raise ConnectionError("connection closed")
+                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self.ping_interval_s)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("listener_connection_lost", error=str(exc) or type(exc).__name__)
+                return
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._lost.set()

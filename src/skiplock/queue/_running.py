@@ -1,0 +1,85 @@
+"""The jobs this process runs right now: shared by the producer, the lease keeper and the listener."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from skiplock.queue.models import ClaimedJob
+
+
+class StopReason(enum.Enum):
+    CANCELLED = "cancelled"  # a user asked; the job ends cancelled
+    SHUTDOWN = "shutdown"  # this process stops; the job goes back to its queue
+    LEASE_LOST = "lease_lost"  # another process owns the job now; our outcome is void
+
+
+@dataclass(slots=True)
+class RunningJob:
+    job: ClaimedJob
+    task: asyncio.Task[None] | None = None
+    progress: dict[str, Any] | None = None
+    progress_dirty: bool = False
+    stop_reason: StopReason | None = None
+
+
+@dataclass
+class RunningJobs:
+    """Running jobs by id, with counts per queue."""
+
+    _jobs: dict[int, RunningJob] = field(default_factory=dict)
+    _per_queue: Counter[str] = field(default_factory=Counter)
+    #: Set whenever a job leaves, so the producer can claim again.
+    freed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, job: ClaimedJob) -> RunningJob:
+        running = RunningJob(job)
+        self._jobs[job.id] = running
+        self._per_queue[job.queue] += 1
+        return running
+
+    def remove(self, job_id: int) -> None:
+        running = self._jobs.pop(job_id, None)
+        if running is not None:
+            self._per_queue[running.job.queue] -= 1
+            self.freed.set()
+
+    def count(self, queue: str | None = None) -> int:
+        return len(self._jobs) if queue is None else self._per_queue[queue]
+
+    def ids(self) -> list[int]:
+        return list(self._jobs)
+
+    def __iter__(self) -> Iterator[RunningJob]:
+        return iter(list(self._jobs.values()))
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def set_progress(self, job_id: int, value: dict[str, Any]) -> None:
+        running = self._jobs.get(job_id)
+        if running is not None:
+            running.progress = value
+            running.progress_dirty = True
+
+    def take_dirty_progress(self) -> list[tuple[int, dict[str, Any]]]:
+        dirty = []
+        for running in self._jobs.values():
+            if running.progress_dirty and running.progress is not None:
+                running.progress_dirty = False
+                dirty.append((running.job.id, running.progress))
+        return dirty
+
+    def stop(self, job_id: int, reason: StopReason) -> bool:
+        """Cancel a running job's coroutine; the first reason given wins."""
+        running = self._jobs.get(job_id)
+        if running is None or running.task is None:
+            return False
+        if running.stop_reason is None:
+            running.stop_reason = reason
+        running.task.cancel()
+        return True

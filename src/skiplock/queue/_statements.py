@@ -1,0 +1,37 @@
+"""The engine's SQL, loaded from ``sql/*.sql`` into typed constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from skiplock.db.sqlfile import load_statements
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatements:
+    job_insert: str
+    job_get: str
+    job_list: str
+    job_claim_many: str
+    job_finish_many: str
+    job_heartbeat: str
+    job_cancel_requested: str
+    job_progress_many: str
+    job_rescue_expired: str
+    job_release_many: str
+    job_cancel: str
+    job_retry: str
+    notify_cancel: str
+    notify_queued: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatements:
+    queue_set_paused: str
+    queue_overview: str
+
+
+JOBS = load_statements(JobStatements, "skiplock.queue.sql", "jobs.sql")
+QUEUES = load_statements(QueueStatements, "skiplock.queue.sql", "queues.sql")
+
+CHANNEL = "skiplock"

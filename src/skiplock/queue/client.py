@@ -1,0 +1,149 @@
+"""Enqueue, read, cancel and retry jobs; pause and resume queues. What the API and tasks call."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel
+
+from skiplock.errors import ConflictError, InvalidArgumentsError, InvalidStateError, JobNotFound
+from skiplock.queue._statements import JOBS, QUEUES
+from skiplock.queue.models import Job, JobState, QueueInfo
+from skiplock.queue.tasks import TaskRegistry
+
+Executor = asyncpg.Pool | asyncpg.Connection
+
+MAX_PRIORITY = 100
+_UNIQUE_RACE_RETRIES = 5
+
+
+def _check_options(
+    priority: int, max_attempts: int, timeout_s: float | None, delay_s: float | None,
+    run_at: datetime | None,
+) -> None:
+    problems = []
+    if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        problems.append(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+    if max_attempts < 1:
+        problems.append("max_attempts must be at least 1")
+    if timeout_s is not None and timeout_s <= 0:
+        problems.append("timeout_s must be positive")
+    if delay_s is not None and delay_s < 0:
+        problems.append("delay_s must not be negative")
+    if delay_s is not None and run_at is not None:
+        problems.append("give run_at or delay_s, not both")
+    if run_at is not None and run_at.tzinfo is None:
+        problems.append("run_at needs a timezone")
+    if problems:
+        raise InvalidArgumentsError("; ".join(problems), errors=problems)
+
+
+class Client:
+    """The engine's public face. ``conn=`` on enqueue joins the caller's transaction."""
+
+    def __init__(self, pool: asyncpg.Pool, registry: TaskRegistry) -> None:
+        self.pool = pool
+        self.registry = registry
+
+    async def enqueue(
+        self,
+        task: str,
+        args: Any = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        delay_s: float | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        unique_key: str | None = None,
+        conn: asyncpg.Connection | None = None,
+    ) -> Job:
+        """Validate ``args`` against the task's model and insert the job (waking a worker on commit).
+
+        With a live job of the same ``unique_key``, that job is returned with ``created=False``.
+        """
+        spec = self.registry.get(task)
+        model = args if isinstance(args, BaseModel) else spec.validate_args(args or {})
+        priority = spec.priority if priority is None else priority
+        max_attempts = spec.max_attempts if max_attempts is None else max_attempts
+        timeout_s = spec.timeout_s if timeout_s is None else timeout_s
+        _check_options(priority, max_attempts, timeout_s, delay_s, run_at)
+        params = (
+            queue or spec.queue, task, model.model_dump(mode="json"), priority, run_at, delay_s,
+            max_attempts, timeout_s, unique_key,
+        )
+        target: Executor = conn if conn is not None else self.pool
+        for _ in range(_UNIQUE_RACE_RETRIES):
+            record = await target.fetchrow(JOBS.job_insert, *params)
+            if record is not None:
+                return Job.from_record(record)
+            # The live job holding the key finished between our insert and read: insert again.
+        raise ConflictError(f"unique_key {unique_key!r} is contended; try again")
+
+    async def get(self, job_id: int) -> Job:
+        record = await self.pool.fetchrow(JOBS.job_get, job_id)
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return Job.from_record(record)
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Newest first; ``before_id`` is the keyset cursor."""
+        records = await self.pool.fetch(JOBS.job_list, state, queue, task, before_id, limit)
+        return [Job.from_record(r) for r in records]
+
+    async def cancel(self, job_id: int) -> Job:
+        """Cancel a queued job now, or ask the process running it to stop it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            record = await conn.fetchrow(JOBS.job_cancel, job_id)
+            if record is None:
+                raise await self._not_allowed(conn, job_id, "cancel", "it has finished")
+            if record["state"] == JobState.RUNNING:
+                await conn.execute(JOBS.notify_cancel, job_id)
+        return Job.from_record(record)
+
+    async def retry(self, job_id: int) -> Job:
+        """Put a failed or cancelled job back in its queue."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                record = await conn.fetchrow(JOBS.job_retry, job_id)
+            except asyncpg.UniqueViolationError as exc:
+                raise ConflictError(
+                    f"job {job_id} cannot be retried: another live job holds its unique_key"
+                ) from exc
+            if record is None:
+                raise await self._not_allowed(conn, job_id, "retry", "only failed or cancelled jobs can be")
+            await conn.execute(JOBS.notify_queued, [record["queue"]])
+        return Job.from_record(record)
+
+    async def set_paused(self, queue: str, paused: bool) -> QueueInfo:
+        """Pause or resume a queue for every process; a resume wakes its workers."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(QUEUES.queue_set_paused, queue, paused)
+            if not paused:
+                await conn.execute(JOBS.notify_queued, [queue])
+        return next(q for q in await self.queues() if q.name == queue)
+
+    async def queues(self) -> list[QueueInfo]:
+        records = await self.pool.fetch(QUEUES.queue_overview)
+        return [QueueInfo.model_validate(dict(r)) for r in records]
+
+    async def _not_allowed(
+        self, conn: asyncpg.Connection, job_id: int, action: str, why: str
+    ) -> Exception:
+        record = await conn.fetchrow(JOBS.job_get, job_id)
+        if record is None:
+            return JobNotFound(f"no job with id {job_id}")
+        return InvalidStateError(
+            f"cannot {action} job {job_id} in state {record['state']}: {why}", state=record["state"]
+        )

@@ -1,0 +1,139 @@
+"""Everything a skiplock process runs beside HTTP: pool, listener, workers and housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from types import TracebackType
+from typing import Self
+
+import asyncpg
+import structlog
+
+from skiplock.db.pool import create_pool
+from skiplock.queue._completer import Completer
+from skiplock.queue._executor import Executor
+from skiplock.queue._lease import LeaseKeeper
+from skiplock.queue._listener import Listener
+from skiplock.queue._producer import Producer
+from skiplock.queue._rescuer import Rescuer
+from skiplock.queue._running import RunningJobs
+from skiplock.queue.client import Client
+from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
+from skiplock.service import Service, Supervisor
+from skiplock.settings import Settings, parse_queue_spec
+
+log = structlog.get_logger("skiplock.engine")
+
+
+def worker_id() -> str:
+    """Unique per process: host, pid and a random suffix (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def served_queues(settings: Settings, registry: TaskRegistry) -> dict[str, int]:
+    """Queue → this process's concurrency limit for it."""
+    specs = settings.queues or sorted({DEFAULT_QUEUE, *registry.queues()})
+    limits: dict[str, int] = {}
+    for spec in specs:
+        name, limit = parse_queue_spec(spec)
+        limits[name] = min(limit or settings.concurrency, settings.concurrency)
+    return limits
+
+
+class Engine:
+    """Start with ``async with Engine(settings, registry, dsn) as engine:``; ``engine.client`` enqueues."""
+
+    def __init__(self, settings: Settings, registry: TaskRegistry, dsn: str) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.dsn = dsn
+        self.owner = worker_id()
+        self.queues = served_queues(settings, registry)
+        self._pool: asyncpg.Pool | None = None
+        self._client: Client | None = None
+        self.listener = Listener(dsn)
+        self.running = RunningJobs()
+        self.supervisor: Supervisor | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "the engine is not started"
+        return self._pool
+
+    @property
+    def client(self) -> Client:
+        assert self._client is not None, "the engine is not started"
+        return self._client
+
+    @property
+    def healthy(self) -> bool:
+        """False once a background service has died."""
+        return self._task is not None and not self._task.done()
+
+    def _services(self) -> list[Service]:
+        services: list[Service] = [self.listener]
+        services.append(Rescuer(self.pool, interval_s=self.settings.rescue_interval_s))
+        if self.settings.worker:
+            completer = Completer(self.pool, self.owner)
+            keeper = LeaseKeeper(
+                self.pool, owner=self.owner, running=self.running, lease_s=self.settings.lease_s
+            )
+            producer = Producer(
+                self.pool,
+                owner=self.owner,
+                queues=self.queues,
+                concurrency=self.settings.concurrency,
+                lease_s=self.settings.lease_s,
+                poll_interval_s=self.settings.poll_interval_s,
+                shutdown_grace_s=self.settings.shutdown_grace_s,
+                executor=Executor(self.registry, self.client, self.running, completer),
+                running=self.running,
+            )
+            self.listener.subscribe("queued", producer.wake)
+            self.listener.subscribe("cancel", keeper.cancel)
+            self.listener.on_reconnect(producer.wake_all)
+            # Stopped in reverse: producer first (drain), completer last (flush).
+            services += [completer, keeper, producer]
+        return services
+
+    async def start(self) -> None:
+        s = self.settings
+        self._pool = await create_pool(self.dsn, min_size=s.pool_min_size, max_size=s.pool_max_size)
+        self._client = Client(self._pool, self.registry)
+        self.supervisor = Supervisor(self._services())
+        ready = asyncio.Event()
+        self._task = asyncio.create_task(self.supervisor.run(ready), name="skiplock:supervisor")
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.is_set():
+            waiter.cancel()
+            await self.stop()
+            raise RuntimeError("skiplock services failed to start")
+        log.info("engine_started", owner=self.owner, worker=s.worker, queues=self.queues)
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        if self._task is not None:
+            try:
+                await self._task
+            except Exception:  # already logged by the supervisor
+                pass
+            self._task = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        log.info("engine_stopped", owner=self.owner)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,96 @@
+"""What the engine reads and returns: job states, the job row, a claimed job, queue counts."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class AttemptError(BaseModel):
+    """The error of one failed attempt."""
+
+    attempt: int
+    type: str
+    message: str
+    traceback: str | None = None
+    at: datetime
+
+
+class Job(BaseModel):
+    """A job as stored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    task: str
+    queue: str
+    state: JobState
+    priority: int
+    args: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    timeout_s: float | None
+    run_at: datetime
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: dict[str, Any] | None
+    result: Any
+    errors: list[AttemptError]
+    unique_key: str | None
+    created: bool = Field(default=True, exclude=True, description="False when a live unique_key matched.")
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> Job:
+        return cls.model_validate(dict(record))
+
+
+class QueueInfo(BaseModel):
+    """A queue: job counts per state and whether it is paused."""
+
+    name: str
+    paused: bool
+    counts: dict[JobState, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job a worker has just claimed: what the executor needs, nothing more."""
+
+    id: int
+    queue: str
+    task: str
+    args: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    timeout_s: float | None
+    priority: int
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> ClaimedJob:
+        return cls(
+            id=record["id"],
+            queue=record["queue"],
+            task=record["task"],
+            args=record["args"],
+            attempt=record["attempts"],
+            max_attempts=record["max_attempts"],
+            timeout_s=record["timeout_s"],
+            priority=record["priority"],
+        )

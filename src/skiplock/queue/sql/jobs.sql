@@ -1,0 +1,132 @@
+-- Every statement on the jobs table. Channel 'skiplock' carries 'queued:<queue>' and 'cancel:<id>'.
+
+-- name: job_insert
+-- One job; a live job with the same unique_key is returned instead (created = false).
+WITH inserted AS (
+    INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key)
+    VALUES ($1, $2, $3, $4,
+            coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
+            $7, $8, $9)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+    DO NOTHING
+    RETURNING *
+)
+SELECT inserted.*, true AS created FROM inserted
+UNION ALL
+SELECT jobs.*, false AS created FROM jobs
+WHERE $9::text IS NOT NULL AND jobs.unique_key = $9 AND jobs.state IN ('queued', 'running')
+  AND NOT EXISTS (SELECT 1 FROM inserted)
+
+-- name: job_get
+SELECT * FROM jobs WHERE id = $1
+
+-- name: job_list
+-- Newest first; $4 is the keyset cursor (the last id of the previous page).
+SELECT * FROM jobs
+WHERE ($1::job_state IS NULL OR state = $1)
+  AND ($2::text IS NULL OR queue = $2)
+  AND ($3::text IS NULL OR task = $3)
+  AND ($4::bigint IS NULL OR id < $4)
+ORDER BY id DESC
+LIMIT $5
+
+-- name: job_claim_many
+-- Up to $2 due jobs of queue $1 for owner $3, unless the queue is paused. $5 pins the clock in tests.
+WITH picked AS (
+    SELECT id FROM jobs
+    WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
+      AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
+    ORDER BY priority DESC, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs AS j
+SET state = 'running', attempts = j.attempts + 1, started_at = now(), finished_at = NULL,
+    lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority
+
+-- name: job_finish_many
+-- Record outcomes; only while the job is still ours (running, same attempt, same owner).
+-- A 'queued' outcome is a retry after retry_in_s seconds.
+UPDATE jobs AS j
+SET state = o.state::job_state,
+    result = o.result,
+    errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END,
+    progress = coalesce(o.progress, j.progress),
+    run_at = CASE WHEN o.state = 'queued' THEN now() + make_interval(secs => o.retry_in_s) ELSE j.run_at END,
+    finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE now() END,
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[], $7::jsonb[])
+    AS o(id, attempt, state, result, error, retry_in_s, progress)
+WHERE j.id = o.id AND j.state = 'running' AND j.attempts = o.attempt AND j.lease_owner = $8
+RETURNING j.id
+
+-- name: job_heartbeat
+-- Extend the leases of the jobs this owner runs; returns those still ours.
+UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+WHERE id = ANY($1::bigint[]) AND state = 'running' AND lease_owner = $2
+RETURNING id
+
+-- name: job_cancel_requested
+SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND cancel_requested
+
+-- name: job_progress_many
+UPDATE jobs AS j SET progress = p.progress
+FROM unnest($1::bigint[], $2::jsonb[]) AS p(id, progress)
+WHERE j.id = p.id AND j.state = 'running'
+
+-- name: job_rescue_expired
+-- Jobs whose lease ran out: another attempt if any is left, else failed (cancelled if asked).
+WITH expired AS (
+    SELECT id FROM jobs
+    WHERE state = 'running' AND lease_expires_at < coalesce($2::timestamptz, now())
+    ORDER BY lease_expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs AS j
+SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                 WHEN j.attempts < j.max_attempts THEN 'queued'
+                 ELSE 'failed' END::job_state,
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempts, 'type', 'LeaseLost', 'at', now(),
+        'message', 'lease lost: worker ' || coalesce(j.lease_owner, '?') || ' stopped heartbeating')),
+    run_at = now(),
+    finished_at = CASE WHEN j.attempts < j.max_attempts AND NOT j.cancel_requested THEN NULL ELSE now() END,
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
+FROM expired
+WHERE j.id = expired.id
+RETURNING j.id, j.queue, j.state::text AS state
+
+-- name: job_release_many
+-- Shutdown: hand running jobs back at once, the attempt not counted.
+UPDATE jobs
+SET state = 'queued', attempts = attempts - 1, run_at = now(), started_at = NULL,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE id = ANY($1::bigint[]) AND state = 'running' AND lease_owner = $2 AND NOT cancel_requested
+RETURNING id, queue
+
+-- name: job_cancel
+-- A queued job is cancelled outright; a running one is flagged for its worker.
+UPDATE jobs
+SET state = CASE WHEN state = 'queued' THEN 'cancelled'::job_state ELSE state END,
+    cancel_requested = (state = 'running'),
+    finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END
+WHERE id = $1 AND state IN ('queued', 'running')
+RETURNING *
+
+-- name: job_retry
+-- A failed or cancelled job goes back to the queue with at least one more attempt.
+UPDATE jobs
+SET state = 'queued', run_at = now(), finished_at = NULL, result = NULL, cancel_requested = false,
+    max_attempts = greatest(max_attempts, attempts + 1)
+WHERE id = $1 AND state IN ('failed', 'cancelled')
+RETURNING *
+
+-- name: notify_cancel
+SELECT pg_notify('skiplock', 'cancel:' || $1::bigint)
+
+-- name: notify_queued
+SELECT pg_notify('skiplock', 'queued:' || queue) FROM unnest($1::text[]) AS queue

@@ -1,0 +1,137 @@
+"""The task registry: ``@task(name, args=Model, …)`` on an async (or plain) function."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from skiplock.errors import InvalidArgumentsError, UnknownTaskError
+from skiplock.queue.backoff import Backoff
+
+if TYPE_CHECKING:
+    from skiplock.queue.context import Context
+
+ArgsT = TypeVar("ArgsT", bound=BaseModel)
+TaskFn = Callable[["Context", Any], Any]
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Task(Generic[ArgsT]):
+    """A registered task: the function and the defaults its jobs start with."""
+
+    name: str
+    fn: TaskFn
+    args: type[ArgsT]
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout_s: float | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    description: str = ""
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    def validate_args(self, raw: object) -> ArgsT:
+        """The args as the task's model, or InvalidArgumentsError naming each bad field."""
+        try:
+            return self.args.model_validate(raw)
+        except ValidationError as exc:
+            errors = [
+                {"field": ".".join(str(p) for p in err["loc"]) or "args", "message": err["msg"]}
+                for err in exc.errors(include_url=False)
+            ]
+            summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+            raise InvalidArgumentsError(
+                f"invalid args for task {self.name!r}: {summary}", errors=errors
+            ) from exc
+
+    def args_schema(self) -> dict[str, Any]:
+        return self.args.model_json_schema()
+
+    async def __call__(self, ctx: Context, args: ArgsT) -> Any:
+        """Call the function directly (tests, composition)."""
+        result = self.fn(ctx, args)
+        return await result if inspect.isawaitable(result) else result
+
+
+class TaskRegistry:
+    """Tasks by name."""
+
+    def __init__(self, tasks: Iterable[Task[Any]] = ()) -> None:
+        self._tasks: dict[str, Task[Any]] = {}
+        for item in tasks:
+            self.add(item)
+
+    def add(self, item: Task[Any]) -> None:
+        existing = self._tasks.get(item.name)
+        if existing is not None and existing.fn is not item.fn:
+            raise ValueError(f"task {item.name!r} is registered twice")
+        self._tasks[item.name] = item
+
+    def get(self, name: str) -> Task[Any]:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self._tasks)) or "none"
+            raise UnknownTaskError(
+                f"unknown task {name!r}; known tasks: {known}", known=sorted(self._tasks)
+            ) from None
+
+    def queues(self) -> set[str]:
+        return {item.queue for item in self._tasks.values()}
+
+    def __iter__(self) -> Iterator[Task[Any]]:
+        return iter(sorted(self._tasks.values(), key=lambda t: t.name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+#: Tasks declared with ``@task`` anywhere in the process (built-ins and SKIPLOCK_TASK_MODULES).
+registered = TaskRegistry()
+
+
+def task(
+    name: str,
+    *,
+    args: type[ArgsT],
+    queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    timeout_s: float | None = None,
+    backoff: Backoff | None = None,
+) -> Callable[[TaskFn], Task[ArgsT]]:
+    """Declare a task. The function takes ``(ctx, args)``; a plain ``def`` runs in a thread."""
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    if timeout_s is not None and timeout_s <= 0:
+        raise ValueError("timeout_s must be positive")
+
+    def decorate(fn: TaskFn) -> Task[ArgsT]:
+        declared = Task(
+            name=name,
+            fn=fn,
+            args=args,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            backoff=backoff or Backoff(),
+            description=inspect.getdoc(fn) or "",
+        )
+        registered.add(declared)
+        return declared
+
+    return decorate

@@ -1,0 +1,79 @@
+"""Configuration: ``SKIPLOCK_`` environment variables, validated once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from skiplock.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Every knob of a skiplock process. Read with :meth:`Settings.load`; nothing is read at import."""
+
+    model_config = SettingsConfigDict(env_prefix="SKIPLOCK_", frozen=True, extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SKIPLOCK_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL URL; unset starts an embedded server under data_dir/pg.",
+    )
+    data_dir: Path = Field(default=Path(".skiplock"), description="Where the embedded server lives.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    concurrency: int = Field(default=20, ge=1, le=10_000, description="Jobs run at once.")
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Queues served, 'name' or 'name:limit'; empty: 'default' and every task's queue.",
+    )
+    worker: bool = True
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    lease_s: float = Field(default=30.0, ge=1, le=86_400)
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=3600)
+    rescue_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    pool_min_size: int = Field(default=2, ge=1, le=100)
+    pool_max_size: int = Field(default=10, ge=1, le=500)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("queues", "task_modules", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _check_queue_specs(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            parse_queue_spec(spec)
+        return value
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Read the environment; a bad value raises ConfigError naming it, in one line."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"SKIPLOCK_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def parse_queue_spec(spec: str) -> tuple[str, int | None]:
+    """``"media:2"`` → ``("media", 2)``; ``"default"`` → ``("default", None)``."""
+    name, _, limit = spec.partition(":")
+    if not name or len(name) > 100:
+        raise ValueError(f"bad queue name in {spec!r}")
+    if not limit:
+        return name, None
+    if not limit.isdigit() or int(limit) < 1:
+        raise ValueError(f"queue limit must be a positive integer in {spec!r}")
+    return name, int(limit)
