@@ -5,6 +5,8 @@ from __future__ import annotations
 from skiplock.errors import PermanentJobError, SkiplockError
 from skiplock.queue import Backoff, Client, Context, Job, JobState, Task, task
 from skiplock.settings import Settings
+from skiplock._version import __version__
+from skiplock.api import create_app
 
 __all__ = [
     "Backoff",
@@ -16,5 +18,7 @@ __all__ = [
     "Settings",
     "SkiplockError",
     "Task",
+    "__version__",
+    "create_app",
     "task",
 ]

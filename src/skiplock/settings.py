@@ -30,6 +30,7 @@ class Settings(BaseSettings):
         description="Queues served, 'name' or 'name:limit'; empty: 'default' and every task's queue.",
     )
     worker: bool = True
+    auto_migrate: bool = Field(default=True, description="Apply pending migrations at start.")
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
     lease_s: float = Field(default=30.0, ge=1, le=86_400)
     shutdown_grace_s: float = Field(default=10.0, ge=0, le=3600)

@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterable
+from typing import Any
+
+from skiplock.errors import ConfigError
+from skiplock.queue.tasks import Task, TaskRegistry, registered
 from skiplock.tasks.sleep import SleepArgs, sleep
 
-__all__ = ["SleepArgs", "sleep"]
+BUILTINS: tuple[Task[Any], ...] = (sleep,)
+
+__all__ = ["BUILTINS", "SleepArgs", "load_registry", "sleep"]
+
+
+def load_registry(modules: Iterable[str] = (), tasks: Iterable[Task[Any]] | None = None) -> TaskRegistry:
+    """The tasks a process runs: built-ins plus ``tasks`` if given, else every ``@task`` declared
+    so far after importing ``modules`` (SKIPLOCK_TASK_MODULES)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"SKIPLOCK_TASK_MODULES: cannot import {module!r}: {exc}") from exc
+    if tasks is None:
+        return TaskRegistry(registered)
+    return TaskRegistry([*BUILTINS, *tasks])

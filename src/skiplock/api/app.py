@@ -1,0 +1,51 @@
+"""The Litestar application: routes, OpenAPI, error handling, and the engine in its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from skiplock._version import __version__
+from skiplock.api.errors import skiplock_error_handler
+from skiplock.api.health import health, ready
+from skiplock.api.jobs import JobController
+from skiplock.api.middleware import request_id_middleware
+from skiplock.api.plugin import SkiplockPlugin
+from skiplock.api.queues import QueueController, TaskController
+from skiplock.errors import ConfigError, SkiplockError
+from skiplock.queue.engine import Engine
+from skiplock.queue.tasks import Task
+from skiplock.settings import Settings
+from skiplock.tasks import load_registry
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] | None = None) -> Litestar:
+    """The HTTP API with the engine (workers included unless ``settings.worker`` is off).
+
+    ``settings.database_url`` must be set (the CLI sets it to the embedded server when unset).
+    ``tasks`` replaces the ``@task``-registered tasks (the built-ins are always there).
+    """
+    settings = settings or Settings.load()
+    if not settings.database_url:
+        raise ConfigError("create_app needs settings.database_url (or DATABASE_URL)")
+    engine = Engine(settings, load_registry(settings.task_modules, tasks), settings.database_url)
+    return Litestar(
+        route_handlers=[JobController, QueueController, TaskController, health, ready],
+        plugins=[SkiplockPlugin(engine)],
+        middleware=[request_id_middleware],
+        exception_handlers={SkiplockError: skiplock_error_handler},
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="skiplock",
+            version=__version__,
+            description="Background jobs, progress and cron on PostgreSQL alone.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+    )

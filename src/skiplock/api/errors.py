@@ -1,0 +1,44 @@
+"""skiplock's errors as HTTP responses, in Litestar's shape: {status_code, detail, extra}."""
+
+from __future__ import annotations
+
+from litestar import Request, Response
+from litestar.status_codes import (
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from skiplock.errors import (
+    ConflictError,
+    DatabaseError,
+    InvalidArgumentsError,
+    JobNotFound,
+    SkiplockError,
+    UnknownTaskError,
+)
+
+_STATUS: list[tuple[type[SkiplockError], int]] = [
+    (JobNotFound, HTTP_404_NOT_FOUND),
+    (UnknownTaskError, HTTP_422_UNPROCESSABLE_ENTITY),
+    (InvalidArgumentsError, HTTP_422_UNPROCESSABLE_ENTITY),
+    (ConflictError, HTTP_409_CONFLICT),
+    (DatabaseError, HTTP_503_SERVICE_UNAVAILABLE),
+]
+
+
+def status_for(exc: SkiplockError) -> int:
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return status
+    return HTTP_500_INTERNAL_SERVER_ERROR
+
+
+def skiplock_error_handler(_request: Request[object, object, object], exc: SkiplockError) -> Response[dict[str, object]]:
+    status = status_for(exc)
+    return Response(
+        {"status_code": status, "detail": exc.message, "extra": exc.extra or None},
+        status_code=status,
+    )

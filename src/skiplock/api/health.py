@@ -1,0 +1,34 @@
+"""/health (the process answers) and /ready (database reachable, migrations current, services up)."""
+
+from __future__ import annotations
+
+import asyncpg
+from litestar import Response, get
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+
+from skiplock.api.schemas import Health
+from skiplock.db.migrate import is_current
+from skiplock.queue.engine import Engine
+
+
+@get("/health", operation_id="Health", tags=["health"])
+async def health() -> Health:
+    """Liveness: the process serves requests."""
+    return Health(status="ok")
+
+
+@get("/ready", operation_id="Ready", tags=["health"])
+async def ready(engine: Engine) -> Response[Health]:
+    """Readiness: 200 when the database answers, migrations are current and services run; else 503."""
+    checks = {"database": False, "migrations": False, "services": engine.healthy}
+    try:
+        async with engine.pool.acquire(timeout=2) as conn:
+            checks["database"] = True
+            checks["migrations"] = await is_current(conn)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        pass
+    ok = all(checks.values())
+    return Response(
+        Health(status="ready" if ok else "unavailable", checks=checks),
+        status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE,
+    )

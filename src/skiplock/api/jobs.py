@@ -1,0 +1,84 @@
+"""/jobs: enqueue, read, list, cancel, retry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Response, get, post
+from litestar.exceptions import ValidationException
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
+
+from skiplock.api.schemas import QUEUE_NAME, JobCreate, JobPage
+from skiplock.queue.client import Client
+from skiplock.queue.models import Job, JobState
+
+# A string path parameter so that "/jobs/abc" is a 400 naming the parameter, not a 404.
+JobId = Annotated[str, Parameter(pattern=r"^[1-9][0-9]{0,17}$", description="The job's id.")]
+
+
+def _cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or not 0 < int(cursor) < 2**63:
+        raise ValidationException(f"bad cursor {cursor[:40]!r}: pass next_cursor from the previous page")
+    return int(cursor)
+
+
+class JobController(Controller):
+    path = "/jobs"
+    tags = ["jobs"]
+
+    @post(
+        "/",
+        operation_id="EnqueueJob",
+        status_code=HTTP_201_CREATED,
+        responses={},
+        description="201 with the new job; 200 with the existing job when a live job holds unique_key.",
+    )
+    async def enqueue(self, data: JobCreate, client: Client) -> Response[Job]:
+        """Enqueue a job; its args are validated against the task's model first."""
+        job = await client.enqueue(
+            data.task,
+            data.args,
+            queue=data.queue,
+            priority=data.priority,
+            run_at=data.run_at,
+            delay_s=data.delay_s,
+            max_attempts=data.max_attempts,
+            timeout_s=data.timeout_s,
+            unique_key=data.unique_key,
+        )
+        return Response(job, status_code=HTTP_201_CREATED if job.created else HTTP_200_OK)
+
+    @get("/{job_id:str}", operation_id="GetJob")
+    async def get_job(self, job_id: JobId, client: Client) -> Job:
+        """One job: state, attempts, progress, result, errors, timestamps."""
+        return await client.get(int(job_id))
+
+    @get("/", operation_id="ListJobs")
+    async def list_jobs(
+        self,
+        client: Client,
+        job_state: Annotated[JobState | None, Parameter(query="state")] = None,
+        queue: Annotated[str | None, Parameter(pattern=QUEUE_NAME)] = None,
+        task: Annotated[str | None, Parameter(min_length=1, max_length=200)] = None,
+        cursor: Annotated[str | None, Parameter(max_length=40, description="next_cursor of the previous page")] = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    ) -> JobPage:
+        """Jobs newest first, filtered by state, queue and task, a page at a time."""
+        jobs = await client.list_jobs(
+            state=job_state, queue=queue, task=task, before_id=_cursor(cursor), limit=limit
+        )
+        next_cursor = str(jobs[-1].id) if len(jobs) == limit else None
+        return JobPage(items=jobs, next_cursor=next_cursor)
+
+    @post("/{job_id:str}/cancel", operation_id="CancelJob", status_code=HTTP_202_ACCEPTED)
+    async def cancel(self, job_id: JobId, client: Client) -> Job:
+        """Cancel a queued job, or stop a running one within about a second; 409 once finished."""
+        return await client.cancel(int(job_id))
+
+    @post("/{job_id:str}/retry", operation_id="RetryJob", status_code=HTTP_202_ACCEPTED)
+    async def retry(self, job_id: JobId, client: Client) -> Job:
+        """Put a failed or cancelled job back in its queue; 409 in any other state."""
+        return await client.retry(int(job_id))

@@ -1,0 +1,56 @@
+"""/queues and /tasks: what runs where, and pausing."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.params import Parameter
+
+from skiplock.api.schemas import QUEUE_NAME, QueueOut, TaskInfo
+from skiplock.queue.client import Client
+from skiplock.queue.engine import Engine
+from skiplock.queue.models import QueueInfo
+
+QueueName = Annotated[str, Parameter(pattern=QUEUE_NAME, description="The queue's name.")]
+
+
+def _out(queue: QueueInfo, engine: Engine) -> QueueOut:
+    served = engine.queues if engine.settings.worker else {}
+    return QueueOut(**queue.model_dump(), concurrency=served.get(queue.name))
+
+
+class QueueController(Controller):
+    path = "/queues"
+    tags = ["queues"]
+
+    @get("/", operation_id="ListQueues")
+    async def list_queues(self, client: Client, engine: Engine) -> list[QueueOut]:
+        """Every queue with jobs or settings: counts per state, paused flag, this process's limit."""
+        return [_out(q, engine) for q in await client.queues()]
+
+    @post("/{name:str}/pause", operation_id="PauseQueue", status_code=200)
+    async def pause(self, name: QueueName, client: Client, engine: Engine) -> QueueOut:
+        """No process claims from a paused queue; running jobs finish."""
+        return _out(await client.set_paused(name, True), engine)
+
+    @post("/{name:str}/resume", operation_id="ResumeQueue", status_code=200)
+    async def resume(self, name: QueueName, client: Client, engine: Engine) -> QueueOut:
+        """Workers claim from the queue again at once."""
+        return _out(await client.set_paused(name, False), engine)
+
+
+class TaskController(Controller):
+    path = "/tasks"
+    tags = ["tasks"]
+
+    @get("/", operation_id="ListTasks")
+    async def list_tasks(self, client: Client) -> list[TaskInfo]:
+        """Registered tasks with their defaults and argument JSON schemas."""
+        return [
+            TaskInfo(
+                name=t.name, queue=t.queue, priority=t.priority, max_attempts=t.max_attempts,
+                timeout_s=t.timeout_s, description=t.description, args_schema=t.args_schema(),
+            )
+            for t in client.registry
+        ]

@@ -1,0 +1,68 @@
+"""Request and response bodies of the HTTP API (the engine's Job is the job's read model)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from skiplock.queue.client import MAX_PRIORITY
+from skiplock.queue.models import Job, JobState
+
+QUEUE_NAME = r"^[A-Za-z0-9_.:-]{1,100}$"
+
+
+class JobCreate(BaseModel):
+    """Enqueue one job. Options left out take the task's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=200, examples=["sleep"])
+    args: dict[str, Any] = Field(default_factory=dict, examples=[{"seconds": 5, "steps": 5}])
+    queue: str | None = Field(default=None, pattern=QUEUE_NAME)
+    priority: int | None = Field(
+        default=None, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="Higher runs first."
+    )
+    run_at: AwareDatetime | None = Field(default=None, description="Not before this instant.")
+    delay_s: float | None = Field(default=None, ge=0, le=366 * 86400, description="Not before now + delay.")
+    max_attempts: int | None = Field(default=None, ge=1, le=1000)
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400)
+    unique_key: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="While a job with this key is queued or running, that job is returned instead.",
+    )
+
+    @model_validator(mode="after")
+    def _one_start_time(self) -> JobCreate:
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give run_at or delay_s, not both")
+        return self
+
+
+class JobPage(BaseModel):
+    """One page of jobs, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    items: list[Job]
+    next_cursor: str | None
+
+
+class TaskInfo(BaseModel):
+    name: str
+    queue: str
+    priority: int
+    max_attempts: int
+    timeout_s: float | None
+    description: str
+    args_schema: dict[str, Any]
+
+
+class QueueOut(BaseModel):
+    name: str
+    paused: bool
+    counts: dict[JobState, int]
+    concurrency: int | None = Field(description="This process's limit for the queue; null if it does not serve it.")
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, bool] = Field(default_factory=dict)

@@ -1,0 +1,138 @@
+"""``skiplock serve | worker | migrate`` — the one entry point of a process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+from skiplock.errors import SkiplockError
+from skiplock.logging import configure_logging
+from skiplock.settings import Settings
+
+log = structlog.get_logger("skiplock.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skiplock", description="Jobs on PostgreSQL alone.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def worker_flags(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--concurrency", type=int, help="jobs run at once (SKIPLOCK_CONCURRENCY)")
+        command.add_argument("--queues", help="queues served, 'a,b:2' (SKIPLOCK_QUEUES)")
+
+    serve = commands.add_parser("serve", help="HTTP API + workers + housekeeping in one process")
+    serve.add_argument("--host", help="bind address (SKIPLOCK_HOST)")
+    serve.add_argument("--port", type=int, help="bind port (SKIPLOCK_PORT)")
+    serve.add_argument("--no-worker", action="store_true", help="serve the API only, run no jobs")
+    worker_flags(serve)
+    worker_flags(commands.add_parser("worker", help="workers and housekeeping, no HTTP"))
+    commands.add_parser("migrate", help="apply pending migrations and exit")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "concurrency": getattr(args, "concurrency", None),
+        "queues": getattr(args, "queues", None),
+        "worker": False if getattr(args, "no_worker", False) else None,
+    }
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The configured database, or an embedded server under data_dir/pg for the process's life."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from skiplock.db.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.data_dir / "pg")
+    dsn = server.start()
+    try:
+        yield dsn
+    finally:
+        server.stop()
+
+
+async def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from skiplock.api import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+    server = uvicorn.Server(config)
+    await server.serve()
+    return 0 if server.started else 1
+
+
+async def _worker(settings: Settings) -> int:
+    from skiplock.queue.engine import Engine
+    from skiplock.tasks import load_registry
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Engine(settings, load_registry(settings.task_modules), settings.database_url or ""):
+        await stop.wait()
+        log.info("shutdown_requested")
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from skiplock.db import connect, migrate
+
+    conn = await connect(settings.database_url or "")
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    log.info("migrations_current", applied=applied)
+    return 0
+
+
+COMMANDS = {"serve": _serve, "worker": _worker, "migrate": _migrate}
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # uvicorn re-raises the signal it caught after its own shutdown; exiting through
+    # SystemExit runs our cleanup (the embedded server's stop) instead of dying on the spot.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        settings = Settings.load(**_overrides(args))
+        configure_logging(settings.log_level, settings.log_format)
+        with database(settings) as dsn:
+            settings = settings.model_copy(update={"database_url": dsn})
+            return asyncio.run(COMMANDS[args.command](settings))
+    except SkiplockError as exc:
+        print(f"skiplock: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
