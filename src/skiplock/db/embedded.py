@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -109,9 +110,15 @@ class EmbeddedPostgres:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _run(self, argv: list[str]) -> None:
+        as_user: dict[str, Any] = {}
+        if self._as_user is not None:
+            entry = pwd.getpwnam(self._as_user)
+            # uid, gid and no supplementary groups: inheriting root's group would change which
+            # permission bits apply to the server's directories.
+            as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         result = subprocess.run(
             argv,
-            user=self._as_user,
+            **as_user,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

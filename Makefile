@@ -1,0 +1,45 @@
+# skiplock — the menu. `make help` lists the targets.
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint format bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv and install skiplock from the lock file
+
+run: install ## serve API + workers on 127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)
+	$(VENV)/bin/skiplock serve
+
+test: install ## run the whole suite against a real PostgreSQL
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install ## ruff check, ruff format --check, mypy --strict
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy src
+
+format: install ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix src tests bench
+	$(VENV)/bin/ruff format src tests bench
+
+bench: install ## benchmark the engine against bare asyncpg (QUICK=1 for a short run)
+	$(VENV)/bin/python -m bench $(if $(QUICK),--quick,)
+
+clean: ## remove the venv, tools and caches (keeps .skiplock, your local database)
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,141 @@
+"""One PostgreSQL per run, a template database migrated once, a fresh database per test."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from skiplock.db import connect, migrate
+from skiplock.logging import configure_logging
+from skiplock.queue import Engine
+from skiplock.settings import Settings
+from skiplock.tasks import load_registry
+from tests.support import tasks as test_tasks
+from tests.support.servers import postgres_server, with_database
+
+TEMPLATE = "skiplock_template"
+_counter = itertools.count()
+
+TEST_TABLES = """
+CREATE TABLE test_runs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id bigint NOT NULL,
+    marker text NOT NULL,
+    attempt int NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (job_id, marker, attempt)
+)
+"""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configure_logging("warning", "json", cache=False)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    with postgres_server() as (dsn, kind):
+        print(f"\ntests run on PostgreSQL from: {kind}")
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+async def template_dsn(pg_admin_dsn: str) -> str:
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {TEMPLATE}")
+    finally:
+        await admin.close()
+    dsn = with_database(pg_admin_dsn, TEMPLATE)
+    conn = await connect(dsn)
+    try:
+        await migrate(conn)
+        await conn.execute(TEST_TABLES)
+    finally:
+        await conn.close()
+    return dsn
+
+
+@pytest.fixture
+async def dsn(pg_admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test (commits and NOTIFY are real)."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    finally:
+        await admin.close()
+    yield with_database(pg_admin_dsn, name)
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's database, for setting up and asserting on rows."""
+    conn = await connect(dsn)
+    yield conn
+    await conn.close()
+
+
+def make_settings(dsn: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": dsn,
+        "poll_interval_s": 0.5,
+        "rescue_interval_s": 0.5,
+        "shutdown_grace_s": 1.0,
+        "auto_migrate": False,
+        "pool_min_size": 1,
+        "pool_max_size": 5,
+        "queues": [],
+        "task_modules": [],
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(dsn: str) -> Settings:
+    return make_settings(dsn)
+
+
+@pytest.fixture
+def registry() -> Any:
+    assert test_tasks.noop.name == "noop"  # imported: its @task lines registered
+    return load_registry()
+
+
+@pytest.fixture
+async def engine(settings: Settings, registry: Any) -> AsyncIterator[Engine]:
+    async with Engine(settings, registry, settings.database_url or "") as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+async def no_leftover_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running behind it."""
+    before = asyncio.all_tasks()
+    yield
+    current = asyncio.current_task()
+
+    def leftovers() -> set[asyncio.Task[Any]]:
+        return {t for t in asyncio.all_tasks() - before if t is not current and not t.done()}
+
+    for _ in range(50):
+        if not leftovers():
+            return
+        await asyncio.sleep(0.02)
+    names = sorted(t.get_name() for t in leftovers())
+    for leftover in leftovers():
+        leftover.cancel()
+    pytest.fail(f"test left asyncio tasks running: {names}")

@@ -1,0 +1,202 @@
+"""The engine in this process on a real database: run, retry, timeout, unique, priority, delay, pause."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from skiplock.errors import InvalidArgumentsError, InvalidStateError, JobNotFound, UnknownTaskError
+from skiplock.queue import Engine, JobState
+from tests.conftest import make_settings
+from tests.support.waiting import wait_until
+
+
+async def finished(engine: Engine, job_id: int, timeout: float = 10.0) -> JobState:
+    async def state() -> JobState | None:
+        job = await engine.client.get(job_id)
+        return job.state if job.state in {"succeeded", "failed", "cancelled"} else None
+
+    result: JobState = await wait_until(state, timeout)
+    return result
+
+
+async def test_enqueued_job_runs_and_succeeds_with_its_result(engine: Engine) -> None:
+    job = await engine.client.enqueue("sleep", {"seconds": 0.05, "steps": 2})
+    assert job.state == "queued"
+    assert await finished(engine, job.id) == "succeeded"
+    done = await engine.client.get(job.id)
+    assert done.result == {"slept": 0.05}
+    assert done.attempts == 1
+    assert done.progress is not None and done.progress["fraction"] == 1.0
+    assert done.started_at is not None and done.finished_at is not None
+    assert done.started_at >= done.created_at
+
+
+async def test_failing_job_retries_with_backoff_then_fails_keeping_every_error(engine: Engine) -> None:
+    job = await engine.client.enqueue("always_fails", {}, max_attempts=3)
+    assert await finished(engine, job.id) == "failed"
+    done = await engine.client.get(job.id)
+    assert done.attempts == 3
+    assert [e.attempt for e in done.errors] == [1, 2, 3]
+    assert [e.message for e in done.errors] == [f"boom on attempt {n}" for n in (1, 2, 3)]
+    assert all(e.type == "RuntimeError" and e.traceback for e in done.errors)
+    # backoff base 0.05 s without jitter: 0.05 s then 0.1 s between attempts, at least
+    gaps = [(b.at - a.at).total_seconds() for a, b in zip(done.errors, done.errors[1:], strict=False)]
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1
+
+
+async def test_job_that_fails_once_succeeds_on_its_second_attempt(engine: Engine) -> None:
+    job = await engine.client.enqueue("fails_once", {})
+    assert await finished(engine, job.id) == "succeeded"
+    done = await engine.client.get(job.id)
+    assert done.attempts == 2 and len(done.errors) == 1 and done.result == {"attempt": 2}
+
+
+async def test_permanent_error_fails_at_once_without_retry(engine: Engine) -> None:
+    job = await engine.client.enqueue("fails_permanently", {}, max_attempts=5)
+    assert await finished(engine, job.id) == "failed"
+    done = await engine.client.get(job.id)
+    assert done.attempts == 1 and done.errors[0].type == "PermanentJobError"
+
+
+async def test_job_exceeding_its_timeout_fails_with_a_timeout_error(engine: Engine) -> None:
+    job = await engine.client.enqueue("wait", {"seconds": 30}, timeout_s=0.2, max_attempts=1)
+    assert await finished(engine, job.id) == "failed"
+    done = await engine.client.get(job.id)
+    assert done.errors[0].type == "TimeoutError"
+    assert done.errors[0].message == "timed out after 0.2s"
+
+
+async def test_plain_def_task_runs_in_a_thread_without_blocking_the_loop(engine: Engine) -> None:
+    job = await engine.client.enqueue("blocking", {"seconds": 0.5})
+    ticks = 0
+    while (await engine.client.get(job.id)).state != "succeeded":
+        ticks += 1
+        await asyncio.sleep(0.02)
+        assert ticks < 500
+    assert ticks >= 5  # the loop kept turning while the thread slept
+    assert (await engine.client.get(job.id)).progress["message"] == "halfway"
+
+
+async def test_unique_key_returns_the_live_job_then_allows_a_new_one(engine: Engine) -> None:
+    first = await engine.client.enqueue("wait", {"seconds": 0.3}, unique_key="report-42")
+    again = await engine.client.enqueue("wait", {"seconds": 0.3}, unique_key="report-42")
+    assert first.created and not again.created and again.id == first.id
+    assert await finished(engine, first.id) == "succeeded"
+    later = await engine.client.enqueue("wait", {"seconds": 0}, unique_key="report-42")
+    assert later.created and later.id != first.id
+
+
+async def test_jobs_run_in_priority_order(settings, registry, db: asyncpg.Connection) -> None:  # type: ignore[no-untyped-def]
+    one_at_a_time = make_settings(settings.database_url, concurrency=1)
+    await db.execute("INSERT INTO queues (name, paused) VALUES ('default', true)")
+    async with Engine(one_at_a_time, registry, settings.database_url) as engine:
+        ids = {}
+        for priority in (0, 5, -3, 10, 5):
+            job = await engine.client.enqueue("record_run", {"marker": str(priority)}, priority=priority)
+            ids[job.id] = priority
+        await engine.client.set_paused("default", False)
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 5 FROM test_runs"))
+    order = await db.fetch("SELECT job_id FROM test_runs ORDER BY id")
+    ran = [ids[r["job_id"]] for r in order]
+    assert ran == [10, 5, 5, 0, -3]
+    fives = [r["job_id"] for r in order if ids[r["job_id"]] == 5]
+    assert fives == sorted(fives)  # same priority: first in, first out
+
+
+async def test_delayed_job_does_not_start_before_run_at(engine: Engine) -> None:
+    job = await engine.client.enqueue("noop", {}, delay_s=1.2)
+    assert job.run_at > job.created_at + timedelta(seconds=1.1)
+    await asyncio.sleep(0.6)
+    assert (await engine.client.get(job.id)).state == "queued"
+    assert await finished(engine, job.id) == "succeeded"
+    done = await engine.client.get(job.id)
+    assert done.started_at is not None and done.started_at >= done.run_at
+
+
+async def test_paused_queue_is_not_claimed_until_resumed(engine: Engine) -> None:
+    await engine.client.set_paused("default", True)
+    job = await engine.client.enqueue("noop", {})
+    await asyncio.sleep(1.2)  # two poll periods: the poll, not only NOTIFY, must obey the pause
+    assert (await engine.client.get(job.id)).state == "queued"
+    overview = {q.name: q for q in await engine.client.queues()}
+    assert overview["default"].paused and overview["default"].counts == {"queued": 1}
+    await engine.client.set_paused("default", False)
+    assert await finished(engine, job.id, timeout=3) == "succeeded"
+
+
+async def test_cancelled_queued_job_never_starts(engine: Engine) -> None:
+    job = await engine.client.enqueue("record_run", {}, delay_s=0.5)
+    cancelled = await engine.client.cancel(job.id)
+    assert cancelled.state == "cancelled" and cancelled.finished_at is not None
+    await asyncio.sleep(1.2)
+    assert (await engine.client.get(job.id)).state == "cancelled"
+    assert await engine.client.pool.fetchval("SELECT count(*) FROM test_runs") == 0
+
+
+async def test_running_job_cancelled_in_process_ends_cancelled(engine: Engine) -> None:
+    job = await engine.client.enqueue("wait", {"seconds": 30})
+    await wait_until(lambda: engine.running.count() == 1)
+    await engine.client.cancel(job.id)
+    assert await finished(engine, job.id, timeout=2) == "cancelled"
+
+
+async def test_cancel_of_finished_job_is_refused_and_retry_requeues_it(engine: Engine) -> None:
+    job = await engine.client.enqueue("fails_permanently", {})
+    assert await finished(engine, job.id) == "failed"
+    with pytest.raises(InvalidStateError):
+        await engine.client.cancel(job.id)
+    retried = await engine.client.retry(job.id)
+    assert retried.state == "queued" and retried.max_attempts >= 2
+    assert await finished(engine, job.id) == "failed"
+    assert (await engine.client.get(job.id)).attempts == 2
+    with pytest.raises(JobNotFound):
+        await engine.client.retry(10**9)
+
+
+async def test_task_enqueues_a_follow_up_job(engine: Engine) -> None:
+    parent = await engine.client.enqueue("enqueue_child", {"marker": "child"})
+    assert await finished(engine, parent.id) == "succeeded"
+    child_id = (await engine.client.get(parent.id)).result["child"]
+    assert await finished(engine, child_id) == "succeeded"
+
+
+async def test_enqueue_on_callers_transaction_exists_only_if_it_commits(engine: Engine) -> None:
+    async with engine.client.pool.acquire() as conn:
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                rolled_back = await engine.client.enqueue("noop", {}, conn=conn)
+                raise RuntimeError("the caller's work failed")
+        async with conn.transaction():
+            committed = await engine.client.enqueue("noop", {}, conn=conn)
+    with pytest.raises(JobNotFound):
+        await engine.client.get(rolled_back.id)
+    assert await finished(engine, committed.id) == "succeeded"
+
+
+async def test_bad_enqueue_writes_nothing(engine: Engine) -> None:
+    with pytest.raises(UnknownTaskError) as unknown:
+        await engine.client.enqueue("nope", {})
+    assert "sleep" in unknown.value.message
+    with pytest.raises(InvalidArgumentsError) as invalid:
+        await engine.client.enqueue("sleep", {"seconds": "soon"})
+    assert invalid.value.extra["errors"][0]["field"] == "seconds"
+    with pytest.raises(InvalidArgumentsError):
+        await engine.client.enqueue("noop", {}, priority=1000)
+    assert await engine.client.pool.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+async def test_listener_comes_back_after_its_connection_is_killed(engine: Engine, db: asyncpg.Connection) -> None:
+    pid = engine.listener.connection_pid
+    assert pid is not None
+    assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+    job = await engine.client.enqueue("noop", {})
+    assert await finished(engine, job.id) == "succeeded"  # by poll or after the reconnect
+    await wait_until(lambda: engine.listener.signals.reconnects >= 1)
+    assert engine.listener.connection_pid != pid
+    # and NOTIFY works again: with a long poll only a notification can start the next job fast
+    second = await engine.client.enqueue("noop", {})
+    assert await finished(engine, second.id) == "succeeded"

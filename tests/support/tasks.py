@@ -1,0 +1,91 @@
+"""Tasks the tests run, in-process and in worker subprocesses (SKIPLOCK_TASK_MODULES)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pydantic import BaseModel, Field
+
+from skiplock import Backoff, Context, PermanentJobError, task
+
+FAST = Backoff(base_s=0.05, max_s=0.2, jitter=0.0)
+
+
+class NoArgs(BaseModel):
+    pass
+
+
+class Marker(BaseModel):
+    marker: str = "x"
+
+
+class Seconds(BaseModel):
+    seconds: float = Field(ge=0)
+
+
+@task("noop", args=NoArgs)
+async def noop(ctx: Context, args: NoArgs) -> None:
+    """Does nothing."""
+
+
+@task("record_run", args=Marker)
+async def record_run(ctx: Context, args: Marker) -> dict[str, str]:
+    """Inserts its job id into runs (unique): a second execution of a job fails loudly."""
+    await ctx.pool.execute(
+        "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, $2, $3)",
+        ctx.job.id, args.marker, ctx.job.attempt,
+    )
+    return {"marker": args.marker}
+
+
+@task("always_fails", args=NoArgs, backoff=FAST)
+async def always_fails(ctx: Context, args: NoArgs) -> None:
+    raise RuntimeError(f"boom on attempt {ctx.job.attempt}")
+
+
+@task("fails_permanently", args=NoArgs, backoff=FAST)
+async def fails_permanently(ctx: Context, args: NoArgs) -> None:
+    raise PermanentJobError("this input can never work")
+
+
+@task("fails_once", args=NoArgs, backoff=FAST)
+async def fails_once(ctx: Context, args: NoArgs) -> dict[str, int]:
+    if ctx.job.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return {"attempt": ctx.job.attempt}
+
+
+@task("hang_first_attempt", args=NoArgs)
+async def hang_first_attempt(ctx: Context, args: NoArgs) -> dict[str, int]:
+    """Signals it started, then hangs on attempt 1 (to be killed); later attempts return."""
+    await ctx.pool.execute(
+        "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, 'started', $2)",
+        ctx.job.id, ctx.job.attempt,
+    )
+    if ctx.job.attempt == 1:
+        await asyncio.sleep(3600)
+    return {"attempt": ctx.job.attempt}
+
+
+@task("wait", args=Seconds)
+async def wait(ctx: Context, args: Seconds) -> dict[str, float]:
+    """Sleeps, reporting that it started through progress."""
+    await ctx.progress(0.0, "started")
+    await asyncio.sleep(args.seconds)
+    return {"slept": args.seconds}
+
+
+@task("blocking", args=Seconds)
+def blocking(ctx: Context, args: Seconds) -> dict[str, str]:
+    """A plain def: must run in a thread without blocking the loop."""
+    ctx.report_progress(0.5, "halfway")
+    time.sleep(args.seconds)
+    return {"thread": "done"}
+
+
+@task("enqueue_child", args=Marker)
+async def enqueue_child(ctx: Context, args: Marker) -> dict[str, int]:
+    """A pipeline step: hands on to record_run."""
+    child = await ctx.enqueue("record_run", {"marker": args.marker})
+    return {"child": child.id}

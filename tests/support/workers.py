@@ -1,0 +1,36 @@
+"""Worker processes for crash, concurrency and cancel tests: real subprocesses, killed for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_worker(dsn: str, **settings: str) -> subprocess.Popen[bytes]:
+    """``skiplock worker`` on ``dsn`` with the test tasks loaded."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "PYTHONPATH": str(ROOT),
+        "SKIPLOCK_TASK_MODULES": "tests.support.tasks",
+        "SKIPLOCK_LOG_FORMAT": "json",
+        "SKIPLOCK_LOG_LEVEL": "warning",
+        "SKIPLOCK_POLL_INTERVAL_S": "0.5",
+        "SKIPLOCK_AUTO_MIGRATE": "false",
+        **{f"SKIPLOCK_{key.upper()}": value for key, value in settings.items()},
+    }
+    env.pop("SKIPLOCK_TEST_DATABASE_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "skiplock", "worker"], env=env, stdout=subprocess.DEVNULL
+    )
+
+
+def stop_worker(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+    return process.wait(timeout=timeout)
