@@ -6,6 +6,7 @@ import asyncpg
 from litestar import Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
+from skiplock.api.plugin import EngineDep
 from skiplock.api.schemas import Health
 from skiplock.db.migrate import is_current
 from skiplock.queue.engine import Engine
@@ -18,7 +19,7 @@ async def health() -> Health:
 
 
 @get("/ready", operation_id="Ready", tags=["health"])
-async def ready(engine: Engine) -> Response[Health]:
+async def ready(engine: EngineDep) -> Response[Health]:
     """Readiness: 200 when the database answers, migrations are current and services run; else 503."""
     checks = {"database": False, "migrations": False, "services": engine.healthy}
     try:

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from litestar import Controller, Response, get, post
 from litestar.exceptions import ValidationException
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 
+from skiplock.api.plugin import ClientDep
 from skiplock.api.schemas import QUEUE_NAME, JobCreate, JobPage
-from skiplock.queue.client import Client
 from skiplock.queue.models import Job, JobState
 
 # A string path parameter so that "/jobs/abc" is a 400 naming the parameter, not a 404.
@@ -36,7 +36,7 @@ class JobController(Controller):
         responses={},
         description="201 with the new job; 200 with the existing job when a live job holds unique_key.",
     )
-    async def enqueue(self, data: JobCreate, client: Client) -> Response[Job]:
+    async def enqueue(self, data: JSONBody[JobCreate], client: ClientDep) -> Response[Job]:
         """Enqueue a job; its args are validated against the task's model first."""
         job = await client.enqueue(
             data.task,
@@ -52,15 +52,15 @@ class JobController(Controller):
         return Response(job, status_code=HTTP_201_CREATED if job.created else HTTP_200_OK)
 
     @get("/{job_id:str}", operation_id="GetJob")
-    async def get_job(self, job_id: JobId, client: Client) -> Job:
+    async def get_job(self, job_id: JobId, client: ClientDep) -> Job:
         """One job: state, attempts, progress, result, errors, timestamps."""
         return await client.get(int(job_id))
 
     @get("/", operation_id="ListJobs")
     async def list_jobs(
         self,
-        client: Client,
-        job_state: Annotated[JobState | None, Parameter(query="state")] = None,
+        client: ClientDep,
+        job_state: Annotated[JobState | None, QueryParameter(name="state")] = None,
         queue: Annotated[str | None, Parameter(pattern=QUEUE_NAME)] = None,
         task: Annotated[str | None, Parameter(min_length=1, max_length=200)] = None,
         cursor: Annotated[str | None, Parameter(max_length=40, description="next_cursor of the previous page")] = None,
@@ -74,11 +74,11 @@ class JobController(Controller):
         return JobPage(items=jobs, next_cursor=next_cursor)
 
     @post("/{job_id:str}/cancel", operation_id="CancelJob", status_code=HTTP_202_ACCEPTED)
-    async def cancel(self, job_id: JobId, client: Client) -> Job:
+    async def cancel(self, job_id: JobId, client: ClientDep) -> Job:
         """Cancel a queued job, or stop a running one within about a second; 409 once finished."""
         return await client.cancel(int(job_id))
 
     @post("/{job_id:str}/retry", operation_id="RetryJob", status_code=HTTP_202_ACCEPTED)
-    async def retry(self, job_id: JobId, client: Client) -> Job:
+    async def retry(self, job_id: JobId, client: ClientDep) -> Job:
         """Put a failed or cancelled job back in its queue; 409 in any other state."""
         return await client.retry(int(job_id))

@@ -7,11 +7,15 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.plugins import InitPluginProtocol
 
 from skiplock.queue.client import Client
 from skiplock.queue.engine import Engine
+
+#: Handler parameter types for the two dependencies this plugin provides.
+ClientDep = NamedDependency[Client]
+EngineDep = NamedDependency[Engine]
 
 
 class SkiplockPlugin(InitPluginProtocol):

@@ -7,15 +7,15 @@ from typing import Annotated
 from litestar import Controller, get, post
 from litestar.params import Parameter
 
+from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.schemas import QUEUE_NAME, QueueOut, TaskInfo
-from skiplock.queue.client import Client
 from skiplock.queue.engine import Engine
 from skiplock.queue.models import QueueInfo
 
 QueueName = Annotated[str, Parameter(pattern=QUEUE_NAME, description="The queue's name.")]
 
 
-def _out(queue: QueueInfo, engine: Engine) -> QueueOut:
+def _out(queue: QueueInfo, engine: EngineDep) -> QueueOut:
     served = engine.queues if engine.settings.worker else {}
     return QueueOut(**queue.model_dump(), concurrency=served.get(queue.name))
 
@@ -25,17 +25,20 @@ class QueueController(Controller):
     tags = ["queues"]
 
     @get("/", operation_id="ListQueues")
-    async def list_queues(self, client: Client, engine: Engine) -> list[QueueOut]:
-        """Every queue with jobs or settings: counts per state, paused flag, this process's limit."""
-        return [_out(q, engine) for q in await client.queues()]
+    async def list_queues(self, client: ClientDep, engine: EngineDep) -> list[QueueOut]:
+        """Every queue with jobs, settings or workers here: counts per state, paused, this process's limit."""
+        known = {q.name: q for q in await client.queues()}
+        for name in engine.queues if engine.settings.worker else ():
+            known.setdefault(name, QueueInfo(name=name, paused=False, counts={}))
+        return [_out(known[name], engine) for name in sorted(known)]
 
     @post("/{name:str}/pause", operation_id="PauseQueue", status_code=200)
-    async def pause(self, name: QueueName, client: Client, engine: Engine) -> QueueOut:
+    async def pause(self, name: QueueName, client: ClientDep, engine: EngineDep) -> QueueOut:
         """No process claims from a paused queue; running jobs finish."""
         return _out(await client.set_paused(name, True), engine)
 
     @post("/{name:str}/resume", operation_id="ResumeQueue", status_code=200)
-    async def resume(self, name: QueueName, client: Client, engine: Engine) -> QueueOut:
+    async def resume(self, name: QueueName, client: ClientDep, engine: EngineDep) -> QueueOut:
         """Workers claim from the queue again at once."""
         return _out(await client.set_paused(name, False), engine)
 
@@ -45,7 +48,7 @@ class TaskController(Controller):
     tags = ["tasks"]
 
     @get("/", operation_id="ListTasks")
-    async def list_tasks(self, client: Client) -> list[TaskInfo]:
+    async def list_tasks(self, client: ClientDep) -> list[TaskInfo]:
         """Registered tasks with their defaults and argument JSON schemas."""
         return [
             TaskInfo(
