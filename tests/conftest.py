@@ -104,6 +104,32 @@ def make_settings(dsn: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+@pytest.fixture(scope="session")
+async def shared_dsn(pg_admin_dsn: str, template_dsn: str) -> str:
+    """One migrated database for tests that roll back everything they do."""
+    name = f"shared_{os.getpid()}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    finally:
+        await admin.close()
+    return with_database(pg_admin_dsn, name)
+
+
+@pytest.fixture
+async def tx(shared_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection inside a transaction that is rolled back: fast, for pure SQL tests."""
+    conn = await connect(shared_dsn)
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        yield conn
+    finally:
+        await transaction.rollback()
+        await conn.close()
+
+
 @pytest.fixture
 def settings(dsn: str) -> Settings:
     return make_settings(dsn)

@@ -10,8 +10,12 @@ from skiplock.queue.models import JobState
 
 _DEFAULTS: dict[JobState, dict[str, Any]] = {
     JobState.QUEUED: {},
-    JobState.RUNNING: {"attempts": "1", "started_at": "now()", "lease_owner": "'factory'",
-                       "lease_expires_at": "now() + interval '30 seconds'"},
+    JobState.RUNNING: {
+        "attempts": "1",
+        "started_at": "now()",
+        "lease_owner": "'factory'",
+        "lease_expires_at": "now() + interval '30 seconds'",
+    },
     JobState.SUCCEEDED: {"attempts": "1", "started_at": "now()", "finished_at": "now()"},
     JobState.FAILED: {"attempts": "3", "started_at": "now()", "finished_at": "now()"},
     JobState.CANCELLED: {"finished_at": "now()"},

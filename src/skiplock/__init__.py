@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from skiplock._version import __version__
+from skiplock.api import create_app
 from skiplock.errors import PermanentJobError, SkiplockError
 from skiplock.queue import Backoff, Client, Context, Job, JobState, Task, task
 from skiplock.settings import Settings
-from skiplock._version import __version__
-from skiplock.api import create_app
 
 __all__ = [
     "Backoff",

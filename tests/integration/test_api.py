@@ -47,22 +47,50 @@ async def test_enqueue_read_and_finish_a_sleep_job(api: Client) -> None:
     response = await api.post("/jobs", json={"task": "sleep", "args": {"seconds": 0.1, "steps": 2}})
     assert response.status_code == 201
     created = response.json()
-    assert created["state"] == "queued" and created["args"] == {"seconds": 0.1, "steps": 2, "fail": False}
+    assert created["state"] == "queued"
+    assert created["args"] == {
+        "seconds": 0.1,
+        "steps": 2,
+        "fail": False,
+    }
     assert "x-request-id" in response.headers
     done = await wait_for_state(api, created["id"], "succeeded")
     assert done["result"] == {"slept": 0.1}
     assert set(done) >= {
-        "id", "task", "queue", "state", "priority", "args", "attempts", "max_attempts", "run_at",
-        "created_at", "started_at", "finished_at", "progress", "result", "errors", "unique_key",
+        "id",
+        "task",
+        "queue",
+        "state",
+        "priority",
+        "args",
+        "attempts",
+        "max_attempts",
+        "run_at",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "progress",
+        "result",
+        "errors",
+        "unique_key",
     }
 
 
 async def test_enqueue_with_options_and_unique_key(api: Client) -> None:
-    body = {"task": "wait", "args": {"seconds": 5}, "queue": "default", "priority": 7,
-            "max_attempts": 2, "timeout_s": 60, "unique_key": "nightly", "delay_s": 30}
+    body = {
+        "task": "wait",
+        "args": {"seconds": 5},
+        "queue": "default",
+        "priority": 7,
+        "max_attempts": 2,
+        "timeout_s": 60,
+        "unique_key": "nightly",
+        "delay_s": 30,
+    }
     first = await api.post("/jobs", json=body)
     again = await api.post("/jobs", json=body)
-    assert first.status_code == 201 and again.status_code == 200
+    assert first.status_code == 201
+    assert again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
     stored = first.json()
     assert (stored["priority"], stored["max_attempts"], stored["timeout_s"]) == (7, 2, 60)
@@ -72,13 +100,30 @@ async def test_enqueue_with_options_and_unique_key(api: Client) -> None:
     ("body", "status", "words"),
     [
         ({"task": "nope"}, 422, ["unknown task 'nope'", "sleep"]),
-        ({"task": "sleep", "args": {"seconds": -1}}, 422, ["seconds", "greater than or equal to 0"]),
+        (
+            {"task": "sleep", "args": {"seconds": -1}},
+            422,
+            ["seconds", "greater than or equal to 0"],
+        ),
         ({"task": "sleep", "args": {}}, 422, ["seconds", "Field required"]),
         ({"task": "sleep", "args": {"seconds": 1, "steps": 0}}, 422, ["steps"]),
         ({"args": {}}, 400, ["task"]),
         ({"task": "sleep", "args": {"seconds": 1}, "priority": 101}, 400, ["priority"]),
-        ({"task": "sleep", "args": {"seconds": 1}, "delay_s": 1, "run_at": "2030-01-01T00:00:00Z"}, 400, ["run_at or delay_s"]),
-        ({"task": "sleep", "args": {"seconds": 1}, "run_at": "2030-01-01T00:00:00"}, 400, ["run_at"]),
+        (
+            {
+                "task": "sleep",
+                "args": {"seconds": 1},
+                "delay_s": 1,
+                "run_at": "2030-01-01T00:00:00Z",
+            },
+            400,
+            ["run_at or delay_s"],
+        ),
+        (
+            {"task": "sleep", "args": {"seconds": 1}, "run_at": "2030-01-01T00:00:00"},
+            400,
+            ["run_at"],
+        ),
         ({"task": "sleep", "args": {"seconds": 1}, "queue": "bad queue!"}, 400, ["queue"]),
         ({"task": "sleep", "args": {"seconds": 1}, "max_attempts": 0}, 400, ["max_attempts"]),
         ({"task": "sleep", "args": {"seconds": 1}, "surprise": True}, 400, ["surprise"]),
@@ -99,8 +144,13 @@ async def test_body_that_is_not_json_is_a_400(api: Client) -> None:
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/jobs/abc", 400), ("/jobs/0", 400), ("/jobs/-3", 400), ("/jobs/99999", 404),
-     ("/jobs/123456789012345678901", 400)],
+    [
+        ("/jobs/abc", 400),
+        ("/jobs/0", 400),
+        ("/jobs/-3", 400),
+        ("/jobs/99999", 404),
+        ("/jobs/123456789012345678901", 400),
+    ],
 )
 async def test_get_bad_or_unknown_job_id(api: Client, path: str, status: int) -> None:
     assert_error(await api.get(path), status)
@@ -112,17 +162,34 @@ async def test_list_jobs_filters_and_pages_newest_first(api: Client, db: asyncpg
     failed = await job(db, JobState.FAILED, task="noop", queue="other")
     first = (await api.get("/jobs", params={"task": "noop", "queue": "paused-q", "limit": 2})).json()
     assert [j["id"] for j in first["items"]] == ids[::-1][:2]
-    second = (await api.get("/jobs", params={"task": "noop", "queue": "paused-q", "limit": 2,
-                                            "cursor": first["next_cursor"]})).json()
+    second = (
+        await api.get(
+            "/jobs",
+            params={
+                "task": "noop",
+                "queue": "paused-q",
+                "limit": 2,
+                "cursor": first["next_cursor"],
+            },
+        )
+    ).json()
     assert [j["id"] for j in second["items"]] == ids[::-1][2:4]
     by_state = (await api.get("/jobs", params={"state": "failed"})).json()
-    assert [j["id"] for j in by_state["items"]] == [failed] and by_state["next_cursor"] is None
+    assert [j["id"] for j in by_state["items"]] == [failed]
+    assert by_state["next_cursor"] is None
 
 
 @pytest.mark.parametrize(
     "params",
-    [{"limit": 0}, {"limit": 501}, {"limit": "ten"}, {"cursor": "abc"}, {"cursor": "-1"},
-     {"state": "sleeping"}, {"queue": "no spaces"}],
+    [
+        {"limit": 0},
+        {"limit": 501},
+        {"limit": "ten"},
+        {"cursor": "abc"},
+        {"cursor": "-1"},
+        {"state": "sleeping"},
+        {"queue": "no spaces"},
+    ],
 )
 async def test_list_jobs_rejects_bad_parameters(api: Client, params: dict[str, Any]) -> None:
     assert_error(await api.get("/jobs", params=params), 400)
@@ -136,7 +203,8 @@ async def test_cancel_running_job_then_409_on_second_cancel_then_retry(api: Clie
     await wait_for_state(api, created["id"], "cancelled")
     assert_error(await api.post(f"/jobs/{created['id']}/cancel"), 409, "cancelled")
     retried = await api.post(f"/jobs/{created['id']}/retry")
-    assert retried.status_code == 202 and retried.json()["state"] == "queued"
+    assert retried.status_code == 202
+    assert retried.json()["state"] == "queued"
     await wait_for_state(api, created["id"], "running")
     assert_error(await api.post(f"/jobs/{created['id']}/retry"), 409, "running")
     assert (await api.post(f"/jobs/{created['id']}/cancel")).status_code == 202
@@ -150,7 +218,8 @@ async def test_cancel_and_retry_unknown_or_bad_ids(api: Client) -> None:
 
 async def test_tasks_lists_each_task_with_its_argument_schema(api: Client) -> None:
     tasks = {t["name"]: t for t in (await api.get("/tasks")).json()}
-    assert "sleep" in tasks and "noop" in tasks
+    assert "sleep" in tasks
+    assert "noop" in tasks
     schema = tasks["sleep"]["args_schema"]
     assert set(schema["properties"]) == {"seconds", "steps", "fail"}
     assert schema["required"] == ["seconds"]
@@ -158,10 +227,12 @@ async def test_tasks_lists_each_task_with_its_argument_schema(api: Client) -> No
 
 async def test_pause_and_resume_a_queue(api: Client) -> None:
     paused = await api.post("/queues/reports/pause")
-    assert paused.status_code == 200 and paused.json()["paused"] is True
+    assert paused.status_code == 200
+    assert paused.json()["paused"] is True
     created = (await api.post("/jobs", json={"task": "noop", "queue": "reports"})).json()
     queues = {q["name"]: q for q in (await api.get("/queues")).json()}
-    assert queues["reports"]["paused"] and queues["reports"]["counts"] == {"queued": 1}
+    assert queues["reports"]["paused"]
+    assert queues["reports"]["counts"] == {"queued": 1}
     assert queues["reports"]["concurrency"] is None  # this process does not serve 'reports'
     assert queues["default"]["concurrency"] == 20
     resumed = await api.post("/queues/reports/resume")
@@ -176,8 +247,17 @@ async def test_health_ready_and_openapi(api: Client) -> None:
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": True, "migrations": True, "services": True}
     schema = (await api.get("/schema/openapi.json")).json()
-    for path in ("/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/retry",
-                 "/tasks", "/queues", "/queues/{name}/pause", "/health", "/ready"):
+    for path in (
+        "/jobs",
+        "/jobs/{job_id}",
+        "/jobs/{job_id}/cancel",
+        "/jobs/{job_id}/retry",
+        "/tasks",
+        "/queues",
+        "/queues/{name}/pause",
+        "/health",
+        "/ready",
+    ):
         assert path in schema["paths"], path
     assert (await api.get("/schema/swagger")).status_code == 200
 

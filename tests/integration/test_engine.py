@@ -30,12 +30,16 @@ async def test_enqueued_job_runs_and_succeeds_with_its_result(engine: Engine) ->
     done = await engine.client.get(job.id)
     assert done.result == {"slept": 0.05}
     assert done.attempts == 1
-    assert done.progress is not None and done.progress["fraction"] == 1.0
-    assert done.started_at is not None and done.finished_at is not None
+    assert done.progress is not None
+    assert done.progress["fraction"] == 1.0
+    assert done.started_at is not None
+    assert done.finished_at is not None
     assert done.started_at >= done.created_at
 
 
-async def test_failing_job_retries_with_backoff_then_fails_keeping_every_error(engine: Engine) -> None:
+async def test_failing_job_retries_with_backoff_then_fails_keeping_every_error(
+    engine: Engine,
+) -> None:
     job = await engine.client.enqueue("always_fails", {}, max_attempts=3)
     assert await finished(engine, job.id) == "failed"
     done = await engine.client.get(job.id)
@@ -45,21 +49,25 @@ async def test_failing_job_retries_with_backoff_then_fails_keeping_every_error(e
     assert all(e.type == "RuntimeError" and e.traceback for e in done.errors)
     # backoff base 0.05 s without jitter: 0.05 s then 0.1 s between attempts, at least
     gaps = [(b.at - a.at).total_seconds() for a, b in zip(done.errors, done.errors[1:], strict=False)]
-    assert gaps[0] >= 0.05 and gaps[1] >= 0.1
+    assert gaps[0] >= 0.05
+    assert gaps[1] >= 0.1
 
 
 async def test_job_that_fails_once_succeeds_on_its_second_attempt(engine: Engine) -> None:
     job = await engine.client.enqueue("fails_once", {})
     assert await finished(engine, job.id) == "succeeded"
     done = await engine.client.get(job.id)
-    assert done.attempts == 2 and len(done.errors) == 1 and done.result == {"attempt": 2}
+    assert done.attempts == 2
+    assert len(done.errors) == 1
+    assert done.result == {"attempt": 2}
 
 
 async def test_permanent_error_fails_at_once_without_retry(engine: Engine) -> None:
     job = await engine.client.enqueue("fails_permanently", {}, max_attempts=5)
     assert await finished(engine, job.id) == "failed"
     done = await engine.client.get(job.id)
-    assert done.attempts == 1 and done.errors[0].type == "PermanentJobError"
+    assert done.attempts == 1
+    assert done.errors[0].type == "PermanentJobError"
 
 
 async def test_job_exceeding_its_timeout_fails_with_a_timeout_error(engine: Engine) -> None:
@@ -84,10 +92,13 @@ async def test_plain_def_task_runs_in_a_thread_without_blocking_the_loop(engine:
 async def test_unique_key_returns_the_live_job_then_allows_a_new_one(engine: Engine) -> None:
     first = await engine.client.enqueue("wait", {"seconds": 0.3}, unique_key="report-42")
     again = await engine.client.enqueue("wait", {"seconds": 0.3}, unique_key="report-42")
-    assert first.created and not again.created and again.id == first.id
+    assert first.created
+    assert not again.created
+    assert again.id == first.id
     assert await finished(engine, first.id) == "succeeded"
     later = await engine.client.enqueue("wait", {"seconds": 0}, unique_key="report-42")
-    assert later.created and later.id != first.id
+    assert later.created
+    assert later.id != first.id
 
 
 async def test_jobs_run_in_priority_order(settings, registry, db: asyncpg.Connection) -> None:  # type: ignore[no-untyped-def]
@@ -114,7 +125,8 @@ async def test_delayed_job_does_not_start_before_run_at(engine: Engine) -> None:
     assert (await engine.client.get(job.id)).state == "queued"
     assert await finished(engine, job.id) == "succeeded"
     done = await engine.client.get(job.id)
-    assert done.started_at is not None and done.started_at >= done.run_at
+    assert done.started_at is not None
+    assert done.started_at >= done.run_at
 
 
 async def test_paused_queue_is_not_claimed_until_resumed(engine: Engine) -> None:
@@ -123,7 +135,8 @@ async def test_paused_queue_is_not_claimed_until_resumed(engine: Engine) -> None
     await asyncio.sleep(1.2)  # two poll periods: the poll, not only NOTIFY, must obey the pause
     assert (await engine.client.get(job.id)).state == "queued"
     overview = {q.name: q for q in await engine.client.queues()}
-    assert overview["default"].paused and overview["default"].counts == {"queued": 1}
+    assert overview["default"].paused
+    assert overview["default"].counts == {"queued": 1}
     await engine.client.set_paused("default", False)
     assert await finished(engine, job.id, timeout=3) == "succeeded"
 
@@ -131,7 +144,8 @@ async def test_paused_queue_is_not_claimed_until_resumed(engine: Engine) -> None
 async def test_cancelled_queued_job_never_starts(engine: Engine) -> None:
     job = await engine.client.enqueue("record_run", {}, delay_s=0.5)
     cancelled = await engine.client.cancel(job.id)
-    assert cancelled.state == "cancelled" and cancelled.finished_at is not None
+    assert cancelled.state == "cancelled"
+    assert cancelled.finished_at is not None
     await asyncio.sleep(1.2)
     assert (await engine.client.get(job.id)).state == "cancelled"
     assert await engine.client.pool.fetchval("SELECT count(*) FROM test_runs") == 0
@@ -150,7 +164,8 @@ async def test_cancel_of_finished_job_is_refused_and_retry_requeues_it(engine: E
     with pytest.raises(InvalidStateError):
         await engine.client.cancel(job.id)
     retried = await engine.client.retry(job.id)
-    assert retried.state == "queued" and retried.max_attempts >= 2
+    assert retried.state == "queued"
+    assert retried.max_attempts >= 2
     assert await finished(engine, job.id) == "failed"
     assert (await engine.client.get(job.id)).attempts == 2
     with pytest.raises(JobNotFound):
@@ -189,7 +204,9 @@ async def test_bad_enqueue_writes_nothing(engine: Engine) -> None:
     assert await engine.client.pool.fetchval("SELECT count(*) FROM jobs") == 0
 
 
-async def test_listener_comes_back_after_its_connection_is_killed(engine: Engine, db: asyncpg.Connection) -> None:
+async def test_listener_comes_back_after_its_connection_is_killed(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
     pid = engine.listener.connection_pid
     assert pid is not None
     assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)

@@ -27,7 +27,9 @@ async def test_job_of_a_worker_killed_mid_run_is_rerun_elsewhere_and_succeeds(
         job_id = await db.fetchval(
             "INSERT INTO jobs (task, args, max_attempts) VALUES ('hang_first_attempt', '{}', 3) RETURNING id"
         )
-        await wait_until(lambda: db.fetchval("SELECT count(*) = 1 FROM test_runs WHERE job_id = $1", job_id), 20)
+        await wait_until(
+            lambda: db.fetchval("SELECT count(*) = 1 FROM test_runs WHERE job_id = $1", job_id), 20
+        )
     finally:
         stop_worker(victim, signal.SIGKILL)
     assert await state_of(db, job_id) == "running"
@@ -43,13 +45,13 @@ async def test_job_of_a_worker_killed_mid_run_is_rerun_elsewhere_and_succeeds(
 
 
 async def test_three_worker_processes_run_every_job_exactly_once(dsn: str, db: asyncpg.Connection) -> None:
-    await db.execute(
-        "INSERT INTO jobs (task, args) SELECT 'record_run', '{}' FROM generate_series(1, 3000)"
-    )
+    await db.execute("INSERT INTO jobs (task, args) SELECT 'record_run', '{}' FROM generate_series(1, 3000)")
     workers = [start_worker(dsn, concurrency="10") for _ in range(3)]
     try:
         await wait_until(
-            lambda: db.fetchval("SELECT count(*) = 3000 FROM jobs WHERE state = 'succeeded'"), 120, 0.2
+            lambda: db.fetchval("SELECT count(*) = 3000 FROM jobs WHERE state = 'succeeded'"),
+            120,
+            0.2,
         )
     finally:
         for worker in workers:
@@ -69,13 +71,17 @@ async def test_running_job_cancelled_through_another_process_ends_cancelled_with
     try:
         job = await engine.client.enqueue("wait", {"seconds": 60}, queue="remote")
         await wait_until(lambda: db.fetchval("SELECT state = 'running' FROM jobs WHERE id = $1", job.id), 20)
-        await wait_until(lambda: db.fetchval("SELECT progress IS NOT NULL FROM jobs WHERE id = $1", job.id), 5)
+        await wait_until(
+            lambda: db.fetchval("SELECT progress IS NOT NULL FROM jobs WHERE id = $1", job.id), 5
+        )
         await engine.client.cancel(job.id)
         await wait_until(lambda: db.fetchval("SELECT state = 'cancelled' FROM jobs WHERE id = $1", job.id), 2)
     finally:
         stop_worker(worker)
     row = await db.fetchrow("SELECT attempts, finished_at, lease_owner FROM jobs WHERE id = $1", job.id)
-    assert row["attempts"] == 1 and row["finished_at"] is not None and row["lease_owner"] is None
+    assert row["attempts"] == 1
+    assert row["finished_at"] is not None
+    assert row["lease_owner"] is None
 
 
 async def test_shutdown_releases_a_running_job_at_once_for_another_process(
@@ -83,7 +89,9 @@ async def test_shutdown_releases_a_running_job_at_once_for_another_process(
 ) -> None:  # type: ignore[no-untyped-def]
     worker = start_worker(dsn, shutdown_grace_s="0.5", lease_s="600")
     try:
-        job_id = await db.fetchval("INSERT INTO jobs (task, args) VALUES ('wait', '{\"seconds\": 3}') RETURNING id")
+        job_id = await db.fetchval(
+            "INSERT INTO jobs (task, args) VALUES ('wait', '{\"seconds\": 3}') RETURNING id"
+        )
         await wait_until(lambda: db.fetchval("SELECT state = 'running' FROM jobs WHERE id = $1", job_id), 20)
     finally:
         assert stop_worker(worker, signal.SIGTERM) == 0
@@ -91,5 +99,7 @@ async def test_shutdown_releases_a_running_job_at_once_for_another_process(
     row = await db.fetchrow("SELECT state, attempts, lease_owner FROM jobs WHERE id = $1", job_id)
     assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 0, None)
     async with Engine(make_settings(dsn), registry, dsn):
-        await wait_until(lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 10)
+        await wait_until(
+            lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 10
+        )
     assert await db.fetchval("SELECT attempts FROM jobs WHERE id = $1", job_id) == 1

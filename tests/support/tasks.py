@@ -34,7 +34,9 @@ async def record_run(ctx: Context, args: Marker) -> dict[str, str]:
     """Inserts its job id into runs (unique): a second execution of a job fails loudly."""
     await ctx.pool.execute(
         "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, $2, $3)",
-        ctx.job.id, args.marker, ctx.job.attempt,
+        ctx.job.id,
+        args.marker,
+        ctx.job.attempt,
     )
     return {"marker": args.marker}
 
@@ -61,7 +63,8 @@ async def hang_first_attempt(ctx: Context, args: NoArgs) -> dict[str, int]:
     """Signals it started, then hangs on attempt 1 (to be killed); later attempts return."""
     await ctx.pool.execute(
         "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, 'started', $2)",
-        ctx.job.id, ctx.job.attempt,
+        ctx.job.id,
+        ctx.job.attempt,
     )
     if ctx.job.attempt == 1:
         await asyncio.sleep(3600)

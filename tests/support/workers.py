@@ -25,9 +25,7 @@ def start_worker(dsn: str, **settings: str) -> subprocess.Popen[bytes]:
         **{f"SKIPLOCK_{key.upper()}": value for key, value in settings.items()},
     }
     env.pop("SKIPLOCK_TEST_DATABASE_URL", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "skiplock", "worker"], env=env, stdout=subprocess.DEVNULL
-    )
+    return subprocess.Popen([sys.executable, "-m", "skiplock", "worker"], env=env, stdout=subprocess.DEVNULL)
 
 
 def stop_worker(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Request, Response
 from litestar.status_codes import (
     HTTP_404_NOT_FOUND,
@@ -36,7 +38,9 @@ def status_for(exc: SkiplockError) -> int:
     return HTTP_500_INTERNAL_SERVER_ERROR
 
 
-def skiplock_error_handler(_request: Request[object, object, object], exc: SkiplockError) -> Response[dict[str, object]]:
+def skiplock_error_handler(
+    _request: Request[Any, Any, Any], exc: SkiplockError
+) -> Response[dict[str, object]]:
     status = status_for(exc)
     return Response(
         {"status_code": status, "detail": exc.message, "extra": exc.extra or None},

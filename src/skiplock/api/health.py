@@ -9,7 +9,6 @@ from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from skiplock.api.plugin import EngineDep
 from skiplock.api.schemas import Health
 from skiplock.db.migrate import is_current
-from skiplock.queue.engine import Engine
 
 
 @get("/health", operation_id="Health", tags=["health"])

@@ -63,7 +63,9 @@ class JobController(Controller):
         job_state: Annotated[JobState | None, QueryParameter(name="state")] = None,
         queue: Annotated[str | None, Parameter(pattern=QUEUE_NAME)] = None,
         task: Annotated[str | None, Parameter(min_length=1, max_length=200)] = None,
-        cursor: Annotated[str | None, Parameter(max_length=40, description="next_cursor of the previous page")] = None,
+        cursor: Annotated[
+            str | None, Parameter(max_length=40, description="next_cursor of the previous page")
+        ] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
     ) -> JobPage:
         """Jobs newest first, filtered by state, queue and task, a page at a time."""

@@ -9,7 +9,6 @@ from litestar.params import Parameter
 
 from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.schemas import QUEUE_NAME, QueueOut, TaskInfo
-from skiplock.queue.engine import Engine
 from skiplock.queue.models import QueueInfo
 
 QueueName = Annotated[str, Parameter(pattern=QUEUE_NAME, description="The queue's name.")]
@@ -52,8 +51,13 @@ class TaskController(Controller):
         """Registered tasks with their defaults and argument JSON schemas."""
         return [
             TaskInfo(
-                name=t.name, queue=t.queue, priority=t.priority, max_attempts=t.max_attempts,
-                timeout_s=t.timeout_s, description=t.description, args_schema=t.args_schema(),
+                name=t.name,
+                queue=t.queue,
+                priority=t.priority,
+                max_attempts=t.max_attempts,
+                timeout_s=t.timeout_s,
+                description=t.description,
+                args_schema=t.args_schema(),
             )
             for t in client.registry
         ]

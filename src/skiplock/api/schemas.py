@@ -28,7 +28,9 @@ class JobCreate(BaseModel):
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400)
     unique_key: str | None = Field(
-        default=None, min_length=1, max_length=200,
+        default=None,
+        min_length=1,
+        max_length=200,
         description="While a job with this key is queued or running, that job is returned instead.",
     )
 
@@ -60,7 +62,9 @@ class QueueOut(BaseModel):
     name: str
     paused: bool
     counts: dict[JobState, int]
-    concurrency: int | None = Field(description="This process's limit for the queue; null if it does not serve it.")
+    concurrency: int | None = Field(
+        description="This process's limit for the queue; null if it does not serve it."
+    )
 
 
 class Health(BaseModel):

@@ -139,8 +139,16 @@ class EmbeddedPostgres:
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
         self._run(
-            [_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--locale=C.UTF-8"]
+            [
+                _bin("initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ]
         )
 
     def _pg_ctl_start(self) -> None:
@@ -150,9 +158,19 @@ class EmbeddedPostgres:
             socket_dir.chmod(0o777)
         options = " ".join(f"-c {key}={value}" for key, value in self.settings.items())
         self._run(
-            [_bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
-             "-l", str(self.data_dir / "server.log"),
-             "-o", f"-k {socket_dir} {options}", "start"]
+            [
+                _bin("pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.data_dir / "server.log"),
+                "-o",
+                f"-k {socket_dir} {options}",
+                "start",
+            ]
         )
 
     def _running_pid(self) -> int | None:

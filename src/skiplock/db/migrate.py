@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import structlog
 
+from skiplock.db.pool import AnyConnection
 from skiplock.db.sqlfile import load_statements
 from skiplock.errors import MigrationError
 
@@ -61,7 +62,7 @@ def discover(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: AnyConnection) -> list[int]:
     """Apply pending migrations; returns the versions applied. Safe to run from many processes at once."""
     applied_now: list[int] = []
     await conn.execute(SQL.lock)
@@ -86,7 +87,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     return applied_now
 
 
-async def is_current(conn: asyncpg.Connection) -> bool:
+async def is_current(conn: AnyConnection) -> bool:
     """True when every migration file has been applied."""
     try:
         latest = await conn.fetchval(SQL.latest)

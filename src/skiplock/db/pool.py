@@ -8,8 +8,12 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from skiplock.errors import DatabaseError
+
+#: A standalone connection or one borrowed from the pool.
+AnyConnection = asyncpg.Connection | PoolConnectionProxy
 
 
 def _dumps(value: Any) -> str:
@@ -37,9 +41,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections all carry skiplock's codecs."""
     try:
-        pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=init_connection
-        )
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection)
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseError(f"cannot connect to the database: {exc}") from exc
     assert pool is not None

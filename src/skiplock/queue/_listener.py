@@ -7,6 +7,7 @@ every handler is told to look again, since notifications sent meanwhile are lost
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -52,8 +53,8 @@ class Listener:
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._on_reconnect.append(callback)
 
-    def _dispatch(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        kind, _, rest = payload.partition(":")
+    def _dispatch(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        kind, _, rest = str(payload).partition(":")
         for handler in self._handlers.get(kind, ()):
             handler(rest)
 
@@ -98,10 +99,8 @@ class Listener:
             for callback in self._on_reconnect:
                 callback()
         while not self._stop.is_set:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), timeout=self.ping_interval_s)
-            except TimeoutError:
-                pass
             if self._stop.is_set:
                 return
             try:

@@ -104,9 +104,7 @@ class Producer:
             if free <= 0:
                 self._hungry.add(queue)
                 continue
-            records = await self.pool.fetch(
-                JOBS.job_claim_many, queue, free, self.owner, self.lease_s, None
-            )
+            records = await self.pool.fetch(JOBS.job_claim_many, queue, free, self.owner, self.lease_s, None)
             if len(records) == free:
                 self._hungry.add(queue)
             else:

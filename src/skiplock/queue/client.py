@@ -8,19 +8,23 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel
 
+from skiplock.db.pool import AnyConnection
 from skiplock.errors import ConflictError, InvalidArgumentsError, InvalidStateError, JobNotFound
 from skiplock.queue._statements import JOBS, QUEUES
 from skiplock.queue.models import Job, JobState, QueueInfo
 from skiplock.queue.tasks import TaskRegistry
 
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor = asyncpg.Pool | AnyConnection
 
 MAX_PRIORITY = 100
 _UNIQUE_RACE_RETRIES = 5
 
 
 def _check_options(
-    priority: int, max_attempts: int, timeout_s: float | None, delay_s: float | None,
+    priority: int,
+    max_attempts: int,
+    timeout_s: float | None,
+    delay_s: float | None,
     run_at: datetime | None,
 ) -> None:
     problems = []
@@ -59,7 +63,7 @@ class Client:
         max_attempts: int | None = None,
         timeout_s: float | None = None,
         unique_key: str | None = None,
-        conn: asyncpg.Connection | None = None,
+        conn: AnyConnection | None = None,
     ) -> Job:
         """Validate ``args`` against the task's model and insert the job (waking a worker on commit).
 
@@ -72,8 +76,15 @@ class Client:
         timeout_s = spec.timeout_s if timeout_s is None else timeout_s
         _check_options(priority, max_attempts, timeout_s, delay_s, run_at)
         params = (
-            queue or spec.queue, task, model.model_dump(mode="json"), priority, run_at, delay_s,
-            max_attempts, timeout_s, unique_key,
+            queue or spec.queue,
+            task,
+            model.model_dump(mode="json"),
+            priority,
+            run_at,
+            delay_s,
+            max_attempts,
+            timeout_s,
+            unique_key,
         )
         target: Executor = conn if conn is not None else self.pool
         for _ in range(_UNIQUE_RACE_RETRIES):
@@ -138,9 +149,7 @@ class Client:
         records = await self.pool.fetch(QUEUES.queue_overview)
         return [QueueInfo.model_validate(dict(r)) for r in records]
 
-    async def _not_allowed(
-        self, conn: asyncpg.Connection, job_id: int, action: str, why: str
-    ) -> Exception:
+    async def _not_allowed(self, conn: AnyConnection, job_id: int, action: str, why: str) -> Exception:
         record = await conn.fetchrow(JOBS.job_get, job_id)
         if record is None:
             return JobNotFound(f"no job with id {job_id}")

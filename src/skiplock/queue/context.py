@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,7 +56,9 @@ class Context:
         if fraction is not None and not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
             raise ValueError("progress fraction must be between 0 and 1")
         value: dict[str, Any] = {
-            "fraction": fraction, "message": message, "at": datetime.now(UTC).isoformat()
+            "fraction": fraction,
+            "message": message,
+            "at": datetime.now(UTC).isoformat(),
         }
         if current is not None:
             value["current"] = current

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -126,10 +127,8 @@ class Engine:
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self._task is not None:
-            try:
+            with contextlib.suppress(Exception):  # already logged by the supervisor
                 await self._task
-            except Exception:  # already logged by the supervisor
-                pass
             self._task = None
         if self._pool is not None:
             await self._pool.close()
@@ -141,6 +140,9 @@ class Engine:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()

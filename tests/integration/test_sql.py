@@ -1,0 +1,84 @@
+"""Every named statement prepares on the migrated schema; the claim obeys a pinned clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from skiplock.db.migrate import SQL as MIGRATE_SQL
+from skiplock.db.migrate import discover, is_current, migrate
+from skiplock.db.sqlfile import all_statements
+from skiplock.queue._statements import JOBS, QUEUES
+from tests.factories import job
+
+STATEMENTS = {
+    **{f"jobs.{k}": v for k, v in all_statements(JOBS).items()},
+    **{f"queues.{k}": v for k, v in all_statements(QUEUES).items()},
+    **{f"migrate.{k}": v for k, v in all_statements(MIGRATE_SQL).items()},
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATEMENTS))
+async def test_statement_prepares_against_the_migrated_schema(tx: asyncpg.Connection, name: str) -> None:
+    await tx.prepare(STATEMENTS[name])
+
+
+async def test_migrations_are_current_and_rerunning_applies_nothing(db: asyncpg.Connection) -> None:
+    assert await is_current(db)
+    assert await migrate(db) == []
+    assert await db.fetchval("SELECT count(*) FROM schema_migrations") == len(discover())
+
+
+async def test_claim_takes_only_due_jobs_by_the_pinned_clock(tx: asyncpg.Connection) -> None:
+    run_at = await tx.fetchval("SELECT now() + interval '1 hour'")
+    job_id = await job(tx, run_at=run_at)
+    early = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, run_at - timedelta(seconds=1))
+    assert early == []
+    on_time = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, run_at)
+    assert [r["id"] for r in on_time] == [job_id]
+    assert on_time[0]["attempts"] == 1
+
+
+async def test_claim_uses_the_partial_claim_index(tx: asyncpg.Connection) -> None:
+    await tx.execute("SET LOCAL enable_seqscan = off")  # a tiny table would otherwise be scanned
+    explain = await tx.prepare("EXPLAIN " + JOBS.job_claim_many)
+    plan = "\n".join(r[0] for r in await explain.fetch("default", 10, "me", 30.0, None))
+    assert "jobs_claim_idx" in plan
+
+
+async def test_rescue_requeues_expired_leases_and_fails_exhausted_ones(
+    db: asyncpg.Connection,
+) -> None:
+    from skiplock.queue.models import JobState
+
+    expired = await db.fetchval("SELECT now() - interval '1 second'")
+    retry = await job(db, JobState.RUNNING, lease_expires_at=expired, max_attempts=3)
+    exhausted = await job(db, JobState.RUNNING, lease_expires_at=expired, max_attempts=1)
+    alive = await job(db, JobState.RUNNING)
+    rows = {r["id"]: r["state"] for r in await db.fetch(JOBS.job_rescue_expired, 100, None)}
+    assert rows == {retry: "queued", exhausted: "failed"}
+    assert await db.fetchval("SELECT state FROM jobs WHERE id = $1", alive) == "running"
+    errors = await db.fetchval("SELECT errors FROM jobs WHERE id = $1", retry)
+    assert errors[0]["type"] == "LeaseLost"
+    assert "factory" in errors[0]["message"]
+
+
+async def test_finish_is_ignored_for_a_job_no_longer_ours(db: asyncpg.Connection) -> None:
+    from skiplock.queue.models import JobState
+
+    job_id = await job(db, JobState.RUNNING)
+    written = await db.fetch(
+        JOBS.job_finish_many,
+        [job_id],
+        [1],
+        ["succeeded"],
+        [None],
+        [None],
+        [0.0],
+        [None],
+        "someone-else",
+    )
+    assert written == []
+    assert await db.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "running"
