@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=30.0, ge=1, le=86_400)
     shutdown_grace_s: float = Field(default=10.0, ge=0, le=3600)
     rescue_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    retention_s: float = Field(
+        default=7 * 86_400, ge=60, description="Finished jobs are deleted after this many seconds."
+    )
+    prune_interval_s: float = Field(default=60.0, gt=0, le=86_400)
     task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=10, ge=1, le=500)

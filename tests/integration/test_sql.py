@@ -82,3 +82,26 @@ async def test_finish_is_ignored_for_a_job_no_longer_ours(db: asyncpg.Connection
     )
     assert written == []
     assert await db.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "running"
+
+
+async def test_pruner_deletes_only_finished_jobs_past_retention(dsn: str, db: asyncpg.Connection) -> None:
+    from skiplock.db.pool import create_pool
+    from skiplock.queue._pruner import Pruner
+    from skiplock.queue.models import JobState
+
+    old = await db.fetchval("SELECT now() - interval '2 hours'")
+    expired = [
+        await job(db, state, finished_at=old)
+        for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+    ]
+    recent = await job(db, JobState.SUCCEEDED)
+    queued = await job(db)
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        pruner = Pruner(pool, retention_s=3600, interval_s=60, batch=2)
+        assert await pruner.prune_once() == 3
+    finally:
+        await pool.close()
+    remaining = {r["id"] for r in await db.fetch("SELECT id FROM jobs")}
+    assert remaining == {recent, queued}
+    assert not remaining & set(expired)

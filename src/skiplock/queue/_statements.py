@@ -23,6 +23,7 @@ class JobStatements:
     job_retry: str
     notify_cancel: str
     notify_queued: str
+    job_prune_finished: str
 
 
 @dataclass(frozen=True, slots=True)

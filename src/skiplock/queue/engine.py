@@ -20,6 +20,7 @@ from skiplock.queue._executor import Executor
 from skiplock.queue._lease import LeaseKeeper
 from skiplock.queue._listener import Listener
 from skiplock.queue._producer import Producer
+from skiplock.queue._pruner import Pruner
 from skiplock.queue._rescuer import Rescuer
 from skiplock.queue._running import RunningJobs
 from skiplock.queue.client import Client
@@ -79,6 +80,13 @@ class Engine:
     def _services(self) -> list[Service]:
         services: list[Service] = [self.listener]
         services.append(Rescuer(self.pool, interval_s=self.settings.rescue_interval_s))
+        services.append(
+            Pruner(
+                self.pool,
+                retention_s=self.settings.retention_s,
+                interval_s=self.settings.prune_interval_s,
+            )
+        )
         if self.settings.worker:
             completer = Completer(self.pool, self.owner)
             keeper = LeaseKeeper(

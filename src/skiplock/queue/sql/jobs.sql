@@ -130,3 +130,15 @@ SELECT pg_notify('skiplock', 'cancel:' || $1::bigint)
 
 -- name: notify_queued
 SELECT pg_notify('skiplock', 'queued:' || queue) FROM unnest($1::text[]) AS queue
+
+-- name: job_prune_finished
+-- Finished jobs older than $1 seconds, oldest first, a batch at a time (served by jobs_state_id_idx).
+DELETE FROM jobs
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE state IN ('succeeded', 'failed', 'cancelled')
+      AND finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)
+    ORDER BY id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)

@@ -1,0 +1,52 @@
+"""Deletes finished jobs older than the retention period, in small batches so it never holds
+long locks or bloats one transaction. Every process runs it; SKIP LOCKED shares the work."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+import structlog
+
+from skiplock.queue._statements import JOBS
+from skiplock.service import StopSignal
+
+log = structlog.get_logger("skiplock.pruner")
+
+
+class Pruner:
+    name = "pruner"
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, retention_s: float, interval_s: float, batch: int = 1000
+    ) -> None:
+        self.pool = pool
+        self.retention_s = retention_s
+        self.interval_s = interval_s
+        self.batch = batch
+        self._stop = StopSignal()
+
+    async def run(self, ready: asyncio.Event) -> None:
+        ready.set()
+        while not await self._stop.sleep(self.interval_s * (0.9 + 0.2 * random.random())):
+            try:
+                await self.prune_once()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("prune_failed", error=str(exc))
+
+    async def prune_once(self, now: object = None) -> int:
+        """Delete every expired finished job now, batch by batch; returns how many."""
+        total = 0
+        while not self._stop.is_set:
+            status = await self.pool.execute(JOBS.job_prune_finished, self.retention_s, self.batch, now)
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < self.batch:
+                break
+        if total:
+            log.info("jobs_pruned", count=total)
+        return total
+
+    async def stop(self) -> None:
+        self._stop.set()
