@@ -217,3 +217,29 @@ async def test_listener_comes_back_after_its_connection_is_killed(
     # and NOTIFY works again: with a long poll only a notification can start the next job fast
     second = await engine.client.enqueue("noop", {})
     assert await finished(engine, second.id) == "succeeded"
+
+
+async def test_bulk_enqueue_copies_every_job_and_they_run(engine: Engine) -> None:
+    from skiplock.queue import EnqueueRequest
+
+    requests = [EnqueueRequest("record_run", {"marker": str(n)}) for n in range(200)]
+    requests.append(EnqueueRequest("noop", {}, delay_s=60, priority=5, queue="later"))
+    ids = await engine.client.enqueue_many(requests)
+    assert len(ids) == 201 and ids == sorted(ids)
+    delayed = await engine.client.get(ids[-1])
+    assert (delayed.queue, delayed.priority, delayed.state) == ("later", 5, "queued")
+    assert delayed.run_at > delayed.created_at
+    await wait_until(lambda: engine.client.pool.fetchval("SELECT count(*) = 200 FROM test_runs"))
+    markers = await engine.client.pool.fetch("SELECT job_id, marker FROM test_runs")
+    assert {r["job_id"]: r["marker"] for r in markers} == {ids[n]: str(n) for n in range(200)}
+
+
+async def test_bulk_enqueue_with_one_bad_job_names_it_and_writes_nothing(engine: Engine) -> None:
+    from skiplock.queue import EnqueueRequest
+
+    requests = [EnqueueRequest("noop", {}), EnqueueRequest("sleep", {"seconds": "x"}), EnqueueRequest("noop")]
+    with pytest.raises(InvalidArgumentsError) as error:
+        await engine.client.enqueue_many(requests)
+    assert error.value.extra["index"] == 1
+    assert error.value.message.startswith("job 1: ")
+    assert await engine.client.pool.fetchval("SELECT count(*) FROM jobs") == 0

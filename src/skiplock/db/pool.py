@@ -16,16 +16,25 @@ from skiplock.errors import DatabaseError
 AnyConnection = asyncpg.Connection | PoolConnectionProxy
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+_JSONB_VERSION = b"\x01"
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return _JSONB_VERSION + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """jsonb and json as Python values, through orjson."""
-    for typename in ("jsonb", "json"):
-        await conn.set_type_codec(
-            typename, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog", format="text"
-        )
+    """jsonb and json as Python values through orjson, in binary so COPY can carry them too."""
+    await conn.set_type_codec(
+        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
+    )
+    await conn.set_type_codec(
+        "json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog", format="binary"
+    )
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

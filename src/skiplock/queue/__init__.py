@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from skiplock.queue.backoff import Backoff
-from skiplock.queue.client import Client
+from skiplock.queue.client import Client, EnqueueRequest
 from skiplock.queue.context import Context, JobInfo
 from skiplock.queue.engine import Engine
 from skiplock.queue.models import Job, JobState, QueueInfo
@@ -14,6 +14,7 @@ __all__ = [
     "Client",
     "Context",
     "Engine",
+    "EnqueueRequest",
     "Job",
     "JobInfo",
     "JobState",

@@ -24,6 +24,7 @@ class JobStatements:
     notify_cancel: str
     notify_queued: str
     job_prune_finished: str
+    job_reserve_ids: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 from pydantic import BaseModel
 
+from skiplock.db.copy import copy_rows
 from skiplock.db.pool import AnyConnection
-from skiplock.errors import ConflictError, InvalidArgumentsError, InvalidStateError, JobNotFound
+from skiplock.errors import (
+    ConflictError,
+    InvalidArgumentsError,
+    InvalidStateError,
+    JobNotFound,
+    SkiplockError,
+)
 from skiplock.queue._statements import JOBS, QUEUES
 from skiplock.queue.models import Job, JobState, QueueInfo
 from skiplock.queue.tasks import TaskRegistry
@@ -18,6 +27,39 @@ Executor = asyncpg.Pool | AnyConnection
 
 MAX_PRIORITY = 100
 _UNIQUE_RACE_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    """One job for :meth:`Client.enqueue_many` (``unique_key`` needs :meth:`Client.enqueue`)."""
+
+    task: str
+    args: Any = None
+    queue: str | None = None
+    priority: int | None = None
+    run_at: datetime | None = None
+    delay_s: float | None = None
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    queue: str
+    task: str
+    args: dict[str, Any]
+    priority: int
+    max_attempts: int
+    timeout_s: float | None
+
+
+_COPY_COLUMNS = ("id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s")
+
+
+def _start(now: datetime, request: EnqueueRequest) -> datetime:
+    if request.run_at is not None:
+        return request.run_at
+    return now + timedelta(seconds=request.delay_s or 0)
 
 
 def _check_options(
@@ -51,6 +93,24 @@ class Client:
         self.pool = pool
         self.registry = registry
 
+    def _resolve(self, request: EnqueueRequest) -> _Resolved:
+        """Validate one job against its task and fill in the task's defaults."""
+        spec = self.registry.get(request.task)
+        args = request.args
+        model = args if isinstance(args, BaseModel) else spec.validate_args(args or {})
+        resolved = _Resolved(
+            queue=request.queue or spec.queue,
+            task=request.task,
+            args=model.model_dump(mode="json"),
+            priority=spec.priority if request.priority is None else request.priority,
+            max_attempts=spec.max_attempts if request.max_attempts is None else request.max_attempts,
+            timeout_s=spec.timeout_s if request.timeout_s is None else request.timeout_s,
+        )
+        _check_options(
+            resolved.priority, resolved.max_attempts, resolved.timeout_s, request.delay_s, request.run_at
+        )
+        return resolved
+
     async def enqueue(
         self,
         task: str,
@@ -69,21 +129,17 @@ class Client:
 
         With a live job of the same ``unique_key``, that job is returned with ``created=False``.
         """
-        spec = self.registry.get(task)
-        model = args if isinstance(args, BaseModel) else spec.validate_args(args or {})
-        priority = spec.priority if priority is None else priority
-        max_attempts = spec.max_attempts if max_attempts is None else max_attempts
-        timeout_s = spec.timeout_s if timeout_s is None else timeout_s
-        _check_options(priority, max_attempts, timeout_s, delay_s, run_at)
+        request = EnqueueRequest(task, args, queue, priority, run_at, delay_s, max_attempts, timeout_s)
+        r = self._resolve(request)
         params = (
-            queue or spec.queue,
-            task,
-            model.model_dump(mode="json"),
-            priority,
+            r.queue,
+            r.task,
+            r.args,
+            r.priority,
             run_at,
             delay_s,
-            max_attempts,
-            timeout_s,
+            r.max_attempts,
+            r.timeout_s,
             unique_key,
         )
         target: Executor = conn if conn is not None else self.pool
@@ -93,6 +149,38 @@ class Client:
                 return Job.from_record(record)
             # The live job holding the key finished between our insert and read: insert again.
         raise ConflictError(f"unique_key {unique_key!r} is contended; try again")
+
+    async def enqueue_many(
+        self, requests: Sequence[EnqueueRequest], *, conn: AnyConnection | None = None
+    ) -> list[int]:
+        """Validate every job first (the first bad one raises, naming its index, and nothing is
+        written), then write them all with one COPY. Returns the new ids in order."""
+        resolved = []
+        for index, request in enumerate(requests):
+            try:
+                resolved.append(self._resolve(request))
+            except SkiplockError as exc:
+                raise type(exc)(f"job {index}: {exc.message}", index=index, **exc.extra) from exc
+        if not resolved:
+            return []
+        if conn is None:
+            async with self.pool.acquire() as own, own.transaction():
+                return await self._copy_jobs(own, requests, resolved)
+        async with conn.transaction():
+            return await self._copy_jobs(conn, requests, resolved)
+
+    async def _copy_jobs(
+        self, conn: AnyConnection, requests: Sequence[EnqueueRequest], resolved: list[_Resolved]
+    ) -> list[int]:
+        reserved = await conn.fetch(JOBS.job_reserve_ids, len(resolved))
+        now: datetime = reserved[0]["now"]  # the transaction's clock, as the column default would be
+        ids: list[int] = [r["id"] for r in reserved]
+        rows = (
+            (job_id, r.queue, r.task, r.args, r.priority, _start(now, q), r.max_attempts, r.timeout_s)
+            for job_id, q, r in zip(ids, requests, resolved, strict=True)
+        )
+        await copy_rows(conn, "jobs", _COPY_COLUMNS, rows)
+        return ids
 
     async def get(self, job_id: int) -> Job:
         record = await self.pool.fetchrow(JOBS.job_get, job_id)

@@ -142,3 +142,7 @@ WHERE id IN (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
+
+-- name: job_reserve_ids
+-- Ids for a bulk enqueue, taken before the COPY so the caller learns them.
+SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, now() AS now FROM generate_series(1, $1)
