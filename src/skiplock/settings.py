@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".skiplock"), description="Where the embedded server lives.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    concurrency: int = Field(default=20, ge=1, le=10_000, description="Jobs run at once.")
+    concurrency: int = Field(default=50, ge=1, le=10_000, description="Jobs run at once.")
     queues: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Queues served, 'name' or 'name:limit'; empty: 'default' and every task's queue.",
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     prune_interval_s: float = Field(default=60.0, gt=0, le=86_400)
     task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pool_min_size: int = Field(default=2, ge=1, le=100)
-    pool_max_size: int = Field(default=10, ge=1, le=500)
+    pool_max_size: int = Field(default=20, ge=1, le=500)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -225,7 +225,8 @@ async def test_bulk_enqueue_copies_every_job_and_they_run(engine: Engine) -> Non
     requests = [EnqueueRequest("record_run", {"marker": str(n)}) for n in range(200)]
     requests.append(EnqueueRequest("noop", {}, delay_s=60, priority=5, queue="later"))
     ids = await engine.client.enqueue_many(requests)
-    assert len(ids) == 201 and ids == sorted(ids)
+    assert len(ids) == 201
+    assert ids == sorted(ids)
     delayed = await engine.client.get(ids[-1])
     assert (delayed.queue, delayed.priority, delayed.state) == ("later", 5, "queued")
     assert delayed.run_at > delayed.created_at

@@ -17,7 +17,7 @@ from skiplock.queue._running import RunningJob, RunningJobs, StopReason
 from skiplock.queue.client import Client
 from skiplock.queue.context import Context, JobInfo
 from skiplock.queue.models import ClaimedJob
-from skiplock.queue.tasks import TaskRegistry
+from skiplock.queue.tasks import Task, TaskRegistry
 
 log = structlog.get_logger("skiplock.executor")
 
@@ -64,7 +64,10 @@ class Executor:
                 return
             outcome.progress = running.progress
             self.completer.put(outcome)
-            log.info(
+            # Successes at debug: one line per job would be a tenth of a no-op job's cost, and the
+            # job row keeps the outcome anyway. Everything else is worth a line at info.
+            emit = log.debug if outcome.state == "succeeded" else log.info
+            emit(
                 "job_finished",
                 outcome=outcome.state,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
@@ -84,11 +87,11 @@ class Executor:
             on_progress=self.running.set_progress,
         )
         try:
-            async with asyncio.timeout(job.timeout_s):
-                if spec.is_async:
-                    result = await spec.fn(ctx, args)
-                else:
-                    result = await asyncio.to_thread(spec.fn, ctx, args)
+            if job.timeout_s is None:
+                result = await self._call(spec, ctx, args)
+            else:
+                async with asyncio.timeout(job.timeout_s):
+                    result = await self._call(spec, ctx, args)
             return Outcome(job, "succeeded", result=to_jsonable_python(result))
         except asyncio.CancelledError:
             reason = running.stop_reason
@@ -109,6 +112,12 @@ class Executor:
             return Outcome(job, "failed", error=error_record(job, exc))
         except Exception as exc:
             return self._failure(job, spec.backoff.delay(job.attempt), exc)
+
+    @staticmethod
+    async def _call(spec: Task[Any], ctx: Context, args: Any) -> Any:
+        if spec.is_async:
+            return await spec.fn(ctx, args)
+        return await asyncio.to_thread(spec.fn, ctx, args)
 
     @staticmethod
     def _failure(

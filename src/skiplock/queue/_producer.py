@@ -14,6 +14,7 @@ import time
 import asyncpg
 import structlog
 
+from skiplock.db.pool import AnyConnection
 from skiplock.queue._executor import Executor
 from skiplock.queue._running import RunningJobs, StopReason
 from skiplock.queue._statements import JOBS
@@ -69,12 +70,14 @@ class Producer:
             self.wake_all()
             backoff = 0.05
             while not self._stop.is_set:
-                await self._wait_for_work()
-                if self._stop.is_set:
-                    break
                 try:
-                    await self._claim_round(jobs)
-                    backoff = 0.05
+                    async with self.pool.acquire() as conn:
+                        await conn.execute(JOBS.session_async_commit)
+                        while not self._stop.is_set:
+                            await self._wait_for_work()
+                            if not self._stop.is_set:
+                                await self._claim_round(conn, jobs)
+                                backoff = 0.05
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("claim_failed", error=str(exc), retry_in_s=backoff)
                     self.wake_all()
@@ -94,7 +97,7 @@ class Producer:
         # Let completions of the same moment free their slots, so one claim takes them all.
         await asyncio.sleep(0)
 
-    async def _claim_round(self, jobs: asyncio.TaskGroup) -> None:
+    async def _claim_round(self, conn: AnyConnection, jobs: asyncio.TaskGroup) -> None:
         queues, self._woken = self._woken, set()
         for queue in queues:
             free = min(

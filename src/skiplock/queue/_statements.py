@@ -25,6 +25,7 @@ class JobStatements:
     notify_queued: str
     job_prune_finished: str
     job_reserve_ids: str
+    session_async_commit: str
 
 
 @dataclass(frozen=True, slots=True)

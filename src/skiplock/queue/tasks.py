@@ -36,9 +36,10 @@ class Task(Generic[ArgsT]):
     backoff: Backoff = field(default_factory=Backoff)
     description: str = ""
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.fn)
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
 
     def validate_args(self, raw: object) -> ArgsT:
         """The args as the task's model, or InvalidArgumentsError naming each bad field."""

@@ -146,3 +146,9 @@ WHERE id IN (
 -- name: job_reserve_ids
 -- Ids for a bulk enqueue, taken before the COPY so the caller learns them.
 SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, now() AS now FROM generate_series(1, $1)
+
+-- name: session_async_commit
+-- For the producer's own connection: a claim lost in a server crash only puts the job back in
+-- its queue (the worker's outcome then fails its owner guard), so claims need not wait for the
+-- WAL flush. Outcomes are written on other connections, durably.
+SET synchronous_commit = off

@@ -1,0 +1,1 @@
+"""make bench: skiplock's engine measured against bare asyncpg doing the same work."""

@@ -1,0 +1,201 @@
+"""The shared runner: a PostgreSQL, a fresh database per workload, one table, one JSON file."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from skiplock.db import EmbeddedPostgres, connect, migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = "bench_template"
+
+
+@dataclass
+class Measurement:
+    workload: str
+    metric: str
+    value: float
+    unit: str
+    floor: str | None = None  # the floor metric this one is compared with
+    target: str = ""
+
+
+@dataclass
+class Bench:
+    """What a workload gets: the server, sizes (full or quick) and a place for its numbers."""
+
+    admin_dsn: str
+    quick: bool
+    results: list[Measurement] = field(default_factory=list)
+    _names: Iterator[int] = field(default_factory=itertools.count)
+
+    def size(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+    def record(self, workload: str, metric: str, value: float, unit: str, **extra: Any) -> None:
+        self.results.append(Measurement(workload, metric, round(value, 2), unit, **extra))
+
+    def value(self, workload: str, metric: str) -> float | None:
+        return next((m.value for m in self.results if (m.workload, m.metric) == (workload, metric)), None)
+
+    @asynccontextmanager
+    async def database(self) -> AsyncIterator[str]:
+        """A fresh migrated database, dropped afterwards."""
+        name = f"bench_{os.getpid()}_{next(self._names)}"
+        admin = await asyncpg.connect(self.admin_dsn)
+        try:
+            await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        finally:
+            await admin.close()
+        try:
+            yield with_database(self.admin_dsn, name)
+        finally:
+            admin = await asyncpg.connect(self.admin_dsn)
+            try:
+                await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            finally:
+                await admin.close()
+
+
+Workload = Callable[[Bench], Awaitable[None]]
+
+
+def with_database(dsn: str, database: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """SKIPLOCK_BENCH_DATABASE_URL, or an embedded server with default settings in a temp dir."""
+    given = os.environ.get("SKIPLOCK_BENCH_DATABASE_URL")
+    if given:
+        yield given
+        return
+    directory = Path(tempfile.mkdtemp(prefix="skbench-", dir="/tmp"))
+    server = EmbeddedPostgres(directory / "pg")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def prepare_template(admin_dsn: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {TEMPLATE}")
+    finally:
+        await admin.close()
+    conn = await connect(with_database(admin_dsn, TEMPLATE))
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def environment(admin_dsn: str) -> dict[str, Any]:
+    """The machine, the server and the code the numbers came from."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        names = [
+            "shared_buffers",
+            "synchronous_commit",
+            "fsync",
+            "wal_level",
+            "max_connections",
+            "work_mem",
+            "max_wal_size",
+        ]
+        rows = await conn.fetch("SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1)", names)
+    finally:
+        await conn.close()
+    return {
+        **machine_and_commit(),
+        "postgres": {
+            "version": version,
+            "settings": {r["name"]: f"{r['setting']}{r['unit'] or ''}" for r in rows},
+            "source": "SKIPLOCK_BENCH_DATABASE_URL"
+            if os.environ.get("SKIPLOCK_BENCH_DATABASE_URL")
+            else "embedded",
+        },
+    }
+
+
+def machine_and_commit() -> dict[str, Any]:
+    mem_kib = next(
+        (
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0,
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "machine": {
+            "cores": os.cpu_count(),
+            "memory_gib": round(mem_kib / 2**20, 1),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+        },
+        "skiplock_commit": commit + ("-dirty" if dirty else ""),
+    }
+
+
+def render(results: list[Measurement], bench: Bench) -> str:
+    lines = [f"{'workload':<16} {'metric':<22} {'value':>12} {'unit':<8} {'vs floor':>9}  target", "-" * 86]
+    for m in results:
+        ratio = ""
+        if m.floor:
+            floor_workload, floor_metric = m.floor.split(".", 1)
+            floor = bench.value(floor_workload, floor_metric)
+            if floor:
+                ratio = f"{m.value / floor:.0%}"
+        lines.append(f"{m.workload:<16} {m.metric:<22} {m.value:>12,.2f} {m.unit:<8} {ratio:>9}  {m.target}")
+    return "\n".join(lines)
+
+
+def ratios(results: list[Measurement], bench: Bench) -> dict[str, float]:
+    out = {}
+    for m in results:
+        if m.floor:
+            floor_workload, floor_metric = m.floor.split(".", 1)
+            floor = bench.value(floor_workload, floor_metric)
+            if floor:
+                out[f"{m.workload}.{m.metric}"] = round(m.value / floor, 3)
+    return out
+
+
+def as_json(bench: Bench, env: dict[str, Any], started: str) -> dict[str, Any]:
+    return {
+        "started_at": started,
+        "quick": bench.quick,
+        **env,
+        "results": [asdict(m) for m in bench.results],
+        "ratios_to_floor": ratios(bench.results, bench),
+    }
