@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -57,10 +56,11 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
     return pool
 
 
-@asynccontextmanager
-async def translate_errors() -> AsyncIterator[None]:
-    """Turn a connection failure into DatabaseError at the db boundary."""
+async def close_quietly(conn: asyncpg.Connection, wait_s: float = 2.0) -> None:
+    """Close politely if the server answers in time, else drop the socket."""
+    if conn.is_closed():
+        return
     try:
-        yield
-    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
-        raise DatabaseError(f"database unavailable: {exc}") from exc
+        await asyncio.wait_for(conn.close(), timeout=wait_s)
+    except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError):
+        conn.terminate()

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from skiplock.db.pool import connect
+from skiplock.db.pool import close_quietly, connect
 from skiplock.errors import DatabaseError
 from skiplock.queue._statements import CHANNEL
 from skiplock.service import StopSignal
@@ -79,11 +79,7 @@ class Listener:
                 backoff = 0.1
             finally:
                 self.signals.connected.clear()
-                if not conn.is_closed():
-                    try:
-                        await asyncio.wait_for(conn.close(), timeout=2)
-                    except (OSError, TimeoutError, asyncpg.InterfaceError):
-                        conn.terminate()
+                await close_quietly(conn)
 
     async def _serve(self, conn: asyncpg.Connection, ready: asyncio.Event, first: bool) -> None:
         self._lost.clear()

@@ -14,7 +14,8 @@ import time
 import asyncpg
 import structlog
 
-from skiplock.db.pool import AnyConnection
+from skiplock.db.pool import AnyConnection, close_quietly, connect
+from skiplock.errors import DatabaseError
 from skiplock.queue._executor import Executor
 from skiplock.queue._running import RunningJobs, StopReason
 from skiplock.queue._statements import JOBS
@@ -29,7 +30,7 @@ class Producer:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        dsn: str,
         *,
         owner: str,
         queues: dict[str, int],
@@ -40,7 +41,7 @@ class Producer:
         executor: Executor,
         running: RunningJobs,
     ) -> None:
-        self.pool = pool
+        self.dsn = dsn
         self.owner = owner
         self.queue_limits = queues
         self.concurrency = concurrency
@@ -71,14 +72,18 @@ class Producer:
             backoff = 0.05
             while not self._stop.is_set:
                 try:
-                    async with self.pool.acquire() as conn:
+                    # A connection of its own: its session setting must not reach the pool.
+                    conn = await connect(self.dsn)
+                    try:
                         await conn.execute(JOBS.session_async_commit)
                         while not self._stop.is_set:
                             await self._wait_for_work()
                             if not self._stop.is_set:
                                 await self._claim_round(conn, jobs)
                                 backoff = 0.05
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    finally:
+                        await close_quietly(conn)
+                except (OSError, DatabaseError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("claim_failed", error=str(exc), retry_in_s=backoff)
                     self.wake_all()
                     if await self._stop.sleep(backoff):
@@ -107,7 +112,7 @@ class Producer:
             if free <= 0:
                 self._hungry.add(queue)
                 continue
-            records = await self.pool.fetch(JOBS.job_claim_many, queue, free, self.owner, self.lease_s, None)
+            records = await conn.fetch(JOBS.job_claim_many, queue, free, self.owner, self.lease_s, None)
             if len(records) == free:
                 self._hungry.add(queue)
             else:

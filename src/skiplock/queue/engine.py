@@ -93,7 +93,7 @@ class Engine:
                 self.pool, owner=self.owner, running=self.running, lease_s=self.settings.lease_s
             )
             producer = Producer(
-                self.pool,
+                self.dsn,
                 owner=self.owner,
                 queues=self.queues,
                 concurrency=self.settings.concurrency,
