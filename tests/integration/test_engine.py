@@ -244,3 +244,18 @@ async def test_bulk_enqueue_with_one_bad_job_names_it_and_writes_nothing(engine:
     assert error.value.extra["index"] == 1
     assert error.value.message.startswith("job 1: ")
     assert await engine.client.pool.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+async def test_args_given_as_a_model_are_stored_and_another_model_is_validated(engine: Engine) -> None:
+    from pydantic import BaseModel
+
+    from skiplock.tasks import SleepArgs
+
+    job = await engine.client.enqueue("sleep", SleepArgs(seconds=0, steps=2), delay_s=60)
+    assert job.args == {"seconds": 0.0, "steps": 2, "fail": False}
+
+    class Other(BaseModel):
+        seconds: float
+
+    with pytest.raises(InvalidArgumentsError):
+        await engine.client.enqueue("sleep", Other(seconds=-5))

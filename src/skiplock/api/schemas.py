@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from skiplock.queue.client import MAX_PRIORITY
 from skiplock.queue.models import Job, JobState
+from skiplock.queue.tasks import MAX_PRIORITY
 
 QUEUE_NAME = r"^[A-Za-z0-9_.:-]{1,100}$"
 

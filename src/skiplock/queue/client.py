@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from pydantic import BaseModel
@@ -21,11 +21,10 @@ from skiplock.errors import (
 )
 from skiplock.queue._statements import JOBS, QUEUES
 from skiplock.queue.models import Job, JobState, QueueInfo
-from skiplock.queue.tasks import TaskRegistry
+from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry
 
 Executor = asyncpg.Pool | AnyConnection
 
-MAX_PRIORITY = 100
 _UNIQUE_RACE_RETRIES = 5
 
 
@@ -42,9 +41,18 @@ class EnqueueRequest:
     max_attempts: int | None = None
     timeout_s: float | None = None
 
+    @property
+    def overrides_defaults(self) -> bool:
+        return not (
+            self.priority is None
+            and self.run_at is None
+            and self.delay_s is None
+            and self.max_attempts is None
+            and self.timeout_s is None
+        )
 
-@dataclass(frozen=True, slots=True)
-class _Resolved:
+
+class _Resolved(NamedTuple):  # a tuple: built once per job of a bulk enqueue, so it must be cheap
     queue: str
     task: str
     args: dict[str, Any]
@@ -59,7 +67,9 @@ _COPY_COLUMNS = ("id", "queue", "task", "args", "priority", "run_at", "max_attem
 def _start(now: datetime, request: EnqueueRequest) -> datetime:
     if request.run_at is not None:
         return request.run_at
-    return now + timedelta(seconds=request.delay_s or 0)
+    if request.delay_s:
+        return now + timedelta(seconds=request.delay_s)
+    return now
 
 
 def _check_options(
@@ -97,18 +107,21 @@ class Client:
         """Validate one job against its task and fill in the task's defaults."""
         spec = self.registry.get(request.task)
         args = request.args
-        model = args if isinstance(args, BaseModel) else spec.validate_args(args or {})
+        if isinstance(args, BaseModel) and not isinstance(args, spec.args):
+            args = args.model_dump()  # another model: validate its fields like any input
+        model = args if isinstance(args, spec.args) else spec.validate_args(args or {})
         resolved = _Resolved(
             queue=request.queue or spec.queue,
             task=request.task,
-            args=model.model_dump(mode="json"),
+            args=spec.dump_args(model),
             priority=spec.priority if request.priority is None else request.priority,
             max_attempts=spec.max_attempts if request.max_attempts is None else request.max_attempts,
             timeout_s=spec.timeout_s if request.timeout_s is None else request.timeout_s,
         )
-        _check_options(
-            resolved.priority, resolved.max_attempts, resolved.timeout_s, request.delay_s, request.run_at
-        )
+        if request.overrides_defaults:  # the task's own defaults were checked when it was declared
+            _check_options(
+                resolved.priority, resolved.max_attempts, resolved.timeout_s, request.delay_s, request.run_at
+            )
         return resolved
 
     async def enqueue(
@@ -155,12 +168,7 @@ class Client:
     ) -> list[int]:
         """Validate every job first (the first bad one raises, naming its index, and nothing is
         written), then write them all with one COPY. Returns the new ids in order."""
-        resolved = []
-        for index, request in enumerate(requests):
-            try:
-                resolved.append(self._resolve(request))
-            except SkiplockError as exc:
-                raise type(exc)(f"job {index}: {exc.message}", index=index, **exc.extra) from exc
+        resolved = self._resolve_many(requests)
         if not resolved:
             return []
         if conn is None:
@@ -172,15 +180,25 @@ class Client:
     async def _copy_jobs(
         self, conn: AnyConnection, requests: Sequence[EnqueueRequest], resolved: list[_Resolved]
     ) -> list[int]:
-        reserved = await conn.fetch(JOBS.job_reserve_ids, len(resolved))
-        now: datetime = reserved[0]["now"]  # the transaction's clock, as the column default would be
-        ids: list[int] = [r["id"] for r in reserved]
+        reserved = await conn.fetchrow(JOBS.job_reserve_ids, len(resolved))
+        assert reserved is not None
+        now: datetime = reserved["now"]  # the transaction's clock, as the column default would be
+        ids: list[int] = reserved["ids"]
         rows = (
             (job_id, r.queue, r.task, r.args, r.priority, _start(now, q), r.max_attempts, r.timeout_s)
             for job_id, q, r in zip(ids, requests, resolved, strict=True)
         )
         await copy_rows(conn, "jobs", _COPY_COLUMNS, rows)
         return ids
+
+    def _resolve_many(self, requests: Sequence[EnqueueRequest]) -> list[_Resolved]:
+        resolved = []
+        for index, request in enumerate(requests):
+            try:
+                resolved.append(self._resolve(request))
+            except SkiplockError as exc:
+                raise type(exc)(f"job {index}: {exc.message}", index=index, **exc.extra) from exc
+        return resolved
 
     async def get(self, job_id: int) -> Job:
         record = await self.pool.fetchrow(JOBS.job_get, job_id)
