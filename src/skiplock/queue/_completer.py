@@ -8,13 +8,14 @@ stay queued and are written on the next try. Stopping flushes everything first.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import structlog
 
-from skiplock.queue._statements import JOBS
+from skiplock.db.pool import AnyConnection
+from skiplock.queue._statements import EVENTS, JOBS
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import StopSignal
 
@@ -31,6 +32,15 @@ class Outcome:
     error: dict[str, Any] | None = None
     retry_in_s: float = 0.0
     progress: dict[str, Any] | None = None
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, data) not yet written
+
+
+async def write_events(
+    conn: AnyConnection | asyncpg.Pool, events: list[tuple[int, str, dict[str, Any]]]
+) -> None:
+    """Progress and log events of running jobs, in one statement."""
+    job_ids, kinds, data = zip(*events, strict=True)
+    await conn.execute(EVENTS.event_write_many, list(job_ids), list(kinds), list(data))
 
 
 class CompleterSignals:
@@ -86,7 +96,10 @@ class Completer:
     async def _write(self, batch: list[Outcome]) -> None:
         released = [o.job.id for o in batch if o.state == RELEASED]
         finished = [o for o in batch if o.state != RELEASED]
+        events = [(o.job.id, kind, data) for o in batch for kind, data in o.events]
         async with self.pool.acquire() as conn, conn.transaction():
+            if events:  # the last progress and logs come before the state change
+                await write_events(conn, events)
             if finished:
                 written = await conn.fetch(
                     JOBS.job_finish_many,

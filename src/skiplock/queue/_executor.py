@@ -63,6 +63,7 @@ class Executor:
                 log.warning("job_abandoned", reason="lease lost")
                 return
             outcome.progress = running.progress
+            outcome.events = running.take_events()  # written before the outcome, same transaction
             self.completer.put(outcome)
             # Successes at debug: one line per job would be a tenth of a no-op job's cost, and the
             # job row keeps the outcome anyway. Everything else is worth a line at info.
@@ -84,7 +85,7 @@ class Executor:
         ctx = Context(
             JobInfo(job.id, job.task, job.queue, job.attempt, job.max_attempts),
             client=self.client,
-            on_progress=self.running.set_progress,
+            on_event=self.running.add_event,
         )
         try:
             if job.timeout_s is None:

@@ -1,8 +1,9 @@
-"""Keeps this process's running jobs honest: leases, cancel requests, and progress writes.
+"""Keeps this process's running jobs honest: leases, cancel requests, and their events.
 
 One heartbeat statement extends every lease we hold; a job missing from its answer was taken
 from us and is stopped. Cancel requests arrive by NOTIFY and are also polled every second
-(notifications are hints). Progress is written in one batch at most every ``progress_interval_s``.
+(notifications are hints). Progress and log events are written in one batch every
+``progress_interval_s``; progress reported in between is coalesced to its latest value.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import asyncpg
 import structlog
 
+from skiplock.queue._completer import write_events
 from skiplock.queue._running import RunningJobs, StopReason
 from skiplock.queue._statements import JOBS
 from skiplock.service import StopSignal
@@ -31,7 +33,7 @@ class LeaseKeeper:
         running: RunningJobs,
         lease_s: float,
         cancel_poll_s: float = 1.0,
-        progress_interval_s: float = 0.25,
+        progress_interval_s: float = 0.1,
     ) -> None:
         self.pool = pool
         self.owner = owner
@@ -53,7 +55,7 @@ class LeaseKeeper:
         next_heartbeat, next_cancel_poll = now + self.heartbeat_s, now + self.cancel_poll_s
         while not await self._stop.sleep(self.progress_interval_s):
             try:
-                await self._write_progress()
+                await self._write_events()
                 now = time.monotonic()
                 if now >= next_cancel_poll:
                     next_cancel_poll = now + self.cancel_poll_s
@@ -63,19 +65,18 @@ class LeaseKeeper:
                     await self._heartbeat()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("lease_keeper_failed", error=str(exc))
-        await self._write_progress_quietly()
+        await self._write_events_quietly()
 
-    async def _write_progress(self) -> None:
-        dirty = self.running.take_dirty_progress()
-        if dirty:
-            ids, values = zip(*dirty, strict=True)
-            await self.pool.execute(JOBS.job_progress_many, list(ids), list(values))
+    async def _write_events(self) -> None:
+        events = self.running.take_events()
+        if events:
+            await write_events(self.pool, events)
 
-    async def _write_progress_quietly(self) -> None:
+    async def _write_events_quietly(self) -> None:
         try:
-            await self._write_progress()
+            await self._write_events()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("progress_write_failed", error=str(exc))
+            log.warning("event_write_failed", error=str(exc))
 
     async def _poll_cancels(self) -> None:
         ids = self.running.ids()

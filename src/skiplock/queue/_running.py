@@ -18,13 +18,46 @@ class StopReason(enum.Enum):
     LEASE_LOST = "lease_lost"  # another process owns the job now; our outcome is void
 
 
+MAX_PENDING_EVENTS = 1000  # per job between two writes; beyond it log lines are counted, not kept
+
+PendingEvent = tuple[str, dict[str, Any]]  # (kind, data)
+
+
 @dataclass(slots=True)
 class RunningJob:
     job: ClaimedJob
     task: asyncio.Task[None] | None = None
     progress: dict[str, Any] | None = None
-    progress_dirty: bool = False
     stop_reason: StopReason | None = None
+    #: Progress and log events not yet written, in order. Progress is coalesced: only the latest
+    #: report between two writes is kept, which is what throttles a chatty task.
+    pending: list[PendingEvent] = field(default_factory=list)
+    dropped_logs: int = 0
+
+    def add_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            self.progress = data
+            self.pending = [e for e in self.pending if e[0] != "progress"]
+        elif len(self.pending) >= MAX_PENDING_EVENTS:
+            self.dropped_logs += 1
+            return
+        self.pending.append((kind, data))
+
+    def take_events(self) -> list[PendingEvent]:
+        taken, self.pending = self.pending, []
+        if self.dropped_logs:
+            taken.append(
+                (
+                    "log",
+                    {
+                        "message": "log lines dropped",
+                        "level": "warning",
+                        "fields": {"count": self.dropped_logs},
+                    },
+                )
+            )
+            self.dropped_logs = 0
+        return taken
 
 
 @dataclass
@@ -60,19 +93,18 @@ class RunningJobs:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def set_progress(self, job_id: int, value: dict[str, Any]) -> None:
+    def add_event(self, job_id: int, kind: str, data: dict[str, Any]) -> None:
         running = self._jobs.get(job_id)
         if running is not None:
-            running.progress = value
-            running.progress_dirty = True
+            running.add_event(kind, data)
 
-    def take_dirty_progress(self) -> list[tuple[int, dict[str, Any]]]:
-        dirty = []
-        for running in self._jobs.values():
-            if running.progress_dirty and running.progress is not None:
-                running.progress_dirty = False
-                dirty.append((running.job.id, running.progress))
-        return dirty
+    def take_events(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """Every running job's pending events, in order per job."""
+        return [
+            (running.job.id, kind, data)
+            for running in self._jobs.values()
+            for kind, data in running.take_events()
+        ]
 
     def stop(self, job_id: int, reason: StopReason) -> bool:
         """Cancel a running job's coroutine; the first reason given wins."""

@@ -16,7 +16,6 @@ class JobStatements:
     job_finish_many: str
     job_heartbeat: str
     job_cancel_requested: str
-    job_progress_many: str
     job_rescue_expired: str
     job_release_many: str
     job_cancel: str
@@ -34,7 +33,16 @@ class QueueStatements:
     queue_overview: str
 
 
+@dataclass(frozen=True, slots=True)
+class EventStatements:
+    event_list: str
+    event_since_many: str
+    event_get_many: str
+    event_write_many: str
+
+
 JOBS = load_statements(JobStatements, "skiplock.queue.sql", "jobs.sql")
 QUEUES = load_statements(QueueStatements, "skiplock.queue.sql", "queues.sql")
+EVENTS = load_statements(EventStatements, "skiplock.queue.sql", "events.sql")
 
 CHANNEL = "skiplock"

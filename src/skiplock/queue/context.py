@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from pydantic_core import to_jsonable_python
 
 if TYPE_CHECKING:
     import asyncpg
 
     from skiplock.queue.client import Client
     from skiplock.queue.models import Job
+
+
+_LEVELS = frozenset({"debug", "info", "warning", "error"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +38,19 @@ class Context:
         job: JobInfo,
         *,
         client: Client,
-        on_progress: Callable[[int, dict[str, Any]], None],
+        on_event: Callable[[int, str, dict[str, Any]], None],
     ) -> None:
         self.job = job
         self.client = client
-        self._on_progress = on_progress
+        self._on_event = on_event
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._on_event(self.job.id, kind, data)
+        else:  # a plain-def task's thread: hand the event to the loop
+            self._loop.call_soon_threadsafe(self._on_event, self.job.id, kind, data)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -55,16 +69,12 @@ class Context:
             fraction = current / total
         if fraction is not None and not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
             raise ValueError("progress fraction must be between 0 and 1")
-        value: dict[str, Any] = {
-            "fraction": fraction,
-            "message": message,
-            "at": datetime.now(UTC).isoformat(),
-        }
+        value: dict[str, Any] = {"fraction": fraction, "message": message}
         if current is not None:
             value["current"] = current
         if total is not None:
             value["total"] = total
-        self._on_progress(self.job.id, value)
+        self._emit("progress", value)
 
     async def progress(
         self,
@@ -76,6 +86,16 @@ class Context:
     ) -> None:
         """Report progress; the latest value is written to the job, throttled."""
         self.report_progress(fraction, message, current=current, total=total)
+
+    def log_nowait(self, message: str, *, level: str = "info", **fields: Any) -> None:
+        """Record a log line for the job's event stream without waiting (thread-safe)."""
+        if level not in _LEVELS:
+            raise ValueError(f"level must be one of {sorted(_LEVELS)}")
+        self._emit("log", {"message": message, "level": level, "fields": to_jsonable_python(fields)})
+
+    async def log(self, message: str, *, level: str = "info", **fields: Any) -> None:
+        """A log line kept with the job and streamed to its subscribers: ``ctx.log("parsed", url=u)``."""
+        self.log_nowait(message, level=level, **fields)
 
     async def enqueue(self, task: str, args: Any = None, **options: Any) -> Job:
         """Enqueue a follow-up job (see :meth:`Client.enqueue`)."""

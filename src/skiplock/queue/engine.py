@@ -17,6 +17,7 @@ from skiplock.db.migrate import migrate
 from skiplock.db.pool import connect, create_pool
 from skiplock.queue._completer import Completer
 from skiplock.queue._executor import Executor
+from skiplock.queue._hub import EventHub
 from skiplock.queue._lease import LeaseKeeper
 from skiplock.queue._listener import Listener
 from skiplock.queue._producer import Producer
@@ -60,6 +61,7 @@ class Engine:
         self.listener = Listener(dsn)
         self.running = RunningJobs()
         self.supervisor: Supervisor | None = None
+        self.hub: EventHub
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -78,7 +80,9 @@ class Engine:
         return self._task is not None and not self._task.done()
 
     def _services(self) -> list[Service]:
-        services: list[Service] = [self.listener]
+        services: list[Service] = [self.listener, self.hub]
+        self.listener.subscribe("ev", self.hub.hint)
+        self.listener.on_reconnect(self.hub.catch_up)
         services.append(Rescuer(self.pool, interval_s=self.settings.rescue_interval_s))
         services.append(
             Pruner(
@@ -90,7 +94,11 @@ class Engine:
         if self.settings.worker:
             completer = Completer(self.pool, self.owner)
             keeper = LeaseKeeper(
-                self.pool, owner=self.owner, running=self.running, lease_s=self.settings.lease_s
+                self.pool,
+                owner=self.owner,
+                running=self.running,
+                lease_s=self.settings.lease_s,
+                progress_interval_s=self.settings.progress_interval_s,
             )
             producer = Producer(
                 self.dsn,
@@ -120,6 +128,7 @@ class Engine:
                 await conn.close()
         self._pool = await create_pool(self.dsn, min_size=s.pool_min_size, max_size=s.pool_max_size)
         self._client = Client(self._pool, self.registry)
+        self.hub = EventHub(self._pool, buffer=s.subscriber_buffer)
         self.supervisor = Supervisor(self._services())
         ready = asyncio.Event()
         self._task = asyncio.create_task(self.supervisor.run(ready), name="skiplock:supervisor")

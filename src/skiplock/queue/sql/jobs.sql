@@ -72,11 +72,6 @@ RETURNING id
 -- name: job_cancel_requested
 SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND cancel_requested
 
--- name: job_progress_many
-UPDATE jobs AS j SET progress = p.progress
-FROM unnest($1::bigint[], $2::jsonb[]) AS p(id, progress)
-WHERE j.id = p.id AND j.state = 'running'
-
 -- name: job_rescue_expired
 -- Jobs whose lease ran out: another attempt if any is left, else failed (cancelled if asked).
 WITH expired AS (
