@@ -40,10 +40,16 @@ class Settings(BaseSettings):
     )
     prune_interval_s: float = Field(default=60.0, gt=0, le=86_400)
     progress_interval_s: float = Field(
-        default=0.1, gt=0, le=60, description="Progress and log events are written at most this often per job."
+        default=0.1,
+        gt=0,
+        le=60,
+        description="Progress and log events are written at most this often per job.",
     )
     subscriber_buffer: int = Field(
-        default=1000, ge=10, le=1_000_000, description="Events a slow subscriber may lag before it is cut off."
+        default=1000,
+        ge=10,
+        le=1_000_000,
+        description="Events a slow subscriber may lag before it is cut off.",
     )
     task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pool_min_size: int = Field(default=2, ge=1, le=100)

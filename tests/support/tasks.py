@@ -92,3 +92,18 @@ async def enqueue_child(ctx: Context, args: Marker) -> dict[str, int]:
     """A pipeline step: hands on to record_run."""
     child = await ctx.enqueue("record_run", {"marker": args.marker})
     return {"child": child.id}
+
+
+class Chatter(BaseModel):
+    lines: int = Field(ge=1)
+    size: int = Field(ge=1)
+    pause_s: float = 0.0
+
+
+@task("chatty", args=Chatter)
+async def chatty(ctx: Context, args: Chatter) -> dict[str, int]:
+    """Logs ``lines`` lines of ``size`` characters each (events larger than a NOTIFY payload)."""
+    for n in range(args.lines):
+        await ctx.log("line", n=n, text="x" * args.size)
+        await asyncio.sleep(args.pause_s)
+    return {"lines": args.lines}

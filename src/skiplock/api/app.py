@@ -11,6 +11,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from skiplock._version import __version__
 from skiplock.api.errors import skiplock_error_handler
+from skiplock.api.events import EventController, all_events_ws, job_events_ws
 from skiplock.api.health import health, ready
 from skiplock.api.jobs import JobController
 from skiplock.api.middleware import request_id_middleware
@@ -36,7 +37,16 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
         raise ConfigError("create_app needs settings.database_url (or DATABASE_URL)")
     engine = Engine(settings, load_registry(settings.task_modules, tasks), settings.database_url)
     return Litestar(
-        route_handlers=[JobController, QueueController, TaskController, health, ready],
+        route_handlers=[
+            JobController,
+            EventController,
+            QueueController,
+            TaskController,
+            job_events_ws,
+            all_events_ws,
+            health,
+            ready,
+        ],
         plugins=[SkiplockPlugin(engine)],
         middleware=[request_id_middleware],
         exception_handlers={SkiplockError: skiplock_error_handler},

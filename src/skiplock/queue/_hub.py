@@ -179,6 +179,8 @@ class EventHub:
             for sub in list(self._by_job.get(event.job_id, ())):
                 if event.seq > sub.last_seq:
                     sub.offer(event)
+                if sub.overflowed.is_set():
+                    self.unsubscribe(sub)  # its lag must not hold back the next read
 
     async def _deliver_to_everything(self, refs: list[tuple[int, int]]) -> None:
         if not refs or not self._everything:
@@ -189,6 +191,8 @@ class EventHub:
             for sub in list(self._everything):
                 if sub.queue in (None, record["queue"]) and sub.task in (None, record["task"]):
                     sub.offer(event)
+                if sub.overflowed.is_set():
+                    self.unsubscribe(sub)
 
     async def stop(self) -> None:
         self._stop.set()

@@ -54,6 +54,7 @@ class Job(BaseModel):
     result: Any
     errors: list[AttemptError]
     unique_key: str | None
+    event_seq: int = Field(default=0, description="Seq of the job's latest event.")
     created: bool = Field(default=True, exclude=True, description="False when a live unique_key matched.")
 
     @classmethod

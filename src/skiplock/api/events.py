@@ -1,0 +1,196 @@
+"""Job events: history (GET /jobs/{id}/events), server-sent events (/jobs/{id}/stream), and
+websockets (/ws/jobs/{id}, /ws/events). All three read the same table through the event hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from litestar import Controller, Request, WebSocket, get, websocket
+from litestar.exceptions import ValidationException, WebSocketDisconnect
+from litestar.params import FromPath, Parameter, QueryParameter
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
+from pydantic import BaseModel
+
+from skiplock.api.jobs import JobId
+from skiplock.api.plugin import ClientDep, EngineDep
+from skiplock.api.schemas import QUEUE_NAME
+from skiplock.errors import JobNotFound
+from skiplock.queue._hub import EventHub, JobEvent, SubscriberTooSlow, Subscription
+from skiplock.queue._statements import EVENTS
+from skiplock.queue.models import FINAL_STATES, Job
+
+After = Annotated[int, QueryParameter(ge=0, le=2**31 - 1, description="Only events with a greater seq.")]
+MaybeAfter = Annotated[
+    int | None, QueryParameter(ge=0, le=2**31 - 1, description="Only events with a greater seq.")
+]
+
+_QUEUE_NAME = re.compile(QUEUE_NAME)
+
+CLOSE_NORMAL = 1000
+CLOSE_BAD_REQUEST = 4400
+CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_SLOW = 4429  # resume with after=<last seq received>
+
+
+class EventOut(BaseModel):
+    job_id: int
+    seq: int
+    at: Any
+    kind: str
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_after: int | None
+
+
+def _parse_after(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit() or int(raw) > 2**31 - 1:
+        raise ValidationException(f"bad after/Last-Event-ID {raw[:40]!r}: a non-negative event seq")
+    return int(raw)
+
+
+async def follow(hub: EventHub, sub: Subscription, job: Job) -> AsyncIterator[JobEvent]:
+    """The subscription's events until the job's final state (or until it is cut off)."""
+    if job.state in FINAL_STATES and job.event_seq <= sub.last_seq:
+        return  # nothing more will ever come
+    try:
+        while True:
+            event = await sub.get()
+            yield event
+            if event.is_final:
+                return
+    finally:
+        hub.unsubscribe(sub)
+
+
+class EventController(Controller):
+    path = "/jobs"
+    tags = ["events"]
+
+    @get("/{job_id:str}/events", operation_id="ListJobEvents")
+    async def history(
+        self,
+        job_id: JobId,
+        client: ClientDep,
+        after: After = 0,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
+    ) -> EventPage:
+        """A job's state, progress and log events, oldest first; page with ``after=next_after``."""
+        await client.get(int(job_id))  # 404 for an unknown job
+        rows = await client.pool.fetch(EVENTS.event_list, int(job_id), after, limit)
+        items = [EventOut.model_validate(dict(r)) for r in rows]
+        return EventPage(items=items, next_after=items[-1].seq if len(items) == limit else None)
+
+    @get("/{job_id:str}/stream", operation_id="StreamJobEvents")
+    async def stream(
+        self, job_id: JobId, request: Request[Any, Any, Any], engine: EngineDep, after: MaybeAfter = None
+    ) -> ServerSentEvent:
+        """Server-sent events (``id: <seq>``) until the job's final state; a client reconnecting
+        with ``Last-Event-ID`` gets exactly the events after it."""
+        start = _parse_after(request.headers.get("last-event-id")) if after is None else after
+        job = await engine.client.get(int(job_id))
+        sub = engine.hub.subscribe_job(job.id, start)
+
+        async def messages() -> AsyncIterator[ServerSentEventMessage]:
+            try:
+                async for event in follow(engine.hub, sub, job):
+                    yield ServerSentEventMessage(data=event.json, event=event.kind, id=event.seq)
+            except SubscriberTooSlow:
+                yield ServerSentEventMessage(
+                    event="too_slow", data=orjson.dumps({"after": sub.last_seq}).decode()
+                )
+
+        return ServerSentEvent(messages())
+
+
+async def _send_until_done(socket: WebSocket[Any, Any, Any], events: AsyncIterator[JobEvent]) -> None:
+    """Send each event; stop when the events end or the client goes away, whichever is first."""
+    disconnected = asyncio.ensure_future(_wait_for_disconnect(socket))
+    try:
+        while True:
+            upcoming = asyncio.ensure_future(anext(events))
+            await asyncio.wait({upcoming, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            if not upcoming.done():
+                upcoming.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await upcoming
+                return
+            try:
+                event = upcoming.result()
+            except StopAsyncIteration:
+                return
+            await socket.send_text(event.json)
+    finally:
+        disconnected.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await disconnected
+
+
+async def _wait_for_disconnect(socket: WebSocket[Any, Any, Any]) -> None:
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await socket.receive_data(mode="text")
+
+
+@websocket("/ws/jobs/{job_id:str}", name="job_events_ws")
+async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str], engine: EngineDep) -> None:
+    """First message: the job; then every event after ``after`` in seq order; closes with 1000
+    after the final state, 4404 for an unknown job, 4400 for bad input, 4429 when too slow."""
+    await socket.accept()
+    try:
+        after = _parse_after(socket.query_params.get("after"))
+        if not job_id.isdigit() or not 0 < int(job_id) < 2**63:
+            raise ValidationException(f"bad job id {job_id[:40]!r}")
+    except ValidationException as exc:
+        await socket.close(CLOSE_BAD_REQUEST, str(exc.detail)[:120])
+        return
+    try:
+        job = await engine.client.get(int(job_id))
+    except JobNotFound:
+        await socket.close(CLOSE_NOT_FOUND, f"no job with id {job_id}")
+        return
+    sub = engine.hub.subscribe_job(job.id, after)
+    await socket.send_text(orjson.dumps({"kind": "snapshot", "job": job.model_dump(mode="json")}).decode())
+    try:
+        await _send_until_done(socket, follow(engine.hub, sub, job))
+    except SubscriberTooSlow:
+        await socket.close(CLOSE_TOO_SLOW, f"fell behind; reconnect with after={sub.last_seq}")
+        return
+    finally:
+        engine.hub.unsubscribe(sub)
+    with contextlib.suppress(Exception):
+        await socket.close(CLOSE_NORMAL, "job finished")
+
+
+@websocket("/ws/events", name="all_events_ws")
+async def all_events_ws(socket: WebSocket[Any, Any, Any], engine: EngineDep) -> None:
+    """Every new event of every job, optionally of one ``queue`` and/or ``task``."""
+    await socket.accept()
+    queue, task = socket.query_params.get("queue"), socket.query_params.get("task")
+    if (queue is not None and not _QUEUE_NAME.match(queue)) or (
+        task is not None and not 0 < len(task) <= 200
+    ):
+        await socket.close(CLOSE_BAD_REQUEST, "bad queue or task filter")
+        return
+    sub = engine.hub.subscribe_all(queue=queue, task=task)
+
+    async def forever() -> AsyncIterator[JobEvent]:
+        while True:
+            yield await sub.get()
+
+    try:
+        await _send_until_done(socket, forever())
+    except SubscriberTooSlow:
+        await socket.close(CLOSE_TOO_SLOW, "fell behind; reload the state and reconnect")
+    finally:
+        engine.hub.unsubscribe(sub)
