@@ -91,8 +91,15 @@ async def _worker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Engine(settings, load_registry(settings.task_modules), settings.database_url or ""):
-        await stop.wait()
+    async with Engine(settings, load_registry(settings.task_modules), settings.database_url or "") as engine:
+        stopped = asyncio.ensure_future(stop.wait())
+        failed = asyncio.ensure_future(engine.wait_failed())
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        failed.cancel()
+        if not stop.is_set():
+            log.error("engine_failed")  # exit, so a supervisor restarts us and the rescuer recovers
+            return 1
         log.info("shutdown_requested")
     return 0
 
@@ -135,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.log_level, settings.log_format)
         with database(settings) as dsn:
             settings = settings.model_copy(update={"database_url": dsn})
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                return runner.run(COMMANDS[args.command](settings))
+            try:
+                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                    return runner.run(COMMANDS[args.command](settings))
+            finally:
+                signal.signal(signal.SIGTERM, _exit_on_sigterm)  # closing the loop reset it
     except SkiplockError as exc:
         print(f"skiplock: {exc.message}", file=sys.stderr)
         return 2

@@ -259,3 +259,26 @@ async def test_args_given_as_a_model_are_stored_and_another_model_is_validated(e
 
     with pytest.raises(InvalidArgumentsError):
         await engine.client.enqueue("sleep", Other(seconds=-5))
+
+
+@pytest.mark.parametrize(
+    ("kind", "stored"),
+    [("list", [1, [2, 3], {"a": 4}]), ("dict", {"a": [1, 2]}), ("none", None), ("huge", 2**70)],
+)
+async def test_any_json_result_is_stored_as_returned(engine: Engine, kind: str, stored: object) -> None:
+    jobs = [await engine.client.enqueue("returns", {"kind": k}) for k in ("list", "dict", "none", "huge")]
+    for job in jobs:  # all four in flight together: they share completion batches
+        assert await finished(engine, job.id) == "succeeded"
+    mine = next(j for j, k in zip(jobs, ("list", "dict", "none", "huge"), strict=True) if k == kind)
+    assert (await engine.client.get(mine.id)).result == stored
+
+
+async def test_plain_def_task_past_its_timeout_never_runs_twice_at_once(engine: Engine) -> None:
+    from tests.support.tasks import THREADS
+
+    THREADS["peak"] = 0
+    job = await engine.client.enqueue("slow_thread", {"seconds": 0.6}, timeout_s=0.2, max_attempts=2)
+    assert await finished(engine, job.id) == "failed"
+    done = await engine.client.get(job.id)
+    assert [e.type for e in done.errors] == ["TimeoutError", "TimeoutError"]
+    assert THREADS["peak"] == 1

@@ -105,3 +105,28 @@ async def test_pruner_deletes_only_finished_jobs_past_retention(dsn: str, db: as
     remaining = {r["id"] for r in await db.fetch("SELECT id FROM jobs")}
     assert remaining == {recent, queued}
     assert not remaining & set(expired)
+
+
+async def test_a_cancel_asked_while_the_attempt_failed_wins_over_the_retry(tx: asyncpg.Connection) -> None:
+    from skiplock.queue.models import JobState
+
+    job_id = await job(tx, JobState.RUNNING, cancel_requested=True)
+    error = '{"attempt": 1, "type": "RuntimeError", "message": "boom", "at": "2026-01-01T00:00:00Z"}'
+    written = await tx.fetch(
+        JOBS.job_finish_many, [job_id], [1], ["queued"], [None], [error], [5.0], [None], "factory"
+    )
+    assert [r["id"] for r in written] == [job_id]
+    row = await tx.fetchrow("SELECT state, finished_at, errors FROM jobs WHERE id = $1", job_id)
+    assert row["state"] == "cancelled"
+    assert row["finished_at"] is not None
+    assert row["errors"][0]["message"] == "boom"
+
+
+async def test_release_at_shutdown_requeues_or_cancels_as_asked(tx: asyncpg.Connection) -> None:
+    from skiplock.queue.models import JobState
+
+    plain = await job(tx, JobState.RUNNING)
+    asked = await job(tx, JobState.RUNNING, cancel_requested=True)
+    rows = {r["id"]: r["state"] for r in await tx.fetch(JOBS.job_release_many, [plain, asked], "factory")}
+    assert rows == {plain: "queued", asked: "cancelled"}
+    assert await tx.fetchval("SELECT attempts FROM jobs WHERE id = $1", plain) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 from pydantic import BaseModel, Field
@@ -107,3 +108,31 @@ async def chatty(ctx: Context, args: Chatter) -> dict[str, int]:
         await ctx.log("line", n=n, text="x" * args.size)
         await asyncio.sleep(args.pause_s)
     return {"lines": args.lines}
+
+
+class Shape(BaseModel):
+    kind: str
+
+
+@task("returns", args=Shape)
+async def returns(ctx: Context, args: Shape) -> object:
+    """Returns a value of the asked shape: list, dict, none, huge (an int past 64 bits)."""
+    return {"list": [1, [2, 3], {"a": 4}], "dict": {"a": [1, 2]}, "none": None, "huge": 2**70}[args.kind]
+
+
+THREADS = {"active": 0, "peak": 0}
+_THREADS_LOCK = threading.Lock()
+
+
+@task("slow_thread", args=Seconds, backoff=FAST)
+def slow_thread(ctx: Context, args: Seconds) -> dict[str, int]:
+    """A plain def that outlives its timeout: counts how many of its threads run at once."""
+    with _THREADS_LOCK:
+        THREADS["active"] += 1
+        THREADS["peak"] = max(THREADS["peak"], THREADS["active"])
+    try:
+        time.sleep(args.seconds)
+    finally:
+        with _THREADS_LOCK:
+            THREADS["active"] -= 1
+    return {"attempt": ctx.job.attempt}

@@ -133,8 +133,8 @@ class EmbeddedPostgres:
     def _initdb(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._as_user is not None:
-            for parent in self.data_dir.parents:  # the server's user must reach its directory
-                parent.chmod(parent.stat().st_mode | 0o005)
+            for parent in self.data_dir.parents:  # the server's user must traverse to its directory
+                parent.chmod(parent.stat().st_mode | 0o001)
             entry = pwd.getpwnam(self._as_user)
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
@@ -153,9 +153,14 @@ class EmbeddedPostgres:
 
     def _pg_ctl_start(self) -> None:
         socket_dir = self.socket_dir
-        socket_dir.mkdir(parents=True, exist_ok=True)
-        if self._as_user is not None and socket_dir != self.data_dir:
-            socket_dir.chmod(0o777)
+        if socket_dir != self.data_dir:
+            socket_dir.mkdir(mode=0o700, exist_ok=True)
+            server_uid = pwd.getpwnam(self._as_user).pw_uid if self._as_user else os.geteuid()
+            info = socket_dir.lstat()
+            if socket_dir.is_symlink() or info.st_uid not in {os.geteuid(), server_uid}:
+                raise DatabaseError(f"refusing socket directory {socket_dir}: not ours")
+            if self._as_user is not None:
+                os.chown(socket_dir, server_uid, pwd.getpwnam(self._as_user).pw_gid)
         options = " ".join(f"-c {key}={value}" for key, value in self.settings.items())
         self._run(
             [
@@ -195,6 +200,8 @@ class EmbeddedPostgres:
             os.kill(owner, 0)
             if owner != os.getpid():
                 return
+        except PermissionError:
+            return  # the pid is alive under another user: not ours to stop
         except (FileNotFoundError, ValueError, ProcessLookupError):
             pass
         owner_file.write_text(str(os.getpid()))

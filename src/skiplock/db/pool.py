@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import asyncpg
@@ -26,6 +27,17 @@ def _decode_jsonb(data: bytes) -> Any:
     return orjson.loads(data[1:])
 
 
+def encode_json(value: Any) -> str | None:
+    """JSON text for a jsonb parameter sent as text (None stays NULL). Never raises: what orjson
+    refuses (integers past 64 bits, unknown types) goes through the standard library as text."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, default=str)
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """jsonb and json as Python values through orjson, in binary so COPY can carry them too."""
     await conn.set_type_codec(
@@ -42,7 +54,11 @@ async def connect(dsn: str) -> asyncpg.Connection:
         conn = await asyncpg.connect(dsn)
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseError(f"cannot connect to the database: {exc}") from exc
-    await init_connection(conn)
+    try:
+        await init_connection(conn)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        conn.terminate()
+        raise DatabaseError(f"cannot set up the connection: {exc}") from exc
     return conn
 
 

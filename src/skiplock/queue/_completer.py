@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from skiplock.db.pool import AnyConnection
+from skiplock.db.pool import AnyConnection, encode_json
 from skiplock.queue._statements import EVENTS, JOBS
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import StopSignal
@@ -40,7 +40,7 @@ async def write_events(
 ) -> None:
     """Progress and log events of running jobs, in one statement."""
     job_ids, kinds, data = zip(*events, strict=True)
-    await conn.execute(EVENTS.event_write_many, list(job_ids), list(kinds), list(data))
+    await conn.execute(EVENTS.event_write_many, list(job_ids), list(kinds), [encode_json(d) for d in data])
 
 
 class CompleterSignals:
@@ -106,10 +106,10 @@ class Completer:
                     [o.job.id for o in finished],
                     [o.job.attempt for o in finished],
                     [o.state for o in finished],
-                    [o.result for o in finished],
-                    [o.error for o in finished],
+                    [encode_json(o.result) for o in finished],
+                    [encode_json(o.error) for o in finished],
                     [o.retry_in_s for o in finished],
-                    [o.progress for o in finished],
+                    [encode_json(o.progress) for o in finished],
                     self.owner,
                 )
                 if len(written) != len(finished):
@@ -118,8 +118,10 @@ class Completer:
                     log.warning("job_outcomes_discarded", job_ids=lost, reason="lease lost")
             if released:
                 rows = await conn.fetch(JOBS.job_release_many, released, self.owner)
+                requeued = sorted({r["queue"] for r in rows if r["state"] == "queued"})
+                if requeued:
+                    await conn.execute(JOBS.notify_queued, requeued)
                 if rows:
-                    await conn.execute(JOBS.notify_queued, sorted({r["queue"] for r in rows}))
                     log.info("jobs_released", job_ids=[r["id"] for r in rows])
 
     async def stop(self) -> None:

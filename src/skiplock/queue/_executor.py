@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import time
 import traceback
 from datetime import UTC, datetime
@@ -118,7 +120,15 @@ class Executor:
     async def _call(spec: Task[Any], ctx: Context, args: Any) -> Any:
         if spec.is_async:
             return await spec.fn(ctx, args)
-        return await asyncio.to_thread(spec.fn, ctx, args)
+        call = functools.partial(contextvars.copy_context().run, spec.fn, ctx, args)
+        thread = asyncio.get_running_loop().run_in_executor(None, call)
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            # A thread cannot be interrupted. Reporting now (cancelled, timed out, released)
+            # would let the job start again while this thread still runs it: wait for it first.
+            await asyncio.wait({thread})
+            raise
 
     @staticmethod
     def _failure(

@@ -85,13 +85,16 @@ class LeaseKeeper:
                 self.running.stop(record["id"], StopReason.CANCELLED)
 
     async def _heartbeat(self) -> None:
-        ids = self.running.ids()
-        if not ids:
+        attempts = self.running.attempts()
+        if not attempts:
             return
+        ids = list(attempts)
         kept = {r["id"] for r in await self.pool.fetch(JOBS.job_heartbeat, ids, self.owner, self.lease_s)}
-        # A job that finished since we listed it is not running any more, so not in `kept` either.
+        # A job that finished since we listed it is not running any more, so not in `kept` either;
+        # one finished and claimed again meanwhile is a new attempt: only the listed attempt is stopped.
+        current = self.running.attempts()
         for job_id in set(ids) - kept:
-            if job_id in self.running.ids() and self.running.stop(job_id, StopReason.LEASE_LOST):
+            if current.get(job_id) == attempts[job_id] and self.running.stop(job_id, StopReason.LEASE_LOST):
                 log.warning("job_lease_lost", job_id=job_id)
 
     async def stop(self) -> None:

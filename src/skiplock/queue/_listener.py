@@ -77,6 +77,11 @@ class Listener:
                 await self._serve(conn, ready, first)
                 first = False
                 backoff = 0.1
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("listener_failed", error=str(exc) or type(exc).__name__, retry_in_s=backoff)
+                if await self._stop.sleep(backoff):
+                    break
+                backoff = min(backoff * 2, self.max_backoff_s)
             finally:
                 self.signals.connected.clear()
                 await close_quietly(conn)

@@ -122,6 +122,9 @@ class Producer:
 
     def _start(self, jobs: asyncio.TaskGroup, job: ClaimedJob) -> None:
         running = self.running.add(job)
+        if running is None:
+            log.error("job_claimed_twice", job_id=job.id, attempt=job.attempt)
+            return
         running.task = jobs.create_task(self.executor.run(running), name=f"skiplock:job:{job.id}")
         running.task.add_done_callback(self._job_done)
 

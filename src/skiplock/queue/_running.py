@@ -69,7 +69,11 @@ class RunningJobs:
     #: Set whenever a job leaves, so the producer can claim again.
     freed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def add(self, job: ClaimedJob) -> RunningJob:
+    def add(self, job: ClaimedJob) -> RunningJob | None:
+        """Track a claimed job; None if this process already runs that job (it must not run twice
+        at once: the second claim is left to expire and be rescued)."""
+        if job.id in self._jobs:
+            return None
         running = RunningJob(job)
         self._jobs[job.id] = running
         self._per_queue[job.queue] += 1
@@ -86,6 +90,9 @@ class RunningJobs:
 
     def ids(self) -> list[int]:
         return list(self._jobs)
+
+    def attempts(self) -> dict[int, int]:
+        return {job_id: running.job.attempt for job_id, running in self._jobs.items()}
 
     def __iter__(self) -> Iterator[RunningJob]:
         return iter(list(self._jobs.values()))

@@ -74,6 +74,11 @@ class Engine:
         assert self._client is not None, "the engine is not started"
         return self._client
 
+    async def wait_failed(self) -> None:
+        """Return when the background services have ended without being asked to."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
+
     @property
     def healthy(self) -> bool:
         """False once a background service has died."""

@@ -24,9 +24,10 @@ ORDER BY e.job_id, e.seq
 -- name: event_write_many
 -- Progress and log events of running jobs, in the order given; each job's seqs follow on from
 -- its event_seq under the row lock this UPDATE takes. The job row keeps the latest progress.
+-- Data arrives as JSON text (see job_finish_many).
 WITH input AS (
     SELECT job_id, kind, data, ord
-    FROM unnest($1::bigint[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS i(job_id, kind, data, ord)
+    FROM unnest($1::bigint[], $2::text[], $3::text[]::jsonb[]) WITH ORDINALITY AS i(job_id, kind, data, ord)
 ), per_job AS (
     SELECT job_id, count(*) AS n,
            (array_agg(data ORDER BY ord DESC) FILTER (WHERE kind = 'progress'))[1] AS last_progress

@@ -49,16 +49,18 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s
 
 -- name: job_finish_many
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).
--- A 'queued' outcome is a retry after retry_in_s seconds.
+-- A 'queued' outcome is a retry after retry_in_s seconds, unless a cancel was asked meanwhile.
+-- Values arrive as JSON text: asyncpg would read a list inside a jsonb[] as a sub-array.
 UPDATE jobs AS j
-SET state = o.state::job_state,
-    result = o.result,
-    errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END,
-    progress = coalesce(o.progress, j.progress),
-    run_at = CASE WHEN o.state = 'queued' THEN now() + make_interval(secs => o.retry_in_s) ELSE j.run_at END,
-    finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE now() END,
+SET state = (CASE WHEN o.state = 'queued' AND j.cancel_requested THEN 'cancelled' ELSE o.state END)::job_state,
+    result = o.result::jsonb,
+    errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
+    progress = coalesce(o.progress::jsonb, j.progress),
+    run_at = CASE WHEN o.state = 'queued' AND NOT j.cancel_requested
+                  THEN now() + make_interval(secs => o.retry_in_s) ELSE j.run_at END,
+    finished_at = CASE WHEN o.state = 'queued' AND NOT j.cancel_requested THEN NULL ELSE now() END,
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[], $7::jsonb[])
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[])
     AS o(id, attempt, state, result, error, retry_in_s, progress)
 WHERE j.id = o.id AND j.state = 'running' AND j.attempts = o.attempt AND j.lease_owner = $8
 RETURNING j.id
@@ -96,12 +98,15 @@ WHERE j.id = expired.id
 RETURNING j.id, j.queue, j.state::text AS state
 
 -- name: job_release_many
--- Shutdown: hand running jobs back at once, the attempt not counted.
+-- Shutdown: hand running jobs back at once, the attempt not counted (cancelled if that was asked).
 UPDATE jobs
-SET state = 'queued', attempts = attempts - 1, run_at = now(), started_at = NULL,
-    lease_owner = NULL, lease_expires_at = NULL
-WHERE id = ANY($1::bigint[]) AND state = 'running' AND lease_owner = $2 AND NOT cancel_requested
-RETURNING id, queue
+SET state = (CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
+    attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END,
+    finished_at = CASE WHEN cancel_requested THEN now() END,
+    run_at = now(), started_at = CASE WHEN cancel_requested THEN started_at END,
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
+WHERE id = ANY($1::bigint[]) AND state = 'running' AND lease_owner = $2
+RETURNING id, queue, state::text AS state
 
 -- name: job_cancel
 -- A queued job is cancelled outright; a running one is flagged for its worker.
