@@ -282,3 +282,18 @@ async def test_plain_def_task_past_its_timeout_never_runs_twice_at_once(engine: 
     done = await engine.client.get(job.id)
     assert [e.type for e in done.errors] == ["TimeoutError", "TimeoutError"]
     assert THREADS["peak"] == 1
+
+
+async def test_progress_reported_in_a_tight_loop_is_throttled_but_the_last_value_is_kept(
+    engine: Engine,
+) -> None:
+    job = await engine.client.enqueue("busy_progress", {"count": 1000, "seconds": 1.0})
+    assert await finished(engine, job.id) == "succeeded"
+    rows = await engine.client.pool.fetch(
+        "SELECT data FROM job_events WHERE job_id = $1 AND kind = 'progress' ORDER BY seq", job.id
+    )
+    fractions = [r["data"]["fraction"] for r in rows]
+    assert 3 <= len(fractions) <= 14  # ~1 s at most 10 writes a second (+ the final one)
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    assert (await engine.client.get(job.id)).progress["current"] == 1000

@@ -136,3 +136,16 @@ def slow_thread(ctx: Context, args: Seconds) -> dict[str, int]:
         with _THREADS_LOCK:
             THREADS["active"] -= 1
     return {"attempt": ctx.job.attempt}
+
+
+class Reports(BaseModel):
+    count: int = Field(ge=1)
+    seconds: float = Field(ge=0)
+
+
+@task("busy_progress", args=Reports)
+async def busy_progress(ctx: Context, args: Reports) -> None:
+    """Reports progress ``count`` times spread over ``seconds``: far more often than 10 a second."""
+    for n in range(1, args.count + 1):
+        await ctx.progress(n / args.count, current=n, total=args.count)
+        await asyncio.sleep(args.seconds / args.count)

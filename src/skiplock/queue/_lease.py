@@ -1,9 +1,8 @@
-"""Keeps this process's running jobs honest: leases, cancel requests, and their events.
+"""Keeps this process's running jobs honest: leases and cancel requests.
 
 One heartbeat statement extends every lease we hold; a job missing from its answer was taken
 from us and is stopped. Cancel requests arrive by NOTIFY and are also polled every second
-(notifications are hints). Progress and log events are written in one batch every
-``progress_interval_s``; progress reported in between is coalesced to its latest value.
+(notifications are hints).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import time
 import asyncpg
 import structlog
 
-from skiplock.queue._completer import write_events
 from skiplock.queue._running import RunningJobs, StopReason
 from skiplock.queue._statements import JOBS
 from skiplock.service import StopSignal
@@ -33,7 +31,7 @@ class LeaseKeeper:
         running: RunningJobs,
         lease_s: float,
         cancel_poll_s: float = 1.0,
-        progress_interval_s: float = 0.1,
+        tick_s: float = 0.25,
     ) -> None:
         self.pool = pool
         self.owner = owner
@@ -41,7 +39,7 @@ class LeaseKeeper:
         self.lease_s = lease_s
         self.heartbeat_s = lease_s / 3
         self.cancel_poll_s = cancel_poll_s
-        self.progress_interval_s = progress_interval_s
+        self.tick_s = tick_s
         self._stop = StopSignal()
 
     def cancel(self, payload: str) -> None:
@@ -53,9 +51,8 @@ class LeaseKeeper:
         ready.set()
         now = time.monotonic()
         next_heartbeat, next_cancel_poll = now + self.heartbeat_s, now + self.cancel_poll_s
-        while not await self._stop.sleep(self.progress_interval_s):
+        while not await self._stop.sleep(self.tick_s):
             try:
-                await self._write_events()
                 now = time.monotonic()
                 if now >= next_cancel_poll:
                     next_cancel_poll = now + self.cancel_poll_s
@@ -65,18 +62,6 @@ class LeaseKeeper:
                     await self._heartbeat()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("lease_keeper_failed", error=str(exc))
-        await self._write_events_quietly()
-
-    async def _write_events(self) -> None:
-        events = self.running.take_events()
-        if events:
-            await write_events(self.pool, events)
-
-    async def _write_events_quietly(self) -> None:
-        try:
-            await self._write_events()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("event_write_failed", error=str(exc))
 
     async def _poll_cancels(self) -> None:
         ids = self.running.ids()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class RunningJob:
     #: report between two writes is kept, which is what throttles a chatty task.
     pending: list[PendingEvent] = field(default_factory=list)
     dropped_logs: int = 0
+    last_write: float = float("-inf")  # monotonic time of the last event write
 
     def add_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "progress":
@@ -68,6 +70,8 @@ class RunningJobs:
     _per_queue: Counter[str] = field(default_factory=Counter)
     #: Set whenever a job leaves, so the producer can claim again.
     freed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set whenever a job reports progress or logs, to wake the event writer.
+    events_pending: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, job: ClaimedJob) -> RunningJob | None:
         """Track a claimed job; None if this process already runs that job (it must not run twice
@@ -104,14 +108,22 @@ class RunningJobs:
         running = self._jobs.get(job_id)
         if running is not None:
             running.add_event(kind, data)
+            self.events_pending.set()
 
-    def take_events(self) -> list[tuple[int, str, dict[str, Any]]]:
-        """Every running job's pending events, in order per job."""
-        return [
-            (running.job.id, kind, data)
-            for running in self._jobs.values()
-            for kind, data in running.take_events()
-        ]
+    def next_event_due(self, interval_s: float) -> float | None:
+        """Seconds until some job's pending events may be written (0: now; None: none pending)."""
+        now = time.monotonic()
+        waits = [max(0.0, r.last_write + interval_s - now) for r in self._jobs.values() if r.pending]
+        return min(waits) if waits else None
+
+    def take_due_events(self, now: float | None, interval_s: float) -> list[tuple[int, str, dict[str, Any]]]:
+        """Pending events of every job last written at least ``interval_s`` ago (all if ``now`` is None)."""
+        taken = []
+        for running in self._jobs.values():
+            if running.pending and (now is None or now - running.last_write >= interval_s):
+                taken += [(running.job.id, kind, data) for kind, data in running.take_events()]
+                running.last_write = now if now is not None else time.monotonic()
+        return taken
 
     def stop(self, job_id: int, reason: StopReason) -> bool:
         """Cancel a running job's coroutine; the first reason given wins."""

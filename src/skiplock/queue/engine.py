@@ -16,6 +16,7 @@ import structlog
 from skiplock.db.migrate import migrate
 from skiplock.db.pool import connect, create_pool
 from skiplock.queue._completer import Completer
+from skiplock.queue._event_writer import EventWriter
 from skiplock.queue._executor import Executor
 from skiplock.queue._hub import EventHub
 from skiplock.queue._lease import LeaseKeeper
@@ -99,11 +100,10 @@ class Engine:
         if self.settings.worker:
             completer = Completer(self.pool, self.owner)
             keeper = LeaseKeeper(
-                self.pool,
-                owner=self.owner,
-                running=self.running,
-                lease_s=self.settings.lease_s,
-                progress_interval_s=self.settings.progress_interval_s,
+                self.pool, owner=self.owner, running=self.running, lease_s=self.settings.lease_s
+            )
+            writer = EventWriter(
+                self.pool, running=self.running, interval_s=self.settings.progress_interval_s
             )
             producer = Producer(
                 self.dsn,
@@ -120,7 +120,7 @@ class Engine:
             self.listener.subscribe("cancel", keeper.cancel)
             self.listener.on_reconnect(producer.wake_all)
             # Stopped in reverse: producer first (drain), completer last (flush).
-            services += [completer, keeper, producer]
+            services += [completer, writer, keeper, producer]
         return services
 
     async def start(self) -> None:
