@@ -25,11 +25,11 @@ async def run(bench: Bench) -> None:
             bench.record("drain", "3 processes", rate, "jobs/s", floor="floor.claim_complete")
 
 
-async def drain(bench: Bench, count: int, workers: int) -> float:
+async def drain(bench: Bench, count: int, workers: int, task: str = "bench_noop") -> float:
     async with bench.database() as dsn:
         conn = await connect(dsn)
         try:
-            await fill_noop_jobs(conn, count)
+            await fill_noop_jobs(conn, count, task)
             with skiplock(dsn, "worker", count=workers):
                 deadline = time.monotonic() + TIMEOUT_S
                 while await conn.fetchval("SELECT count(*) FROM jobs WHERE state <> 'succeeded'"):
