@@ -2,7 +2,9 @@
 -- The table is the truth; NOTIFY carries only references ('ev:<job>.<seq>,…') so an event of any
 -- size arrives whole and a subscriber reads exactly what it has not seen (seq > last).
 
-ALTER TABLE jobs ADD COLUMN event_seq integer NOT NULL DEFAULT 1;  -- seq of the job's latest event
+-- Seq of the job's latest event; 0 until its first transition. Creation is not an event: the
+-- row (and a subscriber's first message, the job itself) says it; a bulk load stays one COPY.
+ALTER TABLE jobs ADD COLUMN event_seq integer NOT NULL DEFAULT 0;
 
 CREATE TABLE job_events (
     job_id bigint      NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
@@ -42,18 +44,6 @@ $$;
 CREATE TRIGGER jobs_state_events_updated AFTER UPDATE ON jobs
     REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION skiplock_state_events_updated();
-
--- A new job's first event: seq 1, its state (queued, or cancelled/… if inserted so).
-CREATE OR REPLACE FUNCTION skiplock_notify_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO job_events (job_id, seq, kind, data)
-    SELECT id, event_seq, 'state', jsonb_build_object('state', state, 'attempt', attempts)
-    FROM new_jobs;
-    PERFORM pg_notify('skiplock', 'queued:' || due.queue)
-    FROM (SELECT DISTINCT queue FROM new_jobs WHERE run_at <= now()) AS due;
-    RETURN NULL;
-END
-$$;
 
 -- References to new events, in chunks under NOTIFY's 8000-byte payload limit.
 CREATE FUNCTION skiplock_notify_events() RETURNS trigger LANGUAGE plpgsql AS $$

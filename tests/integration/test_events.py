@@ -70,7 +70,7 @@ async def test_subscriber_sees_snapshot_every_progress_event_and_final_state(
     assert snapshot["job"]["id"] == job["id"]
     assert_consecutive(events)
     states = [e["data"]["state"] for e in events if e["kind"] == "state"]
-    assert states == ["queued", "running", "succeeded"]
+    assert states == ["running", "succeeded"]
     progress = [e["data"]["fraction"] for e in events if e["kind"] == "progress"]
     assert progress == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert events[-1]["data"]["state"] == "succeeded"
@@ -209,12 +209,19 @@ async def test_unknown_job_and_bad_after_are_clear_errors(server: str, http: aio
         assert response.status == 400
 
 
-async def test_all_events_stream_filters_by_queue(server: str, http: aiohttp.ClientSession) -> None:
-    async with http.ws_connect(ws_url(server, "/ws/events?queue=reports")) as ws:
-        other = await enqueue(http, server, task="noop", queue="elsewhere")
-        wanted = await enqueue(http, server, task="noop", queue="reports")
-        events = []
-        while not events or events[-1]["data"].get("state") != "queued":
-            events += await read_ws(ws, limit=1)
+async def test_all_events_stream_filters_by_queue(
+    dsn: str, registry: Any, http: aiohttp.ClientSession
+) -> None:
+    two_queues = make_settings(dsn, queues=["default", "reports"])
+    async with live_server(two_queues, list(registry)) as base:
+        async with http.ws_connect(ws_url(base, "/ws/events?queue=reports")) as ws:
+            other = await enqueue(http, base, task="noop", queue="default")
+            wanted = await enqueue(http, base, task="noop", queue="reports")
+            events: list[dict[str, Any]] = []
+            while not events or events[-1]["data"].get("state") != "succeeded":
+                events += await read_ws(ws, limit=1)
+        async with http.get(f"{base}/jobs/{other['id']}/events") as response:
+            other_events = (await response.json())["items"]
     assert {e["job_id"] for e in events} == {wanted["id"]}
-    assert other["id"] != wanted["id"]
+    assert [e["data"]["state"] for e in events] == ["running", "succeeded"]
+    assert other_events, "the other job ran too: the filter, not idleness, kept its events out"
