@@ -14,11 +14,11 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from skiplock.db import EmbeddedPostgres, connect, migrate
+from skiplock.db import EmbeddedPostgres
+from skiplock.db.admin import create_database, create_migrated_template, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "bench_template"
@@ -56,26 +56,13 @@ class Bench:
     async def database(self) -> AsyncIterator[str]:
         """A fresh migrated database, dropped afterwards."""
         name = f"bench_{os.getpid()}_{next(self._names)}"
-        admin = await asyncpg.connect(self.admin_dsn)
         try:
-            await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+            yield await create_database(self.admin_dsn, name, template=TEMPLATE)
         finally:
-            await admin.close()
-        try:
-            yield with_database(self.admin_dsn, name)
-        finally:
-            admin = await asyncpg.connect(self.admin_dsn)
-            try:
-                await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            finally:
-                await admin.close()
+            await drop_database(self.admin_dsn, name)
 
 
 Workload = Callable[[Bench], Awaitable[None]]
-
-
-def with_database(dsn: str, database: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
 
 
 @contextmanager
@@ -95,17 +82,7 @@ def postgres() -> Iterator[str]:
 
 
 async def prepare_template(admin_dsn: str) -> None:
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {TEMPLATE}")
-    finally:
-        await admin.close()
-    conn = await connect(with_database(admin_dsn, TEMPLATE))
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+    await create_migrated_template(admin_dsn, TEMPLATE)
 
 
 async def environment(admin_dsn: str) -> dict[str, Any]:

@@ -11,13 +11,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from skiplock.db import connect, migrate
+from skiplock.db import connect
+from skiplock.db.admin import create_database, create_migrated_template, drop_database
 from skiplock.logging import configure_logging
 from skiplock.queue import Engine
 from skiplock.settings import Settings
 from skiplock.tasks import load_registry
 from tests.support import tasks as test_tasks
-from tests.support.servers import postgres_server, with_database
+from tests.support.servers import postgres_server
 
 TEMPLATE = "skiplock_template"
 _counter = itertools.count()
@@ -47,16 +48,9 @@ def pg_admin_dsn() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def template_dsn(pg_admin_dsn: str) -> str:
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {TEMPLATE}")
-    finally:
-        await admin.close()
-    dsn = with_database(pg_admin_dsn, TEMPLATE)
+    dsn = await create_migrated_template(pg_admin_dsn, TEMPLATE)
     conn = await connect(dsn)
     try:
-        await migrate(conn)
         await conn.execute(TEST_TABLES)
     finally:
         await conn.close()
@@ -67,17 +61,8 @@ async def template_dsn(pg_admin_dsn: str) -> str:
 async def dsn(pg_admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test (commits and NOTIFY are real)."""
     name = f"t_{os.getpid()}_{next(_counter)}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    finally:
-        await admin.close()
-    yield with_database(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    yield await create_database(pg_admin_dsn, name, template=TEMPLATE)
+    await drop_database(pg_admin_dsn, name)
 
 
 @pytest.fixture
@@ -107,14 +92,7 @@ def make_settings(dsn: str, **overrides: Any) -> Settings:
 @pytest.fixture(scope="session")
 async def shared_dsn(pg_admin_dsn: str, template_dsn: str) -> str:
     """One migrated database for tests that roll back everything they do."""
-    name = f"shared_{os.getpid()}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    finally:
-        await admin.close()
-    return with_database(pg_admin_dsn, name)
+    return await create_database(pg_admin_dsn, f"shared_{os.getpid()}", template=TEMPLATE)
 
 
 @pytest.fixture

@@ -10,12 +10,13 @@ import pytest
 from skiplock.db.migrate import SQL as MIGRATE_SQL
 from skiplock.db.migrate import discover, is_current, migrate
 from skiplock.db.sqlfile import all_statements
-from skiplock.queue._statements import JOBS, QUEUES
+from skiplock.queue._statements import EVENTS, JOBS, QUEUES
 from tests.factories import job
 
 STATEMENTS = {
     **{f"jobs.{k}": v for k, v in all_statements(JOBS).items()},
     **{f"queues.{k}": v for k, v in all_statements(QUEUES).items()},
+    **{f"events.{k}": v for k, v in all_statements(EVENTS).items()},
     **{f"migrate.{k}": v for k, v in all_statements(MIGRATE_SQL).items()},
 }
 
