@@ -97,6 +97,10 @@ async def test_pruner_deletes_only_finished_jobs_past_retention(dsn: str, db: as
     ]
     recent = await job(db, JobState.SUCCEEDED)
     queued = await job(db)
+    for job_id in (expired[0], recent):
+        await db.execute(
+            "INSERT INTO job_events (job_id, seq, kind, data) VALUES ($1, 1, 'log', '{}')", job_id
+        )
     pool = await create_pool(dsn, min_size=1, max_size=1)
     try:
         pruner = Pruner(pool, retention_s=3600, interval_s=60, batch=2)
@@ -105,6 +109,8 @@ async def test_pruner_deletes_only_finished_jobs_past_retention(dsn: str, db: as
         await pool.close()
     remaining = {r["id"] for r in await db.fetch("SELECT id FROM jobs")}
     assert remaining == {recent, queued}
+    # a job's events go with it
+    assert [r["job_id"] for r in await db.fetch("SELECT job_id FROM job_events")] == [recent]
     assert not remaining & set(expired)
 
 
