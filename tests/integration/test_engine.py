@@ -103,13 +103,14 @@ async def test_unique_key_returns_the_live_job_then_allows_a_new_one(engine: Eng
 
 async def test_jobs_run_in_priority_order(settings, registry, db: asyncpg.Connection) -> None:  # type: ignore[no-untyped-def]
     one_at_a_time = make_settings(settings.database_url, concurrency=1)
-    await db.execute("INSERT INTO queues (name, paused) VALUES ('default', true)")
     async with Engine(one_at_a_time, registry, settings.database_url) as engine:
         ids = {}
-        for priority in (0, 5, -3, 10, 5):
-            job = await engine.client.enqueue("record_run", {"marker": str(priority)}, priority=priority)
-            ids[job.id] = priority
-        await engine.client.set_paused("default", False)
+        async with engine.client.pool.acquire() as conn, conn.transaction():  # all visible at once
+            for priority in (0, 5, -3, 10, 5):
+                job = await engine.client.enqueue(
+                    "record_run", {"marker": str(priority)}, priority=priority, conn=conn
+                )
+                ids[job.id] = priority
         await wait_until(lambda: db.fetchval("SELECT count(*) = 5 FROM test_runs"))
     order = await db.fetch("SELECT job_id FROM test_runs ORDER BY id")
     ran = [ids[r["job_id"]] for r in order]
@@ -297,3 +298,20 @@ async def test_progress_reported_in_a_tight_loop_is_throttled_but_the_last_value
     assert fractions == sorted(fractions)
     assert fractions[-1] == 1.0
     assert (await engine.client.get(job.id)).progress["current"] == 1000
+
+
+async def test_every_log_line_is_kept_in_order_before_the_final_state(engine: Engine) -> None:
+    # Many jobs finishing while their earlier lines are being written: none may be lost or reordered.
+    jobs = [
+        await engine.client.enqueue("chatty", {"lines": 5, "size": 10, "pause_s": 0.02}) for _ in range(20)
+    ]
+    for job in jobs:
+        assert await finished(engine, job.id) == "succeeded"
+    for job in jobs:
+        rows = await engine.client.pool.fetch(
+            "SELECT seq, kind, data FROM job_events WHERE job_id = $1 ORDER BY seq", job.id
+        )
+        assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+        assert [r["data"]["fields"]["n"] for r in rows if r["kind"] == "log"] == [0, 1, 2, 3, 4]
+        assert rows[-1]["kind"] == "state"
+        assert rows[-1]["data"]["state"] == "succeeded"

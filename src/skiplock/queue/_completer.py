@@ -60,6 +60,9 @@ class Completer:
         self.linger_s = linger_s
         self.signals = CompleterSignals()
         self._pending: list[Outcome] = []
+        #: Held around every write; the event writer takes it too, so a job's earlier events
+        #: always commit before its outcome (whose state change would make them be refused).
+        self.write_lock = asyncio.Lock()
         self._arrived = asyncio.Event()
         self._stop = StopSignal()
 
@@ -97,7 +100,7 @@ class Completer:
         released = [o.job.id for o in batch if o.state == RELEASED]
         finished = [o for o in batch if o.state != RELEASED]
         events = [(o.job.id, kind, data) for o in batch for kind, data in o.events]
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.write_lock, self.pool.acquire() as conn, conn.transaction():
             if events:  # the last progress and logs come before the state change
                 await write_events(conn, events)
             if finished:

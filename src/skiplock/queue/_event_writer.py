@@ -25,8 +25,11 @@ log = structlog.get_logger("skiplock.events")
 class EventWriter:
     name = "event_writer"
 
-    def __init__(self, pool: asyncpg.Pool, *, running: RunningJobs, interval_s: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, running: RunningJobs, interval_s: float, write_lock: asyncio.Lock
+    ) -> None:
         self.pool = pool
+        self.write_lock = write_lock
         self.running = running
         self.interval_s = interval_s
         self._stop = StopSignal()
@@ -45,13 +48,14 @@ class EventWriter:
         await self._write_due(None)  # stopping: whatever is left
 
     async def _write_due(self, now: float | None) -> None:
-        events = self.running.take_due_events(now, self.interval_s)
-        if not events:
-            return
-        try:
-            await write_events(self.pool, events)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("event_write_failed", error=str(exc), dropped=len(events))
+        async with self.write_lock:  # taken before the events: see Completer.write_lock
+            events = self.running.take_due_events(now, self.interval_s)
+            if not events:
+                return
+            try:
+                await write_events(self.pool, events)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("event_write_failed", error=str(exc), dropped=len(events))
 
     async def stop(self) -> None:
         self._stop.set()

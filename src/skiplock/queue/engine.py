@@ -103,7 +103,10 @@ class Engine:
                 self.pool, owner=self.owner, running=self.running, lease_s=self.settings.lease_s
             )
             writer = EventWriter(
-                self.pool, running=self.running, interval_s=self.settings.progress_interval_s
+                self.pool,
+                running=self.running,
+                interval_s=self.settings.progress_interval_s,
+                write_lock=completer.write_lock,
             )
             producer = Producer(
                 self.dsn,
