@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (SKIPLOCK_HOST)")
     serve.add_argument("--port", type=int, help="bind port (SKIPLOCK_PORT)")
     serve.add_argument("--no-worker", action="store_true", help="serve the API only, run no jobs")
+    serve.add_argument("--no-scheduler", action="store_true", help="do not fire schedules here")
     worker_flags(serve)
     worker_flags(commands.add_parser("worker", help="workers and housekeeping, no HTTP"))
     commands.add_parser("migrate", help="apply pending migrations and exit")
@@ -44,6 +45,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": getattr(args, "concurrency", None),
         "queues": getattr(args, "queues", None),
         "worker": False if getattr(args, "no_worker", False) else None,
+        "scheduler": False if getattr(args, "no_scheduler", False) else None,
     }
     return {key: value for key, value in flags.items() if value is not None}
 

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
         description="Queues served, 'name' or 'name:limit'; empty: 'default' and every task's queue.",
     )
     worker: bool = True
+    scheduler: bool = Field(default=True, description="Fire due schedules in this process.")
     auto_migrate: bool = Field(default=True, description="Apply pending migrations at start.")
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
     lease_s: float = Field(default=30.0, ge=1, le=86_400)

@@ -149,3 +149,8 @@ async def busy_progress(ctx: Context, args: Reports) -> None:
     for n in range(1, args.count + 1):
         await ctx.progress(n / args.count, current=n, total=args.count)
         await asyncio.sleep(args.seconds / args.count)
+
+
+@task("nightly_report", args=NoArgs, schedule="0 3 * * *")
+async def nightly_report(ctx: Context, args: NoArgs) -> None:
+    """Declared with a schedule in code (the Beat one-liner)."""

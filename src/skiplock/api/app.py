@@ -17,6 +17,7 @@ from skiplock.api.jobs import JobController
 from skiplock.api.middleware import request_id_middleware
 from skiplock.api.plugin import SkiplockPlugin
 from skiplock.api.queues import QueueController, TaskController
+from skiplock.api.schedules import ScheduleController
 from skiplock.errors import ConfigError, SkiplockError
 from skiplock.queue.engine import Engine
 from skiplock.queue.tasks import Task
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
     return Litestar(
         route_handlers=[
             JobController,
+            ScheduleController,
             EventController,
             QueueController,
             TaskController,

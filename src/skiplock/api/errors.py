@@ -17,14 +17,14 @@ from skiplock.errors import (
     ConflictError,
     DatabaseError,
     InvalidArgumentsError,
-    JobNotFound,
+    NotFoundError,
     SkiplockError,
     UnknownTaskError,
 )
 
 _STATUS: list[tuple[type[SkiplockError], int]] = [
-    (JobNotFound, HTTP_404_NOT_FOUND),
-    (UnknownTaskError, HTTP_422_UNPROCESSABLE_ENTITY),
+    (UnknownTaskError, HTTP_422_UNPROCESSABLE_ENTITY),  # a NotFoundError, but bad input: first
+    (NotFoundError, HTTP_404_NOT_FOUND),
     (InvalidArgumentsError, HTTP_422_UNPROCESSABLE_ENTITY),
     (ConflictError, HTTP_409_CONFLICT),
     (DatabaseError, HTTP_503_SERVICE_UNAVAILABLE),

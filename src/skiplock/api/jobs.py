@@ -67,10 +67,16 @@ class JobController(Controller):
             str | None, Parameter(max_length=40, description="next_cursor of the previous page")
         ] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        schedule_id: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,
     ) -> JobPage:
         """Jobs newest first, filtered by state, queue and task, a page at a time."""
         jobs = await client.list_jobs(
-            state=job_state, queue=queue, task=task, before_id=_cursor(cursor), limit=limit
+            state=job_state,
+            queue=queue,
+            task=task,
+            before_id=_cursor(cursor),
+            limit=limit,
+            schedule_id=schedule_id,
         )
         next_cursor = str(jobs[-1].id) if len(jobs) == limit else None
         return JobPage(items=jobs, next_cursor=next_cursor)

@@ -41,8 +41,23 @@ class EventStatements:
     event_write_many: str
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleStatements:
+    schedule_insert: str
+    schedule_upsert_declared: str
+    schedule_get: str
+    schedule_list: str
+    schedule_update: str
+    schedule_delete: str
+    schedule_claim_due: str
+    schedule_advance: str
+    schedule_next_due: str
+    job_insert_scheduled: str
+
+
 JOBS = load_statements(JobStatements, "skiplock.queue.sql", "jobs.sql")
 QUEUES = load_statements(QueueStatements, "skiplock.queue.sql", "queues.sql")
 EVENTS = load_statements(EventStatements, "skiplock.queue.sql", "events.sql")
+SCHEDULES = load_statements(ScheduleStatements, "skiplock.queue.sql", "schedules.sql")
 
 CHANNEL = "skiplock"

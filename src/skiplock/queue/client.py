@@ -21,6 +21,7 @@ from skiplock.errors import (
 )
 from skiplock.queue._statements import JOBS, QUEUES
 from skiplock.queue.models import Job, JobState, QueueInfo
+from skiplock.queue.schedules import Schedules
 from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry
 
 Executor = asyncpg.Pool | AnyConnection
@@ -102,6 +103,7 @@ class Client:
     def __init__(self, pool: asyncpg.Pool, registry: TaskRegistry) -> None:
         self.pool = pool
         self.registry = registry
+        self.schedules = Schedules(pool, registry)
 
     def _resolve(self, request: EnqueueRequest) -> _Resolved:
         """Validate one job against its task and fill in the task's defaults."""
@@ -214,9 +216,10 @@ class Client:
         task: str | None = None,
         before_id: int | None = None,
         limit: int = 50,
+        schedule_id: int | None = None,
     ) -> list[Job]:
         """Newest first; ``before_id`` is the keyset cursor."""
-        records = await self.pool.fetch(JOBS.job_list, state, queue, task, before_id, limit)
+        records = await self.pool.fetch(JOBS.job_list, state, queue, task, before_id, limit, schedule_id)
         return [Job.from_record(r) for r in records]
 
     async def cancel(self, job_id: int) -> Job:

@@ -25,6 +25,7 @@ from skiplock.queue._producer import Producer
 from skiplock.queue._pruner import Pruner
 from skiplock.queue._rescuer import Rescuer
 from skiplock.queue._running import RunningJobs
+from skiplock.queue._scheduler import Scheduler
 from skiplock.queue.client import Client
 from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
 from skiplock.service import Service, Supervisor
@@ -97,6 +98,11 @@ class Engine:
                 interval_s=self.settings.prune_interval_s,
             )
         )
+        if self.settings.scheduler:
+            scheduler = Scheduler(self.pool, self.registry)
+            self.listener.subscribe("schedules", scheduler.wake)
+            self.listener.on_reconnect(scheduler.wake)
+            services.append(scheduler)
         if self.settings.worker:
             completer = Completer(self.pool, self.owner)
             keeper = LeaseKeeper(
@@ -136,6 +142,7 @@ class Engine:
                 await conn.close()
         self._pool = await create_pool(self.dsn, min_size=s.pool_min_size, max_size=s.pool_max_size)
         self._client = Client(self._pool, self.registry)
+        await self._declare_schedules()
         self.hub = EventHub(self._pool, buffer=s.subscriber_buffer)
         self.supervisor = Supervisor(self._services())
         ready = asyncio.Event()
@@ -147,6 +154,15 @@ class Engine:
             await self.stop()
             raise RuntimeError("skiplock services failed to start")
         log.info("engine_started", owner=self.owner, worker=s.worker, queues=self.queues)
+
+    async def _declare_schedules(self) -> None:
+        """Schedules written in code (@task(schedule=…)): created or updated; API-made ones win."""
+        for task in self.registry:
+            for spec in task.declared_schedules():
+                if await self.client.schedules.declare(spec) is None:
+                    log.warning(
+                        "declared_schedule_ignored", name=spec.name, reason="an API schedule has the name"
+                    )
 
     async def stop(self) -> None:
         if self.supervisor is not None:

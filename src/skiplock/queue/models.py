@@ -55,6 +55,8 @@ class Job(BaseModel):
     errors: list[AttemptError]
     unique_key: str | None
     event_seq: int = Field(default=0, description="Seq of the job's latest event.")
+    schedule_id: int | None = Field(default=None, description="The schedule that created it, if any.")
+    scheduled_for: datetime | None = Field(default=None, description="The schedule's tick it is for.")
     created: bool = Field(default=True, exclude=True, description="False when a live unique_key matched.")
 
     @classmethod

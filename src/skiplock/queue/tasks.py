@@ -14,6 +14,7 @@ from skiplock.queue.backoff import Backoff
 
 if TYPE_CHECKING:
     from skiplock.queue.context import Context
+    from skiplock.queue.schedules import ScheduleSpec
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 TaskFn = Callable[["Context", Any], Any]
@@ -36,6 +37,7 @@ class Task(Generic[ArgsT]):
     timeout_s: float | None = None
     backoff: Backoff = field(default_factory=Backoff)
     description: str = ""
+    schedules: tuple[str, ...] = ()  # cron expressions (UTC) declared with the task
 
     is_async: bool = field(init=False)
 
@@ -58,6 +60,15 @@ class Task(Generic[ArgsT]):
             raise InvalidArgumentsError(
                 f"invalid args for task {self.name!r}: {summary}", errors=errors
             ) from exc
+
+    def declared_schedules(self) -> list[ScheduleSpec]:
+        """The task's code-declared schedules: named after the task (``name#2``… for more)."""
+        from skiplock.queue.schedules import ScheduleSpec
+
+        return [
+            ScheduleSpec(name=self.name if n == 0 else f"{self.name}#{n + 1}", cron=cron, task=self.name)
+            for n, cron in enumerate(self.schedules)
+        ]
 
     def dump_args(self, args: BaseModel) -> dict[str, Any]:
         """The args as stored: JSON-ready, defaults filled in."""
@@ -122,6 +133,8 @@ def task(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     timeout_s: float | None = None,
     backoff: Backoff | None = None,
+    schedule: str | None = None,
+    schedules: Iterable[str] = (),
 ) -> Callable[[TaskFn], Task[ArgsT]]:
     """Declare a task. The function takes ``(ctx, args)``; a plain ``def`` runs in a thread."""
     if max_attempts < 1:
@@ -142,6 +155,7 @@ def task(
             timeout_s=timeout_s,
             backoff=backoff or Backoff(),
             description=inspect.getdoc(fn) or "",
+            schedules=((schedule,) if schedule else ()) + tuple(schedules),
         )
         registered.add(declared)
         return declared

@@ -27,6 +27,7 @@ WHERE ($1::job_state IS NULL OR state = $1)
   AND ($2::text IS NULL OR queue = $2)
   AND ($3::text IS NULL OR task = $3)
   AND ($4::bigint IS NULL OR id < $4)
+  AND ($6::bigint IS NULL OR schedule_id = $6)
 ORDER BY id DESC
 LIMIT $5
 

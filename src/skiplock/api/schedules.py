@@ -1,0 +1,81 @@
+"""/schedules: cron rows managed over the API, and "run now"."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.exceptions import ValidationException
+from litestar.params import JSONBody, Parameter
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT, HTTP_422_UNPROCESSABLE_ENTITY
+from pydantic import BaseModel, ConfigDict, Field
+
+from skiplock.api.plugin import ClientDep
+from skiplock.queue.models import Job
+from skiplock.queue.schedules import Schedule, ScheduleSpec
+
+ScheduleId = Annotated[str, Parameter(pattern=r"^[1-9][0-9]{0,17}$", description="The schedule's id.")]
+
+
+class ScheduleCreate(ScheduleSpec):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScheduleChange(BaseModel):
+    """Fields to change; the next run is recomputed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str | None = Field(default=None, min_length=1, max_length=200)
+    timezone: str | None = Field(default=None, max_length=100)
+    task: str | None = Field(default=None, min_length=1, max_length=200)
+    args: dict[str, Any] | None = None
+    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    priority: int | None = None
+    enabled: bool | None = None
+    misfire: Literal["skip", "catch_up"] | None = None
+
+
+def _as_422(_request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    """Schedules answer every bad input with 422 naming the field, as their contract says."""
+    return Response(
+        {"status_code": HTTP_422_UNPROCESSABLE_ENTITY, "detail": exc.detail, "extra": exc.extra},
+        status_code=HTTP_422_UNPROCESSABLE_ENTITY,
+    )
+
+
+class ScheduleController(Controller):
+    path = "/schedules"
+    tags = ["schedules"]
+    exception_handlers = {ValidationException: _as_422}
+
+    @get("/", operation_id="ListSchedules")
+    async def list_schedules(self, client: ClientDep) -> list[Schedule]:
+        """Every schedule, by name, with its next five fire times."""
+        return await client.schedules.all()
+
+    @post("/", operation_id="CreateSchedule")
+    async def create(self, data: JSONBody[ScheduleCreate], client: ClientDep) -> Schedule:
+        """201 with the schedule; 422 naming the field for a bad cron, timezone, task or args;
+        409 when the name is taken."""
+        return await client.schedules.create(data)
+
+    @get("/{schedule_id:str}", operation_id="GetSchedule")
+    async def get_schedule(self, schedule_id: ScheduleId, client: ClientDep) -> Schedule:
+        return await client.schedules.get(int(schedule_id))
+
+    @patch("/{schedule_id:str}", operation_id="UpdateSchedule")
+    async def update(
+        self, schedule_id: ScheduleId, data: JSONBody[ScheduleChange], client: ClientDep
+    ) -> Schedule:
+        """Change cron, timezone, args, enabled…; the next run is recomputed."""
+        return await client.schedules.update(int(schedule_id), data.model_dump(exclude_unset=True))
+
+    @delete("/{schedule_id:str}", operation_id="DeleteSchedule", status_code=HTTP_204_NO_CONTENT)
+    async def remove(self, schedule_id: ScheduleId, client: ClientDep) -> None:
+        await client.schedules.delete(int(schedule_id))
+
+    @post("/{schedule_id:str}/trigger", operation_id="TriggerSchedule", status_code=HTTP_202_ACCEPTED)
+    async def trigger(self, schedule_id: ScheduleId, client: ClientDep) -> Job:
+        """Enqueue the schedule's job now; it appears in GET /jobs?schedule_id=."""
+        return await client.schedules.trigger(int(schedule_id))

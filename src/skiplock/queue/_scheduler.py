@@ -1,0 +1,115 @@
+"""Fires due schedules. Every process runs one; each tick fires once across all of them.
+
+A due schedule is locked with FOR UPDATE SKIP LOCKED, its jobs are inserted and its next run is
+set in the same transaction, so a tick is never fired by two schedulers, and (schedule_id,
+scheduled_for) is unique on jobs as a second guard. The loop sleeps until the earliest next run
+(capped) and wakes at once when a schedule is created or changed (NOTIFY 'schedules:').
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+from types import SimpleNamespace
+
+import asyncpg
+import structlog
+
+from skiplock.db.pool import AnyConnection
+from skiplock.queue._statements import SCHEDULES
+from skiplock.queue.cron import Cron, CronError, Misfire, decide
+from skiplock.queue.schedules import insert_scheduled_job
+from skiplock.queue.tasks import TaskRegistry
+from skiplock.service import StopSignal
+
+log = structlog.get_logger("skiplock.scheduler")
+
+
+class SchedulerSignals:
+    def __init__(self) -> None:
+        self.rounds = 0
+
+
+class Scheduler:
+    name = "scheduler"
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        registry: TaskRegistry,
+        *,
+        batch: int = 100,
+        max_sleep_s: float = 30.0,
+        grace_s: float = 60.0,
+        catch_up_cap: int = 100,
+    ) -> None:
+        self.pool = pool
+        self.registry = registry
+        self.batch = batch
+        self.max_sleep_s = max_sleep_s
+        self.grace_s = grace_s
+        self.catch_up_cap = catch_up_cap
+        self.signals = SchedulerSignals()
+        self._wake = asyncio.Event()
+        self._stop = StopSignal()
+
+    def wake(self, _payload: str = "") -> None:
+        """Listener hook for 'schedules:'."""
+        self._wake.set()
+
+    async def run(self, ready: asyncio.Event) -> None:
+        ready.set()
+        while not self._stop.is_set:
+            self._wake.clear()
+            try:
+                if await self.fire_due() >= self.batch:
+                    continue  # more are due
+                wait = await self.pool.fetchval(SCHEDULES.schedule_next_due)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("scheduler_failed", error=str(exc))
+                wait = 1.0
+            self.signals.rounds += 1
+            # Due but locked by another scheduler: look again shortly, without spinning.
+            sleep = self.max_sleep_s if wait is None else min(max(float(wait), 0.01), self.max_sleep_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=sleep)
+
+    async def fire_due(self, now: datetime | None = None) -> int:
+        """Fire what is due now (``now`` pins the clock); returns how many schedules were handled."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(SCHEDULES.schedule_claim_due, self.batch, now)
+            for row in rows:
+                await self._fire(conn, row)
+        return len(rows)
+
+    async def _fire(self, conn: AnyConnection, row: asyncpg.Record) -> None:
+        try:
+            cron = Cron(row["cron"], row["timezone"])
+        except CronError as exc:  # cannot happen through the API; a hand-edited row
+            log.error("schedule_invalid", schedule_id=row["id"], error=str(exc))
+            await conn.execute(
+                SCHEDULES.schedule_advance, row["id"], row["db_now"].replace(year=9999), None, None
+            )
+            return
+        decision = decide(
+            cron,
+            row["next_run_at"],
+            row["db_now"],
+            misfire=Misfire(row["misfire"]),
+            grace_s=self.grace_s,
+            cap=self.catch_up_cap,
+        )
+        schedule = SimpleNamespace(**dict(row))
+        last_job = None
+        for tick in decision.fire:
+            job_id = await insert_scheduled_job(conn, self.registry, schedule, tick)
+            last_job = job_id or last_job
+        last_run = decision.fire[-1] if decision.fire else None
+        await conn.execute(SCHEDULES.schedule_advance, row["id"], decision.next_run_at, last_run, last_job)
+        if decision.fire:
+            log.info("schedule_fired", schedule_id=row["id"], ticks=len(decision.fire), job_id=last_job)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()

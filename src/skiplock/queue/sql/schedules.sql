@@ -1,0 +1,59 @@
+-- Every statement on the schedules table, and the insert of a scheduled job.
+
+-- name: schedule_insert
+INSERT INTO schedules (name, cron, timezone, task, args, queue, priority, enabled, misfire, source, next_run_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+RETURNING *
+
+-- name: schedule_upsert_declared
+-- A schedule declared in code: created, or updated if code created it; never one made over the API.
+INSERT INTO schedules (name, cron, timezone, task, args, queue, priority, enabled, misfire, source, next_run_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, true, $8, 'code', $9)
+ON CONFLICT (name) DO UPDATE
+SET cron = excluded.cron, timezone = excluded.timezone, task = excluded.task, args = excluded.args,
+    queue = excluded.queue, priority = excluded.priority, misfire = excluded.misfire,
+    next_run_at = CASE WHEN schedules.cron = excluded.cron AND schedules.timezone = excluded.timezone
+                       THEN schedules.next_run_at ELSE excluded.next_run_at END,
+    updated_at = now()
+WHERE schedules.source = 'code'
+RETURNING *
+
+-- name: schedule_get
+SELECT * FROM schedules WHERE id = $1
+
+-- name: schedule_list
+SELECT * FROM schedules ORDER BY name
+
+-- name: schedule_update
+UPDATE schedules
+SET cron = $2, timezone = $3, task = $4, args = $5, queue = $6, priority = $7, enabled = $8,
+    misfire = $9, next_run_at = $10, updated_at = now()
+WHERE id = $1
+RETURNING *
+
+-- name: schedule_delete
+DELETE FROM schedules WHERE id = $1 RETURNING id
+
+-- name: schedule_claim_due
+-- Due schedules, locked for this transaction; other schedulers skip them. $2 pins the clock in tests.
+SELECT s.*, coalesce($2::timestamptz, now()) AS db_now
+FROM schedules AS s
+WHERE s.enabled AND s.next_run_at <= coalesce($2::timestamptz, now())
+ORDER BY s.next_run_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+
+-- name: schedule_advance
+UPDATE schedules
+SET next_run_at = $2, last_run_at = coalesce($3, last_run_at), last_job_id = coalesce($4, last_job_id)
+WHERE id = $1
+
+-- name: schedule_next_due
+SELECT extract(epoch FROM min(next_run_at) - now()) FROM schedules WHERE enabled
+
+-- name: job_insert_scheduled
+-- One tick's job; a second insert for the same schedule and tick does nothing.
+INSERT INTO jobs (queue, task, args, priority, max_attempts, timeout_s, schedule_id, scheduled_for)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (schedule_id, scheduled_for) WHERE schedule_id IS NOT NULL DO NOTHING
+RETURNING id
