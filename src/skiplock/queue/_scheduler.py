@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime
-from types import SimpleNamespace
 
 import asyncpg
 import structlog
 
-from skiplock.db.pool import AnyConnection
 from skiplock.queue._statements import SCHEDULES
-from skiplock.queue.cron import Cron, CronError, Misfire, decide
-from skiplock.queue.schedules import insert_scheduled_job
+from skiplock.queue.cron import Cron, CronError, Decision, Misfire, decide
+from skiplock.queue.schedules import scheduled_job_row
 from skiplock.queue.tasks import TaskRegistry
 from skiplock.service import StopSignal
 
@@ -76,23 +74,45 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), timeout=sleep)
 
     async def fire_due(self, now: datetime | None = None) -> int:
-        """Fire what is due now (``now`` pins the clock); returns how many schedules were handled."""
+        """Fire what is due now (``now`` pins the clock); returns how many schedules were handled.
+
+        One transaction per batch: the due rows stay locked until their jobs exist and their next
+        runs are set, with one INSERT for all the batch's jobs and one UPDATE for all its rows.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(SCHEDULES.schedule_claim_due, self.batch, now)
-            for row in rows:
-                await self._fire(conn, row)
+            if not rows:
+                return 0
+            plans = [(row, self._decide(row)) for row in rows]
+            jobs = [
+                scheduled_job_row(self.registry, row, tick)
+                for row, decision in plans
+                for tick in decision.fire
+            ]
+            created: dict[int, int] = {}
+            if jobs:
+                columns = [list(column) for column in zip(*jobs, strict=True)]
+                for record in await conn.fetch(SCHEDULES.job_insert_scheduled_many, *columns):
+                    created[record["schedule_id"]] = max(record["id"], created.get(record["schedule_id"], 0))
+            await conn.execute(
+                SCHEDULES.schedule_advance_many,
+                [row["id"] for row, _ in plans],
+                [decision.next_run_at for _, decision in plans],
+                [decision.fire[-1] if decision.fire else None for _, decision in plans],
+                [created.get(row["id"]) for row, _ in plans],
+            )
+        fired = sum(len(d.fire) for _, d in plans)
+        if fired:
+            log.info("schedules_fired", schedules=len(rows), jobs=len(created), ticks=fired)
         return len(rows)
 
-    async def _fire(self, conn: AnyConnection, row: asyncpg.Record) -> None:
+    def _decide(self, row: asyncpg.Record) -> Decision:
         try:
             cron = Cron(row["cron"], row["timezone"])
-        except CronError as exc:  # cannot happen through the API; a hand-edited row
+        except CronError as exc:  # cannot come through the API: a hand-edited row; park it
             log.error("schedule_invalid", schedule_id=row["id"], error=str(exc))
-            await conn.execute(
-                SCHEDULES.schedule_advance, row["id"], row["db_now"].replace(year=9999), None, None
-            )
-            return
-        decision = decide(
+            return Decision([], row["db_now"].replace(year=9999))
+        return decide(
             cron,
             row["next_run_at"],
             row["db_now"],
@@ -100,15 +120,6 @@ class Scheduler:
             grace_s=self.grace_s,
             cap=self.catch_up_cap,
         )
-        schedule = SimpleNamespace(**dict(row))
-        last_job = None
-        for tick in decision.fire:
-            job_id = await insert_scheduled_job(conn, self.registry, schedule, tick)
-            last_job = job_id or last_job
-        last_run = decision.fire[-1] if decision.fire else None
-        await conn.execute(SCHEDULES.schedule_advance, row["id"], decision.next_run_at, last_run, last_job)
-        if decision.fire:
-            log.info("schedule_fired", schedule_id=row["id"], ticks=len(decision.fire), job_id=last_job)
 
     async def stop(self) -> None:
         self._stop.set()

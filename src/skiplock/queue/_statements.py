@@ -52,7 +52,8 @@ class ScheduleStatements:
     schedule_claim_due: str
     schedule_advance: str
     schedule_next_due: str
-    job_insert_scheduled: str
+    job_insert_scheduled_many: str
+    schedule_advance_many: str
 
 
 JOBS = load_statements(JobStatements, "skiplock.queue.sql", "jobs.sql")

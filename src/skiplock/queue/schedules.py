@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
 from pydantic import BaseModel, Field
 
+from skiplock.db.pool import encode_json
 from skiplock.errors import ConflictError, InvalidArgumentsError, NotFoundError
 from skiplock.queue._statements import JOBS, SCHEDULES
 from skiplock.queue.cron import Cron, CronError
 from skiplock.queue.models import Job
-from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry
+from skiplock.queue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PRIORITY, TaskRegistry
 
 UPCOMING = 5
 
@@ -173,28 +175,28 @@ class Schedules:
     async def trigger(self, schedule_id: int) -> Job:
         """Enqueue the schedule's job now (it counts in the schedule's history)."""
         schedule = await self.get(schedule_id)
-        job_id = await insert_scheduled_job(self.pool, self.registry, schedule, datetime.now(UTC))
-        if job_id is None:
+        row = scheduled_job_row(self.registry, schedule.model_dump(), datetime.now(UTC))
+        created = await self.pool.fetch(SCHEDULES.job_insert_scheduled_many, *([v] for v in row))
+        if not created:
             raise ConflictError("triggered twice in the same microsecond; try again")
-        record = await self.pool.fetchrow(JOBS.job_get, job_id)
+        record = await self.pool.fetchrow(JOBS.job_get, created[0]["id"])
         assert record is not None
         return Job.from_record(record)
 
 
-async def insert_scheduled_job(
-    conn: asyncpg.Pool | asyncpg.Connection | Any, registry: TaskRegistry, schedule: Any, tick: datetime
-) -> int | None:
-    """The job of one tick, with the task's defaults; None if that tick has its job already."""
-    task = registry.get(schedule.task) if schedule.task in registry else None
-    job_id: int | None = await conn.fetchval(
-        SCHEDULES.job_insert_scheduled,
-        schedule.queue or (task.queue if task else "default"),
-        schedule.task,
-        schedule.args,
-        schedule.priority if schedule.priority is not None else (task.priority if task else 0),
-        task.max_attempts if task else 3,
+def scheduled_job_row(
+    registry: TaskRegistry, schedule: Mapping[str, Any] | asyncpg.Record, tick: datetime
+) -> tuple[Any, ...]:
+    """One tick's job, as a row for job_insert_scheduled_many: the schedule's values, else the task's."""
+    task = registry.get(schedule["task"]) if schedule["task"] in registry else None
+    priority = schedule["priority"]
+    return (
+        schedule["queue"] or (task.queue if task else DEFAULT_QUEUE),
+        schedule["task"],
+        encode_json(schedule["args"]),
+        priority if priority is not None else (task.priority if task else 0),
+        task.max_attempts if task else DEFAULT_MAX_ATTEMPTS,
         task.timeout_s if task else None,
-        schedule.id,
+        schedule["id"],
         tick,
     )
-    return job_id

@@ -51,9 +51,21 @@ WHERE id = $1
 -- name: schedule_next_due
 SELECT extract(epoch FROM min(next_run_at) - now()) FROM schedules WHERE enabled
 
--- name: job_insert_scheduled
--- One tick's job; a second insert for the same schedule and tick does nothing.
+-- name: job_insert_scheduled_many
+-- A batch of ticks' jobs at once (args as JSON text); ticks that have their job already are skipped.
 INSERT INTO jobs (queue, task, args, priority, max_attempts, timeout_s, schedule_id, scheduled_for)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+SELECT queue, task, args::jsonb, priority, max_attempts, timeout_s, schedule_id, scheduled_for
+FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::int[], $6::float8[], $7::bigint[],
+            $8::timestamptz[])
+    AS t(queue, task, args, priority, max_attempts, timeout_s, schedule_id, scheduled_for)
 ON CONFLICT (schedule_id, scheduled_for) WHERE schedule_id IS NOT NULL DO NOTHING
-RETURNING id
+RETURNING id, schedule_id
+
+-- name: schedule_advance_many
+UPDATE schedules AS s
+SET next_run_at = u.next_run_at,
+    last_run_at = coalesce(u.last_run_at, s.last_run_at),
+    last_job_id = coalesce(u.last_job_id, s.last_job_id)
+FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::bigint[])
+    AS u(id, next_run_at, last_run_at, last_job_id)
+WHERE s.id = u.id
