@@ -96,23 +96,24 @@ class Schedules:
             raise InvalidArgumentsError(f"invalid schedule: {summary}", errors=problems)
         return cron, args
 
-    async def create(self, spec: ScheduleSpec) -> Schedule:
+    def _stored(self, spec: ScheduleSpec) -> tuple[Any, ...]:
+        """The validated values as the statements take them (see schedules.sql); next run from now."""
         cron, args = self.validate(spec)
+        return (
+            spec.cron,
+            spec.timezone,
+            spec.task,
+            args,
+            spec.queue,
+            spec.priority,
+            spec.enabled,
+            spec.misfire,
+            cron.next_after(datetime.now(UTC)),
+        )
+
+    async def create(self, spec: ScheduleSpec) -> Schedule:
         try:
-            record = await self.pool.fetchrow(
-                SCHEDULES.schedule_insert,
-                spec.name,
-                spec.cron,
-                spec.timezone,
-                spec.task,
-                args,
-                spec.queue,
-                spec.priority,
-                spec.enabled,
-                spec.misfire,
-                "api",
-                cron.next_after(datetime.now(UTC)),
-            )
+            record = await self.pool.fetchrow(SCHEDULES.schedule_insert, spec.name, *self._stored(spec))
         except asyncpg.UniqueViolationError as exc:
             raise ConflictError(f"a schedule named {spec.name!r} exists already") from exc
         assert record is not None
@@ -120,19 +121,7 @@ class Schedules:
 
     async def declare(self, spec: ScheduleSpec) -> Schedule | None:
         """Create or update a schedule declared in code; None if an API-made one has the name."""
-        cron, args = self.validate(spec)
-        record = await self.pool.fetchrow(
-            SCHEDULES.schedule_upsert_declared,
-            spec.name,
-            spec.cron,
-            spec.timezone,
-            spec.task,
-            args,
-            spec.queue,
-            spec.priority,
-            spec.misfire,
-            cron.next_after(datetime.now(UTC)),
-        )
+        record = await self.pool.fetchrow(SCHEDULES.schedule_upsert_declared, spec.name, *self._stored(spec))
         return None if record is None else Schedule.from_record(record)
 
     async def get(self, schedule_id: int) -> Schedule:
@@ -150,20 +139,7 @@ class Schedules:
         spec = ScheduleSpec.model_validate(
             {**current.model_dump(include=set(ScheduleSpec.model_fields)), **changes}
         )
-        cron, args = self.validate(spec)
-        record = await self.pool.fetchrow(
-            SCHEDULES.schedule_update,
-            schedule_id,
-            spec.cron,
-            spec.timezone,
-            spec.task,
-            args,
-            spec.queue,
-            spec.priority,
-            spec.enabled,
-            spec.misfire,
-            cron.next_after(datetime.now(UTC)),
-        )
+        record = await self.pool.fetchrow(SCHEDULES.schedule_update, schedule_id, *self._stored(spec))
         if record is None:
             raise ScheduleNotFound(f"no schedule with id {schedule_id}")
         return Schedule.from_record(record)

@@ -1,14 +1,16 @@
--- Every statement on the schedules table, and the insert of a scheduled job.
+-- Every statement on the schedules table, and the insert of scheduled jobs.
+-- Insert, declare and update take a schedule's stored values in one order, from $2:
+-- cron, timezone, task, args, queue, priority, enabled, misfire, next_run_at.
 
 -- name: schedule_insert
-INSERT INTO schedules (name, cron, timezone, task, args, queue, priority, enabled, misfire, source, next_run_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+INSERT INTO schedules (name, cron, timezone, task, args, queue, priority, enabled, misfire, next_run_at, source)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'api')
 RETURNING *
 
 -- name: schedule_upsert_declared
 -- A schedule declared in code: created, or updated if code created it; never one made over the API.
-INSERT INTO schedules (name, cron, timezone, task, args, queue, priority, enabled, misfire, source, next_run_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, true, $8, 'code', $9)
+INSERT INTO schedules (name, cron, timezone, task, args, queue, priority, enabled, misfire, next_run_at, source)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'code')
 ON CONFLICT (name) DO UPDATE
 SET cron = excluded.cron, timezone = excluded.timezone, task = excluded.task, args = excluded.args,
     queue = excluded.queue, priority = excluded.priority, misfire = excluded.misfire,
