@@ -7,7 +7,7 @@ import asyncio
 import json
 from datetime import UTC, datetime
 
-from bench import drain, enqueue, floor, http_enqueue, latency, scheduler, websocket_fanout
+from bench import drain, enqueue, floor, http_batch, http_enqueue, latency, scheduler, websocket_fanout
 from bench.runner import ROOT, Bench, as_json, environment, postgres, prepare_template, render
 from skiplock.logging import configure_logging
 
@@ -18,6 +18,7 @@ WORKLOADS = {
     "drain": drain.run,
     "latency": latency.run,
     "http-enqueue": http_enqueue.run,
+    "http-batch": http_batch.run,
     "ws-fanout": websocket_fanout.run,
     "scheduler": scheduler.run,
 }

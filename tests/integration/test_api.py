@@ -273,3 +273,56 @@ async def test_ready_is_503_when_migrations_are_behind(api: Client, db: asyncpg.
 async def test_request_id_is_kept_when_given(api: Client) -> None:
     response = await api.get("/health", headers={"x-request-id": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
+
+
+async def test_batch_enqueue_creates_every_job_in_order(api: Client, db: asyncpg.Connection) -> None:
+    body = [
+        {"task": "noop"},
+        {"task": "sleep", "args": {"seconds": 0}, "priority": 5},
+        {"task": "noop", "delay_s": 60},
+    ]
+    response = await api.post("/jobs/batch", json=body)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["count"] == 3
+    rows = await db.fetch("SELECT id, task, priority FROM jobs ORDER BY id")
+    assert [r["id"] for r in rows] == created["ids"]
+    assert [(r["task"], r["priority"]) for r in rows] == [("noop", 0), ("sleep", 5), ("noop", 0)]
+
+
+async def test_batch_enqueue_takes_ndjson(api: Client, db: asyncpg.Connection) -> None:
+    lines = b'{"task": "noop"}\n\n{"task": "sleep", "args": {"seconds": 0}}\n'
+    response = await api.post("/jobs/batch", content=lines, headers={"content-type": "application/x-ndjson"})
+    assert response.status_code == 201, response.text
+    assert response.json()["count"] == 2
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        ({"task": "nope"}, ["job 2", "unknown task"]),
+        ({"task": "sleep", "args": {"seconds": -1}}, ["job 2", "seconds"]),
+        ({"task": "noop", "priority": 900}, ["job 2", "priority"]),
+        ({"task": "noop", "unique_key": "k"}, ["job 2", "unique_key"]),
+        ("not a job", ["job 2"]),
+    ],
+)
+async def test_batch_with_one_bad_job_names_its_index_and_writes_nothing(
+    api: Client, db: asyncpg.Connection, bad: Any, words: list[str]
+) -> None:
+    response = await api.post("/jobs/batch", json=[{"task": "noop"}, {"task": "noop"}, bad, {"task": "noop"}])
+    assert_error(response, 422, *words)
+    assert response.json()["extra"]["index"] == 2
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+async def test_batch_rejects_too_many_jobs_and_bodies_that_are_not_a_list(api: Client) -> None:
+    too_many = await api.post("/jobs/batch", json=[{"task": "noop"}] * 10_001)
+    assert_error(too_many, 422, "at most 10000")
+    assert_error(await api.post("/jobs/batch", json={"task": "noop"}), 422, "JSON array")
+    not_json = await api.post("/jobs/batch", content=b"[{", headers={"content-type": "application/json"})
+    assert_error(not_json, 400, "JSON")
+    empty = await api.post("/jobs/batch", json=[])
+    assert empty.status_code == 201
+    assert empty.json() == {"count": 0, "ids": []}

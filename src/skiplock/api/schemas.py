@@ -41,6 +41,13 @@ class JobCreate(BaseModel):
         return self
 
 
+class BatchCreated(BaseModel):
+    """The ids of the jobs a batch created, in the order they were given."""
+
+    count: int
+    ids: list[int]
+
+
 class JobPage(BaseModel):
     """One page of jobs, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
 
