@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -225,3 +226,37 @@ async def test_all_events_stream_filters_by_queue(
     assert {e["job_id"] for e in events} == {wanted["id"]}
     assert [e["data"]["state"] for e in events] == ["running", "succeeded"]
     assert other_events, "the other job ran too: the filter, not idleness, kept its events out"
+
+
+async def test_a_subscriber_joining_during_a_read_still_gets_every_earlier_event(
+    engine: Any, db: asyncpg.Connection
+) -> None:
+    from skiplock.queue._hub import EventHub
+    from skiplock.queue.models import JobState
+    from tests.factories import job
+
+    job_id = await job(db, JobState.RUNNING)
+    for seq in range(1, 7):
+        await db.execute(
+            "INSERT INTO job_events (job_id, seq, kind, data) VALUES ($1, $2, 'log', '{}')", job_id, seq
+        )
+    hub = EventHub(engine.pool)  # its loop is not running: this test drives the reads
+    early = hub.subscribe_job(job_id, after=3)
+    reading = asyncio.ensure_future(hub._deliver_to_jobs({job_id}))
+    await asyncio.sleep(0)  # the read has taken its position (after 3) and its query is out
+    late = hub.subscribe_job(job_id, after=0)
+    await reading
+    await hub._deliver_to_jobs(set(hub._stale_jobs))  # the late subscriber's own read
+    assert [e.seq for e in await buffered(early, 3)] == [4, 5, 6]
+    assert [e.seq for e in await buffered(late, 6)] == [1, 2, 3, 4, 5, 6]
+
+
+async def buffered(sub: Any, count: int) -> list[Any]:
+    """What the subscription holds, up to ``count`` events (fails fast instead of waiting forever)."""
+    events = []
+    for _ in range(count):
+        try:
+            events.append(await asyncio.wait_for(sub.get(), timeout=2))
+        except TimeoutError:
+            break
+    return events

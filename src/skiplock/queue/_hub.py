@@ -177,7 +177,9 @@ class EventHub:
         for record in await self.pool.fetch(EVENTS.event_since_many, followed, afters):
             event = JobEvent.from_record(record)
             for sub in list(self._by_job.get(event.job_id, ())):
-                if event.seq > sub.last_seq:
+                # Only the very next event: a subscriber that joined while this read was under way
+                # may be behind where it started, and must not skip ahead (its own read follows).
+                if event.seq == sub.last_seq + 1:
                     sub.offer(event)
                 if sub.overflowed.is_set():
                     self.unsubscribe(sub)  # its lag must not hold back the next read
