@@ -255,8 +255,15 @@ async def test_health_ready_and_openapi(api: Client) -> None:
         "/tasks",
         "/queues",
         "/queues/{name}/pause",
+        "/queues/{name}/resume",
         "/health",
         "/ready",
+        "/jobs/batch",
+        "/jobs/{job_id}/events",
+        "/jobs/{job_id}/stream",
+        "/schedules",
+        "/schedules/{schedule_id}",
+        "/schedules/{schedule_id}/trigger",
     ):
         assert path in schema["paths"], path
     assert (await api.get("/schema/swagger")).status_code == 200
