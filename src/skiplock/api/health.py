@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncpg
 from litestar import Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from skiplock.api.plugin import EngineDep
 from skiplock.api.schemas import Health
 from skiplock.db.migrate import is_current
+from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
 
 
 @get("/health", operation_id="Health", tags=["health"])
@@ -25,7 +25,7 @@ async def ready(engine: EngineDep) -> Response[Health]:
         async with engine.pool.acquire(timeout=2) as conn:
             checks["database"] = True
             checks["migrations"] = await is_current(conn)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except DB_UNAVAILABLE_OR_TIMEOUT:
         pass
     ok = all(checks.values())
     return Response(

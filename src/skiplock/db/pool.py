@@ -15,6 +15,12 @@ from skiplock.errors import DatabaseError
 #: A standalone connection or one borrowed from the pool.
 AnyConnection = asyncpg.Connection | PoolConnectionProxy
 
+#: What a background loop survives and retries: the server unreachable, a connection dropped, a
+#: statement refused. Anything else is a bug and ends the service.
+DB_UNAVAILABLE: tuple[type[Exception], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+#: The same, for calls made under a time limit.
+DB_UNAVAILABLE_OR_TIMEOUT: tuple[type[Exception], ...] = (*DB_UNAVAILABLE, TimeoutError)
+
 
 _JSONB_VERSION = b"\x01"
 
@@ -56,7 +62,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
         raise DatabaseError(f"cannot connect to the database: {exc}") from exc
     try:
         await init_connection(conn)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DB_UNAVAILABLE as exc:
         conn.terminate()
         raise DatabaseError(f"cannot set up the connection: {exc}") from exc
     return conn

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from skiplock.db.pool import AnyConnection, encode_json
+from skiplock.db.pool import DB_UNAVAILABLE, AnyConnection, encode_json
 from skiplock.queue._statements import EVENTS, JOBS
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import StopSignal
@@ -84,7 +84,7 @@ class Completer:
             try:
                 await self.flush()
                 backoff = 0.05
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("completer_flush_failed", error=str(exc), pending=len(self._pending))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -15,6 +15,7 @@ import time
 import asyncpg
 import structlog
 
+from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._completer import write_events
 from skiplock.queue._running import RunningJobs
 from skiplock.service import StopSignal
@@ -54,7 +55,7 @@ class EventWriter:
                 return
             try:
                 await write_events(self.pool, events)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("event_write_failed", error=str(exc), dropped=len(events))
 
     async def stop(self) -> None:

@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 import structlog
 
+from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._statements import EVENTS
 from skiplock.queue.models import FINAL_STATES
 from skiplock.service import StopSignal
@@ -162,7 +163,7 @@ class EventHub:
             try:
                 await self._deliver_to_jobs(jobs)
                 await self._deliver_to_everything(refs)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("event_read_failed", error=str(exc))
                 self._stale_jobs |= jobs
                 if await self._stop.sleep(0.5):

@@ -13,6 +13,7 @@ import time
 import asyncpg
 import structlog
 
+from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._running import RunningJobs, StopReason
 from skiplock.queue._statements import JOBS
 from skiplock.service import StopSignal
@@ -60,7 +61,7 @@ class LeaseKeeper:
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.heartbeat_s
                     await self._heartbeat()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("lease_keeper_failed", error=str(exc))
 
     async def _poll_cancels(self) -> None:

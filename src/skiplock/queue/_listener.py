@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from skiplock.db.pool import close_quietly, connect
+from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT, close_quietly, connect
 from skiplock.errors import DatabaseError
 from skiplock.queue._statements import CHANNEL
 from skiplock.service import StopSignal
@@ -77,7 +77,7 @@ class Listener:
                 await self._serve(conn, ready, first)
                 first = False
                 backoff = 0.1
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_UNAVAILABLE_OR_TIMEOUT as exc:
                 log.warning("listener_failed", error=str(exc) or type(exc).__name__, retry_in_s=backoff)
                 if await self._stop.sleep(backoff):
                     break
@@ -108,7 +108,7 @@ class Listener:
                 if self._lost.is_set():
                     raise ConnectionError("connection closed")
                 await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self.ping_interval_s)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_UNAVAILABLE_OR_TIMEOUT as exc:
                 log.warning("listener_connection_lost", error=str(exc) or type(exc).__name__)
                 return
 

@@ -11,10 +11,9 @@ import asyncio
 import random
 import time
 
-import asyncpg
 import structlog
 
-from skiplock.db.pool import AnyConnection, close_quietly, connect
+from skiplock.db.pool import DB_UNAVAILABLE, AnyConnection, close_quietly, connect
 from skiplock.errors import DatabaseError
 from skiplock.queue._executor import Executor
 from skiplock.queue._running import RunningJobs, StopReason
@@ -23,6 +22,9 @@ from skiplock.queue.models import ClaimedJob
 from skiplock.service import StopSignal
 
 log = structlog.get_logger("skiplock.producer")
+
+#: Connecting (DatabaseError) or claiming failed: back off and try again.
+_CLAIM_FAILED: tuple[type[Exception], ...] = (*DB_UNAVAILABLE, DatabaseError)
 
 
 class Producer:
@@ -83,7 +85,7 @@ class Producer:
                                 backoff = 0.05
                     finally:
                         await close_quietly(conn)
-                except (OSError, DatabaseError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except _CLAIM_FAILED as exc:
                     log.warning("claim_failed", error=str(exc), retry_in_s=backoff)
                     self.wake_all()
                     if await self._stop.sleep(backoff):

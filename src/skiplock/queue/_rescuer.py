@@ -9,6 +9,7 @@ import random
 import asyncpg
 import structlog
 
+from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._statements import JOBS
 from skiplock.service import StopSignal
 
@@ -36,7 +37,7 @@ class Rescuer:
         while not await self._stop.sleep(self.interval_s * (0.9 + 0.2 * random.random())):
             try:
                 await self.rescue_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("rescue_failed", error=str(exc))
 
     async def rescue_once(self) -> int:

@@ -15,6 +15,7 @@ from datetime import datetime
 import asyncpg
 import structlog
 
+from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._statements import SCHEDULES
 from skiplock.queue.cron import Cron, CronError, Decision, Misfire, decide
 from skiplock.queue.schedules import scheduled_job_row
@@ -64,7 +65,7 @@ class Scheduler:
                 if await self.fire_due() >= self.batch:
                     continue  # more are due
                 wait = await self.pool.fetchval(SCHEDULES.schedule_next_due)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("scheduler_failed", error=str(exc))
                 wait = 1.0
             self.signals.rounds += 1
