@@ -107,13 +107,9 @@ async def _worker(settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from skiplock.db import connect, migrate
+    from skiplock.db.migrate import migrate_database
 
-    conn = await connect(settings.database_url or "")
-    try:
-        applied = await migrate(conn)
-    finally:
-        await conn.close()
+    applied = await migrate_database(settings.database_url or "")
     log.info("migrations_current", applied=applied)
     return 0
 

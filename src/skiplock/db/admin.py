@@ -8,8 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from skiplock.db.migrate import migrate
-from skiplock.db.pool import close_quietly, connect
+from skiplock.db.migrate import migrate_database
+from skiplock.db.pool import close_quietly
 from skiplock.db.sqlfile import load_statements
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -61,9 +61,5 @@ async def drop_database(admin_dsn: str, name: str) -> None:
 async def create_migrated_template(admin_dsn: str, name: str) -> str:
     """A freshly migrated database to copy from; returns its DSN."""
     dsn = await create_database(admin_dsn, name)
-    conn = await connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await close_quietly(conn)
+    await migrate_database(dsn)
     return dsn

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from skiplock.db.pool import AnyConnection
+from skiplock.db.pool import AnyConnection, close_quietly, connect
 from skiplock.db.sqlfile import load_statements
 from skiplock.errors import MigrationError
 
@@ -85,6 +85,15 @@ async def migrate(conn: AnyConnection) -> list[int]:
     finally:
         await conn.execute(SQL.unlock)
     return applied_now
+
+
+async def migrate_database(dsn: str) -> list[int]:
+    """Connect, apply pending migrations, disconnect; returns the versions applied."""
+    conn = await connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await close_quietly(conn)
 
 
 async def is_current(conn: AnyConnection) -> bool:

@@ -13,8 +13,8 @@ from typing import Self
 import asyncpg
 import structlog
 
-from skiplock.db.migrate import migrate
-from skiplock.db.pool import connect, create_pool
+from skiplock.db.migrate import migrate_database
+from skiplock.db.pool import create_pool
 from skiplock.queue._completer import Completer
 from skiplock.queue._event_writer import EventWriter
 from skiplock.queue._executor import Executor
@@ -135,11 +135,7 @@ class Engine:
     async def start(self) -> None:
         s = self.settings
         if s.auto_migrate:
-            conn = await connect(self.dsn)
-            try:
-                await migrate(conn)
-            finally:
-                await conn.close()
+            await migrate_database(self.dsn)
         self._pool = await create_pool(self.dsn, min_size=s.pool_min_size, max_size=s.pool_max_size)
         self._client = Client(self._pool, self.registry)
         await self._declare_schedules()
