@@ -8,6 +8,8 @@ TaskGroup, reports started when every ``ready`` is set, and stops them in revers
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import structlog
@@ -35,6 +37,11 @@ class StopSignal:
 
     def set(self) -> None:
         self._event.set()
+
+    async def every(self, interval_s: float, jitter: float = 0.1) -> AsyncIterator[None]:
+        """Yield every ``interval_s`` (± ``jitter``, so replicas do not run in step) until stopped."""
+        while not await self.sleep(interval_s * (1 - jitter + 2 * jitter * random.random())):
+            yield
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True when stopped meanwhile."""

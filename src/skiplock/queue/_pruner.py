@@ -4,7 +4,6 @@ long locks or bloats one transaction. Every process runs it; SKIP LOCKED shares 
 from __future__ import annotations
 
 import asyncio
-import random
 
 import asyncpg
 import structlog
@@ -30,7 +29,7 @@ class Pruner:
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
-        while not await self._stop.sleep(self.interval_s * (0.9 + 0.2 * random.random())):
+        async for _ in self._stop.every(self.interval_s):
             try:
                 await self.prune_once()
             except DB_UNAVAILABLE as exc:

@@ -4,7 +4,6 @@ SKIP LOCKED lets several rescuers share the work without doing any job twice."""
 from __future__ import annotations
 
 import asyncio
-import random
 
 import asyncpg
 import structlog
@@ -34,7 +33,7 @@ class Rescuer:
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
-        while not await self._stop.sleep(self.interval_s * (0.9 + 0.2 * random.random())):
+        async for _ in self._stop.every(self.interval_s):
             try:
                 await self.rescue_once()
             except DB_UNAVAILABLE as exc:
