@@ -43,11 +43,6 @@ async def write_events(
     await conn.execute(EVENTS.event_write_many, list(job_ids), list(kinds), [encode_json(d) for d in data])
 
 
-class CompleterSignals:
-    def __init__(self) -> None:
-        self.flushed = asyncio.Event()
-
-
 class Completer:
     name = "completer"
 
@@ -58,7 +53,6 @@ class Completer:
         self.owner = owner
         self.max_batch = max_batch
         self.linger_s = linger_s
-        self.signals = CompleterSignals()
         self._pending: list[Outcome] = []
         #: Held around every write; the event writer takes it too, so a job's earlier events
         #: always commit before its outcome (whose state change would make them be refused).
@@ -94,7 +88,6 @@ class Completer:
             batch = self._pending[: self.max_batch]
             await self._write(batch)
             del self._pending[: len(batch)]
-        self.signals.flushed.set()
 
     async def _write(self, batch: list[Outcome]) -> None:
         released = [o.job.id for o in batch if o.state == RELEASED]

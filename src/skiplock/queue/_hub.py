@@ -105,10 +105,6 @@ class EventHub:
         self._wake = asyncio.Event()
         self._stop = StopSignal()
 
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._by_job.values()) + len(self._everything)
-
     def subscribe_job(self, job_id: int, after: int = 0) -> Subscription:
         """Events of one job with seq > after: history first, then live."""
         sub = Subscription(job_id, last_seq=after, capacity=self.buffer)

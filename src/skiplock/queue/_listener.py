@@ -28,7 +28,6 @@ class ListenerSignals:
     """Test hooks; nothing waits on them in production."""
 
     def __init__(self) -> None:
-        self.connected = asyncio.Event()
         self.reconnects = 0
 
 
@@ -83,7 +82,6 @@ class Listener:
                     break
                 backoff = min(backoff * 2, self.max_backoff_s)
             finally:
-                self.signals.connected.clear()
                 await close_quietly(conn)
 
     async def _serve(self, conn: asyncpg.Connection, ready: asyncio.Event, first: bool) -> None:
@@ -91,7 +89,6 @@ class Listener:
         conn.add_termination_listener(self._connection_lost)
         await conn.add_listener(CHANNEL, self._dispatch)
         self.connection_pid = conn.get_server_pid()
-        self.signals.connected.set()
         if first:
             ready.set()
         else:

@@ -15,12 +15,6 @@ from skiplock.service import StopSignal
 log = structlog.get_logger("skiplock.rescuer")
 
 
-class RescuerSignals:
-    def __init__(self) -> None:
-        self.rescued: list[int] = []
-        self.ran = asyncio.Event()
-
-
 class Rescuer:
     name = "rescuer"
 
@@ -28,7 +22,6 @@ class Rescuer:
         self.pool = pool
         self.interval_s = interval_s
         self.batch = batch
-        self.signals = RescuerSignals()
         self._stop = StopSignal()
 
     async def run(self, ready: asyncio.Event) -> None:
@@ -50,10 +43,8 @@ class Rescuer:
                     await conn.execute(JOBS.notify_queued, requeued)
             if rows:
                 log.warning("jobs_rescued", job_ids=[r["id"] for r in rows])
-                self.signals.rescued.extend(r["id"] for r in rows)
             total += len(rows)
             if len(rows) < self.batch:
-                self.signals.ran.set()
                 return total
 
     async def stop(self) -> None:

@@ -25,11 +25,6 @@ from skiplock.service import StopSignal
 log = structlog.get_logger("skiplock.scheduler")
 
 
-class SchedulerSignals:
-    def __init__(self) -> None:
-        self.rounds = 0
-
-
 class Scheduler:
     name = "scheduler"
 
@@ -49,7 +44,6 @@ class Scheduler:
         self.max_sleep_s = max_sleep_s
         self.grace_s = grace_s
         self.catch_up_cap = catch_up_cap
-        self.signals = SchedulerSignals()
         self._wake = asyncio.Event()
         self._stop = StopSignal()
 
@@ -68,7 +62,6 @@ class Scheduler:
             except DB_UNAVAILABLE as exc:
                 log.warning("scheduler_failed", error=str(exc))
                 wait = 1.0
-            self.signals.rounds += 1
             # Due but locked by another scheduler: look again shortly, without spinning.
             sleep = self.max_sleep_s if wait is None else min(max(float(wait), 0.01), self.max_sleep_s)
             with contextlib.suppress(TimeoutError):
