@@ -53,12 +53,24 @@ class Settings(BaseSettings):
         description="Events a slow subscriber may lag before it is cut off.",
     )
     task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fetch_max_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1024, description="Largest response body fetch_api and scrape read."
+    )
+    fetch_allow_private: bool = Field(
+        default=False, description="Let fetches reach loopback, private and link-local addresses."
+    )
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host names (or IPs) fetches may reach whatever they resolve to."
+    )
+    import_max_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=1024, description="Largest CSV upload POST /imports accepts."
+    )
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=20, ge=1, le=500)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("queues", "task_modules", mode="before")
+    @field_validator("queues", "task_modules", "fetch_allow_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,0 +1,1 @@
+"""SQL of the built-in tasks, one file per task."""
