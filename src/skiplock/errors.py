@@ -10,6 +10,11 @@
     ├── InvalidArgumentsError    job arguments fail the task's model
     ├── ConflictError            the request is valid but the current state forbids it
     │   └── InvalidStateError    cancel a finished job, retry a running one …
+    ├── FetchError               an outbound HTTP fetch failed (``retryable`` says whether to try again)
+    │   ├── FetchRefusedError    the URL or the address it resolves to is not allowed
+    │   ├── FetchTimeoutError    the upstream did not answer in time
+    │   ├── UpstreamStatusError  the upstream answered with an error status
+    │   └── BadResponseError     the body is too large, or not what the task reads (JSON, HTML)
     └── JobError                 raised by a task to steer its own outcome
         └── PermanentJobError    fail now, never retry
 
@@ -64,6 +69,38 @@ class ConflictError(SkiplockError):
 
 class InvalidStateError(ConflictError):
     """The job is not in a state that allows this."""
+
+
+class FetchError(SkiplockError):
+    """The fetch failed."""
+
+    retryable = True  # connection errors: the next attempt may reach it
+
+
+class FetchRefusedError(FetchError):
+    """The fetch was refused: the URL or its address is not allowed."""
+
+    retryable = False
+
+
+class FetchTimeoutError(FetchError):
+    """The upstream did not answer in time."""
+
+
+class UpstreamStatusError(FetchError):
+    """The upstream answered with an error status."""
+
+    def __init__(self, message: str | None = None, *, status: int, **extra: Any) -> None:
+        super().__init__(message, status=status, **extra)
+        self.status = status
+        # A 5xx or 429 may pass; any other 4xx will answer the same next time.
+        self.retryable = status >= 500 or status == 429
+
+
+class BadResponseError(FetchError):
+    """The upstream's answer cannot be used."""
+
+    retryable = False
 
 
 class JobError(SkiplockError):

@@ -264,6 +264,9 @@ async def test_health_ready_and_openapi(api: Client) -> None:
         "/schedules",
         "/schedules/{schedule_id}",
         "/schedules/{schedule_id}/trigger",
+        "/fetch",
+        "/records",
+        "/pages",
     ):
         assert path in schema["paths"], path
     assert (await api.get("/schema/swagger")).status_code == 200

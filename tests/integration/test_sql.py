@@ -10,19 +10,27 @@ import pytest
 from skiplock.db.migrate import SQL as MIGRATE_SQL
 from skiplock.db.migrate import discover, is_current, migrate
 from skiplock.db.sqlfile import all_statements
-from skiplock.queue._statements import EVENTS, JOBS, QUEUES
+from skiplock.queue._statements import EVENTS, JOBS, QUEUES, SCHEDULES
+from skiplock.tasks._statements import PAGES, RECORDS
 from tests.factories import job
 
 STATEMENTS = {
     **{f"jobs.{k}": v for k, v in all_statements(JOBS).items()},
     **{f"queues.{k}": v for k, v in all_statements(QUEUES).items()},
     **{f"events.{k}": v for k, v in all_statements(EVENTS).items()},
+    **{f"schedules.{k}": v for k, v in all_statements(SCHEDULES).items()},
     **{f"migrate.{k}": v for k, v in all_statements(MIGRATE_SQL).items()},
+    **{f"records.{k}": v for k, v in all_statements(RECORDS).items()},
+    **{f"pages.{k}": v for k, v in all_statements(PAGES).items()},
 }
+#: Statements that read a temporary table another statement creates first.
+NEEDS_FIRST = {"records.records_upsert_staged": RECORDS.records_stage}
 
 
 @pytest.mark.parametrize("name", sorted(STATEMENTS))
 async def test_statement_prepares_against_the_migrated_schema(tx: asyncpg.Connection, name: str) -> None:
+    if name in NEEDS_FIRST:
+        await tx.execute(NEEDS_FIRST[name])
     await tx.prepare(STATEMENTS[name])
 
 

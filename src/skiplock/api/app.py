@@ -12,9 +12,11 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from skiplock._version import __version__
 from skiplock.api.errors import skiplock_error_handler
 from skiplock.api.events import EventController, all_events_ws, job_events_ws
+from skiplock.api.fetch import FetchController, RecordController
 from skiplock.api.health import health, ready
 from skiplock.api.jobs import JobController
 from skiplock.api.middleware import request_id_middleware
+from skiplock.api.pages import page
 from skiplock.api.plugin import SkiplockPlugin
 from skiplock.api.queues import QueueController, TaskController
 from skiplock.api.schedules import ScheduleController
@@ -44,6 +46,9 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
             EventController,
             QueueController,
             TaskController,
+            FetchController,
+            RecordController,
+            page,
             job_events_ws,
             all_events_ws,
             health,

@@ -5,17 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response
+from litestar.exceptions import ValidationException
 from litestar.status_codes import (
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_502_BAD_GATEWAY,
     HTTP_503_SERVICE_UNAVAILABLE,
+    HTTP_504_GATEWAY_TIMEOUT,
 )
 
 from skiplock.errors import (
     ConflictError,
     DatabaseError,
+    FetchError,
+    FetchRefusedError,
+    FetchTimeoutError,
     InvalidArgumentsError,
     NotFoundError,
     SkiplockError,
@@ -28,6 +34,9 @@ _STATUS: list[tuple[type[SkiplockError], int]] = [
     (InvalidArgumentsError, HTTP_422_UNPROCESSABLE_ENTITY),
     (ConflictError, HTTP_409_CONFLICT),
     (DatabaseError, HTTP_503_SERVICE_UNAVAILABLE),
+    (FetchRefusedError, HTTP_422_UNPROCESSABLE_ENTITY),  # the URL given may not be fetched
+    (FetchTimeoutError, HTTP_504_GATEWAY_TIMEOUT),
+    (FetchError, HTTP_502_BAD_GATEWAY),  # the upstream failed: its reason is in detail
 ]
 
 
@@ -45,4 +54,13 @@ def skiplock_error_handler(
     return Response(
         {"status_code": status, "detail": exc.message, "extra": exc.extra or None},
         status_code=status,
+    )
+
+
+def validation_as_422(_request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    """For controllers whose contract answers every bad input with 422 naming the field (schedules,
+    and /fetch, whose body is the fetch_api task's arguments as POST /jobs validates them)."""
+    return Response(
+        {"status_code": HTTP_422_UNPROCESSABLE_ENTITY, "detail": exc.detail, "extra": exc.extra},
+        status_code=HTTP_422_UNPROCESSABLE_ENTITY,
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, delete, get, patch, post
 from litestar.exceptions import ValidationException
 from litestar.params import JSONBody, Parameter
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT, HTTP_422_UNPROCESSABLE_ENTITY
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from pydantic import BaseModel, ConfigDict, Field
 
+from skiplock.api.errors import validation_as_422
 from skiplock.api.plugin import ClientDep
 from skiplock.queue.models import Job
 from skiplock.queue.schedules import Schedule, ScheduleSpec
@@ -36,18 +37,10 @@ class ScheduleChange(BaseModel):
     misfire: Literal["skip", "catch_up"] | None = None
 
 
-def _as_422(_request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
-    """Schedules answer every bad input with 422 naming the field, as their contract says."""
-    return Response(
-        {"status_code": HTTP_422_UNPROCESSABLE_ENTITY, "detail": exc.detail, "extra": exc.extra},
-        status_code=HTTP_422_UNPROCESSABLE_ENTITY,
-    )
-
-
 class ScheduleController(Controller):
     path = "/schedules"
     tags = ["schedules"]
-    exception_handlers = {ValidationException: _as_422}
+    exception_handlers = {ValidationException: validation_as_422}
 
     @get("/", operation_id="ListSchedules")
     async def list_schedules(self, client: ClientDep) -> list[Schedule]:

@@ -13,7 +13,8 @@ from typing import Any
 import structlog
 from pydantic_core import to_jsonable_python
 
-from skiplock.errors import InvalidArgumentsError, PermanentJobError, UnknownTaskError
+from skiplock.errors import FetchError, InvalidArgumentsError, PermanentJobError, UnknownTaskError
+from skiplock.fetcher import Fetcher
 from skiplock.queue._completer import RELEASED, Completer, Outcome
 from skiplock.queue._running import RunningJob, RunningJobs, StopReason
 from skiplock.queue.client import Client
@@ -42,10 +43,16 @@ def error_record(job: ClaimedJob, exc: BaseException, message: str | None = None
 
 class Executor:
     def __init__(
-        self, registry: TaskRegistry, client: Client, running: RunningJobs, completer: Completer
+        self,
+        registry: TaskRegistry,
+        client: Client,
+        running: RunningJobs,
+        completer: Completer,
+        http: Fetcher,
     ) -> None:
         self.registry = registry
         self.client = client
+        self.http = http
         self.running = running
         self.completer = completer
 
@@ -88,6 +95,7 @@ class Executor:
             JobInfo(job.id, job.task, job.queue, job.attempt, job.max_attempts),
             client=self.client,
             on_event=self.running.add_event,
+            http=self.http,
         )
         try:
             if job.timeout_s is None:
@@ -113,6 +121,10 @@ class Executor:
             return self._failure(job, spec.backoff.delay(job.attempt), exc, message)
         except PermanentJobError as exc:
             return Outcome(job, "failed", error=error_record(job, exc))
+        except FetchError as exc:
+            if not exc.retryable:  # a 404, a refused address, a page too large: the same next time
+                return Outcome(job, "failed", error=error_record(job, exc))
+            return self._failure(job, spec.backoff.delay(job.attempt), exc)
         except Exception as exc:
             return self._failure(job, spec.backoff.delay(job.attempt), exc)
 

@@ -14,6 +14,7 @@ from pydantic_core import to_jsonable_python
 if TYPE_CHECKING:
     import asyncpg
 
+    from skiplock.fetcher import Fetcher
     from skiplock.queue.client import Client
     from skiplock.queue.models import Job
 
@@ -39,9 +40,12 @@ class Context:
         *,
         client: Client,
         on_event: Callable[[int, str, dict[str, Any]], None],
+        http: Fetcher,
     ) -> None:
         self.job = job
         self.client = client
+        #: The process's shared outbound HTTP session, with its size, redirect and address limits.
+        self.http = http
         self._on_event = on_event
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()

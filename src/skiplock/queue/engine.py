@@ -15,6 +15,7 @@ import structlog
 
 from skiplock.db.migrate import migrate_database
 from skiplock.db.pool import create_pool
+from skiplock.fetcher import Fetcher, FetchPolicy
 from skiplock.queue._completer import Completer
 from skiplock.queue._event_writer import EventWriter
 from skiplock.queue._executor import Executor
@@ -61,6 +62,8 @@ class Engine:
         self._pool: asyncpg.Pool | None = None
         self._client: Client | None = None
         self.listener = Listener(dsn)
+        #: Outbound HTTP shared by every task (and the API's synchronous fetch).
+        self.http = Fetcher(FetchPolicy.from_settings(settings))
         self.running = RunningJobs()
         self.supervisor: Supervisor | None = None
         self.hub: EventHub
@@ -122,7 +125,7 @@ class Engine:
                 lease_s=self.settings.lease_s,
                 poll_interval_s=self.settings.poll_interval_s,
                 shutdown_grace_s=self.settings.shutdown_grace_s,
-                executor=Executor(self.registry, self.client, self.running, completer),
+                executor=Executor(self.registry, self.client, self.running, completer, self.http),
                 running=self.running,
             )
             self.listener.subscribe("queued", producer.wake)
@@ -137,6 +140,7 @@ class Engine:
         if s.auto_migrate:
             await migrate_database(self.dsn)
         self._pool = await create_pool(self.dsn, min_size=s.pool_min_size, max_size=s.pool_max_size)
+        await self.http.start()
         self._client = Client(self._pool, self.registry)
         await self._declare_schedules()
         self.hub = EventHub(self._pool, buffer=s.subscriber_buffer)
@@ -167,6 +171,7 @@ class Engine:
             with contextlib.suppress(Exception):  # already logged by the supervisor
                 await self._task
             self._task = None
+        await self.http.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

@@ -8,11 +8,22 @@ from typing import Any
 
 from skiplock.errors import ConfigError
 from skiplock.queue.tasks import Task, TaskRegistry, registered
+from skiplock.tasks.fetch_api import FetchApiArgs, fetch_api
+from skiplock.tasks.scrape import ScrapeArgs, scrape
 from skiplock.tasks.sleep import SleepArgs, sleep
 
-BUILTINS: tuple[Task[Any], ...] = (sleep,)
+BUILTINS: tuple[Task[Any], ...] = (fetch_api, scrape, sleep)
 
-__all__ = ["BUILTINS", "SleepArgs", "load_registry", "sleep"]
+__all__ = [
+    "BUILTINS",
+    "FetchApiArgs",
+    "ScrapeArgs",
+    "SleepArgs",
+    "fetch_api",
+    "load_registry",
+    "scrape",
+    "sleep",
+]
 
 
 def load_registry(modules: Iterable[str] = (), tasks: Iterable[Task[Any]] | None = None) -> TaskRegistry:

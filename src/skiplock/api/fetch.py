@@ -1,0 +1,71 @@
+"""/fetch (the external-API fetch, inline or as a job) and /records (what it stored)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from litestar import Controller, Response, get, post
+from litestar.exceptions import ValidationException
+from litestar.params import JSONBody, Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+from pydantic import BaseModel
+
+from skiplock.api.errors import validation_as_422
+from skiplock.api.plugin import ClientDep, EngineDep
+from skiplock.queue.models import Job
+from skiplock.tasks.fetch_api import FetchApiArgs, FetchResult, Record, fetch_records, list_records
+
+
+class RecordPage(BaseModel):
+    items: list[Record]
+    next_cursor: str | None
+
+
+class FetchController(Controller):
+    path = "/fetch"
+    tags = ["fetch"]
+    exception_handlers = {ValidationException: validation_as_422}
+
+    @post(
+        "/",
+        operation_id="Fetch",
+        responses={},
+        description=(
+            "mode=task (the default): 202 with the fetch_api job. mode=sync: 200 with the result, "
+            "502 with the upstream's reason, 504 when it did not answer within timeout_s, "
+            "422 for bad arguments or a URL that may not be fetched."
+        ),
+    )
+    async def fetch(
+        self,
+        data: JSONBody[FetchApiArgs],
+        engine: EngineDep,
+        client: ClientDep,
+        mode: Annotated[Literal["sync", "task"], Parameter(description="Run now or enqueue.")] = "task",
+    ) -> Response[FetchResult | Job]:
+        """Fetch JSON from an external API and upsert its items into records."""
+        if mode == "task":
+            job = await client.enqueue("fetch_api", data.model_dump(mode="json"))
+            return Response(job, status_code=HTTP_202_ACCEPTED)
+        result = await fetch_records(engine.http, engine.pool, data)
+        return Response(result, status_code=HTTP_200_OK)
+
+
+class RecordController(Controller):
+    path = "/records"
+    tags = ["fetch"]
+
+    @get("/", operation_id="ListRecords")
+    async def records(
+        self,
+        engine: EngineDep,
+        source: Annotated[str | None, Parameter(min_length=1, max_length=200)] = None,
+        cursor: Annotated[
+            int | None, Parameter(ge=0, le=2**63 - 1, description="next_cursor of the previous page")
+        ] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> RecordPage:
+        """Stored records in the order they were first stored, optionally of one source."""
+        records = await list_records(engine.pool, source, cursor or 0, limit)
+        next_cursor = str(records[-1].id) if len(records) == limit else None
+        return RecordPage(items=records, next_cursor=next_cursor)

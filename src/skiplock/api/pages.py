@@ -1,0 +1,24 @@
+"""/pages: what scrape stored about a page."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import get
+from litestar.params import Parameter
+
+from skiplock.api.plugin import EngineDep
+from skiplock.errors import NotFoundError
+from skiplock.tasks.scrape import Page, get_page
+
+
+@get("/pages", operation_id="GetPage", tags=["scrape"])
+async def page(
+    engine: EngineDep,
+    url: Annotated[str, Parameter(min_length=1, max_length=4000, description="The URL scraped.")],
+) -> Page:
+    """A scraped page's metadata; 404 until a scrape job for that exact URL has succeeded."""
+    found = await get_page(engine.pool, url)
+    if found is None:
+        raise NotFoundError(f"no page scraped for {url[:200]!r}", url=url[:200])
+    return found

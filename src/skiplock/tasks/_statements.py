@@ -1,0 +1,24 @@
+"""The built-in tasks' SQL, loaded from ``sql/*.sql`` into typed constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from skiplock.db.sqlfile import load_statements
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStatements:
+    records_stage: str
+    records_upsert_staged: str
+    records_page: str
+
+
+@dataclass(frozen=True, slots=True)
+class PageStatements:
+    page_upsert: str
+    page_get: str
+
+
+RECORDS = load_statements(RecordStatements, "skiplock.tasks.sql", "records.sql")
+PAGES = load_statements(PageStatements, "skiplock.tasks.sql", "pages.sql")
