@@ -18,13 +18,14 @@ from skiplock.api.jobs import JobController
 from skiplock.api.middleware import request_id_middleware
 from skiplock.api.pages import page
 from skiplock.api.plugin import SkiplockPlugin
-from skiplock.api.queues import QueueController, TaskController
+from skiplock.api.queues import QueueController, TaskController, failures
 from skiplock.api.schedules import ScheduleController
 from skiplock.errors import ConfigError, SkiplockError
 from skiplock.queue.engine import Engine
 from skiplock.queue.tasks import Task
 from skiplock.settings import Settings
 from skiplock.tasks import load_registry
+from skiplock.ui import dashboard_routes, template_config
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
             EventController,
             QueueController,
             TaskController,
+            failures,
             FetchController,
             RecordController,
             page,
@@ -53,7 +55,9 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
             all_events_ws,
             health,
             ready,
+            *dashboard_routes(),
         ],
+        template_config=template_config(),
         plugins=[SkiplockPlugin(engine)],
         middleware=[request_id_middleware],
         exception_handlers={SkiplockError: skiplock_error_handler},

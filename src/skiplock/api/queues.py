@@ -9,7 +9,7 @@ from litestar.params import Parameter
 
 from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.schemas import QUEUE_NAME, QueueOut, TaskInfo
-from skiplock.queue.models import QueueInfo
+from skiplock.queue.models import FailureGroup, QueueInfo
 
 QueueName = Annotated[str, Parameter(pattern=QUEUE_NAME, description="The queue's name.")]
 
@@ -40,6 +40,12 @@ class QueueController(Controller):
     async def resume(self, name: QueueName, client: ClientDep, engine: EngineDep) -> QueueOut:
         """Workers claim from the queue again at once."""
         return _out(await client.set_paused(name, False), engine)
+
+
+@get("/failures", operation_id="ListFailures", tags=["jobs"])
+async def failures(client: ClientDep) -> list[FailureGroup]:
+    """Failed jobs grouped by task and the last attempt's error type, with their newest ids."""
+    return await client.failures()
 
 
 class TaskController(Controller):

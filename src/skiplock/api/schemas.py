@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from skiplock.queue.models import Job, JobState
+from skiplock.queue.models import Job, QueueInfo
 from skiplock.queue.tasks import MAX_PRIORITY
 
 QUEUE_NAME = r"^[A-Za-z0-9_.:-]{1,100}$"
@@ -65,10 +65,7 @@ class TaskInfo(BaseModel):
     args_schema: dict[str, Any]
 
 
-class QueueOut(BaseModel):
-    name: str
-    paused: bool
-    counts: dict[JobState, int]
+class QueueOut(QueueInfo):
     concurrency: int | None = Field(
         description="This process's limit for the queue; null if it does not serve it."
     )

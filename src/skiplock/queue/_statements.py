@@ -25,6 +25,7 @@ class JobStatements:
     job_prune_finished: str
     job_reserve_ids: str
     session_async_commit: str
+    job_failures: str
 
 
 @dataclass(frozen=True, slots=True)

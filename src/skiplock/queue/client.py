@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from skiplock.errors import (
     SkiplockError,
 )
 from skiplock.queue._statements import JOBS, QUEUES
-from skiplock.queue.models import Job, JobState, QueueInfo
+from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo
 from skiplock.queue.schedules import Schedules
 from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry
 
@@ -104,6 +105,7 @@ class Client:
         self.pool = pool
         self.registry = registry
         self.schedules = Schedules(pool, registry)
+        self._overview: tuple[float, list[QueueInfo]] | None = None  # (monotonic time, queues)
 
     def _resolve(self, request: EnqueueRequest) -> _Resolved:
         """Validate one job against its task and fill in the task's defaults."""
@@ -254,9 +256,21 @@ class Client:
                 await conn.execute(JOBS.notify_queued, [queue])
         return next(q for q in await self.queues() if q.name == queue)
 
-    async def queues(self) -> list[QueueInfo]:
+    async def queues(self, max_age_s: float = 0) -> list[QueueInfo]:
+        """Every queue's counts. ``max_age_s`` > 0 may answer from a read at most that old: counting
+        a large jobs table is a scan, and a dashboard refreshing every second should not repeat it."""
+        now = time.monotonic()
+        if self._overview is not None and now - self._overview[0] <= max_age_s:
+            return self._overview[1]
         records = await self.pool.fetch(QUEUES.queue_overview)
-        return [QueueInfo.model_validate(dict(r)) for r in records]
+        queues = [QueueInfo.model_validate(dict(r)) for r in records]
+        self._overview = (now, queues)
+        return queues
+
+    async def failures(self, ids_per_group: int = 20) -> list[FailureGroup]:
+        """Failed jobs grouped by task and error type, biggest groups first (at most 100)."""
+        records = await self.pool.fetch(JOBS.job_failures, ids_per_group)
+        return [FailureGroup.model_validate(dict(r)) for r in records]
 
     async def _not_allowed(self, conn: AnyConnection, job_id: int, action: str, why: str) -> Exception:
         record = await conn.fetchrow(JOBS.job_get, job_id)

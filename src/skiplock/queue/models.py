@@ -70,6 +70,21 @@ class QueueInfo(BaseModel):
     name: str
     paused: bool
     counts: dict[JobState, int]
+    oldest_queued_at: datetime | None = Field(
+        default=None, description="The longest-waiting due job's run_at."
+    )
+    finished_last_hour: int = Field(default=0, description="Jobs that ended in the last hour.")
+
+
+class FailureGroup(BaseModel):
+    """Failed jobs of one task that ended with one error type."""
+
+    task: str
+    error_type: str
+    count: int
+    last_failed_at: datetime | None
+    last_message: str | None
+    job_ids: list[int] = Field(description="The newest of them, newest first.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,3 +155,18 @@ FROM generate_series(1, $1)
 -- its queue (the worker's outcome then fails its owner guard), so claims need not wait for the
 -- WAL flush. Outcomes are written on other connections, durably.
 SET synchronous_commit = off
+
+-- name: job_failures
+-- Failed jobs grouped by task and the last attempt's error type, biggest groups first, each with
+-- its newest ids and message (served by jobs_state_id_idx).
+SELECT task,
+       coalesce(errors -> -1 ->> 'type', 'unknown') AS error_type,
+       count(*) AS count,
+       max(finished_at) AS last_failed_at,
+       (array_agg(errors -> -1 ->> 'message' ORDER BY id DESC))[1] AS last_message,
+       (array_agg(id ORDER BY id DESC))[1:$1] AS job_ids
+FROM jobs
+WHERE state = 'failed'
+GROUP BY 1, 2
+ORDER BY count DESC, last_failed_at DESC
+LIMIT 100

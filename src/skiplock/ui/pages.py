@@ -1,0 +1,124 @@
+"""The dashboard's pages: rendered on the server from what the JSON API serves; live parts and
+every action run in the browser against the public API and websockets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from cron_descriptor import get_description
+from litestar import Controller, MediaType, Response, get
+from litestar.params import FromPath, Parameter, QueryParameter
+from litestar.response import Redirect, Template
+
+from skiplock.api.plugin import ClientDep, EngineDep
+from skiplock.api.schemas import QUEUE_NAME
+from skiplock.errors import JobNotFound
+from skiplock.queue.models import JobState
+
+#: The overview may show counts up to this old (counting a large jobs table is a scan).
+OVERVIEW_MAX_AGE_S = 2.0
+JOBS_PER_PAGE = 50
+
+
+def cron_in_words(cron: str) -> str:
+    """``*/5 * * * *`` → "Every 5 minutes", or "" where the library cannot say it."""
+    try:
+        return str(get_description(cron))
+    except Exception:  # cron_descriptor raises its own family for expressions it cannot word
+        return ""
+
+
+def age(moment: datetime | None, now: datetime | None = None) -> str:
+    """How long ago, shortly: "4s", "12m", "3h", "2d"."""
+    if moment is None:
+        return "-"
+    seconds = max(0, int(((now or datetime.now(UTC)) - moment).total_seconds()))
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@get("/", include_in_schema=False)
+async def root() -> Redirect:
+    return Redirect("/ui")
+
+
+class DashboardController(Controller):
+    path = "/ui"
+    include_in_schema = False
+
+    @get("/")
+    async def overview(
+        self,
+        client: ClientDep,
+        engine: EngineDep,
+        fragment: Annotated[bool, QueryParameter(description="Only the queue table.")] = False,
+    ) -> Template:
+        """Every queue: counts per state, paused, throughput and the oldest queued job's age."""
+        queues = await client.queues(max_age_s=OVERVIEW_MAX_AGE_S)
+        known = {q.name for q in queues}
+        served = sorted(set(engine.queues) - known) if engine.settings.worker else []
+        context = {"queues": queues, "idle": served, "states": list(JobState), "age": age}
+        name = "_queues.html.j2" if fragment else "overview.html.j2"
+        return Template(template_name=name, context=context)
+
+    @get("/jobs")
+    async def jobs(
+        self,
+        client: ClientDep,
+        job_state: Annotated[JobState | None, QueryParameter(name="state")] = None,
+        queue: Annotated[str | None, Parameter(pattern=QUEUE_NAME)] = None,
+        task: Annotated[str | None, Parameter(max_length=200)] = None,
+        cursor: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,
+    ) -> Template:
+        """Jobs newest first, filtered, a page at a time (the API's keyset pages)."""
+        found = await client.list_jobs(
+            state=job_state, queue=queue or None, task=task or None, before_id=cursor, limit=JOBS_PER_PAGE
+        )
+        next_cursor = found[-1].id if len(found) == JOBS_PER_PAGE else None
+        filters = {"state": job_state.value if job_state else "", "queue": queue or "", "task": task or ""}
+        context = {
+            "jobs": found,
+            "filters": filters,
+            "next_cursor": next_cursor,
+            "states": list(JobState),
+            "tasks": [t.name for t in client.registry],
+            "age": age,
+        }
+        return Template(template_name="jobs.html.j2", context=context)
+
+    @get("/jobs/{job_id:int}")
+    async def job(self, job_id: FromPath[int], client: ClientDep) -> Template | Response[str]:
+        """One job: fields, live progress and events, every attempt's error, the result."""
+        try:
+            found = await client.get(job_id)
+        except JobNotFound:
+            return Response(
+                f"<!doctype html><title>Not found</title><p>No job {job_id}. <a href='/ui/jobs'>Jobs</a>",
+                status_code=404,
+                media_type=MediaType.HTML,
+            )
+        return Template(template_name="job.html.j2", context={"job": found, "age": age})
+
+    @get("/schedules")
+    async def schedules(self, client: ClientDep) -> Template:
+        """Schedules with their cron in words, timezone, next fire times, last job."""
+        rows = [(s, cron_in_words(s.cron)) for s in await client.schedules.all()]
+        return Template(template_name="schedules.html.j2", context={"schedules": rows, "age": age})
+
+    @get("/failures")
+    async def failures(self, client: ClientDep) -> Template:
+        """Failed jobs grouped by task and error type."""
+        groups = await client.failures()
+        return Template(template_name="failures.html.j2", context={"groups": groups, "age": age})
+
+    @get("/enqueue")
+    async def enqueue(self, client: ClientDep) -> Template:
+        """A form per task, generated in the browser from its argument schema."""
+        tasks: list[dict[str, Any]] = [
+            {"name": t.name, "queue": t.queue, "description": t.description, "schema": t.args_schema()}
+            for t in client.registry
+        ]
+        return Template(template_name="enqueue.html.j2", context={"tasks": tasks})

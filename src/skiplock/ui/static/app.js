@@ -1,0 +1,275 @@
+// skiplock dashboard: live parts and actions, all through the public JSON API and websockets.
+"use strict";
+
+const MAX_EVENTS = 500; // event rows kept on a job page; older ones are dropped
+
+function flash(message, isError) {
+  const box = document.getElementById("flash");
+  box.textContent = message;
+  box.className = isError ? "flash error" : "flash";
+  box.hidden = false;
+}
+
+async function api(method, path, body) {
+  const options = { method, headers: { accept: "application/json" } };
+  if (body !== undefined) {
+    options.headers["content-type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!response.ok) {
+    const detail = data && data.detail ? data.detail : response.statusText;
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return data;
+}
+
+function socket(path, onMessage, onClose) {
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const ws = new WebSocket(scheme + location.host + path);
+  const live = document.getElementById("live");
+  ws.onopen = () => live.classList.add("on");
+  ws.onmessage = (message) => onMessage(JSON.parse(message.data));
+  ws.onclose = (event) => {
+    live.classList.remove("on");
+    if (onClose) onClose(event);
+  };
+  return ws;
+}
+
+function onClick(selector, handler) {
+  document.addEventListener("click", (event) => {
+    const target = event.target.closest(selector);
+    if (target) handler(target, event);
+  });
+}
+
+function guarded(action) {
+  return async (...args) => {
+    try {
+      await action(...args);
+    } catch (error) {
+      flash(error.message, true);
+    }
+  };
+}
+
+// Overview: the queue table re-rendered by the server at most once a second while events flow,
+// and every five seconds anyway.
+function overview() {
+  let pending = null;
+  const refresh = async () => {
+    pending = null;
+    const response = await fetch("/ui?fragment=true");
+    if (response.ok) document.getElementById("queues").innerHTML = await response.text();
+  };
+  const soon = () => {
+    if (!pending) pending = setTimeout(refresh, 1000);
+  };
+  const connect = () => socket("/ws/events", soon, () => setTimeout(connect, 2000));
+  connect();
+  setInterval(soon, 5000);
+  onClick("button[data-action=pause], button[data-action=resume]", guarded(async (button) => {
+    await api("POST", `/queues/${encodeURIComponent(button.dataset.queue)}/${button.dataset.action}`);
+    await refresh();
+  }));
+}
+
+// Job: the snapshot, then every event, from the job's websocket.
+function renderEvent(event) {
+  const rows = document.getElementById("events");
+  const row = document.createElement("tr");
+  row.dataset.kind = event.kind;
+  const data = event.data || {};
+  let detail = "";
+  if (event.kind === "progress") {
+    detail = `${data.fraction != null ? Math.round(data.fraction * 100) + "%" : ""} ${data.message || ""}`;
+  } else if (event.kind === "log") {
+    detail = `[${data.level}] ${data.message}`;
+  } else if (event.kind === "state") {
+    detail = data.state + (data.error ? `: ${data.error}` : "");
+  } else {
+    detail = JSON.stringify(data);
+  }
+  for (const text of [event.seq, new Date(event.at).toLocaleTimeString(), event.kind, detail.trim()]) {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    row.appendChild(cell);
+  }
+  rows.appendChild(row);
+  while (rows.children.length > MAX_EVENTS) rows.removeChild(rows.firstChild);
+}
+
+function showProgress(progress) {
+  if (!progress) return;
+  if (progress.fraction != null) {
+    document.getElementById("bar").style.width = `${(progress.fraction * 100).toFixed(1)}%`;
+  }
+  document.getElementById("progress-text").textContent = progress.message || "";
+}
+
+function showJob(job) {
+  const state = document.getElementById("job-state");
+  state.textContent = job.state;
+  state.className = `state ${job.state}`;
+  document.getElementById("attempts").textContent = `${job.attempts} of ${job.max_attempts}`;
+  document.getElementById("started").textContent = job.started_at || "–";
+  document.getElementById("finished").textContent = job.finished_at || "–";
+  document.getElementById("result").textContent =
+    job.result == null ? "–" : JSON.stringify(job.result, null, 2);
+  const errors = document.getElementById("errors");
+  if (job.errors.length) {
+    errors.replaceChildren(...job.errors.map((error) => {
+      const details = document.createElement("details");
+      const summary = document.createElement("summary");
+      summary.textContent = `attempt ${error.attempt}: ${error.type}: ${error.message}`;
+      const trace = document.createElement("pre");
+      trace.textContent = error.traceback || "";
+      details.append(summary, trace);
+      return details;
+    }));
+  }
+  showProgress(job.progress);
+  document.getElementById("cancel").disabled = !["queued", "running"].includes(job.state);
+  document.getElementById("retry").disabled = !["failed", "cancelled"].includes(job.state);
+}
+
+function jobPage() {
+  const id = document.getElementById("cancel").dataset.job;
+  let lastSeq = 0;
+  const follow = () =>
+    socket(`/ws/jobs/${id}?after=${lastSeq}`, (message) => {
+      if (message.kind === "snapshot") {
+        showJob(message.job);
+        return;
+      }
+      lastSeq = Math.max(lastSeq, message.seq);
+      renderEvent(message);
+      if (message.kind === "progress") showProgress(message.data);
+      if (message.kind === "state") {
+        api("GET", `/jobs/${id}`).then(showJob, (error) => flash(error.message, true));
+      }
+    }, (event) => {
+      if (event.code === 4429) setTimeout(follow, 500); // fell behind: resume after lastSeq
+    });
+  follow();
+  onClick("#cancel", guarded(async () => {
+    showJob(await api("POST", `/jobs/${id}/cancel`));
+    flash("Cancel requested.");
+  }));
+  onClick("#retry", guarded(async () => {
+    showJob(await api("POST", `/jobs/${id}/retry`));
+    flash("Queued again.");
+    follow();
+  }));
+}
+
+function schedulesPage() {
+  document.addEventListener("change", guarded(async (event) => {
+    const box = event.target.closest("input[data-action=toggle]");
+    if (!box) return;
+    await api("PATCH", `/schedules/${box.dataset.schedule}`, { enabled: box.checked });
+    flash(box.checked ? "Enabled." : "Disabled.");
+  }));
+  onClick("button[data-action=trigger]", guarded(async (button) => {
+    const job = await api("POST", `/schedules/${button.dataset.schedule}/trigger`);
+    flash(`Enqueued job ${job.id}.`);
+  }));
+}
+
+function failuresPage() {
+  onClick("button[data-action=retry-group]", guarded(async (button) => {
+    const ids = button.dataset.jobs.split(",").filter(Boolean);
+    for (const id of ids) await api("POST", `/jobs/${id}/retry`);
+    flash(`Queued ${ids.length} jobs again.`);
+    button.disabled = true;
+  }));
+}
+
+// Enqueue: a form built from the chosen task's argument JSON schema.
+function fieldFor(name, spec, required) {
+  const label = document.createElement("label");
+  label.textContent = `${name}${required ? " *" : ""} `;
+  const type = spec.type || (spec.anyOf ? spec.anyOf.map((s) => s.type).find((t) => t !== "null") : "");
+  let input;
+  if (type === "boolean") {
+    input = document.createElement("input");
+    input.type = "checkbox";
+    input.checked = spec.default === true;
+  } else if (type === "object" || type === "array") {
+    input = document.createElement("textarea");
+    input.rows = 3;
+    input.value = spec.default !== undefined ? JSON.stringify(spec.default) : "";
+  } else {
+    input = document.createElement("input");
+    input.type = type === "number" || type === "integer" ? "number" : "text";
+    if (input.type === "number") input.step = type === "integer" ? "1" : "any";
+    if (spec.default !== undefined && spec.default !== null) input.value = spec.default;
+  }
+  input.name = name;
+  input.dataset.type = type;
+  input.required = required && type !== "boolean";
+  if (spec.description) input.title = spec.description;
+  label.appendChild(input);
+  return label;
+}
+
+function readArgs(fieldset) {
+  const args = {};
+  for (const input of fieldset.querySelectorAll("input, textarea")) {
+    const type = input.dataset.type;
+    if (type === "boolean") args[input.name] = input.checked;
+    else if (input.value === "") continue;
+    else if (type === "number" || type === "integer") args[input.name] = Number(input.value);
+    else if (type === "object" || type === "array") args[input.name] = JSON.parse(input.value);
+    else args[input.name] = input.value;
+  }
+  return args;
+}
+
+function enqueuePage() {
+  const tasks = JSON.parse(document.getElementById("tasks").textContent);
+  const select = document.getElementById("task");
+  const fieldset = document.getElementById("args");
+  const build = () => {
+    const task = tasks.find((t) => t.name === select.value);
+    document.getElementById("task-description").textContent = task.description;
+    const schema = task.schema;
+    const required = new Set(schema.required || []);
+    fieldset.replaceChildren(
+      ...Object.entries(schema.properties || {}).map(([name, spec]) => fieldFor(name, spec, required.has(name))),
+    );
+  };
+  select.addEventListener("change", build);
+  build();
+  document.getElementById("enqueue-form").addEventListener("submit", guarded(async (event) => {
+    event.preventDefault();
+    const body = { task: select.value, args: readArgs(fieldset) };
+    const delay = document.getElementById("delay").value;
+    if (delay !== "") body.delay_s = Number(delay);
+    const job = await api("POST", "/jobs", body);
+    const created = document.getElementById("created");
+    created.replaceChildren("Created ");
+    const link = document.createElement("a");
+    link.href = `/ui/jobs/${job.id}`;
+    link.id = "created-link";
+    link.textContent = `job ${job.id}`;
+    created.appendChild(link);
+    created.hidden = false;
+  }));
+}
+
+const PAGES = {
+  overview,
+  job: jobPage,
+  schedules: schedulesPage,
+  failures: failuresPage,
+  enqueue: enqueuePage,
+};
+
+document.addEventListener("DOMContentLoaded", () => {
+  const init = PAGES[document.body.dataset.page];
+  if (init) init();
+});

@@ -1,0 +1,145 @@
+"""The dashboard's pages through the app: status, key content, never a server error; and the API
+reads it is built on (queue activity, failure groups)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from skiplock.api import create_app
+from skiplock.queue.models import JobState
+from skiplock.settings import Settings
+from tests.factories import job
+from tests.integration.test_api import wait_for_state
+
+Client = AsyncTestClient[Any]
+
+
+@pytest.fixture
+async def ui(settings: Settings, registry: Any) -> AsyncIterator[Client]:
+    app = create_app(settings, tasks=list(registry))
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+def text_of(html: str) -> str:
+    """The page's text with tags and runs of whitespace collapsed."""
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+async def test_root_redirects_to_the_overview(ui: Client) -> None:
+    response = await ui.get("/", follow_redirects=False)
+    assert response.status_code in (301, 302, 307)
+    assert response.headers["location"] == "/ui"
+
+
+async def test_overview_shows_counts_per_queue(ui: Client, db: asyncpg.Connection) -> None:
+    for _ in range(3):
+        await job(db, queue="mail", state=JobState.QUEUED)
+    await job(db, queue="mail", state=JobState.FAILED)
+    await ui.post("/queues/mail/pause")
+    page = await ui.get("/ui")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    row = re.search(r'<tr data-queue="mail".*?</tr>', page.text, re.S)
+    assert row is not None
+    cells = dict(re.findall(r'data-state="(\w+)"><a [^>]*>(\d+)</a>', row.group(0)))
+    assert cells["queued"] == "3"
+    assert cells["failed"] == "1"
+    assert "paused" in row.group(0)
+    assert 'data-action="resume"' in row.group(0)
+    fragment = await ui.get("/ui", params={"fragment": "true"})
+    assert fragment.text.lstrip().startswith("<table")
+    assert "<header>" not in fragment.text
+
+
+async def test_queues_api_reports_oldest_queued_and_last_hour(ui: Client, db: asyncpg.Connection) -> None:
+    await job(db, queue="q1", state=JobState.QUEUED)
+    await job(db, queue="q1", state=JobState.SUCCEEDED)
+    await job(db, queue="q1", state=JobState.FAILED)
+    q1 = next(q for q in (await ui.get("/queues")).json() if q["name"] == "q1")
+    assert q1["oldest_queued_at"] is not None
+    assert q1["finished_last_hour"] == 2
+
+
+async def test_jobs_page_filters_and_pages(ui: Client, db: asyncpg.Connection) -> None:
+    ids = [await job(db, task="noop", state=JobState.SUCCEEDED) for _ in range(55)]
+    other = await job(db, task="record_run", state=JobState.FAILED)
+    first = await ui.get("/ui/jobs", params={"task": "noop"})
+    assert first.status_code == 200
+    shown = [int(i) for i in re.findall(r'href="/ui/jobs/(\d+)"', first.text)]
+    assert shown == sorted(ids, reverse=True)[:50]
+    assert other not in shown
+    cursor = re.search(r"cursor=(\d+)", first.text)
+    assert cursor is not None
+    second = await ui.get("/ui/jobs", params={"task": "noop", "cursor": cursor.group(1)})
+    assert [int(i) for i in re.findall(r'href="/ui/jobs/(\d+)"', second.text)] == sorted(ids, reverse=True)[
+        50:
+    ]
+    failed = await ui.get("/ui/jobs", params={"state": "failed"})
+    assert [int(i) for i in re.findall(r'href="/ui/jobs/(\d+)"', failed.text)] == [other]
+    assert (await ui.get("/ui/jobs", params={"state": "bogus"})).status_code == 400
+
+
+async def test_job_page_shows_fields_result_and_errors(ui: Client) -> None:
+    created = (await ui.post("/jobs", json={"task": "sleep", "args": {"seconds": 0, "fail": True}})).json()
+    await wait_for_state(ui, created["id"], "failed")
+    page = await ui.get(f"/ui/jobs/{created['id']}")
+    assert page.status_code == 200
+    text = text_of(page.text)
+    assert f"Job {created['id']} failed" in text
+    assert "SleepFailed: failed on purpose after 0s" in text
+    assert "Traceback" in page.text
+    assert '"seconds": 0.0' in page.text
+    missing = await ui.get("/ui/jobs/999999")
+    assert missing.status_code == 404
+    assert "No job 999999" in missing.text
+    assert (await ui.get("/ui/jobs/abc")).status_code in (400, 404)
+
+
+async def test_schedules_page_says_the_cron_in_words(ui: Client) -> None:
+    body = {"name": "nightly", "cron": "*/5 9-17 * * 1-5", "task": "noop", "timezone": "Europe/Paris"}
+    created = await ui.post("/schedules", json=body)
+    assert created.status_code == 201, created.text
+    text = text_of((await ui.get("/ui/schedules")).text)
+    assert "nightly" in text
+    assert "Every 5 minutes, between 09:00 AM and 05:59 PM, Monday through Friday" in text
+    assert "Europe/Paris" in text
+    assert 'data-action="trigger"' in (await ui.get("/ui/schedules")).text
+
+
+async def test_failures_are_grouped_by_task_and_error_type(ui: Client, db: asyncpg.Connection) -> None:
+    for _ in range(2):
+        await job(db, task="noop", state=JobState.FAILED)
+    await job(db, task="record_run", state=JobState.FAILED)
+    groups = (await ui.get("/failures")).json()
+    assert [(g["task"], g["count"]) for g in groups] == [("noop", 2), ("record_run", 1)]
+    assert len(groups[0]["job_ids"]) == 2
+    page = await ui.get("/ui/failures")
+    assert page.status_code == 200
+    assert "Retry 2" in page.text
+
+
+async def test_enqueue_page_carries_every_task_schema(ui: Client) -> None:
+    page = await ui.get("/ui/enqueue")
+    assert page.status_code == 200
+    assert '<option value="sleep">sleep</option>' in page.text
+    assert '"seconds"' in page.text  # the sleep task's schema, for the form built in the browser
+
+
+async def test_static_files_are_served_with_caching_headers(ui: Client) -> None:
+    script = await ui.get("/ui/static/app.js")
+    assert script.status_code == 200
+    assert "max-age=3600" in script.headers["cache-control"]
+    assert "function overview" in script.text
+    assert (await ui.get("/ui/static/nope.js")).status_code == 404
+
+
+async def test_dashboard_is_not_in_the_api_schema(ui: Client) -> None:
+    paths = (await ui.get("/schema/openapi.json")).json()["paths"]
+    assert not [p for p in paths if p.startswith("/ui") or p == "/"]
