@@ -178,10 +178,19 @@ async def test_disabled_deleted_or_changed_schedules_fire_nothing_stale(
 async def test_three_scheduler_processes_fire_each_tick_exactly_once(
     dsn: str, db: asyncpg.Connection
 ) -> None:
-    first_tick = await db.fetchval("SELECT date_trunc('second', now()) + interval '2 seconds'")
-    schedule_id = await insert_due(db, "* * * * * *", first_tick)
     workers = [start_worker(dsn) for _ in range(3)]
     try:
+        # Once every process listens, its scheduler runs: the first tick then cannot be missed by a
+        # slow start (which the misfire policy would rightly skip).
+        await wait_until(
+            lambda: db.fetchval(
+                "SELECT count(*) = 3 FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            ),
+            30,
+        )
+        first_tick = await db.fetchval("SELECT date_trunc('second', now()) + interval '2 seconds'")
+        schedule_id = await insert_due(db, "* * * * * *", first_tick)
         await wait_until(
             lambda: db.fetchval("SELECT count(*) >= 6 FROM jobs WHERE schedule_id = $1", schedule_id), 30
         )
