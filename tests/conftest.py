@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -37,6 +38,12 @@ CREATE TABLE test_runs (
 
 def pytest_configure(config: pytest.Config) -> None:
     configure_logging("warning", "json", cache=False)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return "browser tests: run (chromium and chromedriver found)"
+    return "browser tests: SKIPPED - install Debian's chromium and chromium-driver to run them"
 
 
 @pytest.fixture(scope="session")

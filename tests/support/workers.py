@@ -1,4 +1,5 @@
-"""Worker processes for crash, concurrency and cancel tests: real subprocesses, killed for real."""
+"""skiplock as real subprocesses: workers for crash, concurrency and cancel tests (killed for real),
+and a whole server for the browser tests."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def start_worker(dsn: str, **settings: str) -> subprocess.Popen[bytes]:
     """``skiplock worker`` on ``dsn`` with the test tasks loaded."""
+    return spawn(dsn, "worker", **settings)
+
+
+def spawn(dsn: str, *command: str, **settings: str) -> subprocess.Popen[bytes]:
+    """``skiplock <command…>`` on ``dsn`` with the test tasks loaded and ``SKIPLOCK_<key>`` settings."""
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -25,7 +31,7 @@ def start_worker(dsn: str, **settings: str) -> subprocess.Popen[bytes]:
         **{f"SKIPLOCK_{key.upper()}": value for key, value in settings.items()},
     }
     env.pop("SKIPLOCK_TEST_DATABASE_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "skiplock", "worker"], env=env, stdout=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "skiplock", *command], env=env, stdout=subprocess.DEVNULL)
 
 
 def stop_worker(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
