@@ -11,6 +11,7 @@ from skiplock.db.migrate import SQL as MIGRATE_SQL
 from skiplock.db.migrate import discover, is_current, migrate
 from skiplock.db.sqlfile import all_statements
 from skiplock.queue._statements import EVENTS, JOBS, QUEUES
+from skiplock.tasks._import_statements import IMPORTS
 from tests.factories import job
 
 STATEMENTS = {
@@ -18,11 +19,14 @@ STATEMENTS = {
     **{f"queues.{k}": v for k, v in all_statements(QUEUES).items()},
     **{f"events.{k}": v for k, v in all_statements(EVENTS).items()},
     **{f"migrate.{k}": v for k, v in all_statements(MIGRATE_SQL).items()},
+    **{f"imports.{k}": v for k, v in all_statements(IMPORTS).items()},
 }
 
 
 @pytest.mark.parametrize("name", sorted(STATEMENTS))
 async def test_statement_prepares_against_the_migrated_schema(tx: asyncpg.Connection, name: str) -> None:
+    if name.startswith("imports."):  # the import's staging table is per session, made by the task
+        await tx.execute(IMPORTS.import_staging_create)
     await tx.prepare(STATEMENTS[name])
 
 

@@ -6,8 +6,11 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -17,9 +20,12 @@ from skiplock.errors import (
     ConflictError,
     DatabaseError,
     InvalidArgumentsError,
+    InvalidUploadError,
     NotFoundError,
     SkiplockError,
     UnknownTaskError,
+    UnsupportedMediaTypeError,
+    UploadTooLargeError,
 )
 
 _STATUS: list[tuple[type[SkiplockError], int]] = [
@@ -28,6 +34,9 @@ _STATUS: list[tuple[type[SkiplockError], int]] = [
     (InvalidArgumentsError, HTTP_422_UNPROCESSABLE_ENTITY),
     (ConflictError, HTTP_409_CONFLICT),
     (DatabaseError, HTTP_503_SERVICE_UNAVAILABLE),
+    (InvalidUploadError, HTTP_400_BAD_REQUEST),
+    (UploadTooLargeError, HTTP_413_REQUEST_ENTITY_TOO_LARGE),
+    (UnsupportedMediaTypeError, HTTP_415_UNSUPPORTED_MEDIA_TYPE),
 ]
 
 

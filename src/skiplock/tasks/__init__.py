@@ -8,11 +8,12 @@ from typing import Any
 
 from skiplock.errors import ConfigError
 from skiplock.queue.tasks import Task, TaskRegistry, registered
+from skiplock.tasks.import_csv import ImportArgs, import_csv
 from skiplock.tasks.sleep import SleepArgs, sleep
 
-BUILTINS: tuple[Task[Any], ...] = (sleep,)
+BUILTINS: tuple[Task[Any], ...] = (import_csv, sleep)
 
-__all__ = ["BUILTINS", "SleepArgs", "load_registry", "sleep"]
+__all__ = ["BUILTINS", "ImportArgs", "SleepArgs", "import_csv", "load_registry", "sleep"]
 
 
 def load_registry(modules: Iterable[str] = (), tasks: Iterable[Task[Any]] | None = None) -> TaskRegistry:
