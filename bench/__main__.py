@@ -7,7 +7,17 @@ import asyncio
 import json
 from datetime import UTC, datetime
 
-from bench import drain, enqueue, floor, http_batch, http_enqueue, latency, scheduler, websocket_fanout
+from bench import (
+    drain,
+    enqueue,
+    floor,
+    http_batch,
+    http_enqueue,
+    import_csv,
+    latency,
+    scheduler,
+    websocket_fanout,
+)
 from bench.runner import ROOT, Bench, as_json, environment, postgres, prepare_template, render
 from skiplock.logging import configure_logging
 
@@ -21,6 +31,7 @@ WORKLOADS = {
     "http-batch": http_batch.run,
     "ws-fanout": websocket_fanout.run,
     "scheduler": scheduler.run,
+    "import-csv": import_csv.run,
 }
 
 
