@@ -62,8 +62,9 @@ DROP TABLE IF EXISTS pg_temp.import_staging
 
 -- name: import_batch_settings
 -- Times without a zone are UTC and dates read month first whatever the server's defaults, so an
--- import means the same everywhere.
-SELECT set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, MDY', true)
+-- import means the same everywhere; a batch's checked rows stay in memory rather than a temp file.
+SELECT set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, MDY', true),
+       set_config('work_mem', '64MB', true)
 
 -- name: import_load_batch
 -- One batch, set-based: each staged row gets the first reason it is invalid (or none); invalid rows
