@@ -14,6 +14,7 @@ from bench import (
     floor,
     http_batch,
     http_enqueue,
+    import_csv,
     latency,
     scheduler,
     websocket_fanout,
@@ -32,6 +33,7 @@ WORKLOADS = {
     "ws-fanout": websocket_fanout.run,
     "scheduler": scheduler.run,
     "dashboard": dashboard.run,
+    "import-csv": import_csv.run,
 }
 
 

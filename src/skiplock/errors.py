@@ -6,8 +6,13 @@
     │   └── MigrationError       a migration file is missing, out of order or failed
     ├── NotFoundError            a job, queue or task that does not exist
     │   ├── JobNotFound
+    │   ├── ImportNotFound
     │   └── UnknownTaskError
     ├── InvalidArgumentsError    job arguments fail the task's model
+    ├── UploadError              an upload refused while it arrives; nothing of it is kept
+    │   ├── InvalidUploadError        malformed multipart, no file part, an empty body (400)
+    │   ├── UploadTooLargeError       over SKIPLOCK_IMPORT_MAX_BYTES (413)
+    │   └── UnsupportedMediaTypeError not CSV and not multipart/form-data (415)
     ├── ConflictError            the request is valid but the current state forbids it
     │   └── InvalidStateError    cancel a finished job, retry a running one …
     ├── FetchError               an outbound HTTP fetch failed (``retryable`` says whether to try again)
@@ -55,12 +60,32 @@ class JobNotFound(NotFoundError):
     """No job has this id."""
 
 
+class ImportNotFound(NotFoundError):
+    """No import has this id."""
+
+
 class UnknownTaskError(NotFoundError):
     """No task is registered under this name."""
 
 
 class InvalidArgumentsError(SkiplockError):
     """The job's arguments do not match the task's model."""
+
+
+class UploadError(SkiplockError):
+    """The upload was refused."""
+
+
+class InvalidUploadError(UploadError):
+    """The upload is not a usable CSV body."""
+
+
+class UploadTooLargeError(UploadError):
+    """The upload is larger than this server accepts."""
+
+
+class UnsupportedMediaTypeError(UploadError):
+    """Send the CSV as text/csv or as a multipart/form-data file."""
 
 
 class ConflictError(SkiplockError):

@@ -11,7 +11,7 @@ from skiplock.db.migrate import SQL as MIGRATE_SQL
 from skiplock.db.migrate import discover, is_current, migrate
 from skiplock.db.sqlfile import all_statements
 from skiplock.queue._statements import EVENTS, JOBS, QUEUES, SCHEDULES
-from skiplock.tasks._statements import PAGES, RECORDS
+from skiplock.tasks._statements import IMPORTS, PAGES, RECORDS
 from tests.factories import job
 
 STATEMENTS = {
@@ -22,9 +22,13 @@ STATEMENTS = {
     **{f"migrate.{k}": v for k, v in all_statements(MIGRATE_SQL).items()},
     **{f"records.{k}": v for k, v in all_statements(RECORDS).items()},
     **{f"pages.{k}": v for k, v in all_statements(PAGES).items()},
+    **{f"imports.{k}": v for k, v in all_statements(IMPORTS).items()},
 }
 #: Statements that read a temporary table another statement creates first.
-NEEDS_FIRST = {"records.records_upsert_staged": RECORDS.records_stage}
+NEEDS_FIRST = {
+    "records.records_upsert_staged": RECORDS.records_stage,
+    **{f"imports.{k}": IMPORTS.import_staging_create for k in all_statements(IMPORTS)},  # per session
+}
 
 
 @pytest.mark.parametrize("name", sorted(STATEMENTS))

@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-PACKAGES = ["skiplock", "skiplock.queue", "skiplock.db", "skiplock.api", "skiplock.tasks"]
+PACKAGES = ["skiplock", "skiplock.queue", "skiplock.db", "skiplock.api", "skiplock.tasks", "skiplock.imports"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -21,7 +21,7 @@ def test_unknown_task_names_the_known_ones() -> None:
     with pytest.raises(UnknownTaskError) as error:
         registry.get("nope")
     assert error.value.extra == {"known": sorted(builtin.name for builtin in BUILTINS)}
-    assert {"fetch_api", "scrape", "sleep"} <= set(error.value.extra["known"])
+    assert {"fetch_api", "import_csv", "scrape", "sleep"} <= set(error.value.extra["known"])
     assert "sleep" in error.value.message
 
 

@@ -14,6 +14,7 @@ from skiplock.api.errors import skiplock_error_handler
 from skiplock.api.events import EventController, all_events_ws, job_events_ws
 from skiplock.api.fetch import FetchController, RecordController
 from skiplock.api.health import health, ready
+from skiplock.api.imports import ImportController
 from skiplock.api.jobs import JobController
 from skiplock.api.middleware import request_id_middleware
 from skiplock.api.pages import page
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
         route_handlers=[
             JobController,
             ScheduleController,
+            ImportController,
             EventController,
             QueueController,
             TaskController,

@@ -7,8 +7,11 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import ValidationException
 from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_502_BAD_GATEWAY,
@@ -23,9 +26,12 @@ from skiplock.errors import (
     FetchRefusedError,
     FetchTimeoutError,
     InvalidArgumentsError,
+    InvalidUploadError,
     NotFoundError,
     SkiplockError,
     UnknownTaskError,
+    UnsupportedMediaTypeError,
+    UploadTooLargeError,
 )
 
 _STATUS: list[tuple[type[SkiplockError], int]] = [
@@ -37,6 +43,9 @@ _STATUS: list[tuple[type[SkiplockError], int]] = [
     (FetchRefusedError, HTTP_422_UNPROCESSABLE_ENTITY),  # the URL given may not be fetched
     (FetchTimeoutError, HTTP_504_GATEWAY_TIMEOUT),
     (FetchError, HTTP_502_BAD_GATEWAY),  # the upstream failed: its reason is in detail
+    (InvalidUploadError, HTTP_400_BAD_REQUEST),
+    (UploadTooLargeError, HTTP_413_REQUEST_ENTITY_TOO_LARGE),
+    (UnsupportedMediaTypeError, HTTP_415_UNSUPPORTED_MEDIA_TYPE),
 ]
 
 

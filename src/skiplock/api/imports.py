@@ -1,0 +1,78 @@
+"""/imports: upload a CSV (streamed into the database), read the import, page through its failed rows."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get, post
+from litestar.exceptions import ValidationException
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from skiplock.api.plugin import ClientDep, EngineDep
+from skiplock.imports import FailedRowPage, ImportCreated, ImportInfo, failed_rows, get_import, store_upload
+
+ImportId = Annotated[str, Parameter(pattern=r"^[1-9][0-9]{0,17}$", description="The import's id.")]
+
+
+def _line_cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    if not cursor.isdigit() or not 0 < int(cursor) < 2**31:
+        raise ValidationException(f"bad cursor {cursor[:40]!r}: pass next_cursor from the previous page")
+    return int(cursor)
+
+
+class ImportController(Controller):
+    path = "/imports"
+    tags = ["imports"]
+
+    @post(
+        "/",
+        operation_id="CreateImport",
+        status_code=HTTP_202_ACCEPTED,
+        # The app-wide cap is for JSON bodies; uploads are capped by SKIPLOCK_IMPORT_MAX_BYTES, below.
+        request_max_body_size=None,
+        description=(
+            "The CSV as the body (text/csv, application/csv or text/plain, UTF-8) or as a "
+            "multipart/form-data file (the field named 'file', else the first part with a filename). "
+            "202 once the file and its import_csv job are committed; 413 beyond SKIPLOCK_IMPORT_MAX_BYTES, "
+            "415 for other content types, 400 for an empty upload or a multipart body without a file."
+        ),
+    )
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        client: ClientDep,
+        engine: EngineDep,
+        filename: Annotated[
+            str | None, Parameter(max_length=1000, description="Name kept with a text/csv upload.")
+        ] = None,
+    ) -> ImportCreated:
+        """Store a CSV upload without holding it in memory and enqueue the job that loads it."""
+        return await store_upload(
+            client,
+            request.stream(),
+            content_type=request.headers.get("content-type"),
+            content_length=request.content_length,
+            filename=filename,
+            max_bytes=engine.settings.import_max_bytes,
+        )
+
+    @get("/{import_id:str}", operation_id="GetImport")
+    async def get_import(self, import_id: ImportId, client: ClientDep) -> ImportInfo:
+        """The import: state, rows read, loaded and failed so far, and its job."""
+        return await get_import(client.pool, int(import_id))
+
+    @get("/{import_id:str}/failed-rows", operation_id="ListFailedRows")
+    async def failed_rows(
+        self,
+        import_id: ImportId,
+        client: ClientDep,
+        cursor: Annotated[
+            str | None, Parameter(max_length=20, description="next_cursor of the previous page")
+        ] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> FailedRowPage:
+        """Rows that did not load, by line number, with the raw text and the reason."""
+        return await failed_rows(client.pool, int(import_id), after_line=_line_cursor(cursor), limit=limit)
