@@ -423,7 +423,7 @@ async def test_import_killed_mid_way_and_run_again_ends_as_if_it_ran_once(
 
 
 def task_runner(pool: asyncpg.Pool) -> Callable[[int], Any]:
-    from skiplock.fetcher import FetchPolicy, Fetcher  # import_csv does not fetch: never started
+    from skiplock.fetcher import Fetcher, FetchPolicy  # import_csv does not fetch: never started
     from skiplock.tasks import load_registry
 
     client = EngineClient(pool, load_registry())
