@@ -35,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     worker_flags(serve)
     worker_flags(commands.add_parser("worker", help="workers and housekeeping, no HTTP"))
     commands.add_parser("migrate", help="apply pending migrations and exit")
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="create a key and print it (once: only its hash is kept)")
+    create.add_argument("--name", required=True, help="what the key is for, unique")
+    create.add_argument("--scopes", required=True, help="jobs:read, jobs:write, schedules:write, admin")
+    keys.add_parser("list", help="every key: name, prefix, scopes, last use, revoked")
+    revoke = keys.add_parser("revoke", help="revoke a key by name or prefix")
+    revoke.add_argument("key", help="the key's name or prefix")
     return parser
 
 
@@ -66,11 +75,28 @@ def database(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
+async def _check_auth(settings: Settings) -> None:
+    """Refuse to serve a non-loopback address without keys (unless SKIPLOCK_AUTH=off), in one line
+    before anything listens; the app repeats the decision at start."""
+    from skiplock.auth import KeyStore, decide_auth
+    from skiplock.db.migrate import migrate_database
+    from skiplock.db.pool import create_pool
+
+    if settings.auto_migrate:
+        await migrate_database(settings.database_url or "")
+    pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
+    try:
+        decide_auth(settings.auth, settings.host, await KeyStore(pool).live_count())
+    finally:
+        await pool.close()
+
+
 async def _serve(settings: Settings) -> int:
     import uvicorn
 
     from skiplock.api import create_app
 
+    await _check_auth(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -114,7 +140,41 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"serve": _serve, "worker": _worker, "migrate": _migrate}
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from skiplock.auth import KeyStore, parse_scopes
+    from skiplock.db.migrate import migrate_database
+    from skiplock.db.pool import create_pool
+
+    await migrate_database(settings.database_url or "")
+    pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
+    try:
+        store = KeyStore(pool)
+        if args.keys_command == "create":
+            key, secret = await store.create(args.name, parse_scopes(args.scopes))
+            print(secret)
+            print(
+                f"created {key.name!r} ({key.prefix}…) with {', '.join(key.scopes)}; the key is shown once",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "list":
+            for key in await store.all():
+                state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "live"
+                used = f"{key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never"
+                print(f"{key.name}\t{key.prefix}\t{','.join(key.scopes)}\tlast used {used}\t{state}")
+        else:
+            key = await store.revoke(args.key)
+            print(f"revoked {key.name!r} ({key.prefix}…)", file=sys.stderr)
+    finally:
+        await pool.close()
+    return 0
+
+
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "serve": _serve,
+    "worker": _worker,
+    "migrate": _migrate,
+    "keys": _keys,
+}
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -142,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings.model_copy(update={"database_url": dsn})
             try:
                 with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                    return runner.run(COMMANDS[args.command](settings))
+                    command = COMMANDS[args.command]
+                    call = command(settings, args) if args.command == "keys" else command(settings)
+                    return int(runner.run(call))
             finally:
                 signal.signal(signal.SIGTERM, _exit_on_sigterm)  # closing the loop reset it
     except SkiplockError as exc:

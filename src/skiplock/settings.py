@@ -67,10 +67,22 @@ class Settings(BaseSettings):
     )
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=20, ge=1, le=500)
+    auth: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="auto: keys required once one exists; open on loopback without keys; else refuse.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins browsers may call the API from; none by default."
+    )
+    rate_limit: str = Field(
+        default="1200/minute",
+        pattern=r"^(off|[1-9][0-9]*/(second|minute|hour|day))$",
+        description="Requests per key (or client address when open), e.g. 1200/minute; off to disable.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("queues", "task_modules", "fetch_allow_hosts", mode="before")
+    @field_validator("queues", "task_modules", "fetch_allow_hosts", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

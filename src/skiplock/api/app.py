@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from litestar import Litestar
+from litestar import Controller, Litestar
+from litestar.handlers import HTTPRouteHandler, WebsocketRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.types import ControllerRouterHandler
 
 from skiplock._version import __version__
 from skiplock.api.errors import skiplock_error_handler
@@ -21,6 +23,7 @@ from skiplock.api.pages import page
 from skiplock.api.plugin import SkiplockPlugin
 from skiplock.api.queues import QueueController, TaskController, failures
 from skiplock.api.schedules import ScheduleController
+from skiplock.api.security import auth_middleware, csrf_config, scope_guard
 from skiplock.errors import ConfigError, SkiplockError
 from skiplock.queue.engine import Engine
 from skiplock.queue.tasks import Task
@@ -29,6 +32,16 @@ from skiplock.tasks import load_registry
 from skiplock.ui import dashboard_routes, template_config
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+def _paths(handlers: Iterable[ControllerRouterHandler]) -> list[str]:
+    paths: list[str] = []
+    for handler in handlers:
+        if isinstance(handler, type) and issubclass(handler, Controller):
+            paths.append(str(getattr(handler, "path", "/")))
+        elif isinstance(handler, HTTPRouteHandler | WebsocketRouteHandler):
+            paths.extend(handler.paths)
+    return paths
 
 
 def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] | None = None) -> Litestar:
@@ -41,27 +54,30 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
     if not settings.database_url:
         raise ConfigError("create_app needs settings.database_url (or DATABASE_URL)")
     engine = Engine(settings, load_registry(settings.task_modules, tasks), settings.database_url)
+    api: list[ControllerRouterHandler] = [
+        JobController,
+        ScheduleController,
+        ImportController,
+        EventController,
+        QueueController,
+        TaskController,
+        failures,
+        FetchController,
+        RecordController,
+        page,
+        job_events_ws,
+        all_events_ws,
+        health,
+        ready,
+    ]
+    csrf = csrf_config(_paths(api))
     return Litestar(
-        route_handlers=[
-            JobController,
-            ScheduleController,
-            ImportController,
-            EventController,
-            QueueController,
-            TaskController,
-            failures,
-            FetchController,
-            RecordController,
-            page,
-            job_events_ws,
-            all_events_ws,
-            health,
-            ready,
-            *dashboard_routes(),
-        ],
+        route_handlers=[*api, *dashboard_routes()],
         template_config=template_config(),
-        plugins=[SkiplockPlugin(engine)],
-        middleware=[request_id_middleware],
+        plugins=[SkiplockPlugin(engine, csrf)],
+        middleware=[request_id_middleware, auth_middleware()],
+        guards=[scope_guard],
+        csrf_config=csrf,
         exception_handlers={SkiplockError: skiplock_error_handler},
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(

@@ -20,6 +20,8 @@ from pydantic import BaseModel
 from skiplock.api.jobs import JobId
 from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.schemas import QUEUE_NAME
+from skiplock.api.security import needs
+from skiplock.auth import Scope
 from skiplock.errors import JobNotFound
 from skiplock.queue._hub import EventHub, JobEvent, SubscriberTooSlow, Subscription
 from skiplock.queue._statements import EVENTS
@@ -74,6 +76,7 @@ async def follow(hub: EventHub, sub: Subscription, job: Job) -> AsyncIterator[Jo
 
 
 class EventController(Controller):
+    opt = needs(Scope.JOBS_READ)
     path = "/jobs"
     tags = ["events"]
 
@@ -142,7 +145,7 @@ async def _wait_for_disconnect(socket: WebSocket[Any, Any, Any]) -> None:
             await socket.receive_data(mode="text")
 
 
-@websocket("/ws/jobs/{job_id:str}", name="job_events_ws")
+@websocket("/ws/jobs/{job_id:str}", name="job_events_ws", opt=needs(Scope.JOBS_READ))
 async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str], engine: EngineDep) -> None:
     """First message: the job; then every event after ``after`` in seq order; closes with 1000
     after the final state, 4404 for an unknown job, 4400 for bad input, 4429 when too slow."""
@@ -172,7 +175,7 @@ async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str],
         await socket.close(CLOSE_NORMAL, "job finished")
 
 
-@websocket("/ws/events", name="all_events_ws")
+@websocket("/ws/events", name="all_events_ws", opt=needs(Scope.JOBS_READ))
 async def all_events_ws(socket: WebSocket[Any, Any, Any], engine: EngineDep) -> None:
     """Every new event of every job, optionally of one ``queue`` and/or ``task``."""
     await socket.accept()

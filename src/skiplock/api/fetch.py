@@ -12,6 +12,8 @@ from pydantic import BaseModel
 
 from skiplock.api.errors import validation_as_422
 from skiplock.api.plugin import ClientDep, EngineDep
+from skiplock.api.security import needs
+from skiplock.auth import Scope
 from skiplock.queue.models import Job
 from skiplock.tasks.fetch_api import FetchApiArgs, FetchResult, Record, fetch_records, list_records
 
@@ -22,6 +24,7 @@ class RecordPage(BaseModel):
 
 
 class FetchController(Controller):
+    opt = needs(Scope.JOBS_WRITE)
     path = "/fetch"
     tags = ["fetch"]
     exception_handlers = {ValidationException: validation_as_422}
@@ -52,6 +55,7 @@ class FetchController(Controller):
 
 
 class RecordController(Controller):
+    opt = needs(Scope.JOBS_READ)
     path = "/records"
     tags = ["fetch"]
 

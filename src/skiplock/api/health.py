@@ -7,17 +7,18 @@ from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from skiplock.api.plugin import EngineDep
 from skiplock.api.schemas import Health
+from skiplock.api.security import PUBLIC_ROUTE
 from skiplock.db.migrate import is_current
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
 
 
-@get("/health", operation_id="Health", tags=["health"])
+@get("/health", operation_id="Health", tags=["health"], opt=PUBLIC_ROUTE)
 async def health() -> Health:
     """Liveness: the process serves requests."""
     return Health(status="ok")
 
 
-@get("/ready", operation_id="Ready", tags=["health"])
+@get("/ready", operation_id="Ready", tags=["health"], opt=PUBLIC_ROUTE)
 async def ready(engine: EngineDep) -> Response[Health]:
     """Readiness: 200 when the database answers, migrations are current and services run; else 503."""
     checks = {"database": False, "migrations": False, "services": engine.healthy}

@@ -10,6 +10,8 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from skiplock.api.plugin import ClientDep, EngineDep
+from skiplock.api.security import needs
+from skiplock.auth import Scope
 from skiplock.imports import FailedRowPage, ImportCreated, ImportInfo, failed_rows, get_import, store_upload
 
 ImportId = Annotated[str, Parameter(pattern=r"^[1-9][0-9]{0,17}$", description="The import's id.")]
@@ -24,11 +26,13 @@ def _line_cursor(cursor: str | None) -> int:
 
 
 class ImportController(Controller):
+    opt = needs(Scope.JOBS_READ)
     path = "/imports"
     tags = ["imports"]
 
     @post(
         "/",
+        opt=needs(Scope.ADMIN),
         operation_id="CreateImport",
         status_code=HTTP_202_ACCEPTED,
         # The app-wide cap is for JSON bodies; uploads are capped by SKIPLOCK_IMPORT_MAX_BYTES, below.

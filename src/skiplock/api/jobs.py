@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from skiplock.api.plugin import ClientDep
 from skiplock.api.schemas import QUEUE_NAME, BatchCreated, JobCreate, JobPage
+from skiplock.api.security import needs
+from skiplock.auth import Scope
 from skiplock.errors import InvalidArgumentsError
 from skiplock.queue.client import EnqueueRequest
 from skiplock.queue.models import Job, JobState
@@ -67,11 +69,13 @@ def batch_request(index: int, item: Any) -> EnqueueRequest:
 
 
 class JobController(Controller):
+    opt = needs(Scope.JOBS_READ)
     path = "/jobs"
     tags = ["jobs"]
 
     @post(
         "/",
+        opt=needs(Scope.JOBS_WRITE),
         operation_id="EnqueueJob",
         status_code=HTTP_201_CREATED,
         responses={},
@@ -94,6 +98,7 @@ class JobController(Controller):
 
     @post(
         "/batch",
+        opt=needs(Scope.JOBS_WRITE),
         operation_id="EnqueueJobs",
         status_code=HTTP_201_CREATED,
         request_body_description="A JSON array of jobs as for POST /jobs, or NDJSON (application/x-ndjson).",
@@ -136,12 +141,22 @@ class JobController(Controller):
         next_cursor = str(jobs[-1].id) if len(jobs) == limit else None
         return JobPage(items=jobs, next_cursor=next_cursor)
 
-    @post("/{job_id:str}/cancel", operation_id="CancelJob", status_code=HTTP_202_ACCEPTED)
+    @post(
+        "/{job_id:str}/cancel",
+        operation_id="CancelJob",
+        status_code=HTTP_202_ACCEPTED,
+        opt=needs(Scope.JOBS_WRITE),
+    )
     async def cancel(self, job_id: JobId, client: ClientDep) -> Job:
         """Cancel a queued job, or stop a running one within about a second; 409 once finished."""
         return await client.cancel(int(job_id))
 
-    @post("/{job_id:str}/retry", operation_id="RetryJob", status_code=HTTP_202_ACCEPTED)
+    @post(
+        "/{job_id:str}/retry",
+        operation_id="RetryJob",
+        status_code=HTTP_202_ACCEPTED,
+        opt=needs(Scope.JOBS_WRITE),
+    )
     async def retry(self, job_id: JobId, client: ClientDep) -> Job:
         """Put a failed or cancelled job back in its queue; 409 in any other state."""
         return await client.retry(int(job_id))

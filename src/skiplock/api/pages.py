@@ -8,11 +8,13 @@ from litestar import get
 from litestar.params import Parameter
 
 from skiplock.api.plugin import EngineDep
+from skiplock.api.security import needs
+from skiplock.auth import Scope
 from skiplock.errors import NotFoundError
 from skiplock.tasks.scrape import Page, get_page
 
 
-@get("/pages", operation_id="GetPage", tags=["scrape"])
+@get("/pages", operation_id="GetPage", tags=["scrape"], opt=needs(Scope.JOBS_READ))
 async def page(
     engine: EngineDep,
     url: Annotated[str, Parameter(min_length=1, max_length=4000, description="The URL scraped.")],

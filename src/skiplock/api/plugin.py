@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from litestar import Litestar
 from litestar.config.app import AppConfig
+from litestar.config.csrf import CSRFConfig
 from litestar.di import NamedDependency, Provide
 from litestar.plugins import InitPluginProtocol
 
+from skiplock.api.security import AuthState
+from skiplock.auth import KeyStore, decide_auth
 from skiplock.queue.client import Client
 from skiplock.queue.engine import Engine
+
+log = structlog.get_logger("skiplock.api")
 
 #: Handler parameter types for the two dependencies this plugin provides.
 ClientDep = NamedDependency[Client]
@@ -21,8 +27,9 @@ EngineDep = NamedDependency[Engine]
 class SkiplockPlugin(InitPluginProtocol):
     """Adds ``engine`` and ``client`` dependencies and runs the engine for the app's lifetime."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, csrf: CSRFConfig | None = None) -> None:
         self.engine = engine
+        self.csrf = csrf
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.dependencies["engine"] = Provide(self._engine, sync_to_thread=False)
@@ -38,6 +45,13 @@ class SkiplockPlugin(InitPluginProtocol):
         return self.engine.client
 
     @asynccontextmanager
-    async def _lifespan(self, _app: Litestar) -> AsyncIterator[None]:
+    async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:
         async with self.engine:
+            keys = KeyStore(self.engine.pool)
+            settings = self.engine.settings
+            mode = decide_auth(settings.auth, settings.host, await keys.live_count())
+            app.state.auth = AuthState(mode=mode, keys=keys)
+            if self.csrf is not None:  # the installation's secret: every replica accepts every token
+                self.csrf.secret = await keys.secret()
+            log.info("auth_mode", mode=mode.value, host=settings.host)
             yield

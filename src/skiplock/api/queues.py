@@ -9,6 +9,8 @@ from litestar.params import Parameter
 
 from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.schemas import QUEUE_NAME, QueueOut, TaskInfo
+from skiplock.api.security import needs
+from skiplock.auth import Scope
 from skiplock.queue.models import FailureGroup, QueueInfo
 
 QueueName = Annotated[str, Parameter(pattern=QUEUE_NAME, description="The queue's name.")]
@@ -20,6 +22,7 @@ def _out(queue: QueueInfo, engine: EngineDep) -> QueueOut:
 
 
 class QueueController(Controller):
+    opt = needs(Scope.JOBS_READ)
     path = "/queues"
     tags = ["queues"]
 
@@ -31,24 +34,25 @@ class QueueController(Controller):
             known.setdefault(name, QueueInfo(name=name, paused=False, counts={}))
         return [_out(known[name], engine) for name in sorted(known)]
 
-    @post("/{name:str}/pause", operation_id="PauseQueue", status_code=200)
+    @post("/{name:str}/pause", operation_id="PauseQueue", status_code=200, opt=needs(Scope.ADMIN))
     async def pause(self, name: QueueName, client: ClientDep, engine: EngineDep) -> QueueOut:
         """No process claims from a paused queue; running jobs finish."""
         return _out(await client.set_paused(name, True), engine)
 
-    @post("/{name:str}/resume", operation_id="ResumeQueue", status_code=200)
+    @post("/{name:str}/resume", operation_id="ResumeQueue", status_code=200, opt=needs(Scope.ADMIN))
     async def resume(self, name: QueueName, client: ClientDep, engine: EngineDep) -> QueueOut:
         """Workers claim from the queue again at once."""
         return _out(await client.set_paused(name, False), engine)
 
 
-@get("/failures", operation_id="ListFailures", tags=["jobs"])
+@get("/failures", operation_id="ListFailures", tags=["jobs"], opt=needs(Scope.JOBS_READ))
 async def failures(client: ClientDep) -> list[FailureGroup]:
     """Failed jobs grouped by task and the last attempt's error type, with their newest ids."""
     return await client.failures()
 
 
 class TaskController(Controller):
+    opt = needs(Scope.JOBS_READ)
     path = "/tasks"
     tags = ["tasks"]
 

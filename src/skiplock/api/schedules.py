@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from skiplock.api.errors import validation_as_422
 from skiplock.api.plugin import ClientDep
+from skiplock.api.security import needs
+from skiplock.auth import Scope
 from skiplock.queue.models import Job
 from skiplock.queue.schedules import Schedule, ScheduleSpec
 
@@ -38,6 +40,7 @@ class ScheduleChange(BaseModel):
 
 
 class ScheduleController(Controller):
+    opt = needs(Scope.JOBS_READ)
     path = "/schedules"
     tags = ["schedules"]
     exception_handlers = {ValidationException: validation_as_422}
@@ -47,7 +50,7 @@ class ScheduleController(Controller):
         """Every schedule, by name, with its next five fire times."""
         return await client.schedules.all()
 
-    @post("/", operation_id="CreateSchedule")
+    @post("/", operation_id="CreateSchedule", opt=needs(Scope.SCHEDULES_WRITE))
     async def create(self, data: JSONBody[ScheduleCreate], client: ClientDep) -> Schedule:
         """201 with the schedule; 422 naming the field for a bad cron, timezone, task or args;
         409 when the name is taken."""
@@ -57,18 +60,28 @@ class ScheduleController(Controller):
     async def get_schedule(self, schedule_id: ScheduleId, client: ClientDep) -> Schedule:
         return await client.schedules.get(int(schedule_id))
 
-    @patch("/{schedule_id:str}", operation_id="UpdateSchedule")
+    @patch("/{schedule_id:str}", operation_id="UpdateSchedule", opt=needs(Scope.SCHEDULES_WRITE))
     async def update(
         self, schedule_id: ScheduleId, data: JSONBody[ScheduleChange], client: ClientDep
     ) -> Schedule:
         """Change cron, timezone, args, enabled…; the next run is recomputed."""
         return await client.schedules.update(int(schedule_id), data.model_dump(exclude_unset=True))
 
-    @delete("/{schedule_id:str}", operation_id="DeleteSchedule", status_code=HTTP_204_NO_CONTENT)
+    @delete(
+        "/{schedule_id:str}",
+        operation_id="DeleteSchedule",
+        status_code=HTTP_204_NO_CONTENT,
+        opt=needs(Scope.SCHEDULES_WRITE),
+    )
     async def remove(self, schedule_id: ScheduleId, client: ClientDep) -> None:
         await client.schedules.delete(int(schedule_id))
 
-    @post("/{schedule_id:str}/trigger", operation_id="TriggerSchedule", status_code=HTTP_202_ACCEPTED)
+    @post(
+        "/{schedule_id:str}/trigger",
+        operation_id="TriggerSchedule",
+        status_code=HTTP_202_ACCEPTED,
+        opt=needs(Scope.SCHEDULES_WRITE),
+    )
     async def trigger(self, schedule_id: ScheduleId, client: ClientDep) -> Job:
         """Enqueue the schedule's job now; it appears in GET /jobs?schedule_id=."""
         return await client.schedules.trigger(int(schedule_id))

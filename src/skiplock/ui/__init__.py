@@ -10,7 +10,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
-from skiplock.ui.pages import DashboardController, root
+from skiplock.ui.pages import DashboardController, LoginController, root
 
 HERE = Path(__file__).parent
 
@@ -29,4 +29,4 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         cache_control=CacheControlHeader(max_age=3600, public=True),
         include_in_schema=False,
     )
-    return [root, DashboardController, static]
+    return [root, DashboardController, LoginController, static]

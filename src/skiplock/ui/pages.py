@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from cron_descriptor import get_description
-from litestar import Controller, MediaType, Response, get
-from litestar.params import FromPath, Parameter, QueryParameter
+from litestar import Controller, MediaType, Request, Response, get, post
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import NotAuthorizedException
+from litestar.params import Body, FromPath, Parameter, QueryParameter
 from litestar.response import Redirect, Template
+from pydantic import BaseModel, Field
 
 from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.schemas import QUEUE_NAME
+from skiplock.api.security import KEY_COOKIE, PUBLIC_ROUTE, AuthState, needs
+from skiplock.auth import Scope
 from skiplock.errors import JobNotFound
 from skiplock.queue.models import JobState
 
@@ -40,7 +46,21 @@ def age(moment: datetime | None, now: datetime | None = None) -> str:
     return f"{seconds}s"
 
 
-@get("/", include_in_schema=False)
+class LoginForm(BaseModel):
+    key: str = Field(min_length=1, max_length=200)
+
+
+def to_login(request: Request[Any, Any, Any], _exc: NotAuthorizedException) -> Response[Any]:
+    """A dashboard page without a (valid) key: ask for one."""
+    return Redirect(f"/ui/login?next={quote(request.url.path)}")
+
+
+def _local(path: str) -> str:
+    """Only a path on this site (an absolute or protocol-relative URL would be an open redirect)."""
+    return path if path.startswith("/") and not path.startswith("//") else "/ui"
+
+
+@get("/", include_in_schema=False, opt=PUBLIC_ROUTE)
 async def root() -> Redirect:
     return Redirect("/ui")
 
@@ -48,6 +68,8 @@ async def root() -> Redirect:
 class DashboardController(Controller):
     path = "/ui"
     include_in_schema = False
+    opt = needs(Scope.JOBS_READ)
+    exception_handlers = {NotAuthorizedException: to_login}
 
     @get("/")
     async def overview(
@@ -122,3 +144,44 @@ class DashboardController(Controller):
             for t in client.registry
         ]
         return Template(template_name="enqueue.html.j2", context={"tasks": tasks})
+
+
+class LoginController(Controller):
+    """Asks for an API key once and keeps it in an HttpOnly, SameSite=Strict cookie; the form posts
+    carry Litestar's CSRF token."""
+
+    path = "/ui"
+    include_in_schema = False
+    opt = PUBLIC_ROUTE
+
+    @get("/login")
+    async def form(self, next_path: Annotated[str, QueryParameter(name="next")] = "/ui") -> Template:
+        return Template(template_name="login.html.j2", context={"next": _local(next_path), "error": None})
+
+    @post("/login", status_code=303)
+    async def login(
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+        next_path: Annotated[str, QueryParameter(name="next")] = "/ui",
+    ) -> Response[Any]:
+        state: AuthState = request.app.state.auth
+        principal = await state.keys.verify(data.key.strip())
+        if principal is None:
+            context = {"next": _local(next_path), "error": "That key is unknown or revoked."}
+            return Template(template_name="login.html.j2", context=context, status_code=401)
+        response: Response[Any] = Redirect(_local(next_path), status_code=303)
+        response.set_cookie(
+            KEY_COOKIE,
+            data.key.strip(),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @post("/logout", status_code=303)
+    async def logout(self) -> Response[Any]:
+        response: Response[Any] = Redirect("/ui/login", status_code=303)
+        response.delete_cookie(KEY_COOKIE)
+        return response

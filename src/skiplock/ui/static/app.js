@@ -10,8 +10,15 @@ function flash(message, isError) {
   box.hidden = false;
 }
 
+function cookie(name) {
+  const found = document.cookie.split("; ").find((part) => part.startsWith(name + "="));
+  return found ? decodeURIComponent(found.slice(name.length + 1)) : "";
+}
+
 async function api(method, path, body) {
   const options = { method, headers: { accept: "application/json" } };
+  // With keys on, the dashboard's cookie carries the key: writes echo the CSRF cookie (double submit).
+  if (method !== "GET") options.headers["x-csrftoken"] = cookie("csrftoken");
   if (body !== undefined) {
     options.headers["content-type"] = "application/json";
     options.body = JSON.stringify(body);
