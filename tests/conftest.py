@@ -91,6 +91,7 @@ def make_settings(dsn: str, **overrides: Any) -> Settings:
         "pool_max_size": 5,
         "queues": [],
         "task_modules": [],
+        "rate_limit": "off",  # tests poll hard; the limit has its own tests
     }
     values.update(overrides)
     return Settings(**values)

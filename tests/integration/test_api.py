@@ -7,10 +7,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 from litestar.testing import AsyncTestClient
 
 from skiplock import JobState
 from skiplock.api import create_app
+from skiplock.logging import configure_logging
 from skiplock.settings import Settings
 from tests.factories import job
 from tests.support.waiting import wait_until
@@ -336,3 +338,32 @@ async def test_batch_rejects_too_many_jobs_and_bodies_that_are_not_a_list(api: C
     empty = await api.post("/jobs/batch", json=[])
     assert empty.status_code == 201
     assert empty.json() == {"count": 0, "ids": []}
+
+
+async def test_the_request_id_goes_with_the_jobs_it_enqueues_and_their_logs(api: Client) -> None:
+    headers = {"x-request-id": "req-42.a"}
+    configure_logging("info", "json", cache=False)  # the suite logs warnings only
+    try:
+        with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            response = await api.post(
+                "/jobs", json={"task": "enqueue_child", "args": {"marker": "m"}}, headers=headers
+            )
+            assert response.headers["x-request-id"] == "req-42.a"
+            parent = await wait_for_state(api, response.json()["id"], "succeeded")
+            child = await wait_for_state(api, parent["result"]["child"], "succeeded")
+            failing = await api.post(
+                "/jobs",
+                json={"task": "sleep", "args": {"seconds": 0, "fail": True}, "max_attempts": 1},
+                headers=headers,
+            )
+            await wait_for_state(api, failing.json()["id"], "failed")
+    finally:
+        configure_logging("warning", "json", cache=False)
+    assert parent["origin"] == {"request_id": "req-42.a"}
+    assert child["origin"] == {"request_id": "req-42.a"}  # a task's follow-up keeps its origin
+    finished = [e for e in logs if e["event"] == "job_finished" and e.get("job_id") == failing.json()["id"]]
+    assert finished, [e["event"] for e in logs]
+    assert finished[0]["request_id"] == "req-42.a"
+    generated = await api.post("/jobs", json={"task": "noop"}, headers={"x-request-id": "bad id!"})
+    assert generated.headers["x-request-id"] != "bad id!"
+    assert generated.json()["origin"] == {"request_id": generated.headers["x-request-id"]}

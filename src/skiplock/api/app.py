@@ -21,6 +21,7 @@ from skiplock.api.jobs import JobController
 from skiplock.api.middleware import request_id_middleware
 from skiplock.api.pages import page
 from skiplock.api.plugin import SkiplockPlugin
+from skiplock.api.protection import compression, cors, rate_limit
 from skiplock.api.queues import QueueController, TaskController, failures
 from skiplock.api.schedules import ScheduleController
 from skiplock.api.security import auth_middleware, csrf_config, scope_guard
@@ -75,7 +76,13 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
         route_handlers=[*api, *dashboard_routes()],
         template_config=template_config(),
         plugins=[SkiplockPlugin(engine, csrf)],
-        middleware=[request_id_middleware, auth_middleware()],
+        middleware=[
+            request_id_middleware,
+            *([limits.middleware] if (limits := rate_limit(settings)) else []),
+            auth_middleware(),
+        ],
+        cors_config=cors(settings),
+        compression_config=compression(),
         guards=[scope_guard],
         csrf_config=csrf,
         exception_handlers={SkiplockError: skiplock_error_handler},

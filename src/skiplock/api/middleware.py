@@ -11,6 +11,8 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from skiplock.queue.origin import current_origin
+
 log = structlog.get_logger("skiplock.http")
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -33,10 +35,12 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
                 MutableScopeHeaders.from_message(message)["x-request-id"] = request_id
             await send(message)
 
+        origin = current_origin.set({"request_id": request_id})  # jobs enqueued here carry it
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await app(scope, receive, send_with_id)
             finally:
+                current_origin.reset(origin)
                 log.info(
                     "http_request",
                     method=scope.get("method"),

@@ -20,6 +20,7 @@ from skiplock.queue._running import RunningJob, RunningJobs, StopReason
 from skiplock.queue.client import Client
 from skiplock.queue.context import Context, JobInfo
 from skiplock.queue.models import ClaimedJob
+from skiplock.queue.origin import current_origin
 from skiplock.queue.tasks import Task, TaskRegistry
 
 log = structlog.get_logger("skiplock.executor")
@@ -60,29 +61,34 @@ class Executor:
         """Execute the job and hand its outcome on; never raises."""
         job = running.job
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(
-            job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt
-        ):
-            log.debug("job_started")
-            try:
-                outcome = await self._execute(running)
-            finally:
-                self.running.remove(job.id)
-            if outcome is None:
-                log.warning("job_abandoned", reason="lease lost")
-                return
-            outcome.progress = running.progress
-            outcome.events = running.take_events()  # written before the outcome, same transaction
-            self.completer.put(outcome)
-            # Successes at debug: one line per job would be a tenth of a no-op job's cost, and the
-            # job row keeps the outcome anyway. Everything else is worth a line at info.
-            emit = log.debug if outcome.state == "succeeded" else log.info
-            emit(
-                "job_finished",
-                outcome=outcome.state,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                error=outcome.error["message"] if outcome.error else None,
-            )
+        request_id = (job.origin or {}).get("request_id")
+        origin = current_origin.set(job.origin)  # follow-up jobs it enqueues carry the same origin
+        try:
+            with structlog.contextvars.bound_contextvars(
+                job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt, request_id=request_id
+            ):
+                log.debug("job_started")
+                try:
+                    outcome = await self._execute(running)
+                finally:
+                    self.running.remove(job.id)
+                if outcome is None:
+                    log.warning("job_abandoned", reason="lease lost")
+                    return
+                outcome.progress = running.progress
+                outcome.events = running.take_events()  # written before the outcome, same transaction
+                self.completer.put(outcome)
+                # Successes at debug: one line per job would be a tenth of a no-op job's cost, and the
+                # job row keeps the outcome anyway. Everything else is worth a line at info.
+                emit = log.debug if outcome.state == "succeeded" else log.info
+                emit(
+                    "job_finished",
+                    outcome=outcome.state,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    error=outcome.error["message"] if outcome.error else None,
+                )
+        finally:
+            current_origin.reset(origin)
 
     async def _execute(self, running: RunningJob) -> Outcome | None:
         job = running.job

@@ -22,6 +22,7 @@ from skiplock.errors import (
 )
 from skiplock.queue._statements import JOBS, QUEUES
 from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo
+from skiplock.queue.origin import current_origin
 from skiplock.queue.schedules import Schedules
 from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry
 
@@ -63,7 +64,7 @@ class _Resolved(NamedTuple):  # a tuple: built once per job of a bulk enqueue, s
     timeout_s: float | None
 
 
-_COPY_COLUMNS = ("id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s")
+_COPY_COLUMNS = ("id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s", "origin")
 
 
 def _start(now: datetime, request: EnqueueRequest) -> datetime:
@@ -158,6 +159,7 @@ class Client:
             r.max_attempts,
             r.timeout_s,
             unique_key,
+            current_origin.get(),
         )
         target: Executor = conn if conn is not None else self.pool
         for _ in range(_UNIQUE_RACE_RETRIES):
@@ -188,8 +190,9 @@ class Client:
         assert reserved is not None
         now: datetime = reserved["now"]  # the transaction's clock, as the column default would be
         ids: list[int] = reserved["ids"]
+        origin = current_origin.get()
         rows = (
-            (job_id, r.queue, r.task, r.args, r.priority, _start(now, q), r.max_attempts, r.timeout_s)
+            (job_id, r.queue, r.task, r.args, r.priority, _start(now, q), r.max_attempts, r.timeout_s, origin)
             for job_id, q, r in zip(ids, requests, resolved, strict=True)
         )
         await copy_rows(conn, "jobs", _COPY_COLUMNS, rows)

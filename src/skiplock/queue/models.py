@@ -57,6 +57,9 @@ class Job(BaseModel):
     event_seq: int = Field(default=0, description="Seq of the job's latest event.")
     schedule_id: int | None = Field(default=None, description="The schedule that created it, if any.")
     scheduled_for: datetime | None = Field(default=None, description="The schedule's tick it is for.")
+    origin: dict[str, Any] | None = Field(
+        default=None, description="The request that enqueued it: request_id (and trace context)."
+    )
     created: bool = Field(default=True, exclude=True, description="False when a live unique_key matched.")
 
     @classmethod
@@ -99,6 +102,7 @@ class ClaimedJob:
     max_attempts: int
     timeout_s: float | None
     priority: int
+    origin: dict[str, Any] | None = None
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> ClaimedJob:
@@ -111,4 +115,5 @@ class ClaimedJob:
             max_attempts=record["max_attempts"],
             timeout_s=record["timeout_s"],
             priority=record["priority"],
+            origin=record["origin"],
         )

@@ -3,10 +3,10 @@
 -- name: job_insert
 -- One job; a live job with the same unique_key is returned instead (created = false).
 WITH inserted AS (
-    INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key)
+    INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key, origin)
     VALUES ($1, $2, $3, $4,
             coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
-            $7, $8, $9)
+            $7, $8, $9, $10)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
     RETURNING *
@@ -46,7 +46,7 @@ SET state = 'running', attempts = j.attempts + 1, started_at = now(), finished_a
     lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority
+RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin
 
 -- name: job_finish_many
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).

@@ -1,0 +1,83 @@
+"""Rate limit, CORS and compression: Litestar's own middleware, as configured from settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from skiplock.api import create_app
+from tests.conftest import make_settings
+
+Client = AsyncTestClient[Any]
+
+
+async def client_for(dsn: str, **overrides: Any) -> AsyncIterator[Client]:
+    async with AsyncTestClient(app=create_app(make_settings(dsn, **overrides), tasks=[])) as client:
+        yield client
+
+
+@pytest.fixture
+async def limited(dsn: str) -> AsyncIterator[Client]:
+    async for client in client_for(dsn, rate_limit="5/minute"):
+        yield client
+
+
+@pytest.fixture
+async def cors_api(dsn: str) -> AsyncIterator[Client]:
+    async for client in client_for(dsn, cors_origins=["https://app.example"]):
+        yield client
+
+
+async def test_the_sixth_request_a_minute_is_429_with_retry_after(limited: Client) -> None:
+    statuses = [(await limited.get("/tasks")).status_code for _ in range(5)]
+    assert statuses == [200] * 5
+    refused = await limited.get("/tasks")
+    assert refused.status_code == 429
+    assert refused.json()["status_code"] == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["ratelimit-limit"] == "5"
+    for _ in range(10):  # probes are never limited
+        assert (await limited.get("/health")).status_code == 200
+
+
+async def test_each_key_has_its_own_budget(limited: Client) -> None:
+    for _ in range(5):
+        await limited.get("/tasks", headers={"authorization": "Bearer sk_first"})
+    assert (await limited.get("/tasks", headers={"authorization": "Bearer sk_first"})).status_code == 429
+    assert (await limited.get("/tasks", headers={"authorization": "Bearer sk_second"})).status_code == 200
+
+
+async def test_cors_preflight_from_an_allowed_origin_only(cors_api: Client, dsn: str) -> None:
+    preflight = {"access-control-request-method": "POST", "access-control-request-headers": "content-type"}
+    allowed = await cors_api.options("/jobs", headers={"origin": "https://app.example", **preflight})
+    assert allowed.status_code in (200, 204)
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    denied = await cors_api.options("/jobs", headers={"origin": "https://evil.example", **preflight})
+    assert denied.status_code == 400
+    assert "access-control-allow-origin" not in denied.headers
+    simple = await cors_api.get("/tasks", headers={"origin": "https://app.example"})
+    assert simple.headers["access-control-allow-origin"] == "https://app.example"
+    async for default in client_for(dsn):  # nothing is allowed unless configured
+        plain = await default.get("/tasks", headers={"origin": "https://app.example"})
+        assert "access-control-allow-origin" not in plain.headers
+
+
+async def test_large_json_is_compressed_small_json_is_not(dsn: str) -> None:
+    async for api in client_for(dsn):
+        for encoding in ("br", "gzip"):
+            large = await api.get("/tasks", headers={"accept-encoding": encoding})  # every task's schema
+            assert large.headers["content-encoding"] == encoding
+            assert large.json()[0]["name"]  # decoded by the client: a real encoding
+        small = await api.get("/health", headers={"accept-encoding": "gzip"})
+        assert "content-encoding" not in small.headers
+
+
+async def test_a_body_over_the_limit_is_413_on_any_endpoint(dsn: str) -> None:
+    async for api in client_for(dsn):
+        too_big = b"[" + b" " * (11 * 1024 * 1024) + b"]"
+        for path in ("/jobs", "/jobs/batch", "/schedules", "/fetch"):
+            response = await api.post(path, content=too_big, headers={"content-type": "application/json"})
+            assert response.status_code == 413, (path, response.text)
