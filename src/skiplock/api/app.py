@@ -18,6 +18,7 @@ from skiplock.api.fetch import FetchController, RecordController
 from skiplock.api.health import health, ready
 from skiplock.api.imports import ImportController
 from skiplock.api.jobs import JobController
+from skiplock.api.metrics import MetricsController, prometheus
 from skiplock.api.middleware import request_id_middleware
 from skiplock.api.pages import page
 from skiplock.api.plugin import SkiplockPlugin
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
         all_events_ws,
         health,
         ready,
+        MetricsController,
     ]
     csrf = csrf_config(_paths(api))
     return Litestar(
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
         plugins=[SkiplockPlugin(engine, csrf)],
         middleware=[
             request_id_middleware,
+            prometheus().middleware,
             *([limits.middleware] if (limits := rate_limit(settings)) else []),
             auth_middleware(),
         ],

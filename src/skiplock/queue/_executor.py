@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from pydantic_core import to_jsonable_python
 
+from skiplock import metrics
 from skiplock.errors import FetchError, InvalidArgumentsError, PermanentJobError, UnknownTaskError
 from skiplock.fetcher import Fetcher
 from skiplock.queue._completer import RELEASED, Completer, Outcome
@@ -26,6 +27,7 @@ from skiplock.queue.tasks import Task, TaskRegistry
 log = structlog.get_logger("skiplock.executor")
 
 _TRACEBACK_LINES = 30
+_OUTCOMES = {"queued": "retried", RELEASED: "released"}
 _MESSAGE_CHARS = 2000
 
 
@@ -68,16 +70,24 @@ class Executor:
                 job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt, request_id=request_id
             ):
                 log.debug("job_started")
+                measure = metrics.for_job(job.queue, job.task)
+                measure.started.inc()
+                metrics.jobs_running.inc()
+                if job.run_at is not None:
+                    measure.wait.observe(max(0.0, (datetime.now(UTC) - job.run_at).total_seconds()))
                 try:
                     outcome = await self._execute(running)
                 finally:
                     self.running.remove(job.id)
+                    metrics.jobs_running.dec()
+                    measure.duration.observe(time.perf_counter() - started)
                 if outcome is None:
                     log.warning("job_abandoned", reason="lease lost")
                     return
                 outcome.progress = running.progress
                 outcome.events = running.take_events()  # written before the outcome, same transaction
                 self.completer.put(outcome)
+                metrics.finished(job.queue, job.task, _OUTCOMES.get(outcome.state, outcome.state)).inc()
                 # Successes at debug: one line per job would be a tenth of a no-op job's cost, and the
                 # job row keeps the outcome anyway. Everything else is worth a line at info.
                 emit = log.debug if outcome.state == "succeeded" else log.info

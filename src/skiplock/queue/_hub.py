@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 import structlog
 
+from skiplock import metrics
 from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._statements import EVENTS
 from skiplock.queue.models import FINAL_STATES
@@ -111,15 +112,26 @@ class EventHub:
         self._by_job[job_id].add(sub)
         self._stale_jobs.add(job_id)  # read the history; later events arrive as hints
         self._wake.set()
+        self._count_subscribers()
         return sub
 
     def subscribe_all(self, *, queue: str | None = None, task: str | None = None) -> Subscription:
         """Every new event of every job (of one queue/task if given)."""
         sub = Subscription(None, queue=queue, task=task, capacity=self.buffer)
         self._everything.add(sub)
+        self._count_subscribers()
         return sub
 
+    def _count_subscribers(self) -> None:
+        metrics.subscribers.set(len(self._everything) + sum(len(subs) for subs in self._by_job.values()))
+
     def unsubscribe(self, sub: Subscription) -> None:
+        try:
+            self._unsubscribe(sub)
+        finally:
+            self._count_subscribers()
+
+    def _unsubscribe(self, sub: Subscription) -> None:
         if sub.job_id is None:
             self._everything.discard(sub)
             return

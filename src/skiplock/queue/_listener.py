@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from skiplock import metrics
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT, close_quietly, connect
 from skiplock.errors import DatabaseError
 from skiplock.queue._statements import CHANNEL
@@ -93,6 +94,7 @@ class Listener:
             ready.set()
         else:
             self.signals.reconnects += 1
+            metrics.listener_reconnects.inc()
             log.info("listener_reconnected", reconnects=self.signals.reconnects)
             for callback in self._on_reconnect:
                 callback()

@@ -8,6 +8,7 @@ import asyncio
 import asyncpg
 import structlog
 
+from skiplock import metrics
 from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._statements import JOBS
 from skiplock.service import StopSignal
@@ -42,6 +43,7 @@ class Rescuer:
                 if requeued:
                     await conn.execute(JOBS.notify_queued, requeued)
             if rows:
+                metrics.lease_rescues.inc(len(rows))
                 log.warning("jobs_rescued", job_ids=[r["id"] for r in rows])
             total += len(rows)
             if len(rows) < self.batch:

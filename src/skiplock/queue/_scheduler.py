@@ -15,6 +15,7 @@ from datetime import datetime
 import asyncpg
 import structlog
 
+from skiplock import metrics
 from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._statements import SCHEDULES
 from skiplock.queue.cron import Cron, CronError, Decision, Misfire, decide
@@ -86,7 +87,9 @@ class Scheduler:
             created: dict[int, int] = {}
             if jobs:
                 columns = [list(column) for column in zip(*jobs, strict=True)]
-                for record in await conn.fetch(SCHEDULES.job_insert_scheduled_many, *columns):
+                inserted = await conn.fetch(SCHEDULES.job_insert_scheduled_many, *columns)
+                metrics.schedule_fires.inc(len(inserted))
+                for record in inserted:
                     created[record["schedule_id"]] = max(record["id"], created.get(record["schedule_id"], 0))
             await conn.execute(
                 SCHEDULES.schedule_advance_many,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any, NamedTuple
 import asyncpg
 from pydantic import BaseModel
 
+from skiplock import metrics
 from skiplock.db.copy import copy_rows
 from skiplock.db.pool import AnyConnection
 from skiplock.errors import (
@@ -165,7 +167,10 @@ class Client:
         for _ in range(_UNIQUE_RACE_RETRIES):
             record = await target.fetchrow(JOBS.job_insert, *params)
             if record is not None:
-                return Job.from_record(record)
+                job = Job.from_record(record)
+                if job.created:
+                    metrics.for_job(job.queue, job.task).enqueued.inc()
+                return job
             # The live job holding the key finished between our insert and read: insert again.
         raise ConflictError(f"unique_key {unique_key!r} is contended; try again")
 
@@ -196,6 +201,8 @@ class Client:
             for job_id, q, r in zip(ids, requests, resolved, strict=True)
         )
         await copy_rows(conn, "jobs", _COPY_COLUMNS, rows)
+        for (queue, task), count in collections.Counter((r.queue, r.task) for r in resolved).items():
+            metrics.for_job(queue, task).enqueued.inc(count)
         return ids
 
     def _resolve_many(self, requests: Sequence[EnqueueRequest]) -> list[_Resolved]:

@@ -103,6 +103,7 @@ class ClaimedJob:
     timeout_s: float | None
     priority: int
     origin: dict[str, Any] | None = None
+    run_at: datetime | None = None  # when it was due (the wait metric starts there)
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> ClaimedJob:
@@ -116,4 +117,5 @@ class ClaimedJob:
             timeout_s=record["timeout_s"],
             priority=record["priority"],
             origin=record["origin"],
+            run_at=record["run_at"],
         )

@@ -46,7 +46,8 @@ SET state = 'running', attempts = j.attempts + 1, started_at = now(), finished_a
     lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin
+RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
+          j.run_at
 
 -- name: job_finish_many
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).
