@@ -86,7 +86,8 @@ async def _check_auth(settings: Settings) -> None:
         await migrate_database(settings.database_url or "")
     pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
     try:
-        decide_auth(settings.auth, settings.host, await KeyStore(pool).live_count())
+        tokens = 1 if settings.jwt_secret or settings.jwt_jwks_url else 0
+        decide_auth(settings.auth, settings.host, await KeyStore(pool).live_count() + tokens)
     finally:
         await pool.close()
 

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         default="auto",
         description="auto: keys required once one exists; open on loopback without keys; else refuse.",
     )
+    jwt_secret: str | None = Field(default=None, description="Accept HS256 JWTs signed with this secret.")
+    jwt_jwks_url: str | None = Field(default=None, description="Accept JWTs signed by these keys (RS/ES).")
+    jwt_audience: str | None = Field(default=None, description="Required 'aud' of a JWT.")
+    jwt_issuer: str | None = Field(default=None, description="Required 'iss' of a JWT.")
+    jwt_scopes_claim: str = Field(default="scope", description="The JWT claim that holds its scopes.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins browsers may call the API from; none by default."
     )

@@ -14,6 +14,7 @@ from litestar.plugins import InitPluginProtocol
 
 from skiplock.api.security import AuthState
 from skiplock.auth import KeyStore, decide_auth
+from skiplock.auth.tokens import TokenVerifier
 from skiplock.queue.client import Client
 from skiplock.queue.engine import Engine
 
@@ -49,8 +50,10 @@ class SkiplockPlugin(InitPluginProtocol):
         async with self.engine:
             keys = KeyStore(self.engine.pool)
             settings = self.engine.settings
-            mode = decide_auth(settings.auth, settings.host, await keys.live_count())
-            app.state.auth = AuthState(mode=mode, keys=keys)
+            tokens = TokenVerifier.from_settings(settings)
+            credentials = await keys.live_count() + (1 if tokens else 0)
+            mode = decide_auth(settings.auth, settings.host, credentials)
+            app.state.auth = AuthState(mode=mode, keys=keys, tokens=tokens)
             if self.csrf is not None:  # the installation's secret: every replica accepts every token
                 self.csrf.secret = await keys.secret()
             log.info("auth_mode", mode=mode.value, host=settings.host)

@@ -17,6 +17,8 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
 
 from skiplock.auth import ANONYMOUS, AuthMode, KeyStore, Principal, Scope
+from skiplock.auth.keys import KEY_PREFIX
+from skiplock.auth.tokens import TokenVerifier
 
 #: Route option naming the scope a route needs.
 SCOPE = "scope"
@@ -44,6 +46,13 @@ class AuthState:
 
     mode: AuthMode
     keys: KeyStore
+    tokens: TokenVerifier | None = None
+
+    async def verify(self, credential: str) -> Principal | None:
+        """An API key (``sk_…``) or, when configured, a JWT."""
+        if credential.startswith(KEY_PREFIX) or self.tokens is None:
+            return await self.keys.verify(credential)
+        return await self.tokens.verify(credential)
 
 
 def _token(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str | None, bool]:
@@ -75,9 +84,9 @@ class KeyAuthMiddleware(AbstractAuthenticationMiddleware):
         token, from_cookie = _token(connection)
         if token is None:
             raise NotAuthorizedException("an API key is required: send it as 'Authorization: Bearer <key>'")
-        principal = await state.keys.verify(token)
+        principal = await state.verify(token)
         if principal is None:
-            raise NotAuthorizedException("unknown or revoked API key")
+            raise NotAuthorizedException("unknown or revoked API key, or an invalid token")
         if from_cookie and connection.scope.get("method") in _UNSAFE:
             # The cookie goes with every same-site request: a write must also prove it came from the
             # dashboard's own script, which echoes the CSRF cookie in a header (double submit).

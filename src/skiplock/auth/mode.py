@@ -23,7 +23,8 @@ def is_loopback(host: str) -> bool:
 
 
 def decide_auth(setting: str, host: str, live_keys: int) -> AuthMode:
-    """``SKIPLOCK_AUTH`` (auto/on/off), the bind address and how many keys exist → the mode.
+    """``SKIPLOCK_AUTH`` (auto/on/off), the bind address and how many keys exist (a configured JWT
+    issuer counts as one) → the mode.
 
     auto: keys are required once any exists; with none, only a loopback bind may run open, and any
     other bind refuses to start (ConfigError) rather than serve the world without a key.
