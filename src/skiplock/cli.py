@@ -113,9 +113,11 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _worker(settings: Settings) -> int:
+    from skiplock import tracing
     from skiplock.queue.engine import Engine
     from skiplock.tasks import load_registry
 
+    tracing.configure(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
         pattern=r"^(off|[1-9][0-9]*/(second|minute|hour|day))$",
         description="Requests per key (or client address when open), e.g. 1200/minute; off to disable.",
     )
+    otel: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Tracing: auto is on when OTEL_EXPORTER_OTLP_ENDPOINT is set."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -10,7 +10,9 @@ from litestar.handlers import HTTPRouteHandler, WebsocketRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ControllerRouterHandler
+from opentelemetry.sdk.trace import TracerProvider
 
+from skiplock import tracing
 from skiplock._version import __version__
 from skiplock.api.errors import skiplock_error_handler
 from skiplock.api.events import EventController, all_events_ws, job_events_ws
@@ -46,11 +48,27 @@ def _paths(handlers: Iterable[ControllerRouterHandler]) -> list[str]:
     return paths
 
 
-def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] | None = None) -> Litestar:
+def _tracing_plugins(settings: Settings, given: TracerProvider | None) -> list[Any]:
+    provider = tracing.configure(settings, given)
+    if provider is None:
+        return []
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    quiet = [r"^/health$", r"^/ready$", r"^/metrics$", r"^/ui/static/"]
+    return [OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider, exclude=quiet))]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    tasks: Iterable[Task[Any]] | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> Litestar:
     """The HTTP API with the engine (workers included unless ``settings.worker`` is off).
 
     ``settings.database_url`` must be set (the CLI sets it to the embedded server when unset).
     ``tasks`` replaces the ``@task``-registered tasks (the built-ins are always there).
+    ``tracer_provider`` replaces the OTLP exporter tracing would otherwise set up (tests).
     """
     settings = settings or Settings.load()
     if not settings.database_url:
@@ -77,7 +95,7 @@ def create_app(settings: Settings | None = None, *, tasks: Iterable[Task[Any]] |
     return Litestar(
         route_handlers=[*api, *dashboard_routes()],
         template_config=template_config(),
-        plugins=[SkiplockPlugin(engine, csrf)],
+        plugins=[SkiplockPlugin(engine, csrf), *_tracing_plugins(settings, tracer_provider)],
         middleware=[
             request_id_middleware,
             prometheus().middleware,

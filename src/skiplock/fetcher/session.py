@@ -11,6 +11,7 @@ import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from skiplock import tracing
 from skiplock._version import __version__
 from skiplock.errors import (
     BadResponseError,
@@ -79,6 +80,7 @@ class Fetcher:
             connector=connector,
             trust_env=False,  # a proxy from the environment would bypass the address policy
             headers={"User-Agent": f"skiplock/{__version__}"},
+            trace_configs=tracing.aiohttp_trace_configs(),
         )
 
     async def close(self) -> None:

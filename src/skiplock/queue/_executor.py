@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from pydantic_core import to_jsonable_python
 
-from skiplock import metrics
+from skiplock import metrics, tracing
 from skiplock.errors import FetchError, InvalidArgumentsError, PermanentJobError, UnknownTaskError
 from skiplock.fetcher import Fetcher
 from skiplock.queue._completer import RELEASED, Completer, Outcome
@@ -76,7 +76,7 @@ class Executor:
                 if job.run_at is not None:
                     measure.wait.observe(max(0.0, (datetime.now(UTC) - job.run_at).total_seconds()))
                 try:
-                    outcome = await self._execute(running)
+                    outcome = await self._execute_traced(running)
                 finally:
                     self.running.remove(job.id)
                     metrics.jobs_running.dec()
@@ -99,6 +99,21 @@ class Executor:
                 )
         finally:
             current_origin.reset(origin)
+
+    async def _execute_traced(self, running: RunningJob) -> Outcome | None:
+        """The attempt in its own span (when tracing is on), child of the trace that enqueued it."""
+        job = running.job
+        attributes = {
+            "skiplock.job_id": job.id,
+            "skiplock.task": job.task,
+            "skiplock.queue": job.queue,
+            "skiplock.attempt": job.attempt,
+        }
+        with tracing.job_span(job.origin, job.task, attributes) as span:
+            outcome = await self._execute(running)
+            if outcome is not None:
+                tracing.mark_outcome(span, outcome.state, outcome.error["message"] if outcome.error else None)
+            return outcome
 
     async def _execute(self, running: RunningJob) -> Outcome | None:
         job = running.job

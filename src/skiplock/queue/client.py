@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import asyncpg
 from pydantic import BaseModel
 
-from skiplock import metrics
+from skiplock import metrics, tracing
 from skiplock.db.copy import copy_rows
 from skiplock.db.pool import AnyConnection
 from skiplock.errors import (
@@ -67,6 +67,12 @@ class _Resolved(NamedTuple):  # a tuple: built once per job of a bulk enqueue, s
 
 
 _COPY_COLUMNS = ("id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s", "origin")
+
+
+def _origin() -> dict[str, Any] | None:
+    """Where the job comes from: the request (or job) enqueueing it, and the active trace."""
+    origin = {**(current_origin.get() or {}), **tracing.current_context()}
+    return origin or None
 
 
 def _start(now: datetime, request: EnqueueRequest) -> datetime:
@@ -161,7 +167,7 @@ class Client:
             r.max_attempts,
             r.timeout_s,
             unique_key,
-            current_origin.get(),
+            _origin(),
         )
         target: Executor = conn if conn is not None else self.pool
         for _ in range(_UNIQUE_RACE_RETRIES):
@@ -195,7 +201,7 @@ class Client:
         assert reserved is not None
         now: datetime = reserved["now"]  # the transaction's clock, as the column default would be
         ids: list[int] = reserved["ids"]
-        origin = current_origin.get()
+        origin = _origin()
         rows = (
             (job_id, r.queue, r.task, r.args, r.priority, _start(now, q), r.max_attempts, r.timeout_s, origin)
             for job_id, q, r in zip(ids, requests, resolved, strict=True)
