@@ -143,3 +143,28 @@ async def test_static_files_are_served_with_caching_headers(ui: Client) -> None:
 async def test_dashboard_is_not_in_the_api_schema(ui: Client) -> None:
     paths = (await ui.get("/schema/openapi.json")).json()["paths"]
     assert not [p for p in paths if p.startswith("/ui") or p == "/"]
+
+
+async def test_imports_with_failed_rows_are_listed_with_their_rows(ui: Client) -> None:
+    clean = "sku,name,price,quantity\nA1,Apple,1.50,3\n"
+    dirty = "sku,name,price,quantity\nB1,Pear,-1,3\nB2,Plum,2.00,x\n"
+    created = []
+    for body in (clean, dirty):
+        response = await ui.post("/imports", content=body, headers={"content-type": "text/csv"})
+        assert response.status_code == 202, response.text
+        created.append(response.json())
+        await wait_for_state(ui, response.json()["job"]["id"], "succeeded")
+    listed = (await ui.get("/imports", params={"with_failures": "true"})).json()
+    assert [i["id"] for i in listed["items"]] == [created[1]["import_id"]]
+    everything = (await ui.get("/imports", params={"limit": 1})).json()
+    assert [i["id"] for i in everything["items"]] == [created[1]["import_id"]]
+    older = (await ui.get("/imports", params={"limit": 1, "cursor": everything["next_cursor"]})).json()
+    assert [i["id"] for i in older["items"]] == [created[0]["import_id"]]
+    failures = await ui.get("/ui/failures")
+    assert f'href="/ui/imports/{created[1]["import_id"]}"' in failures.text
+    assert f'href="/ui/imports/{created[0]["import_id"]}"' not in failures.text
+    page = text_of((await ui.get(f"/ui/imports/{created[1]['import_id']}")).text)
+    assert "2 read, 0 loaded, 2 failed" in page
+    assert "negative price" in page
+    assert "B2,Plum,2.00,x" in page
+    assert (await ui.get("/ui/imports/999999")).status_code == 404

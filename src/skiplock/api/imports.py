@@ -12,7 +12,16 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.security import needs
 from skiplock.auth import Scope
-from skiplock.imports import FailedRowPage, ImportCreated, ImportInfo, failed_rows, get_import, store_upload
+from skiplock.imports import (
+    FailedRowPage,
+    ImportCreated,
+    ImportInfo,
+    ImportPage,
+    failed_rows,
+    get_import,
+    list_imports,
+    store_upload,
+)
 
 ImportId = Annotated[str, Parameter(pattern=r"^[1-9][0-9]{0,17}$", description="The import's id.")]
 
@@ -62,6 +71,19 @@ class ImportController(Controller):
             filename=filename,
             max_bytes=engine.settings.import_max_bytes,
         )
+
+    @get("/", operation_id="ListImports")
+    async def list_imports(
+        self,
+        client: ClientDep,
+        with_failures: Annotated[bool, Parameter(description="Only imports with failed rows.")] = False,
+        cursor: Annotated[
+            int | None, Parameter(ge=1, le=2**63 - 1, description="next_cursor of the previous page")
+        ] = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    ) -> ImportPage:
+        """Imports newest first, with their state and counts."""
+        return await list_imports(client.pool, before_id=cursor, with_failures=with_failures, limit=limit)
 
     @get("/{import_id:str}", operation_id="GetImport")
     async def get_import(self, import_id: ImportId, client: ClientDep) -> ImportInfo:

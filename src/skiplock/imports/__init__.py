@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from skiplock.imports.models import FailedRow, FailedRowPage, ImportCreated, ImportInfo
-from skiplock.imports.reads import failed_rows, get_import
+from skiplock.imports.models import FailedRow, FailedRowPage, ImportCreated, ImportInfo, ImportPage
+from skiplock.imports.reads import failed_rows, get_import, list_imports
 from skiplock.imports.upload import store_upload
 
 __all__ = [
@@ -11,7 +11,9 @@ __all__ = [
     "FailedRowPage",
     "ImportCreated",
     "ImportInfo",
+    "ImportPage",
     "failed_rows",
     "get_import",
+    "list_imports",
     "store_upload",
 ]

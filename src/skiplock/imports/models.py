@@ -32,6 +32,13 @@ class ImportInfo(BaseModel):
         return cls.model_validate(dict(record))
 
 
+class ImportPage(BaseModel):
+    """Imports newest first; pass ``next_cursor`` as ``cursor`` for the next page."""
+
+    items: list[ImportInfo]
+    next_cursor: str | None
+
+
 class FailedRow(BaseModel):
     """A row that did not load: the file line it starts on, its text, and why."""
 

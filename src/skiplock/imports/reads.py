@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncpg
 
 from skiplock.errors import ImportNotFound
-from skiplock.imports.models import FailedRow, FailedRowPage, ImportInfo
+from skiplock.imports.models import FailedRow, FailedRowPage, ImportInfo, ImportPage
 from skiplock.tasks._statements import IMPORTS
 
 
 async def get_import(pool: asyncpg.Pool, import_id: int) -> ImportInfo:
-    record = await pool.fetchrow(IMPORTS.import_get, import_id)
+    record = await pool.fetchrow(IMPORTS.import_list, import_id, None, False, 1)
     if record is None:
         raise ImportNotFound(f"no import with id {import_id}")
     return ImportInfo.from_record(record)
+
+
+async def list_imports(
+    pool: asyncpg.Pool, *, before_id: int | None = None, with_failures: bool = False, limit: int = 50
+) -> ImportPage:
+    """Imports newest first, a keyset page at a time; only those with failed rows if asked."""
+    records = await pool.fetch(IMPORTS.import_list, None, before_id, with_failures, limit)
+    items = [ImportInfo.from_record(r) for r in records]
+    return ImportPage(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
 
 
 async def failed_rows(

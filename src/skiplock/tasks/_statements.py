@@ -25,7 +25,7 @@ class ImportStatements:
     import_insert: str
     import_chunk_insert: str
     import_set_job: str
-    import_get: str
+    import_list: str
     import_exists: str
     import_failed_rows: str
     import_run_state: str

@@ -4,6 +4,7 @@ every action run in the browser against the public API and websockets."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from html import escape
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -19,7 +20,8 @@ from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.schemas import QUEUE_NAME
 from skiplock.api.security import KEY_COOKIE, PUBLIC_ROUTE, AuthState, needs
 from skiplock.auth import Scope
-from skiplock.errors import JobNotFound
+from skiplock.errors import ImportNotFound, JobNotFound
+from skiplock.imports import failed_rows, get_import, list_imports
 from skiplock.queue.models import JobState
 
 #: The overview may show counts up to this old (counting a large jobs table is a scan).
@@ -53,6 +55,11 @@ class LoginForm(BaseModel):
 def to_login(request: Request[Any, Any, Any], _exc: NotAuthorizedException) -> Response[Any]:
     """A dashboard page without a (valid) key: ask for one."""
     return Redirect(f"/ui/login?next={quote(request.url.path)}")
+
+
+def _not_found(message: str) -> Response[str]:
+    body = f"<!doctype html><title>Not found</title><p>{escape(message)} <a href='/ui'>Overview</a>"
+    return Response(body, status_code=404, media_type=MediaType.HTML)
 
 
 def _local(path: str) -> str:
@@ -117,11 +124,7 @@ class DashboardController(Controller):
         try:
             found = await client.get(job_id)
         except JobNotFound:
-            return Response(
-                f"<!doctype html><title>Not found</title><p>No job {job_id}. <a href='/ui/jobs'>Jobs</a>",
-                status_code=404,
-                media_type=MediaType.HTML,
-            )
+            return _not_found(f"No job {job_id}.")
         return Template(template_name="job.html.j2", context={"job": found, "age": age})
 
     @get("/schedules")
@@ -134,7 +137,24 @@ class DashboardController(Controller):
     async def failures(self, client: ClientDep) -> Template:
         """Failed jobs grouped by task and error type."""
         groups = await client.failures()
-        return Template(template_name="failures.html.j2", context={"groups": groups, "age": age})
+        imports = (await list_imports(client.pool, with_failures=True, limit=20)).items
+        context = {"groups": groups, "imports": imports, "age": age}
+        return Template(template_name="failures.html.j2", context=context)
+
+    @get("/imports/{import_id:int}")
+    async def import_page(
+        self,
+        import_id: FromPath[int],
+        client: ClientDep,
+        cursor: Annotated[int | None, Parameter(ge=0, le=2**31 - 1)] = None,
+    ) -> Template | Response[str]:
+        """An import's counts and its failed rows, 100 at a time."""
+        try:
+            info = await get_import(client.pool, import_id)
+        except ImportNotFound:
+            return _not_found(f"No import {import_id}.")
+        rows = await failed_rows(client.pool, import_id, after_line=cursor or 0, limit=100)
+        return Template(template_name="import.html.j2", context={"imp": info, "rows": rows})
 
     @get("/enqueue")
     async def enqueue(self, client: ClientDep) -> Template:

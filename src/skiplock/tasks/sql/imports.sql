@@ -9,8 +9,9 @@ INSERT INTO import_chunks (import_id, seq, data) VALUES ($1, $2, $3)
 -- name: import_set_job
 UPDATE imports SET job_id = $2, bytes = $3, filename = $4 WHERE id = $1
 
--- name: import_get
--- The job's state while the import has not recorded a final one itself (queued, running, retrying,
+-- name: import_list
+-- Imports newest first: one ($1), or a keyset page ($2: ids below it), optionally only those with
+-- failed rows ($3). The job's state while the import has not recorded a final one itself (queued, running, retrying,
 -- cancelled, or failed after its last attempt); the import's own once it has, or once the job is pruned.
 SELECT i.id, i.job_id, i.filename, i.bytes,
        CASE WHEN i.state IN ('succeeded', 'failed') OR j.id IS NULL THEN i.state
@@ -20,7 +21,11 @@ SELECT i.id, i.job_id, i.filename, i.bytes,
        j.progress, i.created_at, coalesce(i.finished_at, j.finished_at) AS finished_at
 FROM imports i
 LEFT JOIN jobs j ON j.id = i.job_id
-WHERE i.id = $1
+WHERE ($1::bigint IS NULL OR i.id = $1)
+  AND ($2::bigint IS NULL OR i.id < $2)
+  AND (NOT $3::boolean OR i.failed > 0)
+ORDER BY i.id DESC
+LIMIT $4
 
 -- name: import_exists
 SELECT EXISTS (SELECT FROM imports WHERE id = $1)
