@@ -11,7 +11,9 @@ from typing import Any
 
 import asyncpg
 import pytest
+from litestar.testing import AsyncTestClient
 
+from skiplock.api import create_app
 from skiplock.db import connect
 from skiplock.db.admin import create_database, create_migrated_template, drop_database
 from skiplock.logging import configure_logging
@@ -131,6 +133,13 @@ def registry() -> Any:
 async def engine(settings: Settings, registry: Any) -> AsyncIterator[Engine]:
     async with Engine(settings, registry, settings.database_url or "") as running:
         yield running
+
+
+@pytest.fixture
+async def api(settings: Settings, registry: Any) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The whole app (engine and workers included) with the test tasks, through Litestar's client."""
+    async with AsyncTestClient(app=create_app(settings, tasks=list(registry))) as client:
+        yield client
 
 
 @pytest.fixture(autouse=True)

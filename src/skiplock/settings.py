@@ -80,9 +80,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins browsers may call the API from; none by default."
     )
     rate_limit: str = Field(
-        default="1200/minute",
+        default="1000/second",
         pattern=r"^(off|[1-9][0-9]*/(second|minute|hour|day))$",
-        description="Requests per key (or client address when open), e.g. 1200/minute; off to disable.",
+        description="Requests per key (or client address when open), e.g. 1000/second; off to disable.",
     )
     otel: Literal["auto", "on", "off"] = Field(
         default="auto", description="Tracing: auto is on when OTEL_EXPORTER_OTLP_ENDPOINT is set."

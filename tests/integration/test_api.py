@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -11,20 +10,11 @@ import structlog
 from litestar.testing import AsyncTestClient
 
 from skiplock import JobState
-from skiplock.api import create_app
 from skiplock.logging import configure_logging
-from skiplock.settings import Settings
 from tests.factories import job
 from tests.support.waiting import wait_until
 
 Client = AsyncTestClient[Any]
-
-
-@pytest.fixture
-async def api(settings: Settings, registry: Any) -> AsyncIterator[Client]:
-    app = create_app(settings, tasks=list(registry))
-    async with AsyncTestClient(app=app) as client:
-        yield client
 
 
 async def wait_for_state(api: Client, job_id: int, state: str) -> dict[str, Any]:

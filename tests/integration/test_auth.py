@@ -188,13 +188,18 @@ async def test_the_dashboard_asks_for_a_key_and_keeps_it_in_a_cookie(
     assert echoed.status_code == 201, echoed.text
 
 
-def test_serving_a_public_address_without_keys_is_refused_in_one_line(dsn: str) -> None:
-    env = {
+def cli_env(dsn: str) -> dict[str, str]:
+    """A skiplock command's environment: this test's database, nothing of the caller's."""
+    return {
         "DATABASE_URL": dsn,
         "PYTHONPATH": str(ROOT),
         "SKIPLOCK_LOG_LEVEL": "warning",
         "PATH": "/usr/bin:/bin",
     }
+
+
+def test_serving_a_public_address_without_keys_is_refused_in_one_line(dsn: str) -> None:
+    env = cli_env(dsn)
     done = subprocess.run(
         [sys.executable, "-m", "skiplock", "serve", "--host", "0.0.0.0", "--port", "0"],
         env=env,
@@ -210,12 +215,7 @@ def test_serving_a_public_address_without_keys_is_refused_in_one_line(dsn: str) 
 
 
 def test_keys_commands_create_list_and_revoke(dsn: str) -> None:
-    env = {
-        "DATABASE_URL": dsn,
-        "PYTHONPATH": str(ROOT),
-        "SKIPLOCK_LOG_LEVEL": "warning",
-        "PATH": "/usr/bin:/bin",
-    }
+    env = cli_env(dsn)
 
     def skiplock(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from litestar.testing import AsyncTestClient
 
-from skiplock.api import create_app
-from skiplock.settings import Settings
 from tests.integration.test_api import wait_for_state
 
 Client = AsyncTestClient[Any]
-
-
-@pytest.fixture
-async def api(settings: Settings, registry: Any) -> AsyncIterator[Client]:
-    async with AsyncTestClient(app=create_app(settings, tasks=list(registry))) as client:
-        yield client
 
 
 def sample(text: str, name: str, **labels: str) -> float:

@@ -58,7 +58,7 @@ def caller(request: Request[Any, Any, Any]) -> str:
 
 
 def rate_limit(settings: Settings) -> RateLimitConfig | None:
-    """SKIPLOCK_RATE_LIMIT (``1200/minute``) per caller and process; None when ``off``."""
+    """SKIPLOCK_RATE_LIMIT (``1000/second``) per caller and process; None when ``off``."""
     if settings.rate_limit == "off":
         return None
     count, _, unit = settings.rate_limit.partition("/")
