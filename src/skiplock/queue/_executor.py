@@ -72,14 +72,12 @@ class Executor:
                 log.debug("job_started")
                 measure = metrics.for_job(job.queue, job.task)
                 measure.started.inc()
-                metrics.jobs_running.inc()
                 if job.run_at is not None:
                     measure.wait.observe(max(0.0, (datetime.now(UTC) - job.run_at).total_seconds()))
                 try:
                     outcome = await self._execute_traced(running)
                 finally:
                     self.running.remove(job.id)
-                    metrics.jobs_running.dec()
                     measure.duration.observe(time.perf_counter() - started)
                 if outcome is None:
                     log.warning("job_abandoned", reason="lease lost")
@@ -102,6 +100,8 @@ class Executor:
 
     async def _execute_traced(self, running: RunningJob) -> Outcome | None:
         """The attempt in its own span (when tracing is on), child of the trace that enqueued it."""
+        if tracing.provider() is None:  # the common case, without a context manager per job
+            return await self._execute(running)
         job = running.job
         attributes = {
             "skiplock.job_id": job.id,

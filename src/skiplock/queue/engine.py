@@ -13,6 +13,7 @@ from typing import Self
 import asyncpg
 import structlog
 
+from skiplock import metrics
 from skiplock.db.migrate import migrate_database
 from skiplock.db.pool import create_pool
 from skiplock.fetcher import Fetcher, FetchPolicy
@@ -65,6 +66,7 @@ class Engine:
         #: Outbound HTTP shared by every task (and the API's synchronous fetch).
         self.http = Fetcher(FetchPolicy.from_settings(settings))
         self.running = RunningJobs()
+        metrics.jobs_running.set_function(lambda: len(self.running))  # read at scrape, not per job
         self.supervisor: Supervisor | None = None
         self.hub: EventHub
         self._task: asyncio.Task[None] | None = None
