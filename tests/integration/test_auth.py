@@ -135,7 +135,7 @@ async def test_health_ready_and_schema_need_no_key(api: Client) -> None:
     assert (await api.get("/jobs", headers=bearer("sk_nonsense_and_more_of_it"))).status_code == 401
 
 
-async def test_websockets_take_the_key_as_a_query_token(dsn: str, keys: dict[str, str]) -> None:
+async def test_websockets_take_the_key_as_query_token_or_subprotocol(dsn: str, keys: dict[str, str]) -> None:
     async with live_server(make_settings(dsn), []) as base, aiohttp.ClientSession() as http:
         sleep = {"task": "sleep", "args": {"seconds": 0}}
         async with http.post(f"{base}/jobs", json=sleep, headers=bearer(keys["jobs:write"])) as created:
@@ -151,6 +151,13 @@ async def test_websockets_take_the_key_as_a_query_token(dsn: str, keys: dict[str
             first = await socket.receive_json(timeout=10)
         assert first["kind"] == "snapshot"
         assert first["job"]["id"] == job_id
+        # The way a browser sends it: as a subprotocol, which the server names back.
+        async with http.ws_connect(url, protocols=("bearer", keys["jobs:read"])) as socket:
+            assert socket.protocol == "bearer"
+            assert (await socket.receive_json(timeout=10))["kind"] == "snapshot"
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            async with http.ws_connect(url, protocols=("bearer", keys["schedules:write"])):
+                pass
 
 
 async def test_the_dashboard_asks_for_a_key_and_keeps_it_in_a_cookie(

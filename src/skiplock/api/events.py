@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from skiplock.api.jobs import JobId
 from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.schemas import QUEUE_NAME
-from skiplock.api.security import needs
+from skiplock.api.security import BEARER_PROTOCOL, needs
 from skiplock.auth import Scope
 from skiplock.errors import JobNotFound
 from skiplock.queue._hub import EventHub, JobEvent, SubscriberTooSlow, Subscription
@@ -116,6 +116,13 @@ class EventController(Controller):
         return ServerSentEvent(messages())
 
 
+async def accept(socket: WebSocket[Any, Any, Any]) -> None:
+    """Accept, naming the ``bearer`` subprotocol when the client sent its key that way (a browser
+    must get back one of the subprotocols it offered)."""
+    offered = [p.strip() for p in socket.headers.get("sec-websocket-protocol", "").split(",")]
+    await socket.accept(subprotocols=BEARER_PROTOCOL if BEARER_PROTOCOL in offered else None)
+
+
 async def _send_until_done(socket: WebSocket[Any, Any, Any], events: AsyncIterator[JobEvent]) -> None:
     """Send each event; stop when the events end or the client goes away, whichever is first."""
     disconnected = asyncio.ensure_future(_wait_for_disconnect(socket))
@@ -149,7 +156,7 @@ async def _wait_for_disconnect(socket: WebSocket[Any, Any, Any]) -> None:
 async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str], engine: EngineDep) -> None:
     """First message: the job; then every event after ``after`` in seq order; closes with 1000
     after the final state, 4404 for an unknown job, 4400 for bad input, 4429 when too slow."""
-    await socket.accept()
+    await accept(socket)
     try:
         after = _parse_after(socket.query_params.get("after"))
         if not job_id.isdigit() or not 0 < int(job_id) < 2**63:
@@ -178,7 +185,7 @@ async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str],
 @websocket("/ws/events", name="all_events_ws", opt=needs(Scope.JOBS_READ))
 async def all_events_ws(socket: WebSocket[Any, Any, Any], engine: EngineDep) -> None:
     """Every new event of every job, optionally of one ``queue`` and/or ``task``."""
-    await socket.accept()
+    await accept(socket)
     queue, task = socket.query_params.get("queue"), socket.query_params.get("task")
     if (queue is not None and not _QUEUE_NAME.match(queue)) or (
         task is not None and not 0 < len(task) <= 200

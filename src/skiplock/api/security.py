@@ -26,6 +26,8 @@ SCOPE = "scope"
 PUBLIC = "exclude_from_auth"
 #: The dashboard keeps the key it was given in this HttpOnly, SameSite=Strict cookie.
 KEY_COOKIE = "skiplock_key"
+#: Browsers cannot set headers on a websocket: ``new WebSocket(url, ["bearer", key])`` sends the key.
+BEARER_PROTOCOL = "bearer"
 CSRF_COOKIE = "csrftoken"
 CSRF_HEADER = "x-csrftoken"
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -60,6 +62,10 @@ def _token(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str | None, 
     scheme, _, value = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip(), False
+    if connection.scope["type"] == ScopeType.WEBSOCKET:
+        protocols = [p.strip() for p in connection.headers.get("sec-websocket-protocol", "").split(",")]
+        if len(protocols) >= 2 and protocols[0] == BEARER_PROTOCOL and protocols[1]:
+            return protocols[1], False
     # Browsers cannot set headers on websockets and EventSource: a query token, for reads only.
     is_read = connection.scope["type"] == ScopeType.WEBSOCKET or connection.scope.get("method") in (
         "GET",
