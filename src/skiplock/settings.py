@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from skiplock.errors import ConfigError
@@ -104,6 +104,14 @@ class Settings(BaseSettings):
             parse_queue_spec(spec)
         return value
 
+    @model_validator(mode="after")
+    def _jwks_needs_an_audience(self) -> Settings:
+        # A shared identity provider issues tokens for many apps: without an audience check, a token
+        # meant for any of them would be accepted here.
+        if self.jwt_jwks_url and not self.jwt_audience:
+            raise ValueError("jwt_jwks_url needs jwt_audience (SKIPLOCK_JWT_AUDIENCE)")
+        return self
+
     @classmethod
     def load(cls, **overrides: object) -> Settings:
         """Read the environment; a bad value raises ConfigError naming it, in one line."""
@@ -111,7 +119,8 @@ class Settings(BaseSettings):
             return cls(**overrides)  # type: ignore[arg-type]
         except ValidationError as exc:
             problems = "; ".join(
-                f"SKIPLOCK_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                (f"SKIPLOCK_{'_'.join(str(p) for p in err['loc']).upper()}: " if err["loc"] else "")
+                + err["msg"]
                 for err in exc.errors()
             )
             raise ConfigError(f"invalid configuration: {problems}") from exc

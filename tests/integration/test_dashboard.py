@@ -106,12 +106,15 @@ async def test_failures_are_grouped_by_task_and_error_type(api: Client, db: asyn
     for _ in range(2):
         await job(db, task="noop", state=JobState.FAILED)
     await job(db, task="record_run", state=JobState.FAILED)
+    many = [await job(db, task="chatty", state=JobState.FAILED) for _ in range(25)]
     groups = (await api.get("/failures")).json()
-    assert [(g["task"], g["count"]) for g in groups] == [("noop", 2), ("record_run", 1)]
-    assert len(groups[0]["job_ids"]) == 2
+    assert [(g["task"], g["count"]) for g in groups] == [("chatty", 25), ("noop", 2), ("record_run", 1)]
+    assert groups[0]["job_ids"] == sorted(many, reverse=True)[:20]  # the newest 20, newest first
+    assert len(groups[1]["job_ids"]) == 2
     page = await api.get("/ui/failures")
     assert page.status_code == 200
-    assert "Retry 2" in page.text
+    assert "Retry 20" in page.text
+    assert "Retry 2<" in page.text
 
 
 async def test_enqueue_page_carries_every_task_schema(api: Client) -> None:

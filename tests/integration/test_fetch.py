@@ -249,3 +249,26 @@ async def test_too_many_redirects_and_non_html_fail_at_once(api: Client, upstrea
 async def test_unknown_page_is_404_and_url_is_required(api: Client) -> None:
     assert_error(await api.get("/pages", params={"url": "http://nowhere.example/"}), 404, "nowhere")
     assert_error(await api.get("/pages"), 400, "url")
+
+
+async def test_request_headers_go_to_the_urls_own_origin_only(api: Client, upstream: Upstream) -> None:
+    sent = {"Authorization": "Bearer partner-secret", "X-Tenant": "t1"}
+
+    async def payload(path: str) -> dict[str, Any]:
+        body = {"url": upstream.url(path), "source": path, "headers": sent}
+        assert (await api.post("/fetch", params={"mode": "sync"}, json=body)).status_code == 200
+        records = (await api.get("/records", params={"source": path})).json()["items"]
+        result: dict[str, Any] = records[0]["payload"]
+        return result
+
+    assert await payload("/headers") == {"id": 1, **sent}
+    assert await payload("/headers-here") == {"id": 1, **sent}  # a redirect on the same origin
+    # 127.0.0.1 → localhost is another origin: the secret must not follow the redirect.
+    assert await payload("/headers-elsewhere") == {"id": 1, "Authorization": None, "X-Tenant": None}
+
+
+async def test_a_malformed_redirect_fails_clearly(api: Client, upstream: Upstream) -> None:
+    body = {"url": upstream.url("/bad-redirect"), "source": "b"}
+    assert_error(await api.post("/fetch", params={"mode": "sync"}, json=body), 502, "malformed URL")
+    done = await run_job(api, "fetch_api", body, "failed")
+    assert done["attempts"] == 1

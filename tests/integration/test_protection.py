@@ -9,6 +9,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from skiplock.api import create_app
+from skiplock.auth import KeyStore, Scope
+from skiplock.db.pool import create_pool
 from tests.conftest import make_settings
 
 Client = AsyncTestClient[Any]
@@ -43,11 +45,29 @@ async def test_the_sixth_request_a_minute_is_429_with_retry_after(limited: Clien
         assert (await limited.get("/health")).status_code == 200
 
 
-async def test_each_key_has_its_own_budget(limited: Client) -> None:
-    for _ in range(5):
-        await limited.get("/tasks", headers={"authorization": "Bearer sk_first"})
-    assert (await limited.get("/tasks", headers={"authorization": "Bearer sk_first"})).status_code == 429
-    assert (await limited.get("/tasks", headers={"authorization": "Bearer sk_second"})).status_code == 200
+async def test_made_up_tokens_do_not_buy_a_fresh_budget(limited: Client) -> None:
+    # Open mode: a token nobody verified is not an identity, so the client address pays.
+    statuses = [
+        (await limited.get("/tasks", headers={"authorization": f"Bearer sk_made_up_{n}"})).status_code
+        for n in range(6)
+    ]
+    assert statuses == [200] * 5 + [429]
+
+
+async def test_each_verified_key_has_its_own_budget(dsn: str) -> None:
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    store = KeyStore(pool)
+    first = (await store.create("first", [Scope.JOBS_READ]))[1]
+    second = (await store.create("second", [Scope.JOBS_READ]))[1]
+    await pool.close()
+    async for api in client_for(dsn, rate_limit="5/minute"):
+        for _ in range(5):
+            assert (await api.get("/tasks", headers={"authorization": f"Bearer {first}"})).status_code == 200
+        assert (await api.get("/tasks", headers={"authorization": f"Bearer {first}"})).status_code == 429
+        assert (await api.get("/tasks", headers={"authorization": f"Bearer {second}"})).status_code == 200
+        for n in range(10):  # unknown keys are refused by auth, before the limiter counts anything
+            made_up = await api.get("/tasks", headers={"authorization": f"Bearer sk_made_up_key_{n:04d}"})
+            assert made_up.status_code == 401
 
 
 async def test_cors_preflight_from_an_allowed_origin_only(cors_api: Client, dsn: str) -> None:

@@ -111,6 +111,19 @@ def _app(state: Upstream) -> web.Application:
     async def to_localhost(_request: web.Request) -> web.Response:
         raise web.HTTPFound(state.base.replace("127.0.0.1", "localhost") + "/html/index")
 
+    async def headers(request: web.Request) -> web.Response:
+        seen = {name: request.headers.get(name) for name in ("Authorization", "X-Tenant")}
+        return web.json_response([{"id": 1, **seen}])
+
+    async def headers_elsewhere(_request: web.Request) -> web.Response:
+        raise web.HTTPFound(state.base.replace("127.0.0.1", "localhost") + "/headers")
+
+    async def headers_here(_request: web.Request) -> web.Response:
+        raise web.HTTPFound("/headers")
+
+    async def bad_redirect(_request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "http://[::1"})
+
     async def image(_request: web.Request) -> web.Response:
         return web.Response(body=b"\x89PNG\r\n\x1a\n", content_type="image/png")
 
@@ -135,6 +148,10 @@ def _app(state: Upstream) -> web.Application:
             web.get("/redirect/{n}", redirect),
             web.get("/to-localhost", to_localhost),
             web.get("/image", image),
+            web.get("/headers", headers),
+            web.get("/headers-elsewhere", headers_elsewhere),
+            web.get("/headers-here", headers_here),
+            web.get("/bad-redirect", bad_redirect),
         ]
     )
     return app

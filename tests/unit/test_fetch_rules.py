@@ -97,3 +97,9 @@ def test_links_resolve_against_base_href_and_are_kept_once() -> None:
         ("https://other.example/b", "B"),
         ("https://cdn.example/docs/", "F"),
     ]
+
+
+def test_a_malformed_link_or_base_costs_that_link_not_the_page() -> None:
+    html = '<base href="http://[bad/"><a href="http://[oops/">broken</a><a href="/ok">fine</a>'
+    meta = parse_page(html, "http://example.org/page")
+    assert [(link.url, link.text) for link in meta.links] == [("http://example.org/ok", "fine")]

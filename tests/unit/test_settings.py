@@ -30,6 +30,8 @@ def test_environment_is_read_with_the_prefix_and_database_url_alias(
         ("SKIPLOCK_CONCURRENCY", "0", "SKIPLOCK_CONCURRENCY"),
         ("SKIPLOCK_QUEUES", "media:zero", "SKIPLOCK_QUEUES"),
         ("SKIPLOCK_LOG_LEVEL", "loud", "SKIPLOCK_LOG_LEVEL"),
+        ("SKIPLOCK_RATE_LIMIT", "lots", "SKIPLOCK_RATE_LIMIT"),
+        ("SKIPLOCK_JWT_JWKS_URL", "https://idp.test/jwks", "needs jwt_audience (SKIPLOCK_JWT_AUDIENCE)"),
     ],
 )
 def test_bad_value_stops_with_one_line_naming_it(

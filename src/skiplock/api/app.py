@@ -99,8 +99,9 @@ def create_app(
         middleware=[
             request_id_middleware,
             prometheus().middleware,
-            *([limits.middleware] if (limits := rate_limit(settings)) else []),
             auth_middleware(),
+            # After auth: a budget per verified key, not per whatever token a caller makes up.
+            *([limits.middleware] if (limits := rate_limit(settings)) else []),
         ],
         cors_config=cors(settings),
         compression_config=compression(),

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import structlog
 from litestar import Response, get
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from skiplock import metrics
 from skiplock.api.plugin import ClientDep
 from skiplock.api.security import PUBLIC_ROUTE
+from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
+
+log = structlog.get_logger("skiplock.metrics")
 
 DEPTH_MAX_AGE_S = 5.0
 
@@ -23,7 +27,13 @@ def prometheus() -> PrometheusConfig:
 
 
 async def refresh_queue_gauges(client: ClientDep) -> None:
-    queues = await client.queues(max_age_s=DEPTH_MAX_AGE_S)
+    """Depth gauges from the database; when it does not answer, the last values stay (and every
+    process metric is still served: an outage is when they matter)."""
+    try:
+        queues = await client.queues(max_age_s=DEPTH_MAX_AGE_S)
+    except DB_UNAVAILABLE_OR_TIMEOUT as exc:
+        log.warning("queue_gauges_stale", error=str(exc) or type(exc).__name__)
+        return
     metrics.queue_depth.clear()
     metrics.queue_oldest_age.clear()
     now = datetime.now(UTC)

@@ -3,7 +3,6 @@ Litestar's own, configured from settings."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from litestar import Request
@@ -11,6 +10,7 @@ from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.middleware.rate_limit import CacheObject, DurationUnit, RateLimitConfig, RateLimitMiddleware
 
+from skiplock.auth import ANONYMOUS, Principal
 from skiplock.settings import Settings
 
 #: Never limited: probes and scrapers must always get through.
@@ -49,11 +49,11 @@ class _RetryAfter(RateLimitMiddleware):
 
 
 def caller(request: Request[Any, Any, Any]) -> str:
-    """Whose budget a request spends: its key's (hashed) or else its client address's."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else request.cookies.get("skiplock_key", "")
-    if token:
-        return "key:" + hashlib.sha256(token.encode()).hexdigest()[:24]
+    """Whose budget a request spends: its verified key's (the limiter runs after auth, so a made-up
+    token cannot buy a fresh budget), or else its client address's."""
+    principal = request.scope.get("user")
+    if isinstance(principal, Principal) and principal is not ANONYMOUS:
+        return f"key:{principal.key_id or principal.name}"
     return "addr:" + (request.client.host if request.client else "unknown")
 
 

@@ -100,12 +100,14 @@ class Fetcher:
 
     async def _follow(self, url: URL, headers: dict[str, str]) -> Fetched:
         assert self._session is not None, "the fetcher is not started"
+        origin = url.origin()
         for hop in range(self.policy.max_redirects + 1):
             self._check_url(url)
-            async with self._session.get(url, headers=headers, allow_redirects=False) as response:
+            sent = headers if url.origin() == origin else {}  # the caller's credentials stay with its host
+            async with self._session.get(url, headers=sent, allow_redirects=False) as response:
                 location = response.headers.get("location")
                 if response.status in _REDIRECTS and location:
-                    url = url.join(URL(location))
+                    url = self._redirect(url, location)
                     continue
                 if response.status >= 400:
                     raise UpstreamStatusError(
@@ -116,6 +118,13 @@ class Fetcher:
                 body = await self._read_capped(response, url)
                 return Fetched(str(url), response.status, response.headers, body, redirects=hop)
         raise FetchRefusedError(f"{url}: more than {self.policy.max_redirects} redirects", url=str(url))
+
+    @staticmethod
+    def _redirect(url: URL, location: str) -> URL:
+        try:
+            return url.join(URL(location))
+        except ValueError as exc:
+            raise BadResponseError(f"{url} redirected to a malformed URL {location[:200]!r}") from exc
 
     def _check_url(self, url: URL) -> None:
         if url.scheme not in ("http", "https") or not url.host:

@@ -62,12 +62,20 @@ def _text(node: LexborNode | None) -> str | None:
     return " ".join(node.text(separator=" ").split())[:_TEXT_CHARS]
 
 
+def _join(base: str, href: str) -> str | None:
+    try:
+        return urljoin(base, href)
+    except ValueError:  # e.g. "http://[oops/": an invalid IPv6 host
+        return None
+
+
 def parse_page(html: str, page_url: str) -> PageMeta:
     """Title, meta description, h1-h3 in document order, and http(s) links made absolute
     (against ``<base href>`` when there is one) with fragments dropped, each once (first text wins)."""
     tree = LexborHTMLParser(html)
     base_node = tree.css_first("base[href]")
-    base = urljoin(page_url, (base_node.attributes.get("href") or "").strip()) if base_node else page_url
+    declared = _join(page_url, (base_node.attributes.get("href") or "").strip()) if base_node else None
+    base = declared or page_url
     description_node = tree.css_first('meta[name="description" i]')
     description = (description_node.attributes.get("content") or "").strip() if description_node else ""
     headings = [
@@ -76,7 +84,10 @@ def parse_page(html: str, page_url: str) -> PageMeta:
     links: dict[str, Link] = {}
     for node in tree.css("a[href]"):
         href = (node.attributes.get("href") or "").strip()
-        absolute, _fragment = urldefrag(urljoin(base, href))
+        joined = _join(base, href)
+        if joined is None:
+            continue  # a malformed href costs that link, not the page
+        absolute, _fragment = urldefrag(joined)
         if urlsplit(absolute).scheme not in ("http", "https") or absolute in links:
             continue  # mailto:, javascript:, tel: … are not pages
         links[absolute] = Link(url=absolute, text=_text(node) or "")

@@ -159,15 +159,27 @@ SET synchronous_commit = off
 
 -- name: job_failures
 -- Failed jobs grouped by task and the last attempt's error type, biggest groups first, each with
--- its newest ids and message (served by jobs_state_id_idx).
-SELECT task,
-       coalesce(errors -> -1 ->> 'type', 'unknown') AS error_type,
-       count(*) AS count,
-       max(finished_at) AS last_failed_at,
-       (array_agg(errors -> -1 ->> 'message' ORDER BY id DESC))[1] AS last_message,
-       (array_agg(id ORDER BY id DESC))[1:$1] AS job_ids
-FROM jobs
-WHERE state = 'failed'
-GROUP BY 1, 2
-ORDER BY count DESC, last_failed_at DESC
-LIMIT 100
+-- its newest $1 ids and message: fetched per group, not aggregated over every failed job.
+WITH groups AS (
+    SELECT task, coalesce(errors -> -1 ->> 'type', 'unknown') AS error_type,
+           count(*) AS count, max(finished_at) AS last_failed_at
+    FROM jobs
+    WHERE state = 'failed'
+    GROUP BY 1, 2
+    ORDER BY count DESC, last_failed_at DESC
+    LIMIT 100
+)
+SELECT g.task, g.error_type, g.count, g.last_failed_at,
+       (array_agg(newest.message ORDER BY newest.id DESC))[1] AS last_message,
+       array_agg(newest.id ORDER BY newest.id DESC) AS job_ids
+FROM groups g
+CROSS JOIN LATERAL (
+    SELECT j.id, j.errors -> -1 ->> 'message' AS message
+    FROM jobs j
+    WHERE j.state = 'failed' AND j.task = g.task
+      AND coalesce(j.errors -> -1 ->> 'type', 'unknown') = g.error_type
+    ORDER BY j.id DESC
+    LIMIT $1
+) AS newest
+GROUP BY g.task, g.error_type, g.count, g.last_failed_at
+ORDER BY g.count DESC, g.last_failed_at DESC
