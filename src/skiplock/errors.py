@@ -13,6 +13,7 @@
     │   ├── InvalidUploadError        malformed multipart, no file part, an empty body (400)
     │   ├── UploadTooLargeError       over SKIPLOCK_IMPORT_MAX_BYTES (413)
     │   └── UnsupportedMediaTypeError not CSV and not multipart/form-data (415)
+    ├── BusyError                too much of something is in progress; retry shortly
     ├── ConflictError            the request is valid but the current state forbids it
     │   └── InvalidStateError    cancel a finished job, retry a running one …
     ├── FetchError               an outbound HTTP fetch failed (``retryable`` says whether to try again)
@@ -86,6 +87,10 @@ class UploadTooLargeError(UploadError):
 
 class UnsupportedMediaTypeError(UploadError):
     """Send the CSV as text/csv or as a multipart/form-data file."""
+
+
+class BusyError(SkiplockError):
+    """The service is busy; retry shortly."""
 
 
 class ConflictError(SkiplockError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -448,3 +449,34 @@ def assert_error(response: Any, status: int, *words: str) -> None:
 async def assert_nothing_stored(db: asyncpg.Connection) -> None:
     for table in ("imports", "import_chunks", "jobs"):
         assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+
+
+async def test_slow_uploads_take_a_bounded_share_of_the_pool(
+    dsn: str, registry: Any, db: asyncpg.Connection
+) -> None:
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:  # a client that sends its header and then stalls
+        yield HEADER.encode()
+        await release.wait()
+        yield b"A1,Apple,fruit,1.50,3,\n"
+
+    settings = make_settings(dsn, pool_max_size=4)  # one upload at a time
+    async with live_server(settings, list(registry)) as base, aiohttp.ClientSession() as session:
+        first = asyncio.ensure_future(session.post(f"{base}/imports", data=slow(), headers=CSV))
+        holding = (  # the first upload's transaction, open while its client stalls
+            "SELECT count(*) >= 1 FROM pg_stat_activity"
+            " WHERE datname = current_database() AND state = 'idle in transaction'"
+        )
+        await wait_until(lambda: db.fetchval(holding), 10)
+        assert not first.done()
+        async with session.post(f"{base}/imports", data=HEADER, headers=CSV) as refused:
+            assert refused.status == 503
+            assert "too many uploads in progress" in (await refused.json())["detail"]
+        async with session.get(f"{base}/jobs") as reads:  # the rest of the API still has the pool
+            assert reads.status == 200
+        release.set()
+        async with await first as accepted:
+            assert accepted.status == 202
+        async with session.post(f"{base}/imports", data=HEADER, headers=CSV) as later:
+            assert later.status == 202

@@ -20,6 +20,7 @@ from litestar.status_codes import (
 )
 
 from skiplock.errors import (
+    BusyError,
     ConflictError,
     DatabaseError,
     FetchError,
@@ -40,6 +41,7 @@ _STATUS: list[tuple[type[SkiplockError], int]] = [
     (InvalidArgumentsError, HTTP_422_UNPROCESSABLE_ENTITY),
     (ConflictError, HTTP_409_CONFLICT),
     (DatabaseError, HTTP_503_SERVICE_UNAVAILABLE),
+    (BusyError, HTTP_503_SERVICE_UNAVAILABLE),
     (FetchRefusedError, HTTP_422_UNPROCESSABLE_ENTITY),  # the URL given may not be fetched
     (FetchTimeoutError, HTTP_504_GATEWAY_TIMEOUT),
     (FetchError, HTTP_502_BAD_GATEWAY),  # the upstream failed: its reason is in detail

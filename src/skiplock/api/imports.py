@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
@@ -12,6 +15,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.security import needs
 from skiplock.auth import Scope
+from skiplock.errors import BusyError
 from skiplock.imports import (
     FailedRowPage,
     ImportCreated,
@@ -32,6 +36,25 @@ def _line_cursor(cursor: str | None) -> int:
     if not cursor.isdigit() or not 0 < int(cursor) < 2**31:
         raise ValidationException(f"bad cursor {cursor[:40]!r}: pass next_cursor from the previous page")
     return int(cursor)
+
+
+#: How long an upload waits for one of the slots before it is refused with 503.
+UPLOAD_WAIT_S = 2.0
+
+
+@asynccontextmanager
+async def upload_slot(slots: asyncio.Semaphore) -> AsyncIterator[None]:
+    """One of the uploads a process takes at once (each holds a pooled connection while its
+    client sends, so slow clients must not take the whole pool)."""
+    try:
+        async with asyncio.timeout(UPLOAD_WAIT_S):
+            await slots.acquire()
+    except TimeoutError:
+        raise BusyError("too many uploads in progress; retry shortly") from None
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 class ImportController(Controller):
@@ -63,14 +86,15 @@ class ImportController(Controller):
         ] = None,
     ) -> ImportCreated:
         """Store a CSV upload without holding it in memory and enqueue the job that loads it."""
-        return await store_upload(
-            client,
-            request.stream(),
-            content_type=request.headers.get("content-type"),
-            content_length=request.content_length,
-            filename=filename,
-            max_bytes=engine.settings.import_max_bytes,
-        )
+        async with upload_slot(request.app.state.upload_slots):
+            return await store_upload(
+                client,
+                request.stream(),
+                content_type=request.headers.get("content-type"),
+                content_length=request.content_length,
+                filename=filename,
+                max_bytes=engine.settings.import_max_bytes,
+            )
 
     @get("/", operation_id="ListImports")
     async def list_imports(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -54,6 +55,8 @@ class SkiplockPlugin(InitPluginProtocol):
             credentials = await keys.live_count() + (1 if tokens else 0)
             mode = decide_auth(settings.auth, settings.host, credentials)
             app.state.auth = AuthState(mode=mode, keys=keys, tokens=tokens)
+            # An upload holds a pooled connection while its client sends: a bounded share of the pool.
+            app.state.upload_slots = asyncio.Semaphore(max(1, settings.pool_max_size // 4))
             if self.csrf is not None:  # the installation's secret: every replica accepts every token
                 self.csrf.secret = await keys.secret()
             log.info("auth_mode", mode=mode.value, host=settings.host)
