@@ -8,11 +8,11 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
-from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from skiplock.api.plugin import ClientDep, EngineDep
+from skiplock.api.schemas import parse_cursor
 from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.errors import BusyError
@@ -28,14 +28,6 @@ from skiplock.imports import (
 )
 
 ImportId = Annotated[str, Parameter(pattern=r"^[1-9][0-9]{0,17}$", description="The import's id.")]
-
-
-def _line_cursor(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    if not cursor.isdigit() or not 0 < int(cursor) < 2**31:
-        raise ValidationException(f"bad cursor {cursor[:40]!r}: pass next_cursor from the previous page")
-    return int(cursor)
 
 
 #: How long an upload waits for one of the slots before it is refused with 503.
@@ -125,4 +117,6 @@ class ImportController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> FailedRowPage:
         """Rows that did not load, by line number, with the raw text and the reason."""
-        return await failed_rows(client.pool, int(import_id), after_line=_line_cursor(cursor), limit=limit)
+        return await failed_rows(
+            client.pool, int(import_id), after_line=parse_cursor(cursor, below=2**31) or 0, limit=limit
+        )

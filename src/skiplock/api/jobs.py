@@ -12,7 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPT
 from pydantic import ValidationError
 
 from skiplock.api.plugin import ClientDep
-from skiplock.api.schemas import QUEUE_NAME, BatchCreated, JobCreate, JobPage
+from skiplock.api.schemas import QUEUE_NAME, BatchCreated, JobCreate, JobPage, parse_cursor
 from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.errors import InvalidArgumentsError
@@ -21,14 +21,6 @@ from skiplock.queue.models import Job, JobState
 
 # A string path parameter so that "/jobs/abc" is a 400 naming the parameter, not a 404.
 JobId = Annotated[str, Parameter(pattern=r"^[1-9][0-9]{0,17}$", description="The job's id.")]
-
-
-def _cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    if not cursor.isdigit() or not 0 < int(cursor) < 2**63:
-        raise ValidationException(f"bad cursor {cursor[:40]!r}: pass next_cursor from the previous page")
-    return int(cursor)
 
 
 MAX_BATCH = 10_000
@@ -134,7 +126,7 @@ class JobController(Controller):
             state=job_state,
             queue=queue,
             task=task,
-            before_id=_cursor(cursor),
+            before_id=parse_cursor(cursor, below=2**63),
             limit=limit,
             schedule_id=schedule_id,
         )

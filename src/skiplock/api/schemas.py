@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar.exceptions import ValidationException
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from skiplock.queue.models import Job, QueueInfo
 from skiplock.queue.tasks import MAX_PRIORITY
 
 QUEUE_NAME = r"^[A-Za-z0-9_.:-]{1,100}$"
+
+
+def parse_cursor(cursor: str | None, *, below: int) -> int | None:
+    """A keyset page's ``cursor`` (the previous page's ``next_cursor``): a positive integer under
+    ``below``, or None for the first page; a 400 naming it otherwise."""
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or not 0 < int(cursor) < below:
+        raise ValidationException(f"bad cursor {cursor[:40]!r}: pass next_cursor from the previous page")
+    return int(cursor)
 
 
 class JobCreate(BaseModel):
