@@ -6,15 +6,18 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from skiplock.errors import SkiplockError
 from skiplock.logging import configure_logging
 from skiplock.settings import Settings
+
+if TYPE_CHECKING:
+    from skiplock.auth import KeyStore
 
 log = structlog.get_logger("skiplock.cli")
 
@@ -75,21 +78,29 @@ def database(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
-async def _check_auth(settings: Settings) -> None:
-    """Refuse to serve a non-loopback address without keys (unless SKIPLOCK_AUTH=off), in one line
-    before anything listens; the app repeats the decision at start."""
-    from skiplock.auth import KeyStore, decide_auth
+@asynccontextmanager
+async def _key_store(settings: Settings, *, migrate: bool) -> AsyncIterator[KeyStore]:
+    """The API keys on a one-connection pool, for commands that need nothing else."""
+    from skiplock.auth import KeyStore
     from skiplock.db.migrate import migrate_database
     from skiplock.db.pool import create_pool
 
-    if settings.auto_migrate:
+    if migrate:
         await migrate_database(settings.database_url or "")
     pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
     try:
-        tokens = 1 if settings.jwt_secret or settings.jwt_jwks_url else 0
-        decide_auth(settings.auth, settings.host, await KeyStore(pool).live_count() + tokens)
+        yield KeyStore(pool)
     finally:
         await pool.close()
+
+
+async def _check_auth(settings: Settings) -> None:
+    """Refuse to serve a non-loopback address without keys (unless SKIPLOCK_AUTH=off), in one line
+    before anything listens; the app repeats the decision at start."""
+    from skiplock.auth import decide_for
+
+    async with _key_store(settings, migrate=settings.auto_migrate) as keys:
+        await decide_for(settings, keys)
 
 
 async def _serve(settings: Settings) -> int:
@@ -144,14 +155,9 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    from skiplock.auth import KeyStore, parse_scopes
-    from skiplock.db.migrate import migrate_database
-    from skiplock.db.pool import create_pool
+    from skiplock.auth import parse_scopes
 
-    await migrate_database(settings.database_url or "")
-    pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
-    try:
-        store = KeyStore(pool)
+    async with _key_store(settings, migrate=True) as store:
         if args.keys_command == "create":
             key, secret = await store.create(args.name, parse_scopes(args.scopes))
             print(secret)
@@ -167,8 +173,6 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
         else:
             key = await store.revoke(args.key)
             print(f"revoked {key.name!r} ({key.prefix}…)", file=sys.stderr)
-    finally:
-        await pool.close()
     return 0
 
 

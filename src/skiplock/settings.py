@@ -112,6 +112,11 @@ class Settings(BaseSettings):
             raise ValueError("jwt_jwks_url needs jwt_audience (SKIPLOCK_JWT_AUDIENCE)")
         return self
 
+    @property
+    def jwt_enabled(self) -> bool:
+        """JWT bearer tokens are accepted beside API keys."""
+        return bool(self.jwt_secret or self.jwt_jwks_url)
+
     @classmethod
     def load(cls, **overrides: object) -> Settings:
         """Read the environment; a bad value raises ConfigError naming it, in one line."""

@@ -14,7 +14,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.plugins import InitPluginProtocol
 
 from skiplock.api.security import AuthState
-from skiplock.auth import KeyStore, decide_auth
+from skiplock.auth import KeyStore, decide_for
 from skiplock.auth.tokens import TokenVerifier
 from skiplock.queue.client import Client
 from skiplock.queue.engine import Engine
@@ -51,10 +51,8 @@ class SkiplockPlugin(InitPluginProtocol):
         async with self.engine:
             keys = KeyStore(self.engine.pool)
             settings = self.engine.settings
-            tokens = TokenVerifier.from_settings(settings)
-            credentials = await keys.live_count() + (1 if tokens else 0)
-            mode = decide_auth(settings.auth, settings.host, credentials)
-            app.state.auth = AuthState(mode=mode, keys=keys, tokens=tokens)
+            mode = await decide_for(settings, keys)
+            app.state.auth = AuthState(mode=mode, keys=keys, tokens=TokenVerifier.from_settings(settings))
             # An upload holds a pooled connection while its client sends: a bounded share of the pool.
             app.state.upload_slots = asyncio.Semaphore(max(1, settings.pool_max_size // 4))
             if self.csrf is not None:  # the installation's secret: every replica accepts every token

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from skiplock.auth.keys import ANONYMOUS, ApiKey, KeyStore, Principal, Scope, parse_scopes
-from skiplock.auth.mode import AuthMode, decide_auth, is_loopback
+from skiplock.auth.mode import AuthMode, decide_auth, decide_for, is_loopback
 
 __all__ = [
     "ANONYMOUS",
@@ -13,6 +13,7 @@ __all__ = [
     "Principal",
     "Scope",
     "decide_auth",
+    "decide_for",
     "is_loopback",
     "parse_scopes",
 ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 
+from skiplock.auth.keys import KeyStore
 from skiplock.errors import ConfigError
+from skiplock.settings import Settings
 
 
 class AuthMode(enum.StrEnum):
@@ -39,3 +41,9 @@ def decide_auth(setting: str, host: str, live_keys: int) -> AuthMode:
         f"refusing to serve on {host} without API keys: create one with `skiplock keys create"
         " --name NAME --scopes admin`, or set SKIPLOCK_AUTH=off to run open on purpose"
     )
+
+
+async def decide_for(settings: Settings, keys: KeyStore) -> AuthMode:
+    """The mode for this process: its settings, and the live keys (a JWT issuer counts as one)."""
+    credentials = await keys.live_count() + (1 if settings.jwt_enabled else 0)
+    return decide_auth(settings.auth, settings.host, credentials)

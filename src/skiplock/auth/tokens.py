@@ -27,7 +27,7 @@ class TokenVerifier:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier | None:
-        return cls(settings) if settings.jwt_secret or settings.jwt_jwks_url else None
+        return cls(settings) if settings.jwt_enabled else None
 
     async def verify(self, token: str) -> Principal | None:
         """The token's principal, or None when the signature, expiry, audience or issuer is wrong."""
