@@ -13,7 +13,6 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from skiplock.api import create_app
 from skiplock.db import connect
 from skiplock.db.admin import create_database, create_migrated_template, drop_database
 from skiplock.logging import configure_logging
@@ -21,6 +20,7 @@ from skiplock.queue import Engine
 from skiplock.settings import Settings
 from skiplock.tasks import load_registry
 from tests.support import tasks as test_tasks
+from tests.support.live import app_client
 from tests.support.servers import postgres_server
 
 TEMPLATE = "skiplock_template"
@@ -138,7 +138,7 @@ async def engine(settings: Settings, registry: Any) -> AsyncIterator[Engine]:
 @pytest.fixture
 async def api(settings: Settings, registry: Any) -> AsyncIterator[AsyncTestClient[Any]]:
     """The whole app (engine and workers included) with the test tasks, through Litestar's client."""
-    async with AsyncTestClient(app=create_app(settings, tasks=list(registry))) as client:
+    async with app_client(settings, registry) as client:
         yield client
 
 

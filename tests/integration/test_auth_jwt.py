@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar.testing import AsyncTestClient
 
-from skiplock.api import create_app
 from tests.conftest import make_settings
+from tests.support.live import app_client
 
 Client = AsyncTestClient[Any]
 SECRET = "a-long-test-secret-for-hs256-signing-ok"
@@ -43,7 +43,7 @@ async def api(dsn: str) -> AsyncIterator[Client]:
     settings = make_settings(
         dsn, jwt_secret=SECRET, jwt_audience="skiplock", jwt_issuer="https://idp.test", auth="on"
     )
-    async with AsyncTestClient(app=create_app(settings, tasks=[])) as client:
+    async with app_client(settings) as client:
         yield client
 
 
@@ -105,7 +105,7 @@ def jwks() -> Iterator[tuple[str, Any]]:
 async def test_tokens_signed_by_a_jwks_key(dsn: str, jwks: tuple[str, Any]) -> None:
     url, private = jwks
     settings = make_settings(dsn, jwt_jwks_url=url, jwt_audience="skiplock", auth="on")
-    async with AsyncTestClient(app=create_app(settings, tasks=[])) as api:
+    async with app_client(settings) as api:
         good = token(private, "RS256", headers={"kid": "k1"}, scope="jobs:read")
         assert (await api.get("/jobs", headers=bearer(good))).status_code == 200
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from skiplock.api import create_app
 from tests.conftest import make_settings
 from tests.integration.test_api import assert_error, wait_for_state
+from tests.support.live import app_client
 from tests.support.upstream import HUGE_TOTAL, POSTS, Upstream, upstream_server
 from tests.support.waiting import wait_until
 
@@ -24,23 +24,19 @@ def upstream() -> Iterator[Upstream]:
         yield server
 
 
-async def _client(dsn: str, **overrides: Any) -> AsyncIterator[Client]:
-    app = create_app(make_settings(dsn, **overrides), tasks=[])
-    async with AsyncTestClient(app=app) as client:
-        yield client
-
-
 @pytest.fixture
 async def api(dsn: str) -> AsyncIterator[Client]:
     """The local upstream is on 127.0.0.1, so these tests allow private addresses."""
-    async for client in _client(dsn, fetch_allow_private=True, fetch_max_bytes=1024 * 1024):
+    async with app_client(
+        make_settings(dsn, fetch_allow_private=True, fetch_max_bytes=1024 * 1024)
+    ) as client:
         yield client
 
 
 @pytest.fixture
 async def guarded_api(dsn: str) -> AsyncIterator[Client]:
     """Default policy: loopback and private addresses refused."""
-    async for client in _client(dsn):
+    async with app_client(make_settings(dsn)) as client:
         yield client
 
 
@@ -187,7 +183,7 @@ async def test_a_name_resolving_to_loopback_is_refused(guarded_api: Client, upst
 
 async def test_the_policy_is_checked_again_on_every_redirect(dsn: str, upstream: Upstream) -> None:
     # 127.0.0.1 is allow-listed; its redirect to "localhost" (the same server) is not.
-    async for api in _client(dsn, fetch_allow_hosts=["127.0.0.1"]):
+    async with app_client(make_settings(dsn, fetch_allow_hosts=["127.0.0.1"])) as api:
         ok = await run_job(api, "scrape", {"url": upstream.url("/html/index")}, "succeeded")
         assert ok["result"]["title"] == "The index"
         refused = await run_job(api, "scrape", {"url": upstream.url("/to-localhost")}, "failed")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -15,13 +14,12 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from skiplock.api import create_app
 from skiplock.db import create_pool
 from skiplock.queue import Client as EngineClient
 from skiplock.queue import Context, JobInfo
 from skiplock.tasks import ImportArgs, import_csv
 from tests.conftest import make_settings
-from tests.support.live import live_server
+from tests.support.live import app_client, live_server
 from tests.support.waiting import wait_until
 
 Client = AsyncTestClient[Any]
@@ -30,22 +28,15 @@ HEADER = "sku,name,category,price,quantity,updated_at\n"
 CSV = {"content-type": "text/csv"}
 
 
-@asynccontextmanager
-async def serving(dsn: str, registry: Any, **settings: Any) -> AsyncIterator[Client]:
-    app = create_app(make_settings(dsn, **settings), tasks=list(registry))
-    async with AsyncTestClient(app=app) as client:
-        yield client
-
-
 @pytest.fixture
 async def api(dsn: str, registry: Any) -> AsyncIterator[Client]:
-    async with serving(dsn, registry) as client:
+    async with app_client(make_settings(dsn), registry) as client:
         yield client
 
 
 @pytest.fixture
 async def api_no_worker(dsn: str, registry: Any) -> AsyncIterator[Client]:
-    async with serving(dsn, registry, worker=False) as client:
+    async with app_client(make_settings(dsn, worker=False), registry) as client:
         yield client
 
 
@@ -310,7 +301,7 @@ async def test_upload_over_the_limit_is_a_413_and_leaves_nothing(
     dsn: str, registry: Any, db: asyncpg.Connection
 ) -> None:
     body = HEADER.encode() + b"L1,Long,cat,1,1,2024-01-01\n" * 200  # about 5 KB
-    async with serving(dsn, registry, import_max_bytes=2048) as api:
+    async with app_client(make_settings(dsn, import_max_bytes=2048), registry) as api:
         assert_error(await api.post("/imports", content=body, headers=CSV), 413, "2,048 bytes")
         assert (await api.post("/imports", content=body[:2000], headers=CSV)).status_code == 202
     assert await db.fetchval("SELECT count(*) FROM imports") == 1
@@ -355,10 +346,10 @@ async def test_reads_404_and_400(api: Client) -> None:
 async def test_upload_survives_a_restart_before_its_job_runs(
     dsn: str, registry: Any, db: asyncpg.Connection
 ) -> None:
-    async with serving(dsn, registry, worker=False) as api:
+    async with app_client(make_settings(dsn, worker=False), registry) as api:
         created = await upload(api, "sku,name,price,quantity\nR1,Rope,1,1\n")
         assert (await api.get(f"/imports/{created['import_id']}")).json()["state"] == "queued"
-    async with serving(dsn, registry) as api:
+    async with app_client(make_settings(dsn), registry) as api:
         info = await finished_import(api, created["import_id"])
     assert (info["state"], info["loaded"]) == ("succeeded", 1)
     assert [r[0] for r in await items(db)] == ["R1"]

@@ -8,28 +8,23 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from skiplock.api import create_app
 from skiplock.auth import KeyStore, Scope
 from skiplock.db.pool import create_pool
 from tests.conftest import make_settings
+from tests.support.live import app_client
 
 Client = AsyncTestClient[Any]
 
 
-async def client_for(dsn: str, **overrides: Any) -> AsyncIterator[Client]:
-    async with AsyncTestClient(app=create_app(make_settings(dsn, **overrides), tasks=[])) as client:
-        yield client
-
-
 @pytest.fixture
 async def limited(dsn: str) -> AsyncIterator[Client]:
-    async for client in client_for(dsn, rate_limit="5/minute"):
+    async with app_client(make_settings(dsn, rate_limit="5/minute")) as client:
         yield client
 
 
 @pytest.fixture
 async def cors_api(dsn: str) -> AsyncIterator[Client]:
-    async for client in client_for(dsn, cors_origins=["https://app.example"]):
+    async with app_client(make_settings(dsn, cors_origins=["https://app.example"])) as client:
         yield client
 
 
@@ -60,7 +55,7 @@ async def test_each_verified_key_has_its_own_budget(dsn: str) -> None:
     first = (await store.create("first", [Scope.JOBS_READ]))[1]
     second = (await store.create("second", [Scope.JOBS_READ]))[1]
     await pool.close()
-    async for api in client_for(dsn, rate_limit="5/minute"):
+    async with app_client(make_settings(dsn, rate_limit="5/minute")) as api:
         for _ in range(5):
             assert (await api.get("/tasks", headers={"authorization": f"Bearer {first}"})).status_code == 200
         assert (await api.get("/tasks", headers={"authorization": f"Bearer {first}"})).status_code == 429
@@ -80,13 +75,13 @@ async def test_cors_preflight_from_an_allowed_origin_only(cors_api: Client, dsn:
     assert "access-control-allow-origin" not in denied.headers
     simple = await cors_api.get("/tasks", headers={"origin": "https://app.example"})
     assert simple.headers["access-control-allow-origin"] == "https://app.example"
-    async for default in client_for(dsn):  # nothing is allowed unless configured
+    async with app_client(make_settings(dsn)) as default:  # nothing is allowed unless configured
         plain = await default.get("/tasks", headers={"origin": "https://app.example"})
         assert "access-control-allow-origin" not in plain.headers
 
 
 async def test_large_json_is_compressed_small_json_is_not(dsn: str) -> None:
-    async for api in client_for(dsn):
+    async with app_client(make_settings(dsn)) as api:
         for encoding in ("br", "gzip"):
             large = await api.get("/tasks", headers={"accept-encoding": encoding})  # every task's schema
             assert large.headers["content-encoding"] == encoding
@@ -96,7 +91,7 @@ async def test_large_json_is_compressed_small_json_is_not(dsn: str) -> None:
 
 
 async def test_a_body_over_the_limit_is_413_on_any_endpoint(dsn: str) -> None:
-    async for api in client_for(dsn):
+    async with app_client(make_settings(dsn)) as api:
         too_big = b"[" + b" " * (11 * 1024 * 1024) + b"]"
         for path in ("/jobs", "/jobs/batch", "/schedules", "/fetch"):
             response = await api.post(path, content=too_big, headers={"content-type": "application/json"})

@@ -12,11 +12,11 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from skiplock.api import create_app
 from skiplock.queue import Engine
 from skiplock.queue._scheduler import Scheduler
 from skiplock.settings import Settings
 from tests.conftest import make_settings
+from tests.support.live import app_client
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker, stop_worker
 
@@ -25,8 +25,7 @@ Client = AsyncTestClient[Any]
 
 @pytest.fixture
 async def api(settings: Settings, registry: Any) -> AsyncIterator[Client]:
-    app = create_app(make_settings(settings.database_url, scheduler=False), tasks=list(registry))
-    async with AsyncTestClient(app=app) as client:
+    async with app_client(make_settings(settings.database_url, scheduler=False), registry) as client:
         yield client
 
 

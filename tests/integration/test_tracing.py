@@ -14,10 +14,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from skiplock import tracing
-from skiplock.api import create_app
 from skiplock.settings import Settings
 from tests.conftest import make_settings
 from tests.integration.test_api import wait_for_state
+from tests.support.live import app_client
 from tests.support.upstream import Upstream, upstream_server
 
 Client = AsyncTestClient[Any]
@@ -41,8 +41,7 @@ async def traced_client(
 ) -> AsyncIterator[Client]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = create_app(settings, tasks=list(registry), tracer_provider=provider)
-    async with AsyncTestClient(app=app) as client:
+    async with app_client(settings, registry, tracer_provider=provider) as client:
         yield client
 
 
@@ -94,8 +93,7 @@ async def test_a_follow_up_job_is_a_child_of_the_job_that_enqueued_it(
 
 
 async def test_no_spans_and_no_trace_context_when_tracing_is_off(dsn: str, registry: Any) -> None:
-    app = create_app(make_settings(dsn, otel="off"), tasks=list(registry))
-    async with AsyncTestClient(app=app) as api:
+    async with app_client(make_settings(dsn, otel="off"), registry) as api:
         job = (await api.post("/jobs", json={"task": "noop"}, headers={"x-request-id": "r1"})).json()
     assert job["origin"] == {"request_id": "r1"}
     assert tracing.provider() is None

@@ -1,14 +1,16 @@
-"""A real server on a free port, in this test's event loop."""
+"""The app for a test: through Litestar's test client, or as a real server on a free port in this
+test's event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from litestar.testing import AsyncTestClient
 
 from skiplock.api import create_app
 from skiplock.settings import Settings
@@ -19,6 +21,16 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@asynccontextmanager
+async def app_client(
+    settings: Settings, tasks: Iterable[Any] = (), **options: Any
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The whole app (engine and workers as ``settings`` say) through Litestar's test client;
+    ``options`` go to create_app (``tracer_provider``)."""
+    async with AsyncTestClient(app=create_app(settings, tasks=list(tasks), **options)) as client:
+        yield client
 
 
 @asynccontextmanager
