@@ -259,6 +259,10 @@ async def test_health_ready_and_openapi(api: Client) -> None:
         "/fetch",
         "/records",
         "/pages",
+        "/failures",
+        "/imports",
+        "/imports/{import_id}",
+        "/imports/{import_id}/failed-rows",
     ):
         assert path in schema["paths"], path
     assert (await api.get("/schema/swagger")).status_code == 200

@@ -171,6 +171,9 @@ async def test_the_dashboard_asks_for_a_key_and_keeps_it_in_a_cookie(
     assert token is not None
     refused = await api.post("/ui/login", data={"key": keys["jobs:read"]})  # no CSRF token
     assert refused.status_code == 403
+    empty = await api.post("/ui/login", data={"key": "", "_csrf_token": token.group(1)})
+    assert empty.status_code == 400
+    assert "key" in empty.json()["detail"] + str(empty.json().get("extra"))
     wrong = await api.post("/ui/login", data={"key": "sk_wrong_wrong_wrong", "_csrf_token": token.group(1)})
     assert wrong.status_code == 401
     signed_in = await api.post(

@@ -160,3 +160,13 @@ async def test_imports_with_failed_rows_are_listed_with_their_rows(api: Client) 
     assert "negative price" in page
     assert "B2,Plum,2.00,x" in page
     assert (await api.get("/ui/imports/999999")).status_code == 404
+    for bad in (
+        {"cursor": "x"},
+        {"cursor": "0"},
+        {"limit": "0"},
+        {"limit": "501"},
+        {"with_failures": "maybe"},
+    ):
+        response = await api.get("/imports", params=bad)
+        assert response.status_code == 400, bad
+        assert response.json()["status_code"] == 400
