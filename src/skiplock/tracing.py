@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import propagate
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -94,4 +94,13 @@ def aiohttp_trace_configs() -> list[Any]:
     return [create_trace_config(tracer_provider=_provider)]
 
 
-__all__ = ["configure", "current_context", "enabled", "job_span", "provider", "trace"]
+__all__ = [
+    "aiohttp_trace_configs",
+    "configure",
+    "current_context",
+    "enabled",
+    "job_span",
+    "mark_outcome",
+    "provider",
+    "reset",
+]

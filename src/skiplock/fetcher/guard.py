@@ -12,7 +12,6 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -103,7 +102,3 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self.inner.close()
-
-    def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        details: dict[str, Any] = {"allow_private": self.policy.allow_private}
-        return f"GuardedResolver({details})"
