@@ -38,6 +38,11 @@ subscribers = Gauge("skiplock_event_subscribers", "Websocket and SSE event subsc
 listener_reconnects = Counter(
     "skiplock_listener_reconnects_total", "Times the LISTEN connection was re-established."
 )
+loop_errors = Counter(
+    "skiplock_loop_errors_total",
+    "Unexpected errors a background loop survived (it logged, backed off and went on).",
+    ("service",),
+)
 queue_depth = Gauge(
     "skiplock_queue_depth",
     "Jobs per queue and state, from the database (read at most every 5 s).",

@@ -14,6 +14,9 @@ from typing import Protocol
 
 import structlog
 
+from skiplock import metrics
+from skiplock.db.pool import is_unavailable
+
 log = structlog.get_logger("skiplock.service")
 
 
@@ -50,6 +53,56 @@ class StopSignal:
         except TimeoutError:
             return False
         return True
+
+
+class Recovery:
+    """How a background loop survives an error: log it, count the unexpected ones, back off.
+
+    ``await recovery.failed(exc)`` after an error (True when the service was stopped meanwhile),
+    ``recovery.succeeded()`` after a good round. The database being away is expected and only
+    logged; anything else is also counted in ``skiplock_loop_errors_total{service}``. Never spins:
+    the wait doubles from ``first_s`` to ``max_s``, with jitter so replicas do not retry in step.
+    """
+
+    def __init__(self, service: str, stop: StopSignal, *, first_s: float = 0.05, max_s: float = 5.0) -> None:
+        self.service = service
+        self.stop = stop
+        self.first_s = first_s
+        self.max_s = max_s
+        self.wait_s = first_s
+        self.failures = 0
+
+    def succeeded(self) -> None:
+        self.wait_s = self.first_s
+        self.failures = 0
+
+    async def failed(self, exc: BaseException, **fields: object) -> bool:
+        self.failures += 1
+        wait_s = self.wait_s * (0.75 + 0.5 * random.random())
+        self.wait_s = min(self.wait_s * 2, self.max_s)
+        error = str_of(exc)
+        if is_unavailable(exc):
+            log.warning(f"{self.service}_failed", error=error, retry_in_s=round(wait_s, 3), **fields)
+        else:
+            metrics.loop_errors.labels(self.service).inc()
+            log.error(
+                f"{self.service}_error",
+                error=error,
+                error_type=type(exc).__name__,
+                retry_in_s=round(wait_s, 3),
+                exc_info=exc,
+                **fields,
+            )
+        return await self.stop.sleep(wait_s)
+
+
+def str_of(exc: BaseException) -> str:
+    """``str(exc)`` that never raises (an exception's own ``__str__`` may), never empty."""
+    try:
+        text = str(exc)
+    except BaseException:  # user code: whatever it raises must not escape
+        text = ""
+    return text or type(exc).__name__
 
 
 class Supervisor:

@@ -15,11 +15,40 @@ from skiplock.errors import DatabaseError
 #: A standalone connection or one borrowed from the pool.
 AnyConnection = asyncpg.Connection | PoolConnectionProxy
 
-#: What a background loop survives and retries: the server unreachable, a connection dropped, a
-#: statement refused. Anything else is a bug and ends the service.
-DB_UNAVAILABLE: tuple[type[Exception], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+#: What a background loop survives and retries: the server unreachable, a connection dropped (the
+#: driver's own state errors after a restart included), a statement refused.
+DB_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 #: The same, for calls made under a time limit.
 DB_UNAVAILABLE_OR_TIMEOUT: tuple[type[Exception], ...] = (*DB_UNAVAILABLE, TimeoutError)
+
+#: Server errors that say nothing about the statement's values: the server or the connection is
+#: going away, out of resources, or the statement lost a race (timeout, lock, serialization).
+_TRANSIENT_SERVER_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.OperatorInterventionError,  # class 57: shutdown, cannot connect now, statement timeout
+    asyncpg.InsufficientResourcesError,  # class 53: disk, memory, too many connections
+    asyncpg.PostgresSystemError,  # class 58: I/O
+    asyncpg.TransactionRollbackError,  # class 40: serialization failure, deadlock
+    asyncpg.LockNotAvailableError,  # 55P03: lock_timeout
+    asyncpg.ReadOnlySQLTransactionError,  # 25006: a standby, mid-failover
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when retrying the same statement later may succeed: the database was unreachable, the
+    connection broke, or the server refused for a reason of its own. False when the server refused
+    the statement for its values (bad data, a constraint, a trigger): retrying the same batch would
+    fail forever, so a batched writer splits it to isolate the item instead."""
+    if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
+        return True
+    if isinstance(exc, DatabaseError):
+        return True  # connecting failed
+    return isinstance(exc, _TRANSIENT_SERVER_ERRORS)
 
 
 _JSONB_VERSION = b"\x01"
