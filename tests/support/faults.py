@@ -1,0 +1,120 @@
+"""Fault injection for the tests: a PostgreSQL of the test's own (to stop, restart or crash),
+terminated backends, paused processes. Add what a new case needs here, so the next costs little."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+
+from skiplock.db import connect
+from skiplock.db.admin import create_database, with_database
+from skiplock.db.embedded import EmbeddedPostgres
+from skiplock.db.migrate import migrate_database
+
+#: Like the suite's server (fsync off: the tests never crash the machine itself), but commits wait
+#: for the WAL write, so a server crash keeps exactly what was acknowledged, as in production.
+DURABLE_SETTINGS = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "on"}
+
+
+class PrivateServer:
+    """A PostgreSQL server of one test's own: it may be stopped, restarted or crashed at will."""
+
+    def __init__(self, directory: Path, settings: dict[str, str]) -> None:
+        self.directory = directory
+        self.server = EmbeddedPostgres(directory / "pg", settings=settings)
+        self.admin_dsn = ""
+        self.dsn = ""  # the migrated database the test uses
+
+    def start(self) -> None:
+        self.admin_dsn = self.server.start()
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m <mode>``: fast (clients cut off) or immediate (a crash, no checkpoint)."""
+        self.server.stop() if mode == "fast" else self._pg_ctl("stop", "-m", mode)
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is cut; the server is back when this returns."""
+        self._pg_ctl("restart", "-m", "fast")
+
+    def crash(self, sig: int = signal.SIGQUIT) -> None:
+        """Kill the postmaster as a crash would (SIGQUIT: immediate, no checkpoint), then start it:
+        recovery replays the WAL, so only what was acknowledged durably is there afterwards."""
+        pid = self.postmaster_pid()
+        assert pid is not None, "the server is not running"
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 30
+        while self.postmaster_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (self.server.data_dir / "postmaster.pid").unlink(missing_ok=True)
+        self.server.stop()  # forget ownership; it is not running
+        self.start()
+
+    def postmaster_pid(self) -> int | None:
+        return self.server._running_pid()
+
+    def _pg_ctl(self, *args: str) -> None:
+        from skiplock.db.embedded import _bin
+
+        options = " ".join(f"-c {key}={value}" for key, value in self.server.settings.items())
+        log = str(self.server.data_dir / "server.log")  # without it the server would hold our pipe
+        extra = ["-l", log, "-o", f"-k {self.server.socket_dir} {options}"] if args[0] == "restart" else []
+        self.server._run([_bin("pg_ctl"), "-D", str(self.server.data_dir), "-w", "-t", "60", *extra, *args])
+
+
+@asynccontextmanager
+async def private_postgres(
+    settings: dict[str, str] | None = None, *, test_tables: str = ""
+) -> AsyncIterator[PrivateServer]:
+    """A fresh server with a migrated database ``skiplock`` (plus ``test_tables``), removed after."""
+    directory = Path(tempfile.mkdtemp(prefix="skpf-", dir="/tmp"))
+    server = PrivateServer(directory, {**DURABLE_SETTINGS, **(settings or {})})
+    server.start()
+    try:
+        server.dsn = await create_database(server.admin_dsn, "skiplock")
+        await migrate_database(server.dsn)
+        if test_tables:
+            conn = await connect(server.dsn)
+            try:
+                await conn.execute(test_tables)
+            finally:
+                await conn.close()
+        yield server
+    finally:
+        if server.postmaster_pid() is not None:
+            server._pg_ctl("stop", "-m", "immediate")
+        server.server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def terminate_backends(admin_dsn: str, database: str, *, application_name: str | None = None) -> int:
+    """``pg_terminate_backend`` every other session on ``database`` (of one application if given)."""
+    conn = await asyncpg.connect(with_database(admin_dsn, "postgres"))
+    try:
+        rows = await conn.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()"
+            " AND ($2::text IS NULL OR application_name = $2)",
+            database,
+            application_name,
+        )
+    finally:
+        await conn.close()
+    return len(rows)
+
+
+def pause(process: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP: the process stops dead (as under a long GC pause or a frozen VM), sockets open."""
+    os.kill(process.pid, signal.SIGSTOP)
+
+
+def resume(process: subprocess.Popen[bytes]) -> None:
+    os.kill(process.pid, signal.SIGCONT)
