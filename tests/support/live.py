@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from skiplock.api import create_app
@@ -36,9 +37,17 @@ async def app_client(
 @asynccontextmanager
 async def live_server(settings: Settings, tasks: list[Any]) -> AsyncIterator[str]:
     """Serve the app on 127.0.0.1:<free port>; yields the base URL."""
+    async with serve(create_app(settings, tasks=tasks)) as base:
+        yield base
+
+
+@asynccontextmanager
+async def serve(app: Litestar) -> AsyncIterator[str]:
+    """Serve ``app`` (made by the test, so it can reach the engine inside) on 127.0.0.1:<free
+    port>; yields the base URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, tasks=tasks),
+        app,
         host="127.0.0.1",
         port=port,
         log_config=None,
