@@ -154,3 +154,78 @@ async def busy_progress(ctx: Context, args: Reports) -> None:
 @task("nightly_report", args=NoArgs, schedule="0 3 * * *")
 async def nightly_report(ctx: Context, args: NoArgs) -> None:
     """Declared with a schedule in code (the Beat one-liner)."""
+
+
+class Raise(BaseModel):
+    kind: str = Field(
+        pattern="^(system_exit|keyboard_interrupt|generator_exit|cancelled|broken_str|timeout)$"
+    )
+
+
+class BrokenStr(Exception):
+    """An exception whose ``__str__`` itself raises (user code does this)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ fails too")
+
+
+def _raise(kind: str) -> None:
+    errors: dict[str, BaseException] = {
+        "system_exit": SystemExit(3),
+        "keyboard_interrupt": KeyboardInterrupt(),
+        "generator_exit": GeneratorExit(),
+        "cancelled": asyncio.CancelledError(),
+        "broken_str": BrokenStr(),
+        "timeout": TimeoutError("the task's own upstream timed out"),
+    }
+    raise errors[kind]
+
+
+@task("raises", args=Raise, backoff=FAST, max_attempts=2)
+async def raises(ctx: Context, args: Raise) -> None:
+    """Raises what it is told to (SystemExit, its own CancelledError, a broken __str__ …)."""
+    await asyncio.sleep(0)
+    _raise(args.kind)
+
+
+@task("raises_in_thread", args=Raise, backoff=FAST, max_attempts=2)
+def raises_in_thread(ctx: Context, args: Raise) -> None:
+    """The same from a plain def's thread."""
+    _raise(args.kind)
+
+
+#: Each execution of recorded_thread: job id, attempt, thread name, monotonic start and end.
+EXECUTIONS: list[dict[str, object]] = []
+
+
+@task("recorded_thread", args=Seconds, backoff=FAST)
+def recorded_thread(ctx: Context, args: Seconds) -> dict[str, int]:
+    """A plain def recording each execution; only the first attempt sleeps ``seconds``."""
+    row: dict[str, object] = {
+        "job_id": ctx.job.id,
+        "attempt": ctx.job.attempt,
+        "thread": threading.current_thread().name,
+        "start": time.monotonic(),
+        "end": None,
+    }
+    with _THREADS_LOCK:
+        EXECUTIONS.append(row)
+    try:
+        if ctx.job.attempt == 1:
+            time.sleep(args.seconds)
+    finally:
+        row["end"] = time.monotonic()
+    return {"attempt": ctx.job.attempt}
+
+
+class ServiceName(BaseModel):
+    name: str
+
+
+@task("kill_service", args=ServiceName)
+async def kill_service(ctx: Context, args: ServiceName) -> dict[str, int]:
+    """Misbehaving user code: cancels one of the engine's own background services."""
+    victims = [t for t in asyncio.all_tasks() if t.get_name() == f"skiplock:{args.name}"]
+    for victim in victims:
+        victim.cancel()
+    return {"cancelled": len(victims)}
