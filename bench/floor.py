@@ -91,7 +91,7 @@ async def claim_complete(bench: Bench) -> None:
             done = 0
             started = time.perf_counter()
             while done < count:
-                rows = await claim.fetch("default", CLAIM_BATCH, "floor", 30.0, None)
+                rows = await claim.fetch("default", CLAIM_BATCH, "floor", 30.0, None, ["bench_noop"])
                 if not rows:
                     break
                 n = len(rows)

@@ -48,6 +48,12 @@ queue_depth = Gauge(
     "Jobs per queue and state, from the database (read at most every 5 s).",
     ("queue", "state"),
 )
+queue_unknown_task = Gauge(
+    "skiplock_queue_unknown_task_jobs",
+    "Queued jobs per queue whose task no live worker has registered, from the database (read at "
+    "most every 5 s).",
+    ("queue",),
+)
 queue_oldest_age = Gauge(
     "skiplock_queue_oldest_queued_age_seconds",
     "Age of the longest-waiting due job per queue, from the database (0 when none).",

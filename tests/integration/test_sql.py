@@ -47,9 +47,11 @@ async def test_migrations_are_current_and_rerunning_applies_nothing(db: asyncpg.
 async def test_claim_takes_only_due_jobs_by_the_pinned_clock(tx: asyncpg.Connection) -> None:
     run_at = await tx.fetchval("SELECT now() + interval '1 hour'")
     job_id = await job(tx, run_at=run_at)
-    early = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, run_at - timedelta(seconds=1))
+    early = await tx.fetch(
+        JOBS.job_claim_many, "default", 10, "me", 30.0, run_at - timedelta(seconds=1), ["noop"]
+    )
     assert early == []
-    on_time = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, run_at)
+    on_time = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, run_at, ["noop"])
     assert [r["id"] for r in on_time] == [job_id]
     assert on_time[0]["attempts"] == 1
 
@@ -57,7 +59,7 @@ async def test_claim_takes_only_due_jobs_by_the_pinned_clock(tx: asyncpg.Connect
 async def test_claim_uses_the_partial_claim_index(tx: asyncpg.Connection) -> None:
     await tx.execute("SET LOCAL enable_seqscan = off")  # a tiny table would otherwise be scanned
     explain = await tx.prepare("EXPLAIN " + JOBS.job_claim_many)
-    plan = "\n".join(r[0] for r in await explain.fetch("default", 10, "me", 30.0, None))
+    plan = "\n".join(r[0] for r in await explain.fetch("default", 10, "me", 30.0, None, ["noop"]))
     assert "jobs_claim_idx" in plan
 
 

@@ -36,12 +36,14 @@ async def refresh_queue_gauges(client: ClientDep) -> None:
         return
     metrics.queue_depth.clear()
     metrics.queue_oldest_age.clear()
+    metrics.queue_unknown_task.clear()
     now = datetime.now(UTC)
     for queue in queues:
         for state, count in queue.counts.items():
             metrics.queue_depth.labels(queue.name, state.value).set(count)
         oldest = queue.oldest_queued_at
         metrics.queue_oldest_age.labels(queue.name).set((now - oldest).total_seconds() if oldest else 0)
+        metrics.queue_unknown_task.labels(queue.name).set(queue.waiting_for_unknown_task)
 
 
 class MetricsController(PrometheusController):

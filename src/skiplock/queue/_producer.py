@@ -52,6 +52,8 @@ class Producer:
         self.shutdown_grace_s = shutdown_grace_s
         self.executor = executor
         self.running = running
+        #: Only jobs of these tasks are claimed; others wait for a process that knows them.
+        self.tasks = sorted(task.name for task in executor.registry)
         self._woken: set[str] = set()
         self._hungry: set[str] = set()
         self._wakeup = asyncio.Event()
@@ -114,7 +116,9 @@ class Producer:
             if free <= 0:
                 self._hungry.add(queue)
                 continue
-            records = await conn.fetch(JOBS.job_claim_many, queue, free, self.owner, self.lease_s, None)
+            records = await conn.fetch(
+                JOBS.job_claim_many, queue, free, self.owner, self.lease_s, None, self.tasks
+            )
             if len(records) == free:
                 self._hungry.add(queue)
             else:

@@ -32,6 +32,8 @@ class JobStatements:
 class QueueStatements:
     queue_set_paused: str
     queue_overview: str
+    task_register: str
+    task_unregister: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from skiplock.queue._lease import LeaseKeeper
 from skiplock.queue._listener import Listener
 from skiplock.queue._producer import Producer
 from skiplock.queue._pruner import Pruner
+from skiplock.queue._registrations import TaskRegistrar
 from skiplock.queue._rescuer import Rescuer
 from skiplock.queue._running import RunningJobs
 from skiplock.queue._scheduler import Scheduler
@@ -134,7 +135,8 @@ class Engine:
             self.listener.subscribe("cancel", keeper.cancel)
             self.listener.on_reconnect(producer.wake_all)
             # Stopped in reverse: producer first (drain), completer last (flush).
-            services += [completer, writer, keeper, producer]
+            registrar = TaskRegistrar(self.pool, owner=self.owner, tasks=[t.name for t in self.registry])
+            services += [completer, writer, keeper, registrar, producer]
         return services
 
     async def start(self) -> None:

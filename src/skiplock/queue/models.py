@@ -77,6 +77,11 @@ class QueueInfo(BaseModel):
         default=None, description="The longest-waiting due job's run_at."
     )
     finished_last_hour: int = Field(default=0, description="Jobs that ended in the last hour.")
+    waiting_for_unknown_task: int = Field(
+        default=0,
+        description="Queued jobs whose task no live worker has registered: they wait, unattempted, "
+        "for a process that knows the task (a rolling deploy under way, or no worker runs it).",
+    )
 
 
 class FailureGroup(BaseModel):

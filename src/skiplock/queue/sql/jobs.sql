@@ -33,9 +33,13 @@ LIMIT $5
 
 -- name: job_claim_many
 -- Up to $2 due jobs of queue $1 for owner $3, unless the queue is paused. $5 pins the clock in tests.
+-- Only jobs of the tasks in $6, the ones this process registered: in a rolling deploy an older
+-- process leaves a newer task's jobs queued, unattempted, for a process that knows the task.
+-- A filter on jobs_claim_idx: unknown tasks' jobs ahead of known ones are walked, not claimed.
 WITH picked AS (
     SELECT id FROM jobs
     WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
+      AND task = ANY($6::text[])
       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
     ORDER BY priority DESC, run_at, id
     LIMIT $2

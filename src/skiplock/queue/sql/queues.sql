@@ -1,4 +1,4 @@
--- Every statement on the queues table and per-queue counts.
+-- Every statement on the queues table, per-queue counts, and the tasks live workers can run.
 
 -- name: queue_set_paused
 INSERT INTO queues (name, paused) VALUES ($1, $2)
@@ -7,10 +7,15 @@ RETURNING name, paused
 
 -- name: queue_overview
 -- Counts per state for every queue that has jobs or a row in queues; the oldest due queued job
--- (jobs_claim_idx) and the jobs finished in the last hour (jobs_finished_at_idx), per queue.
+-- (jobs_claim_idx) and the jobs finished in the last hour (jobs_finished_at_idx), per queue;
+-- and the queued jobs whose task no live worker registered (they wait for one that knows it).
 SELECT o.*,
        (SELECT min(run_at) FROM jobs
         WHERE state = 'queued' AND queue = o.name AND run_at <= now()) AS oldest_queued_at,
+       (SELECT count(*) FROM jobs AS j
+        WHERE j.state = 'queued' AND j.queue = o.name
+          AND NOT EXISTS (SELECT 1 FROM task_registrations AS r
+                          WHERE r.task = j.task AND r.expires_at > now())) AS waiting_for_unknown_task,
        (SELECT count(*) FROM jobs
         WHERE finished_at > now() - interval '1 hour' AND queue = o.name) AS finished_last_hour
 FROM (
@@ -25,3 +30,17 @@ FROM (
     FULL JOIN queues AS q ON q.name = c.queue
 ) AS o
 ORDER BY o.name
+
+-- name: task_register
+-- A worker's beat: its tasks ($1) live for $3 more seconds under owner $2. Rows of processes gone
+-- for a day are dropped on the way (a small table; nothing else prunes it).
+WITH gone AS (
+    DELETE FROM task_registrations WHERE expires_at < now() - interval '1 day' AND owner <> $2
+)
+INSERT INTO task_registrations (task, owner, expires_at)
+SELECT task, $2, now() + make_interval(secs => $3) FROM unnest($1::text[]) AS t(task)
+ON CONFLICT (task, owner) DO UPDATE SET expires_at = excluded.expires_at
+
+-- name: task_unregister
+-- A worker that stops: its tasks no longer count as served by it.
+DELETE FROM task_registrations WHERE owner = $1

@@ -1,0 +1,98 @@
+"""Rolling deploys: a process claims only the tasks it registered; a job whose task no live
+process knows stays queued, unattempted, counted, until a process that knows the task starts."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import asyncpg
+
+from skiplock.queue._statements import QUEUES
+from skiplock.settings import Settings
+from tests.conftest import make_settings
+from tests.support.live import app_client
+from tests.support.waiting import wait_until
+from tests.support.workers import start_worker, stop_worker
+
+OLDER = "tests.support.tasks"
+NEWER = "tests.support.tasks,tests.support.newer_tasks"
+NEWER_JOBS = 14  # as many as the issue saw lost in one try
+
+
+async def live_registrations(db: asyncpg.Connection, task: str) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM task_registrations WHERE task = $1 AND expires_at > now()", task
+    )
+    return count
+
+
+async def test_older_process_never_takes_a_newer_tasks_jobs(
+    settings: Settings, registry: Any, db: asyncpg.Connection
+) -> None:
+    dsn = settings.database_url or ""
+    older = start_worker(dsn, task_modules=OLDER)
+    newer = None
+    try:
+        await wait_until(lambda: live_registrations(db, "noop"), 30)
+        # The newer task's jobs at the head of the queue (higher priority), then jobs the older
+        # process knows: once those ran, its claims have walked past the newer ones.
+        newer_ids = await db.fetch(
+            "INSERT INTO jobs (task, priority) SELECT 'newer_task', 10 FROM generate_series(1, $1)"
+            " RETURNING id",
+            NEWER_JOBS,
+        )
+        known = await db.fetch(
+            "INSERT INTO jobs (task, args) SELECT 'record_run', jsonb_build_object('marker', 'k' || n)"
+            " FROM generate_series(1, 20) AS n RETURNING id"
+        )
+        await wait_until(
+            lambda: db.fetchval(
+                "SELECT count(*) = 20 FROM jobs WHERE id = ANY($1) AND state = 'succeeded'",
+                [r["id"] for r in known],
+            ),
+            30,
+        )
+        ids = [r["id"] for r in newer_ids]
+        untouched = await db.fetch("SELECT state::text, attempts FROM jobs WHERE id = ANY($1)", ids)
+        assert [tuple(r) for r in untouched] == [("queued", 0)] * NEWER_JOBS
+
+        async with app_client(make_settings(dsn, worker=False, scheduler=False), registry) as api:
+            queues = {q["name"]: q for q in (await api.get("/queues")).json()}
+            assert queues["default"]["waiting_for_unknown_task"] == NEWER_JOBS
+            exposition = (await api.get("/metrics")).text
+            assert re.search(r'skiplock_queue_unknown_task_jobs\{queue="default"\} 14\.0', exposition)
+            overview = (await api.get("/ui", params={"fragment": "true"})).text
+            assert re.search(r"data-unknown-task>14<", overview)
+
+            newer = start_worker(dsn, task_modules=NEWER)
+            await wait_until(
+                lambda: db.fetchval(
+                    "SELECT count(*) = $2 FROM jobs WHERE id = ANY($1) AND state = 'succeeded'",
+                    ids,
+                    NEWER_JOBS,
+                ),
+                30,
+            )
+            queues = {q["name"]: q for q in (await api.get("/queues")).json()}
+            assert queues["default"]["waiting_for_unknown_task"] == 0
+    finally:
+        for process in (older, newer):
+            if process is not None:
+                stop_worker(process)
+    runs = await db.fetch("SELECT job_id, attempt FROM test_runs WHERE job_id = ANY($1) ORDER BY job_id", ids)
+    assert [(r["job_id"], r["attempt"]) for r in runs] == [(i, 1) for i in sorted(ids)]  # each once
+    assert await db.fetchval("SELECT count(*) FROM task_registrations") == 0  # both unregistered on stop
+
+
+async def test_a_task_registration_lapses_when_its_process_is_gone(db: asyncpg.Connection) -> None:
+    await db.execute(
+        "INSERT INTO task_registrations (task, owner, expires_at)"
+        " VALUES ('noop', 'gone', now() - interval '1 s'), ('noop', 'alive', now() + interval '1 min')"
+    )
+    await db.execute("INSERT INTO jobs (task) VALUES ('noop'), ('sleep')")
+    overview = {r["name"]: r for r in await db.fetch(QUEUES.queue_overview)}
+    assert overview["default"]["waiting_for_unknown_task"] == 1  # sleep: no live row
+    await db.execute("DELETE FROM task_registrations WHERE owner = 'alive'")
+    overview = {r["name"]: r for r in await db.fetch(QUEUES.queue_overview)}
+    assert overview["default"]["waiting_for_unknown_task"] == 2
