@@ -67,6 +67,30 @@ class Settings(BaseSettings):
     )
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=20, ge=1, le=500)
+    task_pool_max_size: int = Field(
+        default=10, ge=1, le=500, description="Connections of the pool tasks use (ctx.pool), opened on use."
+    )
+    # Limits on the engine's own connections, far above what a healthy system needs, so that a
+    # half-open connection or a statement stuck behind a lock ends and the loop retries.
+    db_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    db_acquire_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, description="Longest wait for a free pooled connection."
+    )
+    db_statement_timeout_s: float = Field(
+        default=30.0, ge=0, le=86_400, description="statement_timeout of the engine's statements (0: none)."
+    )
+    db_lock_timeout_s: float = Field(
+        default=10.0, ge=0, le=86_400, description="lock_timeout of the engine's statements (0: none)."
+    )
+    db_idle_in_transaction_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="A transaction left idle this long is ended (it holds back vacuum); 0: never.",
+    )
+    task_statement_timeout_s: float = Field(
+        default=0.0, ge=0, le=86_400, description="statement_timeout of tasks' statements (0: none)."
+    )
     auth: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="auto: keys required once one exists; open on loopback without keys; else refuse.",

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from skiplock.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from skiplock.settings import Settings
 
 #: A standalone connection or one borrowed from the pool.
 AnyConnection = asyncpg.Connection | PoolConnectionProxy
@@ -36,6 +40,7 @@ _TRANSIENT_SERVER_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.TransactionRollbackError,  # class 40: serialization failure, deadlock
     asyncpg.LockNotAvailableError,  # 55P03: lock_timeout
     asyncpg.ReadOnlySQLTransactionError,  # 25006: a standby, mid-failover
+    asyncpg.IdleInTransactionSessionTimeoutError,  # 25P03: the server ended an idle transaction
 )
 
 
@@ -83,28 +88,174 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    """One standalone connection with skiplock's codecs (the listener and migrations use it)."""
+#: Seconds past the server's statement limit that the driver waits for an answer: a live server
+#: ends a slow statement itself (a clear error); the driver's own limit is for a server that is gone
+#: without closing the connection (a half-open connection never answers).
+_DRIVER_GRACE_S = 5.0
+
+#: Server-side keepalives: a backend notices within about a minute that its client vanished without
+#: closing the connection, and ends, releasing its locks and its snapshot. Unix sockets ignore them.
+_KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Time limits of a connection, in seconds; 0 leaves one to the server's own configuration.
+
+    The engine's connections get all of them (from :func:`engine_limits`), set so a healthy system
+    never reaches them; a task's and a migration's connections get none that could cut a long
+    statement or a COPY short.
+    """
+
+    connect_s: float = 10.0
+    acquire_s: float = 0.0  # a pool's default wait for a free connection
+    statement_s: float = 0.0  # statement_timeout (and the driver's limit, a little later)
+    lock_s: float = 0.0  # lock_timeout
+    idle_in_transaction_s: float = 0.0  # idle_in_transaction_session_timeout
+
+    @property
+    def command_s(self) -> float | None:
+        """The driver's limit on one statement (None: no limit)."""
+        return self.statement_s + _DRIVER_GRACE_S if self.statement_s > 0 else None
+
+    def server_settings(self, application_name: str) -> dict[str, str]:
+        """Session settings sent at connect (pg_stat_activity shows ``application_name``)."""
+        settings = {"application_name": application_name, **_KEEPALIVES}
+        for name, seconds in (
+            ("statement_timeout", self.statement_s),
+            ("lock_timeout", self.lock_s),
+            ("idle_in_transaction_session_timeout", self.idle_in_transaction_s),
+        ):
+            if seconds > 0:
+                settings[name] = str(max(1, round(seconds * 1000)))
+        return settings
+
+
+def engine_limits(settings: Settings) -> Limits:
+    """The limits of the engine's own connections: its pool, the listener, the claim connection."""
+    return Limits(
+        connect_s=settings.db_connect_timeout_s,
+        acquire_s=settings.db_acquire_timeout_s,
+        statement_s=settings.db_statement_timeout_s,
+        lock_s=settings.db_lock_timeout_s,
+        idle_in_transaction_s=settings.db_idle_in_transaction_timeout_s,
+    )
+
+
+def task_limits(settings: Settings) -> Limits:
+    """The limits of the pool tasks use (``ctx.pool``): a task's own statements and COPYs run as
+    long as they need (``SKIPLOCK_TASK_STATEMENT_TIMEOUT_S`` bounds them); only a transaction left
+    idle is ended, since it holds back vacuum for every table."""
+    return Limits(
+        connect_s=settings.db_connect_timeout_s,
+        acquire_s=0.0,  # a task waits for a connection as long as its own timeout lets it
+        statement_s=settings.task_statement_timeout_s,
+        idle_in_transaction_s=settings.db_idle_in_transaction_timeout_s,
+    )
+
+
+def is_broken_connection(exc: BaseException) -> bool:
+    """The connection's state is unknown after ``exc`` (it broke mid-statement, the driver lost
+    track of its protocol, or a statement outlived the driver's limit): terminate it, never reuse."""
+    return isinstance(
+        exc,
+        (
+            OSError,  # TimeoutError included
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            asyncpg.PostgresConnectionError,
+        ),
+    )
+
+
+class _Acquire(PoolAcquireContext):
+    """``async with pool.acquire()``: a connection that broke inside the block is terminated
+    before it goes back, so the pool replaces it instead of handing it to the next caller."""
+
+    __slots__ = ()
+
+    async def __aexit__(self, *exc: object) -> None:
+        error = exc[1] if len(exc) > 1 else None
+        if isinstance(error, BaseException) and self.connection is not None and is_broken_connection(error):
+            self.connection.terminate()
+        await super().__aexit__(*exc)
+
+
+class Pool(asyncpg.Pool):
+    """asyncpg's pool with a default acquire timeout, whose broken connections are discarded.
+
+    ``pool.fetch()`` and the other shortcuts acquire through :meth:`acquire`, so they get both.
+    """
+
+    __slots__ = ("acquire_timeout_s",)
+
+    def __init__(self, *args: Any, acquire_timeout_s: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return _Acquire(self, timeout if timeout is not None else self.acquire_timeout_s)
+
+
+async def connect(
+    dsn: str, *, limits: Limits | None = None, application_name: str = "skiplock"
+) -> asyncpg.Connection:
+    """One standalone connection with skiplock's codecs (the listener, claims and migrations use
+    it). Without ``limits`` only connecting is bounded: a migration may wait and run as long as it
+    needs."""
+    limits = limits or Limits()
     try:
-        conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseError(f"cannot connect to the database: {exc}") from exc
+        conn = await asyncpg.connect(
+            dsn,
+            timeout=limits.connect_s,
+            command_timeout=limits.command_s,
+            server_settings=limits.server_settings(application_name),
+        )
+    except DB_UNAVAILABLE as exc:
+        raise DatabaseError(f"cannot connect to the database: {_text(exc)}") from exc
     try:
         await init_connection(conn)
     except DB_UNAVAILABLE as exc:
         conn.terminate()
-        raise DatabaseError(f"cannot set up the connection: {exc}") from exc
+        raise DatabaseError(f"cannot set up the connection: {_text(exc)}") from exc
     return conn
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections all carry skiplock's codecs."""
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    limits: Limits | None = None,
+    application_name: str = "skiplock",
+) -> Pool:
+    """A pool whose connections all carry skiplock's codecs and ``limits``."""
+    limits = limits or Limits()
+    pool = Pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        init=init_connection,
+        acquire_timeout_s=limits.acquire_s or None,
+        timeout=limits.connect_s,
+        command_timeout=limits.command_s,
+        server_settings=limits.server_settings(application_name),
+    )
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseError(f"cannot connect to the database: {exc}") from exc
-    assert pool is not None
+        await pool
+    except DB_UNAVAILABLE as exc:
+        pool.terminate()
+        raise DatabaseError(f"cannot connect to the database: {_text(exc)}") from exc
     return pool
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__  # a TimeoutError has no text
 
 
 async def close_quietly(conn: asyncpg.Connection, wait_s: float = 2.0) -> None:
@@ -113,5 +264,5 @@ async def close_quietly(conn: asyncpg.Connection, wait_s: float = 2.0) -> None:
         return
     try:
         await asyncio.wait_for(conn.close(), timeout=wait_s)
-    except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError):
+    except Exception:  # whatever a broken connection raises, it is dropped and the caller goes on
         conn.terminate()

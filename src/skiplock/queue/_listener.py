@@ -15,10 +15,9 @@ import asyncpg
 import structlog
 
 from skiplock import metrics
-from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT, close_quietly, connect
-from skiplock.errors import DatabaseError
+from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT, Limits, close_quietly, connect
 from skiplock.queue._statements import CHANNEL
-from skiplock.service import StopSignal
+from skiplock.service import Recovery, StopSignal, str_of
 
 log = structlog.get_logger("skiplock.listener")
 
@@ -35,8 +34,16 @@ class ListenerSignals:
 class Listener:
     name = "listener"
 
-    def __init__(self, dsn: str, *, ping_interval_s: float = 2.0, max_backoff_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        ping_interval_s: float = 2.0,
+        max_backoff_s: float = 5.0,
+        limits: Limits | None = None,
+    ) -> None:
         self.dsn = dsn
+        self.limits = limits
         self.ping_interval_s = ping_interval_s
         self.max_backoff_s = max_backoff_s
         self.signals = ListenerSignals()
@@ -56,34 +63,35 @@ class Listener:
     def _dispatch(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         kind, _, rest = str(payload).partition(":")
         for handler in self._handlers.get(kind, ()):
-            handler(rest)
+            try:
+                handler(rest)
+            except Exception as exc:  # a hint lost; the poll covers it, the other handlers still run
+                metrics.loop_errors.labels(self.name).inc()
+                log.error("listener_handler_failed", kind=kind, error=str_of(exc), exc_info=exc)
 
     def _connection_lost(self, _conn: Any) -> None:
         self._lost.set()
 
     async def run(self, ready: asyncio.Event) -> None:
-        backoff = 0.1
+        # Any error (the database away, a reconnect callback that raised) is survived the same
+        # way: logged, counted when unexpected, a backoff, a new connection.
+        recovery = Recovery(self.name, self._stop, first_s=0.1, max_s=self.max_backoff_s)
         first = True
         while not self._stop.is_set:
+            conn: asyncpg.Connection | None = None
             try:
-                conn = await connect(self.dsn)
-            except DatabaseError as exc:
-                log.warning("listener_connect_failed", error=str(exc), retry_in_s=backoff)
-                if await self._stop.sleep(backoff):
-                    break
-                backoff = min(backoff * 2, self.max_backoff_s)
-                continue
-            try:
+                conn = await connect(self.dsn, limits=self.limits, application_name="skiplock:listener")
                 await self._serve(conn, ready, first)
-                first = False
-                backoff = 0.1
-            except DB_UNAVAILABLE_OR_TIMEOUT as exc:
-                log.warning("listener_failed", error=str(exc) or type(exc).__name__, retry_in_s=backoff)
-                if await self._stop.sleep(backoff):
+                first = first and not ready.is_set()
+                recovery.succeeded()
+            except Exception as exc:
+                first = first and not ready.is_set()
+                if await recovery.failed(exc):
                     break
-                backoff = min(backoff * 2, self.max_backoff_s)
             finally:
-                await close_quietly(conn)
+                self.connection_pid = None
+                if conn is not None:
+                    await close_quietly(conn)
 
     async def _serve(self, conn: asyncpg.Connection, ready: asyncio.Event, first: bool) -> None:
         self._lost.clear()
@@ -96,8 +104,7 @@ class Listener:
             self.signals.reconnects += 1
             metrics.listener_reconnects.inc()
             log.info("listener_reconnected", reconnects=self.signals.reconnects)
-            for callback in self._on_reconnect:
-                callback()
+            self._tell_reconnected()
         while not self._stop.is_set:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), timeout=self.ping_interval_s)
@@ -108,8 +115,18 @@ class Listener:
                     raise ConnectionError("connection closed")
                 await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self.ping_interval_s)
             except DB_UNAVAILABLE_OR_TIMEOUT as exc:
-                log.warning("listener_connection_lost", error=str(exc) or type(exc).__name__)
+                log.warning("listener_connection_lost", error=str_of(exc))
                 return
+
+    def _tell_reconnected(self) -> None:
+        """Every handler looks again (what was sent meanwhile is lost); one that raises does not
+        keep the others from being told."""
+        for callback in self._on_reconnect:
+            try:
+                callback()
+            except Exception as exc:
+                metrics.loop_errors.labels(self.name).inc()
+                log.error("listener_reconnect_callback_failed", error=str_of(exc), exc_info=exc)
 
     async def stop(self) -> None:
         self._stop.set()

@@ -110,8 +110,12 @@ def _check_options(
 class Client:
     """The engine's public face. ``conn=`` on enqueue joins the caller's transaction."""
 
-    def __init__(self, pool: asyncpg.Pool, registry: TaskRegistry) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, registry: TaskRegistry, *, task_pool: asyncpg.Pool | None = None
+    ) -> None:
         self.pool = pool
+        #: What tasks get as ``ctx.pool`` (without the engine's statement limits).
+        self.task_pool = task_pool or pool
         self.registry = registry
         self.schedules = Schedules(pool, registry)
         self._overview: tuple[float, list[QueueInfo]] | None = None  # (monotonic time, queues)

@@ -58,7 +58,7 @@ class Context:
 
     @property
     def pool(self) -> asyncpg.Pool:
-        return self.client.pool
+        return self.client.task_pool
 
     def report_progress(
         self,

@@ -15,7 +15,7 @@ import structlog
 
 from skiplock import metrics
 from skiplock.db.migrate import migrate_database
-from skiplock.db.pool import create_pool
+from skiplock.db.pool import create_pool, engine_limits, task_limits
 from skiplock.fetcher import Fetcher, FetchPolicy
 from skiplock.queue._completer import Completer
 from skiplock.queue._event_writer import EventWriter
@@ -62,8 +62,9 @@ class Engine:
         self.owner = worker_id()
         self.queues = served_queues(settings, registry)
         self._pool: asyncpg.Pool | None = None
+        self._task_pool: asyncpg.Pool | None = None
         self._client: Client | None = None
-        self.listener = Listener(dsn)
+        self.listener = Listener(dsn, limits=engine_limits(settings))
         #: Outbound HTTP shared by every task (and the API's synchronous fetch).
         self.http = Fetcher(FetchPolicy.from_settings(settings))
         self.running = RunningJobs()
@@ -143,9 +144,20 @@ class Engine:
         s = self.settings
         if s.auto_migrate:
             await migrate_database(self.dsn)
-        self._pool = await create_pool(self.dsn, min_size=s.pool_min_size, max_size=s.pool_max_size)
+        self._pool = await create_pool(
+            self.dsn, min_size=s.pool_min_size, max_size=s.pool_max_size, limits=engine_limits(s)
+        )
+        # Tasks get a pool of their own: their long statements and COPYs are not cut by the
+        # engine's limits, and a task holding connections cannot starve the engine's writes.
+        self._task_pool = await create_pool(
+            self.dsn,
+            min_size=0,
+            max_size=s.task_pool_max_size,
+            limits=task_limits(s),
+            application_name="skiplock:tasks",
+        )
         await self.http.start()
-        self._client = Client(self._pool, self.registry)
+        self._client = Client(self._pool, self.registry, task_pool=self._task_pool)
         await self._declare_schedules()
         self.hub = EventHub(self._pool, buffer=s.subscriber_buffer)
         self.supervisor = Supervisor(self._services())
@@ -176,6 +188,9 @@ class Engine:
                 await self._task
             self._task = None
         await self.http.close()
+        if self._task_pool is not None:
+            await self._task_pool.close()
+            self._task_pool = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
