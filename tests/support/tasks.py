@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -229,3 +230,93 @@ async def kill_service(ctx: Context, args: ServiceName) -> dict[str, int]:
     for victim in victims:
         victim.cancel()
     return {"cancelled": len(victims)}
+
+
+class Hostile(BaseModel):
+    codepoints: list[int] = Field(default_factory=list)  # chr() of each: NUL and lone surrogates too
+    raw: str = ""  # hex of bytes (often not UTF-8), decoded with surrogateescape as CSV lines are
+    echo: str = ""  # a value given as is, to come back as stored
+    raises: bool = False
+
+
+@task("hostile", args=Hostile, max_attempts=1)
+async def hostile(ctx: Context, args: Hostile) -> object:
+    """Reports progress, logs, returns (or raises) a text built from code points and bytes that
+    PostgreSQL cannot store as they are."""
+    text = "".join(map(chr, args.codepoints)) + bytes.fromhex(args.raw).decode("utf-8", "surrogateescape")
+    await ctx.progress(0.5, text)
+    await ctx.log(text, value=text, **{"k" + text: 1})
+    if args.raises:
+        raise ValueError("boom:" + text)
+    return [text, args.echo, {text: text}]
+
+
+class Recorded(BaseModel):
+    seconds: float = Field(default=0.0, ge=0)
+    step_s: float = Field(default=0.05, gt=0)
+    hold_connection: bool = False  # hold a pool connection for the whole run (starve the pool)
+    report: bool = False  # report progress at each step (events carry the pid)
+
+
+@task("record_execution", args=Recorded, backoff=FAST, max_attempts=20)
+async def record_execution(ctx: Context, args: Recorded) -> dict[str, int]:
+    """Works in steps for ``seconds``, recording this execution in test_executions (see
+    tests/support/executions.py): its end is the end of its last step, also when stopped."""
+    if args.hold_connection:
+        async with ctx.pool.acquire() as conn:
+            return await _recorded_run(ctx, args, conn)
+    return await _recorded_run(ctx, args, ctx.pool)
+
+
+async def _recorded_run(ctx: Context, args: Recorded, db: Any) -> dict[str, int]:
+    import os
+
+    started = time.time()
+    row_id = await db.fetchval(
+        "INSERT INTO test_executions (job_id, attempt, pid, owner, started_at)"
+        " SELECT $1, $2, $3, (SELECT lease_owner FROM jobs WHERE id = $1), $4 RETURNING id",
+        ctx.job.id,
+        ctx.job.attempt,
+        os.getpid(),
+        started,
+    )
+    last_work, outcome = started, "stopped"
+    try:
+        until = started + args.seconds
+        while (now := time.time()) < until:
+            if args.report:
+                await ctx.progress(min(1.0, (now - started) / args.seconds), f"pid {os.getpid()}")
+            await asyncio.sleep(min(args.step_s, until - now))
+            last_work = time.time()
+        last_work, outcome = time.time(), "finished"
+        return {"attempt": ctx.job.attempt, "pid": os.getpid()}
+    finally:
+        await _record_end(ctx, db, row_id, last_work, outcome)
+
+
+async def _record_end(ctx: Context, db: Any, row_id: int, ended: float, outcome: str) -> None:
+    # The database may be away (an outage test): keep trying for a while, on the pool if the
+    # held connection broke.
+    for n in range(150):
+        try:
+            await (db if n % 2 == 0 else ctx.pool).execute(
+                "UPDATE test_executions SET ended_at = $2, outcome = $3 WHERE id = $1", row_id, ended, outcome
+            )
+            return
+        except Exception:
+            await asyncio.sleep(0.2)
+
+
+class Lines(BaseModel):
+    lines: list[str]
+    then_wait_s: float = Field(default=0.0, ge=0)
+
+
+@task("log_lines", args=Lines)
+async def log_lines(ctx: Context, args: Lines) -> dict[str, int]:
+    """Logs each line as given, then waits ``then_wait_s`` (long enough, and the event writer
+    writes them while the job runs; zero, and they go with the outcome)."""
+    for line in args.lines:
+        await ctx.log(line)
+    await asyncio.sleep(args.then_wait_s)
+    return {"lines": len(args.lines)}
