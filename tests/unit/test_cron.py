@@ -149,3 +149,64 @@ def test_next_fire_is_after_the_instant_and_matches_the_expression(
 
     matches = croniter.match(f"{minute} {hour} * * *", local.replace(tzinfo=None))
     assert matches or local.dst() != (local - timedelta(hours=3)).dst()
+
+
+FALL_BACK_NIGHT = [utc(2026, 10, 25, 0, 0) + timedelta(minutes=5 * n) for n in range(31)]  # to 02:30 UTC
+
+
+def test_every_five_minutes_fires_through_the_fall_back_night_in_berlin() -> None:
+    # Berlin falls back at 01:00 UTC on 2026-10-25: local 02:00-02:59 happens twice (00:00-01:59 UTC)
+    cron = Cron("*/5 * * * *", "Europe/Berlin")
+    assert cron.upcoming(utc(2026, 10, 24, 23, 59, 59), len(FALL_BACK_NIGHT)) == FALL_BACK_NIGHT
+
+
+def test_a_scheduler_deciding_on_time_fires_every_tick_of_the_fall_back_night() -> None:
+    cron = Cron("*/5 * * * *", "Europe/Berlin")
+    fired, next_run = [], FALL_BACK_NIGHT[0]
+    while next_run <= FALL_BACK_NIGHT[-1]:
+        decision = decide(cron, next_run, next_run + timedelta(milliseconds=300))
+        assert decision.skipped == 0
+        fired += decision.fire
+        next_run = decision.next_run_at
+    assert fired == FALL_BACK_NIGHT
+
+
+def test_every_ten_seconds_is_never_silent_in_the_repeated_hour() -> None:
+    cron = Cron("*/10 * * * * *", "Europe/Berlin")
+    start = utc(2026, 10, 25, 0, 59, 50)  # where the issue saw it fall silent until 02:00 UTC
+    fires = cron.upcoming(start - timedelta(microseconds=1), 6 * 62 + 1)
+    assert fires == [start + timedelta(seconds=10 * n) for n in range(6 * 62 + 1)]
+    previous = cron.latest_at_or_before(utc(2026, 10, 25, 1, 30, 5), utc(2026, 10, 25))
+    assert previous == utc(2026, 10, 25, 1, 30)  # a tick in the repeated hour, walking back too
+
+
+def test_hourly_and_daily_keep_one_fire_per_local_time_at_fall_back() -> None:
+    assert Cron("0 * * * *", "Europe/Berlin").sub_hourly is False
+    assert Cron("30 2 * * *", "Europe/Berlin").sub_hourly is False
+    assert Cron("0 0 * * * *", "Europe/Berlin").sub_hourly is False  # seconds field, once an hour
+    assert Cron("0,30 * * * *", "Europe/Berlin").sub_hourly is True
+    assert Cron("*/10 0 * * * *", "Europe/Berlin").sub_hourly is True  # six times in minute 0
+    daily = Cron("30 2 * * *", "Europe/Berlin")
+    assert daily.latest_at_or_before(utc(2026, 10, 25, 1, 45), utc(2026, 10, 25)) == utc(2026, 10, 25, 0, 30)
+
+
+@pytest.mark.parametrize("expression", ["0 0 30 2 *", "0 0 31 4 *", "* * 31 2,4,6,9,11 *", "0 0 0 30 2 * "])
+def test_an_expression_that_never_fires_is_refused(expression: str) -> None:
+    with pytest.raises(CronError, match="never fires"):
+        Cron(expression, "UTC")
+
+
+def test_february_29_is_a_date_that_fires_in_leap_years() -> None:
+    assert Cron("0 0 29 2 *", "UTC").next_after(utc(2026, 3, 1)) == utc(2028, 2, 29)
+
+
+def test_skipped_ticks_are_counted() -> None:
+    every_second = Cron("* * * * * *", "UTC")
+    start, now = utc(2026, 1, 1, 10, 0, 1), utc(2026, 1, 1, 10, 0, 10, 500_000)  # ten ticks due
+    assert decide(every_second, start, now, misfire=Misfire.SKIP).skipped == 9
+    assert decide(every_second, start, now, misfire=Misfire.CATCH_UP, cap=3).skipped == 7
+    assert decide(every_second, start, now, misfire=Misfire.CATCH_UP, cap=100).skipped == 0
+    daily = Cron("0 3 * * *", "UTC")
+    assert decide(daily, utc(2026, 1, 1, 3), utc(2026, 1, 1, 5), grace_s=60).skipped == 1
+    a_day_down = decide(every_second, start, start + timedelta(days=1))
+    assert a_day_down.skipped == 1000  # counted up to a limit, never a day's worth of iteration

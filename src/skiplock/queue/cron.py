@@ -1,15 +1,19 @@
 """Cron expressions: next fire times in a schedule's timezone, stored in UTC, and misfire rules.
 
 Parsing and iteration are croniter's (maintained, and the one that takes an optional *leading*
-seconds field). On top of it, two rules:
+seconds field). On top of it, three rules:
 - a local time skipped by a daylight-saving jump fires once, at the next valid instant (croniter's);
-- a local time that happens twice (the repeated hour in autumn) fires once, at its first occurrence.
+- a schedule that fires at most once an hour (hourly, daily …) fires a local time that happens
+  twice (the repeated hour in autumn) once, at its first occurrence;
+- a sub-hourly schedule (every 5 minutes, every few seconds) fires through the repeated hour as
+  it does through any other, as cron does with wildcard schedules: no hour-long silence.
+An expression that can never fire (``0 0 30 2 *``) is refused.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,6 +36,7 @@ class Misfire(enum.StrEnum):
 class Cron:
     expression: str
     timezone: str
+    sub_hourly: bool = field(init=False, default=False)  # fires more than once an hour
 
     def __post_init__(self) -> None:
         try:
@@ -46,9 +51,18 @@ class Cron:
         elif len(fields) not in (5, 6):
             raise CronError(f"expected 5 fields (or 6 with leading seconds), got {len(fields)}")
         try:
-            self._iterator(datetime(2000, 1, 1, tzinfo=self.zone))
+            iterator = self._iterator(datetime(2000, 1, 1, tzinfo=self.zone))
         except (CroniterError, ValueError, KeyError) as exc:
             raise CronError(str(exc) or "invalid cron expression") from exc
+        try:
+            iterator.get_next(datetime)  # croniter searches far enough to see February 29
+        except (CroniterError, ValueError) as exc:
+            raise CronError(f"{expression!r} never fires (no date matches it)") from exc
+        # Fires more than once an hour: more than one minute, or more than one second, matches.
+        minutes, seconds = iterator.expanded[0], iterator.expanded[5] if self.has_seconds else [0]
+        object.__setattr__(
+            self, "sub_hourly", len(minutes) > 1 or "*" in minutes or len(seconds) > 1 or "*" in seconds
+        )
 
     @property
     def zone(self) -> ZoneInfo:
@@ -66,9 +80,15 @@ class Cron:
         iterator = self._iterator(after.astimezone(self.zone))
         while True:
             candidate: datetime = iterator.get_next(datetime)
-            if candidate.fold == 1 and candidate.replace(fold=0).utcoffset() != candidate.utcoffset():
+            if self._repeated(candidate):
                 continue  # the repeated hour: this wall time already fired at its first occurrence
             return candidate.astimezone(UTC)
+
+    def _repeated(self, candidate: datetime) -> bool:
+        """A wall time's second occurrence in a fall-back hour, which only sub-hourly schedules fire."""
+        if self.sub_hourly or candidate.fold == 0:
+            return False
+        return candidate.replace(fold=0).utcoffset() != candidate.utcoffset()
 
     def upcoming(self, after: datetime, count: int) -> list[datetime]:
         times, current = [], after
@@ -82,18 +102,23 @@ class Cron:
         iterator = self._iterator((moment + timedelta(seconds=1)).astimezone(self.zone))
         while True:
             candidate: datetime = iterator.get_prev(datetime)
-            if candidate.fold == 1 and candidate.replace(fold=0).utcoffset() != candidate.utcoffset():
-                continue  # a repeated hour's second occurrence never fires
+            if self._repeated(candidate):
+                continue  # a repeated hour's second occurrence does not fire again
             at = candidate.astimezone(UTC)
             if at > moment:
                 continue
             return at if at >= not_before else None
 
 
+#: Missed ticks are counted up to this many (an every-second schedule down for a day would be 86,400).
+MISSED_COUNT_LIMIT = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     fire: list[datetime]  # scheduled_for of each job to create
     next_run_at: datetime
+    skipped: int = 0  # due ticks that will never fire (misfires), at most MISSED_COUNT_LIMIT
 
 
 def decide(
@@ -105,11 +130,12 @@ def decide(
     grace_s: float = 60.0,
     cap: int = 100,
 ) -> Decision:
-    """What a due schedule does at ``now``: which ticks fire, and its next run.
+    """What a due schedule does at ``now``: which ticks fire, which are skipped, and its next run.
 
     On time (the due tick within the grace period) it fires that tick. After downtime, ``skip``
     fires only the latest missed tick and only within the grace period; ``catch_up`` fires each
     missed tick, oldest first, at most ``cap`` of them. Never more than ``cap`` jobs at once.
+    Every due tick that does not fire is counted in ``skipped``.
     """
     if next_run_at > now:
         return Decision([], next_run_at)
@@ -121,8 +147,19 @@ def decide(
             if current > now:
                 break
             ticks.append(current)
-        return Decision(ticks, following)
-    latest = cron.latest_at_or_before(now, next_run_at)
-    if latest is not None and (now - latest).total_seconds() <= grace_s:
-        return Decision([latest], following)
-    return Decision([], following)
+        fire = ticks
+    else:
+        latest = cron.latest_at_or_before(now, next_run_at)
+        on_time = latest is not None and (now - latest).total_seconds() <= grace_s
+        fire = [latest] if on_time and latest is not None else []
+    due = _count_due(cron, next_run_at, now, len(fire) + MISSED_COUNT_LIMIT)
+    return Decision(fire, following, skipped=min(max(due - len(fire), 0), MISSED_COUNT_LIMIT))
+
+
+def _count_due(cron: Cron, first: datetime, now: datetime, limit: int) -> int:
+    """The ticks from ``first`` (itself one) to ``now``, counted up to ``limit``."""
+    count, current = 0, first
+    while current <= now and count < limit:
+        count += 1
+        current = cron.next_after(current)
+    return count
