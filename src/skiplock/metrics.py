@@ -34,6 +34,17 @@ job_wait = Histogram(
 jobs_running = Gauge("skiplock_jobs_running", "Jobs running in this process now.")
 lease_rescues = Counter("skiplock_lease_rescues_total", "Jobs whose expired lease this process rescued.")
 schedule_fires = Counter("skiplock_schedule_fires_total", "Jobs this process's scheduler fired.")
+schedule_misfires = Counter(
+    "skiplock_schedule_misfires_total",
+    "Due ticks this process's scheduler skipped: missed beyond the misfire policy (downtime), or "
+    "the ticks of a schedule that cannot fire.",
+)
+schedule_errors = Counter(
+    "skiplock_schedule_errors_total",
+    "Schedules this process's scheduler could not fire: an invalid row (parked, reason=invalid) or "
+    "a tick whose job could not be stored (dropped, reason=unstorable).",
+    ("reason",),
+)
 subscribers = Gauge("skiplock_event_subscribers", "Websocket and SSE event subscribers of this process.")
 listener_reconnects = Counter(
     "skiplock_listener_reconnects_total", "Times the LISTEN connection was re-established."

@@ -53,6 +53,7 @@ class ScheduleStatements:
     schedule_update: str
     schedule_delete: str
     schedule_claim_due: str
+    schedule_claim_one: str
     schedule_advance: str
     schedule_next_due: str
     job_insert_scheduled_many: str

@@ -45,6 +45,13 @@ ORDER BY s.next_run_at
 LIMIT $1
 FOR UPDATE SKIP LOCKED
 
+-- name: schedule_claim_one
+-- One due schedule, locked (a batch that failed for one bad row is fired a schedule at a time).
+SELECT s.*, coalesce($2::timestamptz, now()) AS db_now
+FROM schedules AS s
+WHERE s.id = $1 AND s.enabled AND s.next_run_at <= coalesce($2::timestamptz, now())
+FOR UPDATE SKIP LOCKED
+
 -- name: schedule_advance
 UPDATE schedules
 SET next_run_at = $2, last_run_at = coalesce($3, last_run_at), last_job_id = coalesce($4, last_job_id)
