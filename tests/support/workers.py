@@ -17,8 +17,9 @@ def start_worker(dsn: str, **settings: str) -> subprocess.Popen[bytes]:
     return spawn(dsn, "worker", **settings)
 
 
-def spawn(dsn: str, *command: str, **settings: str) -> subprocess.Popen[bytes]:
-    """``skiplock <command…>`` on ``dsn`` with the test tasks loaded and ``SKIPLOCK_<key>`` settings."""
+def spawn(dsn: str, *command: str, stderr_to: Path | None = None, **settings: str) -> subprocess.Popen[bytes]:
+    """``skiplock <command…>`` on ``dsn`` with the test tasks loaded and ``SKIPLOCK_<key>`` settings
+    (its log lines to ``stderr_to`` when given, else to the test's stderr)."""
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -31,7 +32,14 @@ def spawn(dsn: str, *command: str, **settings: str) -> subprocess.Popen[bytes]:
         **{f"SKIPLOCK_{key.upper()}": value for key, value in settings.items()},
     }
     env.pop("SKIPLOCK_TEST_DATABASE_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "skiplock", *command], env=env, stdout=subprocess.DEVNULL)
+    stderr = stderr_to.open("ab") if stderr_to is not None else None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "skiplock", *command], env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    finally:
+        if stderr is not None:
+            stderr.close()  # the child has its own copy
 
 
 def stop_worker(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:

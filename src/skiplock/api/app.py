@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from skiplock import tracing
 from skiplock._version import __version__
-from skiplock.api.errors import skiplock_error_handler
+from skiplock.api.errors import DRIVER_ERRORS, database_error_handler, skiplock_error_handler
 from skiplock.api.events import EventController, all_events_ws, job_events_ws
 from skiplock.api.fetch import FetchController, RecordController
 from skiplock.api.health import health, ready
@@ -107,7 +107,10 @@ def create_app(
         compression_config=compression(),
         guards=[scope_guard],
         csrf_config=csrf,
-        exception_handlers={SkiplockError: skiplock_error_handler},
+        exception_handlers={
+            SkiplockError: skiplock_error_handler,
+            **dict.fromkeys(DRIVER_ERRORS, database_error_handler),
+        },
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
             title="skiplock",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import structlog
 from litestar import Request, Response
 from litestar.exceptions import ValidationException
 from litestar.status_codes import (
@@ -19,6 +21,7 @@ from litestar.status_codes import (
     HTTP_504_GATEWAY_TIMEOUT,
 )
 
+from skiplock.db.pool import is_unavailable
 from skiplock.errors import (
     BusyError,
     ConflictError,
@@ -34,6 +37,12 @@ from skiplock.errors import (
     UnsupportedMediaTypeError,
     UploadTooLargeError,
 )
+from skiplock.service import str_of
+
+log = structlog.get_logger("skiplock.api")
+
+#: Seconds a client is told to wait before retrying a 503 (a restart or failover takes about this).
+RETRY_AFTER_S = 2
 
 _STATUS: list[tuple[type[SkiplockError], int]] = [
     (UnknownTaskError, HTTP_422_UNPROCESSABLE_ENTITY),  # a NotFoundError, but bad input: first
@@ -65,6 +74,38 @@ def skiplock_error_handler(
     return Response(
         {"status_code": status, "detail": exc.message, "extra": exc.extra or None},
         status_code=status,
+        headers=_retry_after(status),
+    )
+
+
+def _retry_after(status: int) -> dict[str, str] | None:
+    return {"Retry-After": str(RETRY_AFTER_S)} if status == HTTP_503_SERVICE_UNAVAILABLE else None
+
+
+#: What the driver or the socket raises when a handler's statement fails; mapped by
+#: :func:`database_error_handler`.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,  # TimeoutError too: an acquire or a statement that outlived its limit
+)
+
+
+def database_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
+    """A driver or socket error that escaped a handler: the database is away (unreachable, the
+    connection broke, the server shutting down, a limit reached) is a 503 with Retry-After, never
+    a 500; a statement the server refused for its values is a bug, a 500 without its details."""
+    if is_unavailable(exc):
+        log.warning("request_database_unavailable", path=request.url.path, error=str_of(exc))
+        status, detail = HTTP_503_SERVICE_UNAVAILABLE, "the database is unavailable; retry shortly"
+    else:
+        log.error("request_database_error", path=request.url.path, exc_info=exc)
+        status, detail = HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error"
+    return Response(
+        {"status_code": status, "detail": detail, "extra": None},
+        status_code=status,
+        headers=_retry_after(status),
     )
 
 
