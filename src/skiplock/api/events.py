@@ -23,7 +23,7 @@ from skiplock.api.schemas import QUEUE_NAME
 from skiplock.api.security import BEARER_PROTOCOL, needs
 from skiplock.auth import Scope
 from skiplock.errors import JobNotFound
-from skiplock.queue._hub import EventHub, JobEvent, SubscriberTooSlow, Subscription
+from skiplock.queue._hub import EventHub, EventsMissed, JobEvent, Subscription
 from skiplock.queue._statements import EVENTS
 from skiplock.queue.models import FINAL_STATES, Job
 
@@ -37,7 +37,11 @@ _QUEUE_NAME = re.compile(QUEUE_NAME)
 CLOSE_NORMAL = 1000
 CLOSE_BAD_REQUEST = 4400
 CLOSE_NOT_FOUND = 4404
-CLOSE_TOO_SLOW = 4429  # resume with after=<last seq received>
+#: The subscriber may have missed events (listener reconnected, a read failed, it fell behind):
+#: a job's stream resumes with after=<last seq received>, /ws/events reloads the state and
+#: reconnects. 4409 ("conflict": the client's view is stale) is in the private range 4000-4999,
+#: unlike 1013, which says only "try again later" and is sent by proxies too.
+CLOSE_RESUME = 4409
 
 
 class EventOut(BaseModel):
@@ -62,7 +66,7 @@ def _parse_after(raw: str | None) -> int:
 
 
 async def follow(hub: EventHub, sub: Subscription, job: Job) -> AsyncIterator[JobEvent]:
-    """The subscription's events until the job's final state (or until it is cut off)."""
+    """The subscription's events until the job's final state (EventsMissed if there may be a gap)."""
     if job.state in FINAL_STATES and job.event_seq <= sub.last_seq:
         return  # nothing more will ever come
     try:
@@ -108,9 +112,10 @@ class EventController(Controller):
             try:
                 async for event in follow(engine.hub, sub, job):
                     yield ServerSentEventMessage(data=event.json, event=event.kind, id=event.seq)
-            except SubscriberTooSlow:
+            except EventsMissed as missed:  # the client resumes with Last-Event-ID (or after=)
                 yield ServerSentEventMessage(
-                    event="too_slow", data=orjson.dumps({"after": sub.last_seq}).decode()
+                    event="resume",
+                    data=orjson.dumps({"after": sub.last_seq, "reason": missed.reason}).decode(),
                 )
 
         return ServerSentEvent(messages())
@@ -155,7 +160,8 @@ async def _wait_for_disconnect(socket: WebSocket[Any, Any, Any]) -> None:
 @websocket("/ws/jobs/{job_id:str}", name="job_events_ws", opt=needs(Scope.JOBS_READ))
 async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str], engine: EngineDep) -> None:
     """First message: the job; then every event after ``after`` in seq order; closes with 1000
-    after the final state, 4404 for an unknown job, 4400 for bad input, 4429 when too slow."""
+    after the final state, 4404 for an unknown job, 4400 for bad input, 4409 when events may have
+    been missed (the reason names the ``after=`` to reconnect with)."""
     await accept(socket)
     try:
         after = _parse_after(socket.query_params.get("after"))
@@ -173,8 +179,8 @@ async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str],
     await socket.send_text(orjson.dumps({"kind": "snapshot", "job": job.model_dump(mode="json")}).decode())
     try:
         await _send_until_done(socket, follow(engine.hub, sub, job))
-    except SubscriberTooSlow:
-        await socket.close(CLOSE_TOO_SLOW, f"fell behind; reconnect with after={sub.last_seq}")
+    except EventsMissed as missed:
+        await socket.close(CLOSE_RESUME, f"may have missed events ({missed.reason}); after={sub.last_seq}")
         return
     finally:
         engine.hub.unsubscribe(sub)
@@ -184,7 +190,9 @@ async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str],
 
 @websocket("/ws/events", name="all_events_ws", opt=needs(Scope.JOBS_READ))
 async def all_events_ws(socket: WebSocket[Any, Any, Any], engine: EngineDep) -> None:
-    """Every new event of every job, optionally of one ``queue`` and/or ``task``."""
+    """Every new event of every job, optionally of one ``queue`` and/or ``task``; closes with 4409
+    when events may have been missed (listener reconnected, a read failed, too slow): reload the
+    state you show, then reconnect."""
     await accept(socket)
     queue, task = socket.query_params.get("queue"), socket.query_params.get("task")
     if (queue is not None and not _QUEUE_NAME.match(queue)) or (
@@ -200,7 +208,7 @@ async def all_events_ws(socket: WebSocket[Any, Any, Any], engine: EngineDep) -> 
 
     try:
         await _send_until_done(socket, forever())
-    except SubscriberTooSlow:
-        await socket.close(CLOSE_TOO_SLOW, "fell behind; reload the state and reconnect")
+    except EventsMissed as missed:
+        await socket.close(CLOSE_RESUME, f"may have missed events ({missed.reason}); reload and reconnect")
     finally:
         engine.hub.unsubscribe(sub)

@@ -1,15 +1,26 @@
 """Fans job events out to this process's subscribers (websocket and SSE clients).
 
 The listener hands over references ('ev:<job>.<seq>,…'); the hub reads the rows themselves, so
-an event of any size arrives whole, and each subscriber gets exactly the events after the last
-one it had, in order: no gaps, no duplicates, even when it joins while the job runs. One read
-per burst serves every subscriber. A subscriber whose buffer fills is cut off, never waited on.
+an event of any size arrives whole.
+
+A subscriber of one job is fed from the table, which is the truth: each read takes at most a page
+of its events after the last one it has, and never more than its buffer has room for, so a long
+history arrives page by page as the subscriber drains it, in order, with no gaps and no
+duplicates. Subscribers at the same place share one read; every read of a round goes out in one
+statement, the shortest first, so a long catch-up never holds back another subscriber's live
+events. A job's subscriber is never cut off: if it stops reading, the hub stops reading for it.
+
+A subscriber of every job gets the events the notifications name. Notifications can be lost (the
+listener reconnected), a read can fail, and such a subscriber can fall behind: then it is told
+(``EventsMissed``) instead of silently missing events.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import json
+from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,12 +30,16 @@ import orjson
 import structlog
 
 from skiplock import metrics
-from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._statements import EVENTS
 from skiplock.queue.models import FINAL_STATES
-from skiplock.service import StopSignal
+from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.events")
+
+#: Events of one job read at most at once for one subscriber (or a group at the same place).
+PAGE = 500
+#: Events read at most in one round for all subscribers together (the rest wait a round).
+ROUND = 20 * PAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +48,16 @@ class JobEvent:
     seq: int
     at: datetime
     kind: str
-    data: dict[str, Any]
-    json: str  # encoded once, sent to every subscriber as is
+    data_json: str  # as PostgreSQL wrote it: passed on, never decoded on the way
+    json: str  # the whole event, encoded once, sent to every subscriber as is
+
+    @property
+    def data(self) -> dict[str, Any]:
+        try:
+            value = orjson.loads(self.data_json)
+        except orjson.JSONDecodeError:  # numbers beyond a double: the standard library copes
+            value = json.loads(self.data_json)
+        return value if isinstance(value, dict) else {}
 
     @property
     def is_final(self) -> bool:
@@ -42,12 +65,21 @@ class JobEvent:
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> JobEvent:
-        body = {k: record[k] for k in ("job_id", "seq", "at", "kind", "data")}
-        return cls(**body, json=orjson.dumps(body).decode())
+        job_id, seq, at, kind, data = (record[k] for k in ("job_id", "seq", "at", "kind", "data"))
+        body = {"job_id": job_id, "seq": seq, "at": at, "kind": kind, "data": orjson.Fragment(data)}
+        return cls(job_id, seq, at, kind, data, orjson.dumps(body).decode())
 
 
-class SubscriberTooSlow(Exception):
-    """The subscriber's buffer filled up; it was cut off and can resume with after=last_seq."""
+class EventsMissed(Exception):
+    """The subscriber may have missed events; it can resume (a job's from ``after=last_seq``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass(eq=False)
@@ -55,62 +87,93 @@ class Subscription:
     """One subscriber's view: a bounded buffer of events, in order."""
 
     job_id: int | None  # None: every job (optionally filtered by queue and task)
-    last_seq: int = 0
+    last_seq: int = 0  # a job's subscriber: the seq of the last event it was given
     queue: str | None = None
     task: str | None = None
     capacity: int = 1000
-    _buffer: asyncio.Queue[JobEvent] = field(init=False)
-    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Called when a subscriber that is behind has room for another read (the hub's wake-up).
+    on_room: Callable[[], None] = _nothing
+    #: A job's subscriber: events after last_seq may be in the table, not yet read for it.
+    behind: bool = False
+    #: Why events may have been missed (then ``get`` raises EventsMissed), or None.
+    missed: str | None = None
+    _buffer: deque[JobEvent] = field(default_factory=deque)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def __post_init__(self) -> None:
-        self._buffer = asyncio.Queue(self.capacity)
+    @property
+    def room(self) -> int:
+        return self.capacity - len(self._buffer)
+
+    @property
+    def has_room_for_a_read(self) -> bool:
+        """Room for half a buffer (or a whole small one): reads stay few, and run ahead of need."""
+        return self.room >= max(1, self.capacity // 2)
 
     def offer(self, event: JobEvent) -> None:
-        if self.overflowed.is_set():
-            return
-        try:
-            self._buffer.put_nowait(event)
-        except asyncio.QueueFull:
-            self.overflowed.set()
+        """Buffer a job's next event, or an event of every job (filtered by the hub)."""
+        if self.missed is not None:
             return
         if self.job_id is not None:
+            if event.seq <= self.last_seq:
+                return  # already given
+            if not self.room:  # not expected (reads fit the room): read it again later
+                self.behind = True
+                return
             self.last_seq = event.seq
+        elif not self.room:
+            self.miss("fell behind")
+            return
+        self._buffer.append(event)
+        self._arrived.set()
+
+    def miss(self, reason: str) -> None:
+        """Tell the subscriber it may have missed events: its next ``get`` raises EventsMissed."""
+        if self.missed is None:
+            self.missed = reason
+            self._buffer.clear()
+        self._arrived.set()
 
     async def get(self) -> JobEvent:
-        """The next event; raises SubscriberTooSlow once the buffer has overflowed."""
-        if self.overflowed.is_set():
-            raise SubscriberTooSlow
-        getter = asyncio.ensure_future(self._buffer.get())
-        overflow = asyncio.ensure_future(self.overflowed.wait())
-        try:
-            await asyncio.wait({getter, overflow}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            overflow.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        raise SubscriberTooSlow
+        """The next event; raises EventsMissed once events may have been missed."""
+        while not self._buffer and self.missed is None:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self.missed is not None:
+            raise EventsMissed(self.missed)
+        event = self._buffer.popleft()
+        if self.behind and self.has_room_for_a_read:
+            self.on_room()
+        return event
+
+
+@dataclass(slots=True)
+class _Read:
+    """One page read for the subscribers of a job that are at the same place."""
+
+    job_id: int
+    after: int
+    max_rows: int
+    subs: list[Subscription]
 
 
 class EventHub:
     name = "event_hub"
 
-    def __init__(self, pool: asyncpg.Pool, *, buffer: int = 1000) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, buffer: int = 1000, page: int = PAGE) -> None:
         self.pool = pool
         self.buffer = buffer
+        self.page = page
         self._by_job: dict[int, set[Subscription]] = defaultdict(set)
+        self._latest: dict[int, int] = {}  # highest seq notified per followed job
         self._everything: set[Subscription] = set()
-        self._stale_jobs: set[int] = set()  # jobs whose subscribers may have events to read
         self._refs: list[tuple[int, int]] = []  # exact events, for the all-jobs subscribers
         self._wake = asyncio.Event()
         self._stop = StopSignal()
 
     def subscribe_job(self, job_id: int, after: int = 0) -> Subscription:
         """Events of one job with seq > after: history first, then live."""
-        sub = Subscription(job_id, last_seq=after, capacity=self.buffer)
+        sub = Subscription(job_id, last_seq=after, capacity=self.buffer, on_room=self._wake.set, behind=True)
         self._by_job[job_id].add(sub)
-        self._stale_jobs.add(job_id)  # read the history; later events arrive as hints
         self._wake.set()
         self._count_subscribers()
         return sub
@@ -140,70 +203,133 @@ class EventHub:
             subs.discard(sub)
             if not subs:
                 del self._by_job[sub.job_id]
+                self._latest.pop(sub.job_id, None)
 
     def hint(self, payload: str) -> None:
         """Listener hook for 'ev:<job>.<seq>,…'."""
         for ref in payload.split(","):
-            job, _, seq = ref.partition(".")
-            if not (job.isdigit() and seq.isdigit()):
+            job, _, seq_text = ref.partition(".")
+            if not (job.isdigit() and seq_text.isdigit()):
                 continue
-            job_id = int(job)
-            if job_id in self._by_job:
-                self._stale_jobs.add(job_id)
+            job_id, seq = int(job), int(seq_text)
+            subs = self._by_job.get(job_id)
+            if subs:
+                self._latest[job_id] = max(seq, self._latest.get(job_id, 0))
+                for sub in subs:
+                    if sub.last_seq < seq:
+                        sub.behind = True
             if self._everything:
-                self._refs.append((job_id, int(seq)))
+                self._refs.append((job_id, seq))
         self._wake.set()
 
     def catch_up(self) -> None:
-        """After a reconnect: notifications may have been lost, so read for every job followed."""
-        self._stale_jobs.update(self._by_job)
+        """After a reconnect notifications may have been lost: a job's subscribers read again
+        from where they are; subscribers of every job are told."""
+        for subs in self._by_job.values():
+            for sub in subs:
+                sub.behind = True
+        self._tell_everything("listener reconnected")
         self._wake.set()
 
+    def _tell_everything(self, reason: str) -> None:
+        self._refs.clear()
+        for sub in self._everything:
+            sub.miss(reason)
+        self._everything.clear()  # each resubscribes when it resumes
+        self._count_subscribers()
+
     async def run(self, ready: asyncio.Event) -> None:
+        recovery = Recovery(self.name, self._stop)
         ready.set()
         while not self._stop.is_set:
             await self._wake.wait()
             self._wake.clear()
             if self._stop.is_set:
                 break
-            jobs, self._stale_jobs = self._stale_jobs, set()
-            refs, self._refs = self._refs, []
             try:
-                await self._deliver_to_jobs(jobs)
-                await self._deliver_to_everything(refs)
-            except DB_UNAVAILABLE as exc:
-                log.warning("event_read_failed", error=str(exc))
-                self._stale_jobs |= jobs
-                if await self._stop.sleep(0.5):
+                await self._deliver_to_everything()
+                await self._deliver_to_jobs()
+            except Exception as exc:  # whatever it is, the hub goes on: log, count, back off, retry
+                if await recovery.failed(exc):
                     break
                 self._wake.set()
+            else:
+                recovery.succeeded()
 
-    async def _deliver_to_jobs(self, jobs: set[int]) -> None:
-        followed = [j for j in jobs if self._by_job.get(j)]
-        if not followed:
-            return
-        afters = [min(s.last_seq for s in self._by_job[j]) for j in followed]
-        for record in await self.pool.fetch(EVENTS.event_since_many, followed, afters):
-            event = JobEvent.from_record(record)
-            for sub in list(self._by_job.get(event.job_id, ())):
-                # Only the very next event: a subscriber that joined while this read was under way
-                # may be behind where it started, and must not skip ahead (its own read follows).
-                if event.seq == sub.last_seq + 1:
-                    sub.offer(event)
-                if sub.overflowed.is_set():
-                    self.unsubscribe(sub)  # its lag must not hold back the next read
-
-    async def _deliver_to_everything(self, refs: list[tuple[int, int]]) -> None:
+    async def _deliver_to_everything(self) -> None:
+        refs, self._refs = self._refs, []
         if not refs or not self._everything:
             return
         job_ids, seqs = zip(*refs, strict=True)
-        for record in await self.pool.fetch(EVENTS.event_get_many, list(job_ids), list(seqs)):
+        try:
+            records = await self.pool.fetch(EVENTS.event_get_many, list(job_ids), list(seqs))
+        except Exception:
+            self._tell_everything("read failed")
+            raise
+        for record in records:
             event = JobEvent.from_record(record)
             for sub in list(self._everything):
                 if sub.queue in (None, record["queue"]) and sub.task in (None, record["task"]):
                     sub.offer(event)
-                if sub.overflowed.is_set():
-                    self.unsubscribe(sub)
+                if sub.missed is not None:
+                    self.unsubscribe(sub)  # its lag must not hold back the next read
+
+    async def _deliver_to_jobs(self) -> None:
+        reads = self._plan_reads()
+        if not reads:
+            return
+        for read in reads:
+            for sub in read.subs:
+                sub.behind = False  # a hint that arrives while the read is out sets it again
+        try:
+            records = await self.pool.fetch(
+                EVENTS.event_since_many,
+                [r.job_id for r in reads],
+                [r.after for r in reads],
+                [r.max_rows for r in reads],
+            )
+        except Exception:
+            for read in reads:
+                for sub in read.subs:
+                    sub.behind = True  # read again after the back-off: the table still has it all
+            raise
+        counts = [0] * len(reads)
+        for record in records:
+            index = record["read"] - 1
+            counts[index] += 1
+            event = JobEvent.from_record(record)
+            for sub in reads[index].subs:
+                sub.offer(event)
+        for read, count in zip(reads, counts, strict=True):
+            if count == read.max_rows:  # a full page: there may be more
+                for sub in read.subs:
+                    sub.behind = True
+        if any(sub.behind and sub.has_room_for_a_read for subs in self._by_job.values() for sub in subs):
+            self._wake.set()  # next page, or a read that did not fit in this round
+
+    def _plan_reads(self) -> list[_Read]:
+        """This round's reads: one per job and place among subscribers that are behind and have
+        room, shortest first (live events before catch-ups), within the round's budget."""
+        by_place: dict[tuple[int, int], list[Subscription]] = defaultdict(list)
+        for job_id, subs in self._by_job.items():
+            for sub in subs:
+                if sub.behind and sub.has_room_for_a_read:
+                    by_place[(job_id, sub.last_seq)].append(sub)
+        reads: list[_Read] = []
+        for (job_id, after), group in by_place.items():
+            # As many as notified when that is known (a live subscriber wants one or two), else a page.
+            wanted = self._latest.get(job_id, 0) - after
+            max_rows = min(self.page, min(sub.room for sub in group), wanted if wanted > 0 else self.page)
+            reads.append(_Read(job_id, after, max_rows, group))
+        reads.sort(key=lambda r: r.max_rows)
+        planned: list[_Read] = []
+        total = 0
+        for read in reads:
+            if planned and total + read.max_rows > ROUND:
+                break
+            planned.append(read)
+            total += read.max_rows
+        return planned
 
     async def stop(self) -> None:
         self._stop.set()

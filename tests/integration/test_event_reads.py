@@ -1,0 +1,282 @@
+"""Bounded live reads: long histories read in pages, resumes that read only what they missed, SSE
+replay from Last-Event-ID, and subscribers told (closed with 4409) when they may have missed events.
+
+Each case prints what it measured (run with ``-s`` to see it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import tracemalloc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+
+from skiplock.api import create_app
+from skiplock.api.plugin import SkiplockPlugin
+from skiplock.db.pool import create_pool
+from skiplock.queue._hub import EventHub, EventsMissed
+from skiplock.queue.engine import Engine
+from skiplock.queue.models import JobState
+from skiplock.settings import Settings
+from tests.factories import job
+from tests.integration.test_events import enqueue, read_sse, ws_url
+from tests.support.faults import private_postgres
+from tests.support.live import serve
+from tests.support.waiting import wait_until
+
+RESUME = 4409  # the documented "you may have missed events" close code
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@asynccontextmanager
+async def live_app(settings: Settings, registry: Any) -> AsyncIterator[tuple[str, Engine]]:
+    """A live server and the engine inside it."""
+    app = create_app(settings, tasks=list(registry))
+    async with serve(app) as base:
+        yield base, app.plugins.get(SkiplockPlugin).engine
+
+
+async def long_history(db: asyncpg.Connection, count: int) -> int:
+    """A succeeded job with ``count`` events (log lines, then its final state), in one INSERT."""
+    job_id = await job(db, JobState.SUCCEEDED)
+    await db.execute(
+        """
+        INSERT INTO job_events (job_id, seq, kind, data)
+        SELECT $1, g,
+               CASE WHEN g = $2 THEN 'state' ELSE 'log' END,
+               CASE WHEN g = $2 THEN '{"state": "succeeded", "previous": "running", "attempt": 1}'::jsonb
+                    ELSE jsonb_build_object('level', 'info', 'message', 'line ' || g, 'fields', '{}'::jsonb)
+               END
+        FROM generate_series(1, $2) AS g
+        """,
+        job_id,
+        count,
+    )
+    await db.execute("UPDATE jobs SET event_seq = $2 WHERE id = $1", job_id, count)
+    return job_id
+
+
+async def read_until_closed(
+    ws: aiohttp.ClientWebSocketResponse, timeout: float = 60
+) -> tuple[list[dict[str, Any]], int | None, str]:
+    """Every message until the server closes: (messages, close code, close reason)."""
+    messages: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.receive()
+            if message.type != aiohttp.WSMsgType.TEXT:
+                return messages, ws.close_code, str(message.extra or "")
+            messages.append(json.loads(message.data))  # as a browser would: numbers of any size
+
+
+async def test_resume_near_the_end_of_a_long_history_reads_only_the_rest(
+    db: asyncpg.Connection, settings: Settings, registry: Any, http: aiohttp.ClientSession
+) -> None:
+    job_id = await long_history(db, 200_000)
+    async with live_app(settings, registry) as (base, _engine):
+        url = ws_url(base, f"/ws/jobs/{job_id}")
+        tracemalloc.start()
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            # A page left open from the start (a dashboard tab in the background) that reads slowly.
+            async with http.ws_connect(f"{url}?after=0", max_msg_size=0) as idle:
+                assert orjson.loads((await idle.receive()).data)["kind"] == "snapshot"
+                started = time.monotonic()
+                async with http.ws_connect(f"{url}?after=199000") as resumed:
+                    messages, code, _ = await read_until_closed(resumed)
+                elapsed = time.monotonic() - started
+                peak = tracemalloc.get_traced_memory()[1] - baseline
+        finally:
+            tracemalloc.stop()
+    print(
+        f"\nafter=199000 of 200,000: {len(messages) - 1} events in {elapsed:.2f} s,"
+        f" peak +{peak / 2**20:.1f} MiB"
+    )
+    assert [e["seq"] for e in messages[1:]] == list(range(199_001, 200_001))
+    assert code == 1000
+    assert peak < 40 * 2**20
+    assert elapsed < 5
+
+
+async def test_a_subscriber_from_the_start_gets_every_event_in_order(
+    db: asyncpg.Connection, settings: Settings, registry: Any, http: aiohttp.ClientSession
+) -> None:
+    count = 50_000
+    job_id = await long_history(db, count)
+    async with live_app(settings, registry) as (base, _engine):
+        started = time.monotonic()
+        async with http.ws_connect(ws_url(base, f"/ws/jobs/{job_id}"), max_msg_size=0) as ws:
+            # Reads steadily, and meanwhile follows a job that runs now: its events are not
+            # held back behind the catch-up.
+            first = await ws.receive()
+            assert orjson.loads(first.data)["kind"] == "snapshot"
+            reading = asyncio.ensure_future(read_until_closed(ws))
+            live_started = time.monotonic()
+            other = await enqueue(http, base, task="noop")
+            async with http.ws_connect(ws_url(base, f"/ws/jobs/{other['id']}")) as live:
+                live_messages, live_code, _ = await read_until_closed(live, timeout=30)
+            live_elapsed = time.monotonic() - live_started
+            messages, code, reason = await reading
+        elapsed = time.monotonic() - started
+    print(
+        f"\nfrom 0 of {count:,}: {len(messages):,} events in {elapsed:.2f} s (close {code} {reason!r});"
+        f" a live job meanwhile: enqueue to final event {live_elapsed:.2f} s"
+    )
+    assert code == 1000, reason
+    assert [e["seq"] for e in messages] == list(range(1, count + 1))
+    assert live_code == 1000
+    assert live_messages[-1]["data"]["state"] == "succeeded"
+
+
+async def test_sse_replay_of_a_finished_job_returns_exactly_the_events_after_last_event_id(
+    settings: Settings, registry: Any, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    async with live_app(settings, registry) as (base, _engine):
+        job = await enqueue(http, base, task="sleep", args={"seconds": 0.2, "steps": 3})
+        await wait_until(
+            lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job["id"]), timeout=30
+        )
+        last = await db.fetchval("SELECT event_seq FROM jobs WHERE id = $1", job["id"])
+        seen: dict[int, list[int]] = {}
+        for after in range(last + 1):
+            async with http.get(
+                f"{base}/jobs/{job['id']}/stream",
+                headers={"Last-Event-ID": str(after)},
+                timeout=aiohttp.ClientTimeout(total=20),
+            ) as response:
+                seen[after] = [seq for seq, _ in await read_sse(response)]
+    print(f"\nSSE replay of a finished job with {last} events: {seen}")
+    assert seen == {after: list(range(after + 1, last + 1)) for after in range(last + 1)}
+
+
+async def test_sse_replay_of_a_long_history_returns_every_event_after_last_event_id_then_ends(
+    settings: Settings, registry: Any, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    count = 3_000  # three times the subscriber buffer
+    job_id = await long_history(db, count)
+    seen: dict[int, tuple[int, int, int]] = {}
+    async with live_app(settings, registry) as (base, _engine):
+        for after in (0, 1, 1_500, count - 1, count):
+            async with http.get(
+                f"{base}/jobs/{job_id}/stream",
+                headers={"Last-Event-ID": str(after)},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as response:
+                seqs = [seq for seq, _ in await read_sse(response)]
+            assert seqs == list(range(after + 1, count + 1)), (after, len(seqs))
+            seen[after] = (len(seqs), seqs[0] if seqs else 0, seqs[-1] if seqs else 0)
+    print(f"\nSSE replay of {count:,} events, Last-Event-ID -> (count, first, last): {seen}")
+
+
+async def test_all_events_subscribers_are_closed_with_the_resume_code_after_a_listener_reconnect(
+    settings: Settings, registry: Any, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    async with live_app(settings, registry) as (base, engine):
+        async with http.ws_connect(ws_url(base, "/ws/events")) as everything:
+            seen = await enqueue(http, base, task="noop")
+            while True:  # the stream works: the job's final state arrives
+                event = orjson.loads((await asyncio.wait_for(everything.receive(), 30)).data)
+                if event["job_id"] == seen["id"] and event["data"].get("state") == "succeeded":
+                    break
+            # A job that reports while the listener is away: its own subscriber still misses nothing.
+            job = await enqueue(http, base, task="sleep", args={"seconds": 1.0, "steps": 5})
+            async with http.ws_connect(ws_url(base, f"/ws/jobs/{job['id']}")) as follower:
+                pid = engine.listener.connection_pid
+                await db.execute("SELECT pg_terminate_backend($1)", pid)
+                started = time.monotonic()
+                try:
+                    _, code, reason = await read_until_closed(everything, timeout=15)
+                except TimeoutError:
+                    code, reason = None, "not closed within 15 s"
+                told_in = time.monotonic() - started
+                followed, follower_code, _ = await read_until_closed(follower, timeout=30)
+        reconnects = engine.listener.signals.reconnects
+    print(f"\nlistener reconnects {reconnects}; /ws/events closed {code} {reason!r} after {told_in:.2f} s")
+    assert reconnects >= 1
+    assert code == RESUME, reason
+    assert "reconnect" in reason
+    assert follower_code == 1000
+    events = followed[1:]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["data"]["state"] == "succeeded"
+
+
+async def test_all_events_subscribers_are_told_after_a_failed_read_and_the_hub_goes_on() -> None:
+    async with private_postgres() as server:
+        pool = await create_pool(server.dsn, min_size=1, max_size=2)
+        hub = EventHub(pool)  # no listener: the test hands it the hints
+        ready = asyncio.Event()
+        running = asyncio.create_task(hub.run(ready))
+        try:
+            await ready.wait()
+            everything = hub.subscribe_all()
+            server.stop()
+            hub.hint("1.1")
+            try:
+                await asyncio.wait_for(everything.get(), timeout=10)
+                told = "an event"
+            except EventsMissed as missed:
+                told = f"EventsMissed({missed.reason!r})"
+            except TimeoutError:
+                told = "nothing within 10 s"
+            server.start()
+            conn = await asyncpg.connect(server.dsn)
+            try:
+                job_id = await job(conn, JobState.RUNNING)
+                await conn.execute(
+                    "INSERT INTO job_events (job_id, seq, kind, data) VALUES ($1, 1, 'log', '{}')", job_id
+                )
+            finally:
+                await conn.close()
+            fresh = hub.subscribe_job(job_id)
+            event = await asyncio.wait_for(fresh.get(), timeout=30)
+        finally:
+            await hub.stop()
+            await running
+            await pool.close()
+    print(f"\nafter a failed read the /ws/events subscriber got: {told}")
+    assert told.startswith("EventsMissed")
+    assert "read" in told
+    assert (event.job_id, event.seq) == (job_id, 1)
+
+
+async def test_an_event_the_decoder_cannot_read_is_delivered_and_the_hub_survives(
+    settings: Settings, registry: Any, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    job_id = await job(db, JobState.SUCCEEDED)
+    await db.execute(
+        """
+        INSERT INTO job_events (job_id, seq, kind, data) VALUES
+            ($1, 1, 'log', '{"message": "fine"}'),
+            ($1, 2, 'log', '{"message": "huge", "fields": {"n": 1e400}}'),
+            ($1, 3, 'state', '{"state": "succeeded", "previous": "running", "attempt": 1}')
+        """,
+        job_id,
+    )
+    await db.execute("UPDATE jobs SET event_seq = 3 WHERE id = $1", job_id)
+    async with live_app(settings, registry) as (base, engine):
+        async with http.ws_connect(ws_url(base, f"/ws/jobs/{job_id}"), max_msg_size=0) as ws:
+            try:
+                messages, code, _ = await read_until_closed(ws, timeout=10)
+            except TimeoutError:
+                messages, code = [], None
+        healthy = engine.healthy
+        async with http.get(f"{base}/health") as response:
+            health = response.status
+    print(f"\nan event with 1e400 in it: {len(messages) - 1} events, close {code}, engine healthy {healthy}")
+    assert [e["seq"] for e in messages[1:]] == [1, 2, 3]
+    assert code == 1000
+    assert healthy
+    assert health == 200
