@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from skiplock.errors import ConfigError
+from skiplock.queue_names import check_queue_name
 
 
 class Settings(BaseSettings):
@@ -158,8 +159,7 @@ class Settings(BaseSettings):
 def parse_queue_spec(spec: str) -> tuple[str, int | None]:
     """``"media:2"`` → ``("media", 2)``; ``"default"`` → ``("default", None)``."""
     name, _, limit = spec.partition(":")
-    if not name or len(name) > 100:
-        raise ValueError(f"bad queue name in {spec!r}")
+    check_queue_name(name)
     if not limit:
         return name, None
     if not limit.isdigit() or int(limit) < 1:

@@ -11,12 +11,15 @@ from typing import Any
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 
-from skiplock.queue import Engine
-from skiplock.queue._scheduler import Scheduler
+from skiplock.errors import ConfigError
+from skiplock.queue import Engine, Task, TaskRegistry, registered, task
+from skiplock.queue._scheduler import PARKED, Scheduler
 from skiplock.settings import Settings
 from tests.conftest import make_settings
 from tests.support.live import app_client
+from tests.support.tasks import NoArgs, noop
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker, stop_worker
 
@@ -74,6 +77,8 @@ async def test_create_read_change_trigger_and_delete_a_schedule(api: Client) -> 
     [
         ({"cron": "61 * * * *"}, 422, ["cron", "out of range"]),
         ({"cron": "* * *"}, 422, ["cron", "5 fields"]),
+        ({"cron": "0 0 30 2 *"}, 422, ["cron", "never fires"]),
+        ({"queue": "media:2"}, 422, ["queue"]),
         ({"timezone": "Mars/Base"}, 422, ["timezone"]),
         ({"task": "nope"}, 422, ["task", "unknown task"]),
         ({"args": {"seconds": -5}}, 422, ["args.seconds"]),
@@ -105,6 +110,9 @@ async def test_duplicate_name_unknown_id_and_bad_changes(api: Client) -> None:
     bad = await api.patch(f"/schedules/{first['id']}", json={"cron": "nonsense"})
     assert bad.status_code == 422
     assert "cron" in bad.text
+    never = await api.patch(f"/schedules/{first['id']}", json={"cron": "0 0 30 2 *"})
+    assert never.status_code == 422, never.text
+    assert "never fires" in never.text
     assert (await api.get(f"/schedules/{first['id']}")).json()["cron"] == "*/5 * * * *"
 
 
@@ -213,3 +221,105 @@ async def test_schedule_declared_in_code_is_created_and_never_overwrites_an_api_
     async with Engine(settings, registry, settings.database_url or ""):
         await asyncio.sleep(0)
     assert await db.fetchval("SELECT cron FROM schedules WHERE name = 'nightly_report'") == "0 5 * * *"
+
+
+def counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_parked_invalid_rows_never_stop_the_scheduler_on_february_29(
+    quiet_engine: Engine, db: asyncpg.Connection
+) -> None:
+    leap_day = datetime(2028, 2, 29, 12, 0, tzinfo=UTC)  # the old parking (year 9999) raised here
+    never = await insert_due(db, "0 0 30 2 *", leap_day)  # rows written by hand, past validation
+    nonsense = await insert_due(db, "banana * * * *", leap_day)
+    good = await insert_due(db, "* * * * *", leap_day)
+    invalid_before = counted("skiplock_schedule_errors_total", reason="invalid")
+    await Scheduler(quiet_engine.pool, quiet_engine.registry).fire_due(now=leap_day)  # raised before
+    assert await ticks_of(db, good) == [leap_day]
+    parked = await db.fetch("SELECT next_run_at FROM schedules WHERE id = ANY($1)", [never, nonsense])
+    assert [r["next_run_at"] for r in parked] == [PARKED, PARKED]
+    assert counted("skiplock_schedule_errors_total", reason="invalid") - invalid_before == 2
+
+
+async def test_a_batch_with_an_unstorable_schedule_still_fires_every_other(
+    quiet_engine: Engine, db: asyncpg.Connection
+) -> None:
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    good = [await insert_due(db, "* * * * *", now) for _ in range(3)]
+    bad = await insert_due(db, "* * * * *", now)
+    await db.execute("UPDATE schedules SET queue = repeat('q', 101) WHERE id = $1", bad)  # jobs refuse it
+    unstorable_before = counted("skiplock_schedule_errors_total", reason="unstorable")
+    await Scheduler(quiet_engine.pool, quiet_engine.registry).fire_due(now=now)
+    assert [await ticks_of(db, g) for g in good] == [[now]] * 3
+    assert await ticks_of(db, bad) == []
+    assert await db.fetchval("SELECT next_run_at FROM schedules WHERE id = $1", bad) == now + timedelta(
+        minutes=1
+    )
+    assert counted("skiplock_schedule_errors_total", reason="unstorable") - unstorable_before == 1
+
+
+async def test_skipped_ticks_are_counted(quiet_engine: Engine, db: asyncpg.Connection) -> None:
+    start = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    await insert_due(db, "* * * * * *", start, "skip")
+    before = counted("skiplock_schedule_misfires_total")
+    await Scheduler(quiet_engine.pool, quiet_engine.registry).fire_due(now=start + timedelta(seconds=9.5))
+    assert counted("skiplock_schedule_misfires_total") - before == 9  # ten due, the latest fired
+
+
+class FlakyRegistry(TaskRegistry):
+    """A registry that raises something unexpected while ``broken`` (any error, not the database)."""
+
+    broken = True
+
+    def __contains__(self, name: object) -> bool:
+        if self.broken:
+            raise RuntimeError("unexpected")
+        return super().__contains__(name)
+
+
+async def test_the_scheduler_loop_survives_an_unexpected_error(
+    quiet_engine: Engine, registry: Any, db: asyncpg.Connection
+) -> None:
+    flaky = FlakyRegistry(registry)
+    scheduler = Scheduler(quiet_engine.pool, flaky, max_sleep_s=0.2)
+    errors_before = counted("skiplock_loop_errors_total", service="scheduler")
+    schedule_id = await insert_due(db, "* * * * * *", await db.fetchval("SELECT now()"))
+    ready = asyncio.Event()
+    loop = asyncio.create_task(scheduler.run(ready))
+    try:
+        await wait_until(
+            lambda: counted("skiplock_loop_errors_total", service="scheduler") >= errors_before + 2
+        )
+        flaky.broken = False
+        await wait_until(lambda: ticks_of(db, schedule_id), 10)
+    finally:
+        await scheduler.stop()
+        await loop
+    assert await ticks_of(db, schedule_id)
+
+
+async def test_every_five_minutes_in_berlin_fires_through_the_fall_back_night(
+    quiet_engine: Engine, db: asyncpg.Connection
+) -> None:
+    night = [datetime(2026, 10, 25, 0, 0, tzinfo=UTC) + timedelta(minutes=5 * n) for n in range(31)]
+    schedule_id = await insert_due(db, "*/5 * * * *", night[0])
+    await db.execute("UPDATE schedules SET timezone = 'Europe/Berlin' WHERE id = $1", schedule_id)
+    scheduler = Scheduler(quiet_engine.pool, quiet_engine.registry)
+    while (due := await db.fetchval("SELECT next_run_at FROM schedules WHERE id = $1", schedule_id)) <= night[
+        -1
+    ]:
+        await scheduler.fire_due(now=due + timedelta(milliseconds=300))  # each tick, on time
+    assert await ticks_of(db, schedule_id) == night  # 00:00 to 02:30 UTC, the repeated hour included
+
+
+async def test_a_declared_schedule_that_never_fires_is_a_start_up_error_naming_it(
+    settings: Settings, registry: Any
+) -> None:
+    with pytest.raises(ConfigError, match=r"task 'leap_report': schedule 'leap_report#2' \('0 0 30 2 \*'\)"):
+        task("leap_report", args=NoArgs, schedules=["@daily", "0 0 30 2 *"])
+    assert "leap_report" not in registered
+    by_hand = Task(name="by_hand", fn=noop.fn, args=NoArgs, schedules=("0 0 31 4 *",))
+    engine = Engine(settings, TaskRegistry([*registry, by_hand]), settings.database_url or "")
+    with pytest.raises(ConfigError, match=r"schedule 'by_hand' of task 'by_hand'.*never fires"):
+        await engine.start()

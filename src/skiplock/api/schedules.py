@@ -16,6 +16,7 @@ from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.queue.models import Job
 from skiplock.queue.schedules import Schedule, ScheduleSpec
+from skiplock.queue_names import QUEUE_NAME
 
 ScheduleId = Annotated[str, Parameter(pattern=r"^[1-9][0-9]{0,17}$", description="The schedule's id.")]
 
@@ -33,7 +34,7 @@ class ScheduleChange(BaseModel):
     timezone: str | None = Field(default=None, max_length=100)
     task: str | None = Field(default=None, min_length=1, max_length=200)
     args: dict[str, Any] | None = None
-    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    queue: str | None = Field(default=None, pattern=QUEUE_NAME)
     priority: int | None = None
     enabled: bool | None = None
     misfire: Literal["skip", "catch_up"] | None = None

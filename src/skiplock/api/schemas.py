@@ -9,8 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from skiplock.queue.models import Job, QueueInfo
 from skiplock.queue.tasks import MAX_PRIORITY
-
-QUEUE_NAME = r"^[A-Za-z0-9_.:-]{1,100}$"
+from skiplock.queue_names import QUEUE_NAME as QUEUE_NAME  # re-exported: routes validate with it
 
 
 def parse_cursor(cursor: str | None, *, below: int) -> int | None:

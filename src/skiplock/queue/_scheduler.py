@@ -37,6 +37,14 @@ PARKED = datetime(9999, 1, 1, tzinfo=UTC)
 Plan = tuple[asyncpg.Record, Decision]
 
 
+def refused_for_values(exc: BaseException) -> bool:
+    """The database (or the driver, encoding an argument) refused a statement for its values:
+    retrying the same batch would fail forever, so it is split instead."""
+    if isinstance(exc, asyncpg.exceptions._base.DataError):  # the driver's: an argument it cannot encode
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and not is_unavailable(exc)
+
+
 class Scheduler:
     name = "scheduler"
 
@@ -98,8 +106,8 @@ class Scheduler:
                     ids = [row["id"] for row in rows]
                     plans, created = await self._fire(conn, rows)
             except Exception as exc:
-                if is_unavailable(exc) or not ids:
-                    raise
+                if not ids or not refused_for_values(exc):
+                    raise  # the database is away, or a bug: the loop's Recovery backs off
                 log.warning("schedule_batch_refused", error=str_of(exc), schedules=len(ids))
                 for schedule_id in ids:
                     await self._fire_alone(conn, schedule_id, now)
@@ -139,7 +147,7 @@ class Scheduler:
                 plans, created = await self._fire(conn, rows)
             self._report(plans, created)
         except Exception as exc:
-            if is_unavailable(exc):
+            if not refused_for_values(exc):
                 raise
             metrics.schedule_errors.labels("unstorable").inc()
             log.error("schedule_fire_refused", schedule_id=schedule_id, error=str_of(exc))

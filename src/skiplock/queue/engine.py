@@ -16,6 +16,7 @@ import structlog
 from skiplock import metrics
 from skiplock.db.migrate import migrate_database
 from skiplock.db.pool import create_pool, engine_limits, task_limits
+from skiplock.errors import ConfigError, InvalidArgumentsError
 from skiplock.fetcher import Fetcher, FetchPolicy
 from skiplock.queue._completer import Completer
 from skiplock.queue._event_writer import EventWriter
@@ -158,7 +159,11 @@ class Engine:
         )
         await self.http.start()
         self._client = Client(self._pool, self.registry, task_pool=self._task_pool)
-        await self._declare_schedules()
+        try:
+            await self._declare_schedules()
+        except BaseException:  # a bad declared schedule: nothing of the engine stays open
+            await self.stop()
+            raise
         self.hub = EventHub(self._pool, buffer=s.subscriber_buffer)
         self.supervisor = Supervisor(self._services())
         ready = asyncio.Event()
@@ -175,7 +180,11 @@ class Engine:
         """Schedules written in code (@task(schedule=…)): created or updated; API-made ones win."""
         for task in self.registry:
             for spec in task.declared_schedules():
-                if await self.client.schedules.declare(spec) is None:
+                try:
+                    declared = await self.client.schedules.declare(spec)
+                except InvalidArgumentsError as exc:  # a Task built by hand, not through @task
+                    raise ConfigError(f"schedule {spec.name!r} of task {task.name!r}: {exc.message}") from exc
+                if declared is None:
                     log.warning(
                         "declared_schedule_ignored", name=spec.name, reason="an API schedule has the name"
                     )

@@ -15,6 +15,7 @@ from skiplock.queue._statements import JOBS, SCHEDULES
 from skiplock.queue.cron import Cron, CronError
 from skiplock.queue.models import Job
 from skiplock.queue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PRIORITY, TaskRegistry
+from skiplock.queue_names import QUEUE_NAME
 
 UPCOMING = 5
 
@@ -31,7 +32,7 @@ class ScheduleSpec(BaseModel):
     timezone: str = Field(default="UTC", max_length=100, examples=["Europe/Berlin"])
     task: str = Field(min_length=1, max_length=200)
     args: dict[str, Any] = Field(default_factory=dict)
-    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    queue: str | None = Field(default=None, pattern=QUEUE_NAME)
     priority: int | None = None
     enabled: bool = True
     misfire: Literal["skip", "catch_up"] = "skip"

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from skiplock.errors import InvalidArgumentsError, UnknownTaskError
+from skiplock.errors import ConfigError, InvalidArgumentsError, UnknownTaskError
 from skiplock.queue.backoff import Backoff
+from skiplock.queue.cron import Cron, CronError
+from skiplock.queue_names import check_queue_name
 
 if TYPE_CHECKING:
     from skiplock.queue.context import Context
@@ -66,7 +68,7 @@ class Task(Generic[ArgsT]):
         from skiplock.queue.schedules import ScheduleSpec
 
         return [
-            ScheduleSpec(name=self.name if n == 0 else f"{self.name}#{n + 1}", cron=cron, task=self.name)
+            ScheduleSpec(name=schedule_name(self.name, n), cron=cron, task=self.name)
             for n, cron in enumerate(self.schedules)
         ]
 
@@ -120,6 +122,26 @@ class TaskRegistry:
         return len(self._tasks)
 
 
+def schedule_name(task_name: str, index: int) -> str:
+    """The name of a task's ``index``-th schedule declared in code: the task's, then ``name#2``…"""
+    return task_name if index == 0 else f"{task_name}#{index + 1}"
+
+
+def _check_declaration(name: str, queue: str, schedules: tuple[str, ...]) -> None:
+    """A start-up error naming what is wrong: a queue no worker could serve, a cron that cannot fire."""
+    try:
+        check_queue_name(queue)
+    except ValueError as exc:
+        raise ConfigError(f"task {name!r}: {exc}") from exc
+    for index, cron in enumerate(schedules):
+        try:
+            Cron(cron, "UTC")
+        except CronError as exc:
+            raise ConfigError(
+                f"task {name!r}: schedule {schedule_name(name, index)!r} ({cron!r}): {exc}"
+            ) from exc
+
+
 #: Tasks declared with ``@task`` anywhere in the process (built-ins and SKIPLOCK_TASK_MODULES).
 registered = TaskRegistry()
 
@@ -143,6 +165,8 @@ def task(
         raise ValueError(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
     if timeout_s is not None and timeout_s <= 0:
         raise ValueError("timeout_s must be positive")
+    declared_crons = ((schedule,) if schedule else ()) + tuple(schedules)
+    _check_declaration(name, queue, declared_crons)
 
     def decorate(fn: TaskFn) -> Task[ArgsT]:
         declared = Task(
@@ -155,7 +179,7 @@ def task(
             timeout_s=timeout_s,
             backoff=backoff or Backoff(),
             description=inspect.getdoc(fn) or "",
-            schedules=((schedule,) if schedule else ()) + tuple(schedules),
+            schedules=declared_crons,
         )
         registered.add(declared)
         return declared
