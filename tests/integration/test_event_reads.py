@@ -9,8 +9,9 @@ import asyncio
 import json
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -68,17 +69,28 @@ async def long_history(db: asyncpg.Connection, count: int) -> int:
     return job_id
 
 
+def rss_kib(field: str = "VmRSS") -> int:
+    """This process's resident memory (``VmHWM``: its peak since ``reset_peak_rss``), in KiB."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:")))
+
+
+def reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 async def read_until_closed(
-    ws: aiohttp.ClientWebSocketResponse, timeout: float = 60
-) -> tuple[list[dict[str, Any]], int | None, str]:
-    """Every message until the server closes: (messages, close code, close reason)."""
-    messages: list[dict[str, Any]] = []
+    ws: aiohttp.ClientWebSocketResponse, timeout: float = 60, keep: Callable[[Any], Any] = lambda m: m
+) -> tuple[list[Any], int | None, str]:
+    """Every message (what ``keep`` keeps of it) until the server closes: (messages, close code,
+    close reason)."""
+    messages: list[Any] = []
     async with asyncio.timeout(timeout):
         while True:
             message = await ws.receive()
             if message.type != aiohttp.WSMsgType.TEXT:
                 return messages, ws.close_code, str(message.extra or "")
-            messages.append(json.loads(message.data))  # as a browser would: numbers of any size
+            messages.append(keep(json.loads(message.data)))  # as a browser would: numbers of any size
 
 
 async def test_resume_near_the_end_of_a_long_history_reads_only_the_rest(
@@ -116,13 +128,16 @@ async def test_a_subscriber_from_the_start_gets_every_event_in_order(
     count = 50_000
     job_id = await long_history(db, count)
     async with live_app(settings, registry) as (base, _engine):
+        rss_before = rss_kib()
+        reset_peak_rss()
         started = time.monotonic()
         async with http.ws_connect(ws_url(base, f"/ws/jobs/{job_id}"), max_msg_size=0) as ws:
             # Reads steadily, and meanwhile follows a job that runs now: its events are not
             # held back behind the catch-up.
             first = await ws.receive()
             assert orjson.loads(first.data)["kind"] == "snapshot"
-            reading = asyncio.ensure_future(read_until_closed(ws))
+            # Only the seqs are kept: the memory measured is the server's, not the client's copy.
+            reading = asyncio.ensure_future(read_until_closed(ws, keep=lambda e: e["seq"]))
             live_started = time.monotonic()
             other = await enqueue(http, base, task="noop")
             async with http.ws_connect(ws_url(base, f"/ws/jobs/{other['id']}")) as live:
@@ -130,14 +145,17 @@ async def test_a_subscriber_from_the_start_gets_every_event_in_order(
             live_elapsed = time.monotonic() - live_started
             messages, code, reason = await reading
         elapsed = time.monotonic() - started
+        peak_growth = rss_kib("VmHWM") - rss_before
     print(
-        f"\nfrom 0 of {count:,}: {len(messages):,} events in {elapsed:.2f} s (close {code} {reason!r});"
-        f" a live job meanwhile: enqueue to final event {live_elapsed:.2f} s"
+        f"\nfrom 0 of {count:,}: {len(messages):,} events in {elapsed:.2f} s (close {code} {reason!r}),"
+        f" peak RSS +{peak_growth / 1024:.1f} MiB; a live job meanwhile: enqueue to final event"
+        f" {live_elapsed:.2f} s"
     )
     assert code == 1000, reason
-    assert [e["seq"] for e in messages] == list(range(1, count + 1))
+    assert messages == list(range(1, count + 1))
     assert live_code == 1000
     assert live_messages[-1]["data"]["state"] == "succeeded"
+    assert peak_growth < 32 * 1024
 
 
 async def test_sse_replay_of_a_finished_job_returns_exactly_the_events_after_last_event_id(

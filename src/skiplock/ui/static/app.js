@@ -75,7 +75,12 @@ function overview() {
   const soon = () => {
     if (!pending) pending = setTimeout(refresh, 1000);
   };
-  const connect = () => socket("/ws/events", soon, () => setTimeout(connect, 2000));
+  // 4409: events may have been missed (the server says so instead of dropping them silently),
+  // so refresh the table and resume quickly; any other close: try again in 2 s.
+  const connect = () => socket("/ws/events", soon, (event) => {
+    if (event.code === 4409) soon();
+    setTimeout(connect, event.code === 4409 ? 500 : 2000);
+  });
   connect();
   setInterval(soon, 5000);
   onClick("button[data-action=pause], button[data-action=resume]", guarded(async (button) => {
@@ -159,7 +164,7 @@ function jobPage() {
         api("GET", `/jobs/${id}`).then(showJob, (error) => flash(error.message, true));
       }
     }, (event) => {
-      if (event.code === 4429) setTimeout(follow, 500); // fell behind: resume after lastSeq
+      if (event.code === 4409) setTimeout(follow, 500); // may have missed events: resume after lastSeq
     });
   follow();
   onClick("#cancel", guarded(async () => {
