@@ -7,11 +7,15 @@ import re
 from typing import Any
 
 import asyncpg
+import pytest
 
+from skiplock.errors import ConfigError
+from skiplock.queue import task
 from skiplock.queue._statements import QUEUES
 from skiplock.settings import Settings
 from tests.conftest import make_settings
 from tests.support.live import app_client
+from tests.support.tasks import NoArgs
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker, stop_worker
 
@@ -96,3 +100,21 @@ async def test_a_task_registration_lapses_when_its_process_is_gone(db: asyncpg.C
     await db.execute("DELETE FROM task_registrations WHERE owner = 'alive'")
     overview = {r["name"]: r for r in await db.fetch(QUEUES.queue_overview)}
     assert overview["default"]["waiting_for_unknown_task"] == 2
+
+
+async def test_queue_names_are_validated_the_same_everywhere(api: Any, db: asyncpg.Connection) -> None:
+    # ':' separates a queue's limit in SKIPLOCK_QUEUES: a job in such a queue could never be served
+    for bad in ("media:2", "a b", "q" * 101):
+        one = await api.post("/jobs", json={"task": "noop", "queue": bad})
+        assert one.status_code == 400, one.text  # as every schema error of POST /jobs
+        assert "queue" in one.text
+        batch = await api.post("/jobs/batch", json=[{"task": "noop"}, {"task": "noop", "queue": bad}])
+        assert batch.status_code == 422, batch.text
+        assert "queue" in batch.text
+        if ":" not in bad:  # in SKIPLOCK_QUEUES, "media:2" is the queue media with a limit of 2
+            with pytest.raises(ConfigError, match=r"SKIPLOCK_QUEUES.*bad queue name"):
+                Settings.load(queues=f"default,{bad}:3")
+        with pytest.raises(ConfigError, match=r"task 'misqueued'.*bad queue name"):
+            task("misqueued", args=NoArgs, queue=bad)
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+    assert Settings.load(queues="media.hi-res_2:3").queues == ["media.hi-res_2:3"]
