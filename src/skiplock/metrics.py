@@ -70,6 +70,22 @@ queue_oldest_age = Gauge(
     "Age of the longest-waiting due job per queue, from the database (0 when none).",
     ("queue",),
 )
+db_oldest_transaction_age = Gauge(
+    "skiplock_db_oldest_transaction_age_seconds",
+    "Age of the oldest open transaction in this database (it holds back vacuum), from "
+    "pg_stat_activity (read at most every 5 s; the last value stays while the database is away).",
+)
+db_live_tuples = Gauge(
+    "skiplock_db_live_tuples",
+    "Live rows per engine table, from pg_stat_user_tables (read at most every 5 s).",
+    ("table",),
+)
+db_dead_tuples = Gauge(
+    "skiplock_db_dead_tuples",
+    "Dead row versions vacuum has not removed yet, per engine table, from pg_stat_user_tables "
+    "(read at most every 5 s).",
+    ("table",),
+)
 
 
 class JobMetrics(NamedTuple):

@@ -10,6 +10,7 @@ import pytest
 from skiplock.db.migrate import SQL as MIGRATE_SQL
 from skiplock.db.migrate import discover, is_current, migrate
 from skiplock.db.sqlfile import all_statements
+from skiplock.db.stats import SQL as STATS_SQL
 from skiplock.queue._statements import EVENTS, JOBS, QUEUES, SCHEDULES
 from skiplock.tasks._statements import IMPORTS, PAGES, RECORDS
 from tests.factories import job
@@ -20,6 +21,7 @@ STATEMENTS = {
     **{f"events.{k}": v for k, v in all_statements(EVENTS).items()},
     **{f"schedules.{k}": v for k, v in all_statements(SCHEDULES).items()},
     **{f"migrate.{k}": v for k, v in all_statements(MIGRATE_SQL).items()},
+    **{f"stats.{k}": v for k, v in all_statements(STATS_SQL).items()},
     **{f"records.{k}": v for k, v in all_statements(RECORDS).items()},
     **{f"pages.{k}": v for k, v in all_statements(PAGES).items()},
     **{f"imports.{k}": v for k, v in all_statements(IMPORTS).items()},

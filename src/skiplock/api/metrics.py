@@ -4,19 +4,36 @@ queue gauges read from the database first (cheaply: at most every few seconds)."
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from skiplock import metrics
-from skiplock.api.plugin import ClientDep
+from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.security import PUBLIC_ROUTE
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
+from skiplock.db.stats import DatabaseStatsReader
 
 log = structlog.get_logger("skiplock.metrics")
 
 DEPTH_MAX_AGE_S = 5.0
+#: The tables skiplock's migrations create: their live and dead rows are on /metrics.
+ENGINE_TABLES = (
+    "jobs",
+    "job_events",
+    "queues",
+    "schedules",
+    "task_registrations",
+    "imports",
+    "import_chunks",
+    "failed_rows",
+    "items",
+    "records",
+    "pages",
+    "api_keys",
+)
 
 
 def prometheus() -> PrometheusConfig:
@@ -46,11 +63,30 @@ async def refresh_queue_gauges(client: ClientDep) -> None:
         metrics.queue_unknown_task.labels(queue.name).set(queue.waiting_for_unknown_task)
 
 
+async def refresh_database_gauges(request: Request[Any, Any, Any], engine: EngineDep) -> None:
+    """The oldest transaction's age and rows per table, read at most every few seconds by one
+    reader per app; the last values stay while the database does not answer."""
+    reader: DatabaseStatsReader | None = request.app.state.get("database_stats")
+    if reader is None or reader.pool is not engine.pool:
+        reader = DatabaseStatsReader(engine.pool, ENGINE_TABLES, max_age_s=DEPTH_MAX_AGE_S)
+        request.app.state.database_stats = reader
+    stats = await reader.read()
+    if not stats.read_at:
+        return  # never read: no values rather than made-up zeros
+    metrics.db_oldest_transaction_age.set(stats.oldest_transaction_age_s)
+    for table in stats.tables:
+        metrics.db_live_tuples.labels(table.name).set(table.live)
+        metrics.db_dead_tuples.labels(table.name).set(table.dead)
+
+
 class MetricsController(PrometheusController):
     opt = PUBLIC_ROUTE
 
     @get(include_in_schema=False)
-    async def get(self, client: ClientDep) -> Response[bytes]:
+    async def get(
+        self, request: Request[Any, Any, Any], client: ClientDep, engine: EngineDep
+    ) -> Response[bytes]:
         await refresh_queue_gauges(client)
+        await refresh_database_gauges(request, engine)
         response: Response[bytes] = await super().get.fn(self)  # Litestar's exposition
         return response

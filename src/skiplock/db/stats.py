@@ -1,0 +1,70 @@
+"""Database health an operator needs to see: the oldest open transaction, live and dead rows per
+table. Read at most every few seconds; while the database does not answer, the last read stays."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+
+from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
+from skiplock.db.sqlfile import load_statements
+
+log = structlog.get_logger("skiplock.db")
+
+
+@dataclass(frozen=True, slots=True)
+class StatsStatements:
+    db_oldest_transaction_age: str
+    db_table_tuples: str
+
+
+SQL = load_statements(StatsStatements, "skiplock.db.sql", "stats.sql")
+
+
+@dataclass(frozen=True, slots=True)
+class TableRows:
+    name: str
+    live: int
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseStats:
+    oldest_transaction_age_s: float = 0.0
+    tables: tuple[TableRows, ...] = ()
+    read_at: float = field(default=0.0, compare=False)  # monotonic; 0: never read
+
+
+class DatabaseStatsReader:
+    """``await reader.read()``: the stats, read afresh when the last read is older than
+    ``max_age_s`` (so scrapes every second from many Prometheus servers cost one read)."""
+
+    def __init__(self, pool: asyncpg.Pool, tables: Sequence[str], *, max_age_s: float = 5.0) -> None:
+        self.pool = pool
+        self.tables = list(tables)
+        self.max_age_s = max_age_s
+        self.last = DatabaseStats()
+
+    async def read(self) -> DatabaseStats:
+        """The freshest stats there are; never raises for a database that is away (the last
+        read is returned, and its ``read_at`` says how old it is)."""
+        now = time.monotonic()
+        if self.last.read_at and now - self.last.read_at < self.max_age_s:
+            return self.last
+        try:
+            async with self.pool.acquire(timeout=2) as conn:  # a starved pool must not hold a scrape
+                age = await conn.fetchval(SQL.db_oldest_transaction_age)
+                rows = await conn.fetch(SQL.db_table_tuples, self.tables)
+        except DB_UNAVAILABLE_OR_TIMEOUT as exc:
+            log.warning("database_stats_stale", error=str(exc) or type(exc).__name__)
+            return self.last
+        self.last = DatabaseStats(
+            oldest_transaction_age_s=float(age or 0.0),
+            tables=tuple(TableRows(r["name"], r["live"], r["dead"]) for r in rows),
+            read_at=now,
+        )
+        return self.last
