@@ -106,43 +106,83 @@ def str_of(exc: BaseException) -> str:
 
 
 class Supervisor:
-    """Runs services in one TaskGroup: started in order, stopped in reverse."""
+    """Runs services in one TaskGroup: started in order, stopped in reverse.
 
-    def __init__(self, services: list[Service]) -> None:
+    A service that raises, or ends without being asked to, is a failure: it is logged, named in
+    :attr:`failures` and :attr:`failed` is set, while the other services go on (the process
+    decides to stop; :meth:`stop` then stops the rest in order, so running jobs are handed back).
+    """
+
+    def __init__(self, services: list[Service], failed: asyncio.Event | None = None) -> None:
         self.services = services
+        #: Service name → why it ended without being asked.
+        self.failures: dict[str, str] = {}
+        #: Set at the first failure.
+        self.failed = failed or asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._asked: set[str] = set()
         self._stopping = False
 
     async def run(self, ready: asyncio.Event) -> None:
+        """Start every service and return when all have ended; ``ready`` is set once all are."""
+        async with asyncio.TaskGroup() as group:
+            for service in self.services:
+                started = asyncio.Event()
+                task = group.create_task(self._supervise(service, started), name=f"skiplock:{service.name}")
+                self._tasks[service.name] = task
+                waiter = asyncio.ensure_future(started.wait())
+                done, _ = await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if waiter not in done:
+                    waiter.cancel()
+                    self._died(service.name, "ended before it was ready")
+                    break  # the engine stops what did start
+            else:
+                log.info("services_started", services=[s.name for s in self.services])
+                ready.set()
+
+    async def _supervise(self, service: Service, started: asyncio.Event) -> None:
         try:
-            async with asyncio.TaskGroup() as group:
-                for service in self.services:
-                    started = asyncio.Event()
-                    self._tasks[service.name] = group.create_task(
-                        service.run(started), name=f"skiplock:{service.name}"
-                    )
-                    waiter = asyncio.ensure_future(started.wait())
-                    done, _ = await asyncio.wait(
-                        {waiter, self._tasks[service.name]}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if waiter not in done:
-                        waiter.cancel()
-                        break  # the service ended before it was ready; the group reports why
-                else:
-                    log.info("services_started", services=[s.name for s in self.services])
-                    ready.set()
-        except BaseException:
-            log.exception("service_failed")
-            raise
+            await service.run(started)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if service.name not in self._asked:
+                self._died(service.name, "cancelled without being asked")
+            if task is not None and task.cancelling():
+                raise  # torn down from outside: let it through
+        except BaseException as exc:  # SystemExit too: it must not reach the event loop
+            self._died(service.name, f"{type(exc).__name__}: {str_of(exc)}", exc)
+        else:
+            if service.name not in self._asked:
+                self._died(service.name, "ended without being asked")
+
+    def _died(self, name: str, reason: str, exc: BaseException | None = None) -> None:
+        if name in self.failures:
+            return
+        self.failures[name] = reason
+        self.failed.set()
+        metrics.loop_errors.labels(name).inc()
+        log.error("service_died", service=name, reason=reason, exc_info=exc)
+
+    async def stop_now(self, *names: str) -> None:
+        """Ask these services to stop without waiting for them (the scheduler and claiming stop
+        at once on shutdown; the rest stop in order in :meth:`stop`)."""
+        for service in self.services:
+            if service.name in names:
+                self._asked.add(service.name)
+                await service.stop()
 
     async def stop(self) -> None:
         """Stop every service, last started first, each finishing before the next stops."""
         if self._stopping:
             return
         self._stopping = True
+        self._asked.update(s.name for s in self.services)
         for service in reversed(self.services):
-            await service.stop()
-            task = self._tasks.get(service.name)
-            if task is not None and not task.done():
-                await asyncio.wait({task})
+            try:
+                await service.stop()
+                task = self._tasks.get(service.name)
+                if task is not None and not task.done():
+                    await asyncio.wait({task})
+            except Exception as exc:  # one service failing to stop must not keep the rest running
+                log.error("service_stop_failed", service=service.name, error=str_of(exc), exc_info=exc)
         log.info("services_stopped")

@@ -18,11 +18,13 @@ from skiplock.errors import FetchError, InvalidArgumentsError, PermanentJobError
 from skiplock.fetcher import Fetcher
 from skiplock.queue._completer import RELEASED, Completer, Outcome
 from skiplock.queue._running import RunningJob, RunningJobs, StopReason
+from skiplock.queue._threads import TaskThreads, ThreadExit
 from skiplock.queue.client import Client
 from skiplock.queue.context import Context, JobInfo
 from skiplock.queue.models import ClaimedJob
 from skiplock.queue.origin import current_origin
 from skiplock.queue.tasks import Task, TaskRegistry
+from skiplock.service import str_of
 
 log = structlog.get_logger("skiplock.executor")
 
@@ -33,12 +35,15 @@ _MESSAGE_CHARS = 2000
 
 def error_record(job: ClaimedJob, exc: BaseException, message: str | None = None) -> dict[str, Any]:
     """What is kept of one failed attempt: type, message and a trimmed traceback."""
-    lines = traceback.format_exception(exc)
+    try:
+        lines = traceback.format_exception(exc)
+    except BaseException:  # user code's __str__ or __repr__ may raise anything
+        lines = [f"{type(exc).__name__}: <the traceback could not be formatted>\n"]
     trimmed = "".join(lines[-_TRACEBACK_LINES:])[-8000:]
     return {
         "attempt": job.attempt,
         "type": type(exc).__name__,
-        "message": (message or str(exc) or type(exc).__name__)[:_MESSAGE_CHARS],
+        "message": (message or str_of(exc))[:_MESSAGE_CHARS],
         "traceback": trimmed,
         "at": datetime.now(UTC).isoformat(),
     }
@@ -52,12 +57,20 @@ class Executor:
         running: RunningJobs,
         completer: Completer,
         http: Fetcher,
+        threads: TaskThreads,
     ) -> None:
         self.registry = registry
         self.client = client
         self.http = http
         self.running = running
         self.completer = completer
+        self.threads = threads
+        #: Set when the process is leaving past its grace: stop waiting for threads (they die with it).
+        self._abandoned = asyncio.Event()
+
+    def abandon_threads(self) -> None:
+        """Let stopped jobs report without waiting for their threads: the process exits next."""
+        self._abandoned.set()
 
     async def run(self, running: RunningJob) -> None:
         """Execute the job and hand its outcome on; never raises."""
@@ -76,6 +89,9 @@ class Executor:
                     measure.wait.observe(max(0.0, (datetime.now(UTC) - job.run_at).total_seconds()))
                 try:
                     outcome = await self._execute_traced(running)
+                except Exception as exc:  # a bug of ours: the job still gets an outcome
+                    log.exception("executor_error")
+                    outcome = self._failure(job, 1.0, exc)
                 finally:
                     self.running.remove(job.id)
                     measure.duration.observe(time.perf_counter() - started)
@@ -127,19 +143,21 @@ class Executor:
             client=self.client,
             on_event=self.running.add_event,
             http=self.http,
+            lease=running,
         )
+        timeout = asyncio.timeout(job.timeout_s)  # None: never expires
         try:
-            if job.timeout_s is None:
+            async with timeout:
                 result = await self._call(spec, ctx, args)
-            else:
-                async with asyncio.timeout(job.timeout_s):
-                    result = await self._call(spec, ctx, args)
             return Outcome(job, "succeeded", result=to_jsonable_python(result))
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             reason = running.stop_reason
-            if reason is None:
-                raise  # not a stop we asked for: let it through
             current = asyncio.current_task()
+            if reason is None:
+                if current is not None and current.cancelling():
+                    raise  # a cancel from outside (the engine torn down): not ours to report
+                itself = "the task raised CancelledError itself"  # nobody asked: a failure
+                return self._failure(job, spec.backoff.delay(job.attempt), exc, itself)
             if current is not None:
                 current.uncancel()
             if reason is StopReason.CANCELLED:
@@ -148,7 +166,8 @@ class Executor:
                 return Outcome(job, RELEASED)
             return None
         except TimeoutError as exc:
-            message = f"timed out after {job.timeout_s:g}s" if job.timeout_s else None
+            # Only the job's own timeout is reported as such; a task's own TimeoutError is a failure.
+            message = f"timed out after {job.timeout_s:g}s" if timeout.expired() else None
             return self._failure(job, spec.backoff.delay(job.attempt), exc, message)
         except PermanentJobError as exc:
             return Outcome(job, "failed", error=error_record(job, exc))
@@ -156,22 +175,35 @@ class Executor:
             if not exc.retryable:  # a 404, a refused address, a page too large: the same next time
                 return Outcome(job, "failed", error=error_record(job, exc))
             return self._failure(job, spec.backoff.delay(job.attempt), exc)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit: the task's own
             return self._failure(job, spec.backoff.delay(job.attempt), exc)
 
-    @staticmethod
-    async def _call(spec: Task[Any], ctx: Context, args: Any) -> Any:
+    async def _call(self, spec: Task[Any], ctx: Context, args: Any) -> Any:
         if spec.is_async:
             return await spec.fn(ctx, args)
         call = functools.partial(contextvars.copy_context().run, spec.fn, ctx, args)
-        thread = asyncio.get_running_loop().run_in_executor(None, call)
+        thread = self.threads.submit(call)
         try:
             return await asyncio.shield(thread)
+        except ThreadExit as carried:
+            raise carried.error from None  # raised here, in this frame, it is an ordinary failure
         except asyncio.CancelledError:
             # A thread cannot be interrupted. Reporting now (cancelled, timed out, released)
             # would let the job start again while this thread still runs it: wait for it first.
-            await asyncio.wait({thread})
+            await self._thread_returned(thread)
             raise
+
+    async def _thread_returned(self, thread: asyncio.Future[Any]) -> None:
+        """Wait for ``thread`` whatever else cancels us meanwhile (the cancel poll, a timeout, a
+        lease check), unless the process is leaving past its grace."""
+        while not thread.done() and not self._abandoned.is_set():
+            abandoned = asyncio.ensure_future(self._abandoned.wait())
+            try:
+                await asyncio.wait({thread, abandoned}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                continue  # already stopping: the first cancel is the one re-raised after the wait
+            finally:
+                abandoned.cancel()
 
     @staticmethod
     def _failure(

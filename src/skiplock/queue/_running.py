@@ -126,11 +126,13 @@ class RunningJobs:
         return taken
 
     def stop(self, job_id: int, reason: StopReason) -> bool:
-        """Cancel a running job's coroutine; the first reason given wins."""
+        """Cancel a running job's coroutine, once: the first reason given wins, and a job already
+        stopping is not cancelled again (the cancel poll asks every second; a second cancel would
+        cut short a thread task's wait for its thread)."""
         running = self._jobs.get(job_id)
         if running is None or running.task is None:
             return False
         if running.stop_reason is None:
             running.stop_reason = reason
-        running.task.cancel()
+            running.task.cancel()
         return True

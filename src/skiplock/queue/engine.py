@@ -30,6 +30,7 @@ from skiplock.queue._registrations import TaskRegistrar
 from skiplock.queue._rescuer import Rescuer
 from skiplock.queue._running import RunningJobs
 from skiplock.queue._scheduler import Scheduler
+from skiplock.queue._threads import TaskThreads
 from skiplock.queue.client import Client
 from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
 from skiplock.service import Service, Supervisor
@@ -69,8 +70,12 @@ class Engine:
         #: Outbound HTTP shared by every task (and the API's synchronous fetch).
         self.http = Fetcher(FetchPolicy.from_settings(settings))
         self.running = RunningJobs()
+        #: Plain def tasks run here, never in the loop's default executor (DNS lookups use that).
+        self.threads = TaskThreads(settings.concurrency)
         metrics.jobs_running.set_function(lambda: len(self.running))  # read at scrape, not per job
         self.supervisor: Supervisor | None = None
+        #: Set when a background service died (ended or raised without being asked).
+        self.failed = asyncio.Event()
         self.hub: EventHub
         self._task: asyncio.Task[None] | None = None
 
@@ -85,14 +90,24 @@ class Engine:
         return self._client
 
     async def wait_failed(self) -> None:
-        """Return when the background services have ended without being asked to."""
-        if self._task is not None:
-            await asyncio.wait({self._task})
+        """Return when a background service has ended or raised without being asked to."""
+        await self.failed.wait()
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Service name → why it died; empty while every service runs."""
+        return self.supervisor.failures if self.supervisor is not None else {}
 
     @property
     def healthy(self) -> bool:
-        """False once a background service has died."""
-        return self._task is not None and not self._task.done()
+        """False once a background service has died (or the engine stopped)."""
+        return self._task is not None and not self._task.done() and not self.failures
+
+    async def quiesce(self) -> None:
+        """The first step of a shutdown, at once: no schedule fires and no job is claimed any
+        more; running jobs go on until :meth:`stop` (at most the grace period from now)."""
+        if self.supervisor is not None:
+            await self.supervisor.stop_now("scheduler", "producer")
 
     def _services(self) -> list[Service]:
         services: list[Service] = [self.listener, self.hub]
@@ -130,7 +145,9 @@ class Engine:
                 lease_s=self.settings.lease_s,
                 poll_interval_s=self.settings.poll_interval_s,
                 shutdown_grace_s=self.settings.shutdown_grace_s,
-                executor=Executor(self.registry, self.client, self.running, completer, self.http),
+                executor=Executor(
+                    self.registry, self.client, self.running, completer, self.http, self.threads
+                ),
                 running=self.running,
             )
             self.listener.subscribe("queued", producer.wake)
@@ -165,12 +182,14 @@ class Engine:
             await self.stop()
             raise
         self.hub = EventHub(self._pool, buffer=s.subscriber_buffer)
-        self.supervisor = Supervisor(self._services())
+        self.supervisor = Supervisor(self._services(), self.failed)
         ready = asyncio.Event()
         self._task = asyncio.create_task(self.supervisor.run(ready), name="skiplock:supervisor")
         waiter = asyncio.ensure_future(ready.wait())
-        await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.is_set():
+        failed = asyncio.ensure_future(self.failed.wait())
+        await asyncio.wait({waiter, failed, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        failed.cancel()
+        if not ready.is_set() or self.failures:
             waiter.cancel()
             await self.stop()
             raise RuntimeError("skiplock services failed to start")
@@ -190,12 +209,16 @@ class Engine:
                     )
 
     async def stop(self) -> None:
+        """Shut down in order: schedules and claiming at once, running jobs within the grace
+        period (the rest handed back), outcomes flushed, then connections closed."""
+        await self.quiesce()
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self._task is not None:
             with contextlib.suppress(Exception):  # already logged by the supervisor
                 await self._task
             self._task = None
+        self.threads.close()
         await self.http.close()
         if self._task_pool is not None:
             await self._task_pool.close()
