@@ -21,8 +21,9 @@
     │   ├── FetchTimeoutError    the upstream did not answer in time
     │   ├── UpstreamStatusError  the upstream answered with an error status
     │   └── BadResponseError     the body is too large, or not what the task reads (JSON, HTML)
-    └── JobError                 raised by a task to steer its own outcome
-        └── PermanentJobError    fail now, never retry
+    ├── JobError                 raised by a task to steer its own outcome
+    │   └── PermanentJobError    fail now, never retry
+    └── LeaseLostError           a run no longer holds its job's lease: what it writes is refused
 
 Each subclass's docstring is its default message.
 """
@@ -139,3 +140,7 @@ class JobError(SkiplockError):
 
 class PermanentJobError(JobError):
     """The job failed and must not be retried."""
+
+
+class LeaseLostError(SkiplockError):
+    """This run no longer holds its job's lease; it is being stopped and nothing it writes is kept."""

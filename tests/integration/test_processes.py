@@ -95,11 +95,11 @@ async def test_shutdown_releases_a_running_job_at_once_for_another_process(
         await wait_until(lambda: db.fetchval("SELECT state = 'running' FROM jobs WHERE id = $1", job_id), 20)
     finally:
         assert stop_worker(worker, signal.SIGTERM) == 0
-    # Released, not left to a 600 s lease: queued again with the attempt not counted.
+    # Released, not left to a 600 s lease: queued again, the attempt kept (numbers never repeat).
     row = await db.fetchrow("SELECT state, attempts, lease_owner FROM jobs WHERE id = $1", job_id)
-    assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 0, None)
+    assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 1, None)
     async with Engine(make_settings(dsn), registry, dsn):
         await wait_until(
             lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 10
         )
-    assert await db.fetchval("SELECT attempts FROM jobs WHERE id = $1", job_id) == 1
+    assert await db.fetchval("SELECT attempts FROM jobs WHERE id = $1", job_id) == 2

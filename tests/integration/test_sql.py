@@ -50,10 +50,10 @@ async def test_claim_takes_only_due_jobs_by_the_pinned_clock(tx: asyncpg.Connect
     run_at = await tx.fetchval("SELECT now() + interval '1 hour'")
     job_id = await job(tx, run_at=run_at)
     early = await tx.fetch(
-        JOBS.job_claim_many, "default", 10, "me", 30.0, run_at - timedelta(seconds=1), ["noop"]
+        JOBS.job_claim_many, "default", 10, "me", 30.0, run_at - timedelta(seconds=1), ["noop"], []
     )
     assert early == []
-    on_time = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, run_at, ["noop"])
+    on_time = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, run_at, ["noop"], [])
     assert [r["id"] for r in on_time] == [job_id]
     assert on_time[0]["attempts"] == 1
 
@@ -61,7 +61,7 @@ async def test_claim_takes_only_due_jobs_by_the_pinned_clock(tx: asyncpg.Connect
 async def test_claim_uses_the_partial_claim_index(tx: asyncpg.Connection) -> None:
     await tx.execute("SET LOCAL enable_seqscan = off")  # a tiny table would otherwise be scanned
     explain = await tx.prepare("EXPLAIN " + JOBS.job_claim_many)
-    plan = "\n".join(r[0] for r in await explain.fetch("default", 10, "me", 30.0, None, ["noop"]))
+    plan = "\n".join(r[0] for r in await explain.fetch("default", 10, "me", 30.0, None, ["noop"], []))
     assert "jobs_claim_idx" in plan
 
 
@@ -74,8 +74,13 @@ async def test_rescue_requeues_expired_leases_and_fails_exhausted_ones(
     retry = await job(db, JobState.RUNNING, lease_expires_at=expired, max_attempts=3)
     exhausted = await job(db, JobState.RUNNING, lease_expires_at=expired, max_attempts=1)
     alive = await job(db, JobState.RUNNING)
-    rows = {r["id"]: r["state"] for r in await db.fetch(JOBS.job_rescue_expired, 100, None)}
+    picked = await db.fetch(JOBS.job_rescue_pick, 100, None, 0.0)
+    assert {r["id"] for r in picked} == {retry, exhausted}
+    ids = [r["id"] for r in picked]
+    rows = {r["id"]: r["state"] for r in await db.fetch(JOBS.job_rescue_expired, ids, [60.0] * len(ids))}
     assert rows == {retry: "queued", exhausted: "failed"}
+    # Retried after the task's backoff, not at once.
+    assert await db.fetchval("SELECT run_at > now() + interval '59 seconds' FROM jobs WHERE id = $1", retry)
     assert await db.fetchval("SELECT state FROM jobs WHERE id = $1", alive) == "running"
     errors = await db.fetchval("SELECT errors FROM jobs WHERE id = $1", retry)
     assert errors[0]["type"] == "LeaseLost"
@@ -150,6 +155,9 @@ async def test_release_at_shutdown_requeues_or_cancels_as_asked(tx: asyncpg.Conn
 
     plain = await job(tx, JobState.RUNNING)
     asked = await job(tx, JobState.RUNNING, cancel_requested=True)
-    rows = {r["id"]: r["state"] for r in await tx.fetch(JOBS.job_release_many, [plain, asked], "factory")}
+    released = await tx.fetch(JOBS.job_release_many, [plain, asked], "factory", [1, 1])
+    rows = {r["id"]: r["state"] for r in released}
     assert rows == {plain: "queued", asked: "cancelled"}
-    assert await tx.fetchval("SELECT attempts FROM jobs WHERE id = $1", plain) == 0
+    # The attempt stays counted (attempt numbers never repeat); the interrupted run gets one more.
+    row = await tx.fetchrow("SELECT attempts, max_attempts FROM jobs WHERE id = $1", plain)
+    assert (row["attempts"], row["max_attempts"]) == (1, 3)

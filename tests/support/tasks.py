@@ -254,7 +254,9 @@ async def hostile(ctx: Context, args: Hostile) -> object:
 class Recorded(BaseModel):
     seconds: float = Field(default=0.0, ge=0)
     step_s: float = Field(default=0.05, gt=0)
-    hold_connection: bool = False  # hold a pool connection for the whole run (starve the pool)
+    #: Hold a connection of the engine's pool (the API's and housekeeping's; tasks have their own)
+    #: for the whole run: enough of these starve it.
+    hold_connection: bool = False
     report: bool = False  # report progress at each step (events carry the pid)
 
 
@@ -263,7 +265,7 @@ async def record_execution(ctx: Context, args: Recorded) -> dict[str, int]:
     """Works in steps for ``seconds``, recording this execution in test_executions (see
     tests/support/executions.py): its end is the end of its last step, also when stopped."""
     if args.hold_connection:
-        async with ctx.pool.acquire() as conn:
+        async with ctx.client.pool.acquire() as conn:
             return await _recorded_run(ctx, args, conn)
     return await _recorded_run(ctx, args, ctx.pool)
 

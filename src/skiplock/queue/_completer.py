@@ -90,7 +90,7 @@ class Completer:
             del self._pending[: len(batch)]
 
     async def _write(self, batch: list[Outcome]) -> None:
-        released = [o.job.id for o in batch if o.state == RELEASED]
+        released = [o for o in batch if o.state == RELEASED]
         finished = [o for o in batch if o.state != RELEASED]
         events = [(o.job.id, kind, data) for o in batch for kind, data in o.events]
         async with self.write_lock, self.pool.acquire() as conn, conn.transaction():
@@ -113,7 +113,12 @@ class Completer:
                     lost = [o.job.id for o in finished if o.job.id not in done]
                     log.warning("job_outcomes_discarded", job_ids=lost, reason="lease lost")
             if released:
-                rows = await conn.fetch(JOBS.job_release_many, released, self.owner)
+                rows = await conn.fetch(
+                JOBS.job_release_many,
+                [o.job.id for o in released],
+                self.owner,
+                [o.job.attempt for o in released],
+            )
                 requeued = sorted({r["queue"] for r in rows if r["state"] == "queued"})
                 if requeued:
                     await conn.execute(JOBS.notify_queued, requeued)

@@ -1,24 +1,104 @@
-"""Keeps this process's running jobs honest: leases and cancel requests.
+"""Fenced leases: a run goes on only while this process surely holds its lease.
 
-One heartbeat statement extends every lease we hold; a job missing from its answer was taken
-from us and is stopped. Cancel requests arrive by NOTIFY and are also polled every second
-(notifications are hints).
+A lease written by a statement sent at local time t0 (monotonic, read *before* sending) for L
+seconds holds in the database until at least t0 + L, since the server's ``now()`` comes later.
+So the run is surely ours until t0 + L - margin (:func:`lease_deadline`); past that, this process
+stops it itself (fencing), before any rescuer can take the job: its coroutine is cancelled, its
+outcome void, nothing more of it written. A process that was paused (SIGSTOP, a frozen VM) finds
+its clock past the deadline on waking, and :func:`fenced` stops the run before it takes a step.
+
+The heartbeat has a connection of its own (nothing the pool serves can starve it) and sends one
+statement for every lease, checked against the attempt; a run missing from its answer is stopped
+at once. It is sent every third of a lease, and a failed one is retried within a quarter second.
+
+Outages: a rescuer takes nothing until the server has been up a whole lease (``job_rescue_pick``),
+so a heartbeat that finds the server *down* (refusing connections, starting up, shutting down)
+at t0 also proves every lease still ours until t0 + L - margin. Live workers keep their runs
+through a restart and renew them when the server is back, before any rescuer may act; only the
+jobs of workers that really died are run again. Cancel requests arrive by NOTIFY and are also
+polled every second (notifications are hints).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine, Generator
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import structlog
 
-from skiplock.db.pool import DB_UNAVAILABLE
-from skiplock.queue._running import RunningJobs, StopReason
+from skiplock.db.pool import Limits, close_quietly, connect
+from skiplock.queue._running import RunningJob, RunningJobs, StopReason
 from skiplock.queue._statements import JOBS
-from skiplock.service import StopSignal
+from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.lease")
+
+T = TypeVar("T")
+
+
+def lease_margin(lease_s: float) -> float:
+    """How long before a lease's end in the database its run is stopped here: time for the stop
+    to land, and for the clock check to run (a fifth of the lease, between 0.2 and 5 s)."""
+    return min(max(lease_s * 0.2, 0.2), 5.0)
+
+
+def lease_deadline(sent_at: float, lease_s: float) -> float:
+    """The last moment (monotonic) a lease written by a statement sent at ``sent_at`` surely holds."""
+    return sent_at + lease_s - lease_margin(lease_s)
+
+
+def server_down(exc: BaseException) -> bool:
+    """True when ``exc`` shows the server itself not running (nothing listens, or it is starting up
+    or shutting down), not merely this process unable to reach it, nor a backend crash it recovers
+    from in place."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (ConnectionRefusedError, FileNotFoundError)):
+            return True
+        if isinstance(cause, asyncpg.CannotConnectNowError):
+            return "recovery mode" not in str(cause)
+        cause = cause.__cause__
+    return False
+
+
+async def fenced(run: Coroutine[Any, Any, T], running: RunningJob) -> T:
+    """Drive a job's ``run`` so that it never takes a step past its lease's deadline: it is
+    stopped (``LEASE_LOST``) instead. The clock is read before each resumption, so this also
+    holds after a pause, whatever order the woken loop runs its callbacks in."""
+    return await _Fenced[T](run, running)
+
+
+class _Fenced(Generic[T]):
+    __slots__ = ("_run", "_running")
+
+    def __init__(self, run: Coroutine[Any, Any, T], running: RunningJob) -> None:
+        self._run = run
+        self._running = running
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        run, running = self._run, self._running
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            if error is None and not running.fenced and time.monotonic() >= running.valid_until:
+                running.fence()
+                error = asyncio.CancelledError()
+            try:
+                step = run.send(value) if error is None else run.throw(error)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            value, error = None, None
+            try:
+                value = yield step
+            except GeneratorExit:
+                run.close()
+                raise
+            except BaseException as exc:  # the task's own cancellation, passed on to the run
+                error = exc
 
 
 class LeaseKeeper:
@@ -26,21 +106,24 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        dsn: str,
         *,
         owner: str,
         running: RunningJobs,
         lease_s: float,
+        limits: Limits | None = None,
         cancel_poll_s: float = 1.0,
-        tick_s: float = 0.25,
     ) -> None:
-        self.pool = pool
+        self.dsn = dsn
         self.owner = owner
         self.running = running
         self.lease_s = lease_s
+        self.limits = limits or Limits()
         self.heartbeat_s = lease_s / 3
+        self.retry_s = min(0.25, lease_s / 10)
+        self.tick_s = min(0.1, lease_margin(lease_s) / 2)
         self.cancel_poll_s = cancel_poll_s
-        self.tick_s = tick_s
+        self._conn: asyncpg.Connection | None = None
         self._stop = StopSignal()
 
     def cancel(self, payload: str) -> None:
@@ -50,38 +133,99 @@ class LeaseKeeper:
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
-        now = time.monotonic()
-        next_heartbeat, next_cancel_poll = now + self.heartbeat_s, now + self.cancel_poll_s
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._fence_loop(), name="skiplock:lease_fence")
+                group.create_task(self._heartbeat_loop(), name="skiplock:heartbeat")
+        finally:
+            await self._disconnect()
+
+    async def _fence_loop(self) -> None:
+        """Stops every run whose deadline passed, whatever the heartbeat is doing meanwhile."""
+        recovery = Recovery("lease_fence", self._stop, first_s=self.tick_s, max_s=self.tick_s)
         while not await self._stop.sleep(self.tick_s):
             try:
-                now = time.monotonic()
-                if now >= next_cancel_poll:
-                    next_cancel_poll = now + self.cancel_poll_s
-                    await self._poll_cancels()
+                for job_id in self.running.fence_expired(time.monotonic()):
+                    log.warning("job_lease_fenced", job_id=job_id, reason="lease not renewed in time")
+            except Exception as exc:
+                if await recovery.failed(exc):
+                    return
+
+    async def _heartbeat_loop(self) -> None:
+        recovery = Recovery(self.name, self._stop, first_s=self.retry_s, max_s=self.retry_s)
+        next_heartbeat = next_cancel_poll = time.monotonic()
+        while not self._stop.is_set:
+            now = time.monotonic()
+            try:
                 if now >= next_heartbeat:
-                    next_heartbeat = now + self.heartbeat_s
                     await self._heartbeat()
-            except DB_UNAVAILABLE as exc:
-                log.warning("lease_keeper_failed", error=str(exc))
+                    next_heartbeat = now + self.heartbeat_s
+                if now >= next_cancel_poll:
+                    await self._poll_cancels()
+                    next_cancel_poll = now + self.cancel_poll_s
+                recovery.succeeded()
+            except Exception as exc:
+                await self._disconnect()
+                if await recovery.failed(exc):  # then the same again, soon: it is not yet done
+                    return
+                continue
+            if await self._stop.sleep(min(next_heartbeat, next_cancel_poll) - time.monotonic()):
+                return
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await connect(self.dsn, limits=self.limits, application_name="skiplock-lease")
+        return self._conn
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await close_quietly(conn, wait_s=0.5)
+
+    async def _heartbeat(self) -> None:
+        sent_at = time.monotonic()
+        leases = self.running.leases(sent_at)
+        if not leases:
+            return
+        try:
+            conn = await self._connection()
+            records = await conn.fetch(
+                JOBS.job_heartbeat,
+                list(leases),
+                self.owner,
+                self.lease_s,
+                list(leases.values()),
+                timeout=max(self.heartbeat_s, 1.0),
+            )
+        except Exception as exc:
+            if server_down(exc):
+                # No rescuer acts before the server has been up a whole lease: the runs still ours
+                # now stay ours until a lease from when we sent (see the module's docstring).
+                held = self.running.leases(time.monotonic())
+                self.running.renew(
+                    {i: a for i, a in leases.items() if held.get(i) == a}, self._deadline(sent_at)
+                )
+            raise
+        kept = {r["id"] for r in records}
+        self.running.renew({i: a for i, a in leases.items() if i in kept}, self._deadline(sent_at))
+        current = self.running.attempts()
+        for job_id, attempt in leases.items():
+            # One finished and claimed again meanwhile is a new attempt: only the one sent is stopped.
+            if job_id not in kept and current.get(job_id) == attempt:
+                self.running.stop(job_id, StopReason.LEASE_LOST)
+                log.warning("job_lease_lost", job_id=job_id, attempt=attempt)
+
+    def _deadline(self, sent_at: float) -> float:
+        return lease_deadline(sent_at, self.lease_s)
 
     async def _poll_cancels(self) -> None:
         ids = self.running.ids()
         if ids:
-            for record in await self.pool.fetch(JOBS.job_cancel_requested, ids):
+            conn = await self._connection()
+            for record in await conn.fetch(
+                JOBS.job_cancel_requested, ids, timeout=max(self.heartbeat_s, 1.0)
+            ):
                 self.running.stop(record["id"], StopReason.CANCELLED)
-
-    async def _heartbeat(self) -> None:
-        attempts = self.running.attempts()
-        if not attempts:
-            return
-        ids = list(attempts)
-        kept = {r["id"] for r in await self.pool.fetch(JOBS.job_heartbeat, ids, self.owner, self.lease_s)}
-        # A job that finished since we listed it is not running any more, so not in `kept` either;
-        # one finished and claimed again meanwhile is a new attempt: only the listed attempt is stopped.
-        current = self.running.attempts()
-        for job_id in set(ids) - kept:
-            if current.get(job_id) == attempts[job_id] and self.running.stop(job_id, StopReason.LEASE_LOST):
-                log.warning("job_lease_lost", job_id=job_id)
 
     async def stop(self) -> None:
         self._stop.set()

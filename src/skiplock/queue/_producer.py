@@ -3,6 +3,12 @@
 Wakes on a queue's notification, on freed capacity while a queue still has work, and on a
 jittered poll (the truth: notifications are only hints). Stopping stops claiming, lets running
 jobs finish within the grace period, then hands the rest back to their queues.
+
+Claims commit durably: one lost in a server crash would put the job back in its queue while
+this process runs it, and another would run it too. Each run starts with its lease's deadline
+read from the clock before the claim was sent, and runs fenced (see _lease.py). A claim whose
+reply never arrived (the connection broke) may still have committed: after reconnecting, the
+jobs it took are handed back, their attempt unused, before anything else is claimed.
 """
 
 from __future__ import annotations
@@ -10,21 +16,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from datetime import datetime
 
 import structlog
 
-from skiplock.db.pool import DB_UNAVAILABLE, AnyConnection, close_quietly, connect
-from skiplock.errors import DatabaseError
+from skiplock.db.pool import AnyConnection, close_quietly, connect
 from skiplock.queue._executor import Executor
+from skiplock.queue._lease import fenced, lease_deadline
 from skiplock.queue._running import RunningJobs, StopReason
 from skiplock.queue._statements import JOBS
 from skiplock.queue.models import ClaimedJob
-from skiplock.service import StopSignal
+from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.producer")
-
-#: Connecting (DatabaseError) or claiming failed: back off and try again.
-_CLAIM_FAILED: tuple[type[Exception], ...] = (*DB_UNAVAILABLE, DatabaseError)
 
 
 class Producer:
@@ -58,6 +62,11 @@ class Producer:
         self._hungry: set[str] = set()
         self._wakeup = asyncio.Event()
         self._stop = StopSignal()
+        #: A claim was sent and its reply did not arrive: it may have committed all the same.
+        self._claim_unsure = False
+        #: When the last claim that returned jobs took them (the server's clock): a lost claim's
+        #: jobs are the ones this process holds that were taken later.
+        self._claimed_at: datetime | None = None
 
     def wake(self, queue: str) -> None:
         """A hint that ``queue`` has due jobs (called from the listener callback)."""
@@ -73,26 +82,25 @@ class Producer:
         async with asyncio.TaskGroup() as jobs:
             ready.set()
             self.wake_all()
-            backoff = 0.05
+            recovery = Recovery("claim", self._stop)
             while not self._stop.is_set:
                 try:
-                    # A connection of its own: its session setting must not reach the pool.
-                    conn = await connect(self.dsn)
+                    # A connection of its own: claiming never waits for the pool.
+                    conn = await connect(self.dsn, application_name="skiplock-claim")
                     try:
-                        await conn.execute(JOBS.session_async_commit)
+                        if self._claim_unsure:
+                            await self._release_unrun(conn)
                         while not self._stop.is_set:
                             await self._wait_for_work()
                             if not self._stop.is_set:
                                 await self._claim_round(conn, jobs)
-                                backoff = 0.05
+                                recovery.succeeded()
                     finally:
                         await close_quietly(conn)
-                except _CLAIM_FAILED as exc:
-                    log.warning("claim_failed", error=str(exc), retry_in_s=backoff)
+                except Exception as exc:
                     self.wake_all()
-                    if await self._stop.sleep(backoff):
+                    if await recovery.failed(exc):
                         break
-                    backoff = min(backoff * 2, 5.0)
             await self._drain()
 
     async def _wait_for_work(self) -> None:
@@ -116,23 +124,45 @@ class Producer:
             if free <= 0:
                 self._hungry.add(queue)
                 continue
+            self._claim_unsure = True
+            sent_at = time.monotonic()  # before sending: the lease is written later than this
             records = await conn.fetch(
-                JOBS.job_claim_many, queue, free, self.owner, self.lease_s, None, self.tasks
+                JOBS.job_claim_many,
+                queue,
+                free,
+                self.owner,
+                self.lease_s,
+                None,
+                self.tasks,
+                self.running.ids(),  # never a job this process still runs (a stopped run not yet returned)
             )
+            self._claim_unsure = False
             if len(records) == free:
                 self._hungry.add(queue)
             else:
                 self._hungry.discard(queue)
+            if records:
+                self._claimed_at = records[0]["started_at"]
+            valid_until = lease_deadline(sent_at, self.lease_s)
             for record in records:
-                self._start(jobs, ClaimedJob.from_record(record))
+                self._start(jobs, ClaimedJob.from_record(record), valid_until)
 
-    def _start(self, jobs: asyncio.TaskGroup, job: ClaimedJob) -> None:
-        running = self.running.add(job)
-        if running is None:
+    def _start(self, jobs: asyncio.TaskGroup, job: ClaimedJob, valid_until: float) -> None:
+        running = self.running.add(job, valid_until)
+        if running is None:  # claims skip the jobs this process runs: a bug if it happens
             log.error("job_claimed_twice", job_id=job.id, attempt=job.attempt)
             return
-        running.task = jobs.create_task(self.executor.run(running), name=f"skiplock:job:{job.id}")
+        run = fenced(self.executor.run(running), running)
+        running.task = jobs.create_task(run, name=f"skiplock:job:{job.id}")
         running.task.add_done_callback(self._job_done)
+
+    async def _release_unrun(self, conn: AnyConnection) -> None:
+        """Hand back the jobs of a claim whose reply was lost (they never started here)."""
+        rows = await conn.fetch(JOBS.job_release_unrun, self.owner, self._claimed_at, self.running.ids())
+        self._claim_unsure = False
+        if rows:
+            await conn.execute(JOBS.notify_queued, sorted({r["queue"] for r in rows}))
+            log.warning("lost_claims_released", job_ids=[r["id"] for r in rows])
 
     def _job_done(self, _task: asyncio.Task[None]) -> None:
         if self._hungry:

@@ -1,44 +1,79 @@
 """Re-queues jobs whose lease expired (their worker died). Runs in every process; no leader needed:
-SKIP LOCKED lets several rescuers share the work without doing any job twice."""
+SKIP LOCKED lets several rescuers share the work without doing any job twice.
+
+A rescued job runs again after its task's backoff, like any failed attempt. No job is rescued
+while live workers may not have had the chance to renew: not before the server has been up a
+whole lease (``job_rescue_pick``; a restart makes every lease look expired), and not within a
+lease of this rescuer's own failed round (it may have been cut off while the workers were not).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 import structlog
 
 from skiplock import metrics
-from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._statements import JOBS
-from skiplock.service import StopSignal
+from skiplock.queue.backoff import Backoff
+from skiplock.queue.tasks import TaskRegistry
+from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.rescuer")
+
+_DEFAULT_BACKOFF = Backoff()  # for a task this process does not know
 
 
 class Rescuer:
     name = "rescuer"
 
-    def __init__(self, pool: asyncpg.Pool, *, interval_s: float, batch: int = 500) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        interval_s: float,
+        lease_s: float,
+        registry: TaskRegistry | None = None,
+        batch: int = 500,
+    ) -> None:
         self.pool = pool
         self.interval_s = interval_s
+        self.lease_s = lease_s
+        self.registry = registry or TaskRegistry()
         self.batch = batch
         self._stop = StopSignal()
+        self._hold_until = float("-inf")  # monotonic: no rescue before (a lease after a failure)
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
+        recovery = Recovery(self.name, self._stop)
         async for _ in self._stop.every(self.interval_s):
+            if time.monotonic() < self._hold_until:
+                continue
             try:
                 await self.rescue_once()
-            except DB_UNAVAILABLE as exc:
-                log.warning("rescue_failed", error=str(exc))
+                recovery.succeeded()
+            except Exception as exc:
+                self._hold_until = time.monotonic() + self.lease_s
+                if await recovery.failed(exc):
+                    return
+
+    def _delay(self, task: str, attempts: int) -> float:
+        backoff = self.registry.get(task).backoff if task in self.registry else _DEFAULT_BACKOFF
+        return backoff.delay(attempts)
 
     async def rescue_once(self) -> int:
         """Rescue every expired lease now; returns how many jobs were rescued."""
         total = 0
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(JOBS.job_rescue_expired, self.batch, None)
+                picked = await conn.fetch(JOBS.job_rescue_pick, self.batch, None, self.lease_s)
+                rows = []
+                if picked:
+                    delays = [self._delay(r["task"], r["attempts"]) for r in picked]
+                    rows = await conn.fetch(JOBS.job_rescue_expired, [r["id"] for r in picked], delays)
                 requeued = sorted({r["queue"] for r in rows if r["state"] == "queued"})
                 if requeued:
                     await conn.execute(JOBS.notify_queued, requeued)
@@ -46,7 +81,7 @@ class Rescuer:
                 metrics.lease_rescues.inc(len(rows))
                 log.warning("jobs_rescued", job_ids=[r["id"] for r in rows])
             total += len(rows)
-            if len(rows) < self.batch:
+            if len(picked) < self.batch:
                 return total
 
     async def stop(self) -> None:

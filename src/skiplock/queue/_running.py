@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ class StopReason(enum.Enum):
 MAX_PENDING_EVENTS = 1000  # per job between two writes; beyond it log lines are counted, not kept
 
 PendingEvent = tuple[str, dict[str, Any]]  # (kind, data)
+#: (job id, attempt, kind, data): what the event writer writes, guarded by the attempt.
+JobEvent = tuple[int, int, str, dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -35,8 +38,40 @@ class RunningJob:
     pending: list[PendingEvent] = field(default_factory=list)
     dropped_logs: int = 0
     last_write: float = float("-inf")  # monotonic time of the last event write
+    #: The last moment (monotonic) this process surely holds the job's lease; past it the run is
+    #: fenced: stopped, its outcome void, nothing more of it written (see _lease.py).
+    valid_until: float = math.inf
+    fenced: bool = False
+    owner: str = ""  # the lease owner this process claims as
+
+    def holds_lease(self, now: float | None = None) -> bool:
+        return not self.fenced and (time.monotonic() if now is None else now) < self.valid_until
+
+    def fence(self) -> None:
+        """The lease may be gone: the run's outcome is void, and nothing more of it is written."""
+        self.fenced = True
+        self.stop_reason = StopReason.LEASE_LOST
+        self.pending.clear()
+
+    def stop(self, reason: StopReason) -> bool:
+        """Cancel the job's coroutine, once: the first reason given wins, and a job already
+        stopping is not cancelled again (the cancel poll asks every second; a second cancel would
+        cut short a thread task's wait for its thread). A lost lease wins over any reason given
+        before: it voids the outcome, and nothing more of the run is written."""
+        if self.task is None:
+            return False
+        stopping = self.stop_reason is not None
+        if reason is StopReason.LEASE_LOST:
+            self.fence()
+        elif not stopping:
+            self.stop_reason = reason
+        if not stopping:
+            self.task.cancel()
+        return True
 
     def add_event(self, kind: str, data: dict[str, Any]) -> None:
+        if self.fenced:
+            return
         if kind == "progress":
             self.progress = data
             self.pending = [e for e in self.pending if e[0] != "progress"]
@@ -66,6 +101,7 @@ class RunningJob:
 class RunningJobs:
     """Running jobs by id, with counts per queue."""
 
+    owner: str = ""  # this process's name as a lease owner
     _jobs: dict[int, RunningJob] = field(default_factory=dict)
     _per_queue: Counter[str] = field(default_factory=Counter)
     #: Set whenever a job leaves, so the producer can claim again.
@@ -73,12 +109,12 @@ class RunningJobs:
     #: Set whenever a job reports progress or logs, to wake the event writer.
     events_pending: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def add(self, job: ClaimedJob) -> RunningJob | None:
-        """Track a claimed job; None if this process already runs that job (it must not run twice
-        at once: the second claim is left to expire and be rescued)."""
+    def add(self, job: ClaimedJob, valid_until: float = math.inf) -> RunningJob | None:
+        """Track a claimed job whose lease surely holds until ``valid_until`` (monotonic); None if
+        this process already runs that job (claims exclude those, so it should never happen)."""
         if job.id in self._jobs:
             return None
-        running = RunningJob(job)
+        running = RunningJob(job, valid_until=valid_until, owner=self.owner)
         self._jobs[job.id] = running
         self._per_queue[job.queue] += 1
         return running
@@ -98,6 +134,24 @@ class RunningJobs:
     def attempts(self) -> dict[int, int]:
         return {job_id: running.job.attempt for job_id, running in self._jobs.items()}
 
+    def leases(self, now: float) -> dict[int, int]:
+        """Job id → attempt of every run whose lease still holds at ``now``: what a heartbeat renews."""
+        return {i: r.job.attempt for i, r in self._jobs.items() if r.holds_lease(now)}
+
+    def renew(self, attempts: dict[int, int], valid_until: float) -> None:
+        """The leases of these runs (id → attempt) surely hold until ``valid_until`` now."""
+        for job_id, attempt in attempts.items():
+            running = self._jobs.get(job_id)
+            if running is not None and running.job.attempt == attempt and not running.fenced:
+                running.valid_until = max(running.valid_until, valid_until)
+
+    def fence_expired(self, now: float) -> list[int]:
+        """Stop every run whose lease may be gone by ``now``; returns their ids."""
+        expired = [r for r in self._jobs.values() if not r.fenced and now >= r.valid_until]
+        for running in expired:
+            running.stop(StopReason.LEASE_LOST)
+        return [r.job.id for r in expired]
+
     def __iter__(self) -> Iterator[RunningJob]:
         return iter(list(self._jobs.values()))
 
@@ -116,23 +170,21 @@ class RunningJobs:
         waits = [max(0.0, r.last_write + interval_s - now) for r in self._jobs.values() if r.pending]
         return min(waits) if waits else None
 
-    def take_due_events(self, now: float | None, interval_s: float) -> list[tuple[int, str, dict[str, Any]]]:
-        """Pending events of every job last written at least ``interval_s`` ago (all if ``now`` is None)."""
-        taken = []
+    def take_due_events(self, now: float | None, interval_s: float) -> list[JobEvent]:
+        """Pending events of every job last written at least ``interval_s`` ago (all if ``now`` is
+        None). A run whose lease may be gone writes nothing more: its events are dropped."""
+        taken: list[JobEvent] = []
+        clock = time.monotonic()
         for running in self._jobs.values():
-            if running.pending and (now is None or now - running.last_write >= interval_s):
-                taken += [(running.job.id, kind, data) for kind, data in running.take_events()]
+            if running.pending and not running.holds_lease(clock):
+                running.pending.clear()
+            elif running.pending and (now is None or now - running.last_write >= interval_s):
+                attempt = running.job.attempt
+                taken += [(running.job.id, attempt, kind, data) for kind, data in running.take_events()]
                 running.last_write = now if now is not None else time.monotonic()
         return taken
 
     def stop(self, job_id: int, reason: StopReason) -> bool:
-        """Cancel a running job's coroutine, once: the first reason given wins, and a job already
-        stopping is not cancelled again (the cancel poll asks every second; a second cancel would
-        cut short a thread task's wait for its thread)."""
+        """Cancel a running job's coroutine (see :meth:`RunningJob.stop`)."""
         running = self._jobs.get(job_id)
-        if running is None or running.task is None:
-            return False
-        if running.stop_reason is None:
-            running.stop_reason = reason
-            running.task.cancel()
-        return True
+        return running is not None and running.stop(reason)

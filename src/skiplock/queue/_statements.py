@@ -14,10 +14,14 @@ class JobStatements:
     job_list: str
     job_claim_many: str
     job_finish_many: str
+    job_fail_outcome_not_stored: str
     job_heartbeat: str
     job_cancel_requested: str
+    job_rescue_pick: str
     job_rescue_expired: str
     job_release_many: str
+    job_release_unrun: str
+    job_lock_owned: str
     job_cancel: str
     job_retry: str
     notify_cancel: str

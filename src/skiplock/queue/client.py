@@ -20,6 +20,7 @@ from skiplock.errors import (
     InvalidArgumentsError,
     InvalidStateError,
     JobNotFound,
+    LeaseLostError,
     SkiplockError,
 )
 from skiplock.queue._statements import JOBS, QUEUES
@@ -183,6 +184,32 @@ class Client:
                 return job
             # The live job holding the key finished between our insert and read: insert again.
         raise ConflictError(f"unique_key {unique_key!r} is contended; try again")
+
+    async def enqueue_from(
+        self,
+        job_id: int,
+        attempt: int,
+        owner: str,
+        task: str,
+        args: Any = None,
+        *,
+        conn: AnyConnection | None = None,
+        **options: Any,
+    ) -> Job:
+        """:meth:`enqueue` on behalf of a running job, in one transaction with its row locked while
+        the run still holds its lease (running, at ``attempt``, under ``owner``); else
+        :class:`LeaseLostError` and nothing is written. What a task's ``ctx.enqueue`` calls."""
+
+        async def guarded(target: AnyConnection) -> Job:
+            if await target.fetchval(JOBS.job_lock_owned, job_id, attempt, owner) is None:
+                raise LeaseLostError(f"job {job_id} attempt {attempt} no longer holds its lease")
+            return await self.enqueue(task, args, conn=target, **options)
+
+        if conn is not None:
+            async with conn.transaction():
+                return await guarded(conn)
+        async with self.pool.acquire() as own, own.transaction():
+            return await guarded(own)
 
     async def enqueue_many(
         self, requests: Sequence[EnqueueRequest], *, conn: AnyConnection | None = None

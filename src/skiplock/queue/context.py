@@ -11,10 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 
+from skiplock.errors import LeaseLostError
+from skiplock.queue._running import StopReason
+
 if TYPE_CHECKING:
     import asyncpg
 
     from skiplock.fetcher import Fetcher
+    from skiplock.queue._running import RunningJob
     from skiplock.queue.client import Client
     from skiplock.queue.models import Job
 
@@ -41,9 +45,12 @@ class Context:
         client: Client,
         on_event: Callable[[int, str, dict[str, Any]], None],
         http: Fetcher,
+        lease: RunningJob | None = None,
     ) -> None:
         self.job = job
         self.client = client
+        #: The run this context belongs to: what it enqueues is guarded by its lease.
+        self._lease = lease
         #: The process's shared outbound HTTP session, with its size, redirect and address limits.
         self.http = http
         self._on_event = on_event
@@ -102,5 +109,18 @@ class Context:
         self.log_nowait(message, level=level, **fields)
 
     async def enqueue(self, task: str, args: Any = None, **options: Any) -> Job:
-        """Enqueue a follow-up job (see :meth:`Client.enqueue`)."""
-        return await self.client.enqueue(task, args, **options)
+        """Enqueue a follow-up job (see :meth:`Client.enqueue`). It commits only while this run
+        holds its job's lease (running, at its attempt, under this process); once the lease is lost
+        this raises :class:`LeaseLostError`, nothing is written, and the run is being stopped."""
+        lease = self._lease
+        if lease is None:
+            return await self.client.enqueue(task, args, **options)
+        if not lease.holds_lease():
+            raise LeaseLostError(f"job {self.job.id} attempt {self.job.attempt} no longer holds its lease")
+        try:
+            return await self.client.enqueue_from(
+                self.job.id, self.job.attempt, lease.owner, task, args, **options
+            )
+        except LeaseLostError:
+            lease.stop(StopReason.LEASE_LOST)
+            raise

@@ -69,7 +69,7 @@ class Engine:
         self.listener = Listener(dsn, limits=engine_limits(settings))
         #: Outbound HTTP shared by every task (and the API's synchronous fetch).
         self.http = Fetcher(FetchPolicy.from_settings(settings))
-        self.running = RunningJobs()
+        self.running = RunningJobs(owner=self.owner)
         #: Plain def tasks run here, never in the loop's default executor (DNS lookups use that).
         self.threads = TaskThreads(settings.concurrency)
         metrics.jobs_running.set_function(lambda: len(self.running))  # read at scrape, not per job
@@ -113,7 +113,14 @@ class Engine:
         services: list[Service] = [self.listener, self.hub]
         self.listener.subscribe("ev", self.hub.hint)
         self.listener.on_reconnect(self.hub.catch_up)
-        services.append(Rescuer(self.pool, interval_s=self.settings.rescue_interval_s))
+        services.append(
+            Rescuer(
+                self.pool,
+                interval_s=self.settings.rescue_interval_s,
+                lease_s=self.settings.lease_s,
+                registry=self.registry,
+            )
+        )
         services.append(
             Pruner(
                 self.pool,
@@ -128,8 +135,12 @@ class Engine:
             services.append(scheduler)
         if self.settings.worker:
             completer = Completer(self.pool, self.owner)
-            keeper = LeaseKeeper(
-                self.pool, owner=self.owner, running=self.running, lease_s=self.settings.lease_s
+            keeper = LeaseKeeper(  # its own connection: nothing the pool serves can starve it
+                self.dsn,
+                owner=self.owner,
+                running=self.running,
+                lease_s=self.settings.lease_s,
+                limits=engine_limits(self.settings),
             )
             writer = EventWriter(
                 self.pool,

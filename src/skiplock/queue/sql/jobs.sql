@@ -36,10 +36,12 @@ LIMIT $5
 -- Only jobs of the tasks in $6, the ones this process registered: in a rolling deploy an older
 -- process leaves a newer task's jobs queued, unattempted, for a process that knows the task.
 -- A filter on jobs_claim_idx: unknown tasks' jobs ahead of known ones are walked, not claimed.
+-- Never a job in $7, the ones this process still runs (a rescued job whose stopped run has not
+-- returned yet): one process never holds the same job twice.
 WITH picked AS (
     SELECT id FROM jobs
     WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
-      AND task = ANY($6::text[])
+      AND task = ANY($6::text[]) AND id <> ALL($7::bigint[])
       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
     ORDER BY priority DESC, run_at, id
     LIMIT $2
@@ -48,10 +50,9 @@ WITH picked AS (
 UPDATE jobs AS j
 SET state = 'running', attempts = j.attempts + 1, started_at = now(), finished_at = NULL,
     lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
-FROM picked
-WHERE j.id = picked.id
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked))  -- not a join: no plan can hash the whole table
 RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
-          j.run_at
+          j.run_at, j.started_at
 
 -- name: job_finish_many
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).
@@ -72,23 +73,34 @@ WHERE j.id = o.id AND j.state = 'running' AND j.attempts = o.attempt AND j.lease
 RETURNING j.id
 
 -- name: job_heartbeat
--- Extend the leases of the jobs this owner runs; returns those still ours.
-UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
-WHERE id = ANY($1::bigint[]) AND state = 'running' AND lease_owner = $2
-RETURNING id
+-- Extend the leases of the jobs this owner runs, each at the attempt it runs ($4, beside $1);
+-- returns those still ours. A lease past its time is extended too while the row is still ours:
+-- the worker sends only leases its own clock says no rescuer can have taken (see _lease.py).
+-- Rows found by id alone, as in job_finish_many.
+UPDATE jobs AS j SET lease_expires_at = now() + make_interval(secs => $3)
+WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
+  AND j.attempts = ($4::int[])[array_position($1::bigint[], j.id)]
+RETURNING j.id
 
 -- name: job_cancel_requested
 SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND cancel_requested
 
+-- name: job_rescue_pick
+-- Jobs whose lease ran out, locked for job_rescue_expired in the same transaction. Not before the
+-- server has been up for a whole lease ($3 s): after a restart every lease looks expired, and the
+-- live workers, which saw the server down, renew theirs first. $2 pins the clock in tests.
+-- No state = 'running' here: a lease is set only while a job runs (job_rescue_expired checks the
+-- state), and without it only jobs_lease_expiry_idx can serve this.
+SELECT id, task, attempts FROM jobs
+WHERE lease_expires_at < coalesce($2::timestamptz, now())
+  AND pg_postmaster_start_time() < coalesce($2::timestamptz, now()) - make_interval(secs => $3)
+ORDER BY lease_expires_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+
 -- name: job_rescue_expired
--- Jobs whose lease ran out: another attempt if any is left, else failed (cancelled if asked).
-WITH expired AS (
-    SELECT id FROM jobs
-    WHERE state = 'running' AND lease_expires_at < coalesce($2::timestamptz, now())
-    ORDER BY lease_expires_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
+-- The jobs job_rescue_pick locked: another attempt after the task's backoff ($2, seconds, beside
+-- $1) if any is left, else failed (cancelled if asked). The attempt stays counted.
 UPDATE jobs AS j
 SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
                  WHEN j.attempts < j.max_attempts THEN 'queued'
@@ -96,23 +108,47 @@ SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
     errors = j.errors || jsonb_build_array(jsonb_build_object(
         'attempt', j.attempts, 'type', 'LeaseLost', 'at', now(),
         'message', 'lease lost: worker ' || coalesce(j.lease_owner, '?') || ' stopped heartbeating')),
-    run_at = now(),
+    run_at = now() + make_interval(secs => ($2::float8[])[array_position($1::bigint[], j.id)]),
     finished_at = CASE WHEN j.attempts < j.max_attempts AND NOT j.cancel_requested THEN NULL ELSE now() END,
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-FROM expired
-WHERE j.id = expired.id
+WHERE j.id = ANY($1::bigint[]) AND j.state = 'running'
 RETURNING j.id, j.queue, j.state::text AS state
 
 -- name: job_release_many
--- Shutdown: hand running jobs back at once, the attempt not counted (cancelled if that was asked).
+-- Shutdown: hand running jobs back at once (cancelled if that was asked), each only at the
+-- attempt given ($3, beside $1). The attempt stays counted, so attempt numbers never repeat; as
+-- the interrupted run did not fail, it is granted one more attempt if it was the last.
+UPDATE jobs AS j
+SET state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
+    max_attempts = CASE WHEN j.cancel_requested THEN j.max_attempts
+                        ELSE greatest(j.max_attempts, j.attempts + 1) END,
+    finished_at = CASE WHEN j.cancel_requested THEN now() END,
+    run_at = now(),
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
+WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
+  AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
+RETURNING j.id, j.queue, j.state::text AS state
+
+-- name: job_release_unrun
+-- Jobs owner $1 holds as running, took after $2 (its last claim that arrived) and does not run
+-- (it runs those in $3): claims whose reply never arrived. Back to their queue with the attempt
+-- given back, as they never started.
 UPDATE jobs
 SET state = (CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
-    attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END,
+    attempts = attempts - 1,
     finished_at = CASE WHEN cancel_requested THEN now() END,
-    run_at = now(), started_at = CASE WHEN cancel_requested THEN started_at END,
+    run_at = now(), started_at = NULL,
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-WHERE id = ANY($1::bigint[]) AND state = 'running' AND lease_owner = $2
+WHERE lease_expires_at IS NOT NULL AND state = 'running' AND lease_owner = $1
+  AND started_at > coalesce($2::timestamptz, '-infinity') AND id <> ALL($3::bigint[])
 RETURNING id, queue, state::text AS state
+
+-- name: job_lock_owned
+-- The job, locked while it is still ours (running, at this attempt, under this owner): what a
+-- task enqueues in the same transaction commits only while its run holds the lease.
+SELECT id FROM jobs
+WHERE id = $1 AND attempts = $2 AND state = 'running' AND lease_owner = $3
+FOR SHARE
 
 -- name: job_cancel
 -- A queued job is cancelled outright; a running one is flagged for its worker.

@@ -1,0 +1,240 @@
+"""No job runs twice at once, even when leases expire (DESIGN.md guarantee 2).
+
+Every case lets 1 s leases expire while jobs still run, under the fault that breaks them (a
+starved pool, a database outage, a server crash, a paused process, kill -9), with real worker
+processes; the ``record_execution`` task records each execution, so overlap is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+
+from skiplock.db import connect
+from tests.support.executions import EXECUTIONS_TABLE, Execution, executions, overlaps, summary
+from tests.support.faults import pause, private_postgres, resume
+from tests.support.waiting import wait_until
+from tests.support.workers import start_worker, stop_worker
+
+pytestmark = pytest.mark.slow
+
+LEASE = {"lease_s": "1", "rescue_interval_s": "0.2"}
+
+
+@contextmanager
+def workers(dsn: str, count: int, **settings: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+    started = [start_worker(dsn, **LEASE, **settings) for _ in range(count)]
+    try:
+        yield started
+    finally:
+        for worker in started:
+            stop_worker(worker, signal.SIGKILL)
+
+
+async def enqueue(db: asyncpg.Connection, count: int, args: dict[str, Any], *, spread_s: float = 0) -> None:
+    """``count`` record_execution jobs, due at once or spread evenly over ``spread_s``."""
+    await db.execute(
+        "INSERT INTO jobs (task, args, max_attempts, run_at)"
+        " SELECT 'record_execution', $1, 20, now() + make_interval(secs => $3 * i / $2)"
+        " FROM generate_series(1, $2) AS i",
+        args,
+        count,
+        spread_s,
+    )
+
+
+async def succeeded(db: asyncpg.Connection, count: int) -> bool:
+    return bool(await db.fetchval("SELECT count(*) = $1 FROM jobs WHERE state = 'succeeded'", count))
+
+
+def runs_per_job(runs: list[Execution]) -> collections.Counter[int]:
+    return collections.Counter(run.job_id for run in runs)
+
+
+@asynccontextmanager
+async def reconnecting(dsn: str) -> AsyncIterator[Any]:
+    """A connection for the test's own reads that survives the server going away."""
+    holder: dict[str, asyncpg.Connection] = {}
+
+    class Reader:
+        async def fetchval(self, query: str, *args: Any) -> Any:
+            try:
+                if "conn" not in holder or holder["conn"].is_closed():
+                    holder["conn"] = await connect(dsn)
+                return await holder["conn"].fetchval(query, *args)
+            except Exception:  # the server is away: try again on the next poll
+                holder.pop("conn", None)
+                return None
+
+        async def connection(self) -> asyncpg.Connection:
+            await wait_until(lambda: self.fetchval("SELECT true"), 30)
+            return holder["conn"]
+
+    try:
+        yield Reader()
+    finally:
+        if "conn" in holder:
+            holder["conn"].terminate()
+
+
+async def listening(db: asyncpg.Connection, count: int) -> bool:
+    """``count`` processes are ready on this database (each holds one LISTEN connection)."""
+    return bool(
+        await db.fetchval(
+            "SELECT count(*) = $1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE 'LISTEN%'",
+            count,
+        )
+    )
+
+
+async def test_a_starved_pool_does_not_let_a_job_run_twice_at_once(dsn: str, db: asyncpg.Connection) -> None:
+    await db.execute(EXECUTIONS_TABLE)
+    with workers(dsn, 1, concurrency="4") as (healthy,):
+        # A healthy process, ready to rescue and re-run, kept out of the first claims by a pause.
+        await wait_until(lambda: listening(db, 1), 30)
+        pause(healthy)
+        try:
+            with workers(dsn, 1, concurrency="4", pool_min_size="1", pool_max_size="4") as (starved,):
+                # Four jobs hold each of the starved process's four pool connections for 3 leases.
+                await enqueue(db, 4, {"seconds": 3, "hold_connection": True})
+                await wait_until(lambda: db.fetchval("SELECT count(*) = 4 FROM test_executions"), 30)
+                resume(healthy)
+                await wait_until(lambda: succeeded(db, 4), 60, 0.1)
+        finally:
+            resume(healthy)
+    runs = await executions(db)
+    found = overlaps(runs)
+    print(f"\npool starvation: {len(runs)} executions of 4 jobs; {summary(found)}")
+    assert found == []
+    assert all(run.pid == starved.pid for run in runs)  # it kept its leases: nothing was re-run
+
+
+async def test_an_outage_of_two_leases_reruns_only_the_jobs_of_a_process_that_died() -> None:
+    async with private_postgres(test_tables=EXECUTIONS_TABLE) as server, reconnecting(server.dsn) as reader:
+        db = await reader.connection()
+        with workers(server.dsn, 3, concurrency="4") as procs:
+            await enqueue(db, 12, {"seconds": 5})
+            await wait_until(lambda: db.fetchval("SELECT count(DISTINCT pid) = 3 FROM test_executions"), 30)
+            await wait_until(lambda: db.fetchval("SELECT count(*) = 12 FROM test_executions"), 30)
+            victim = procs[2]
+            await asyncio.to_thread(server.stop)
+            outage = time.monotonic()
+            stop_worker(victim, signal.SIGKILL)
+            killed_at = {victim.pid: time.time()}
+            await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - outage)))  # the outage: 2 leases
+            await asyncio.to_thread(server.start)
+            await wait_until(
+                lambda: reader.fetchval("SELECT count(*) = 12 FROM jobs WHERE state = 'succeeded'"), 60, 0.1
+            )
+            db = await reader.connection()
+            runs = await executions(db)
+        found = overlaps(runs, killed_at)
+        counts = runs_per_job(runs)
+        victims = {run.job_id for run in runs if run.pid == victim.pid}
+        rerun = {job for job, n in counts.items() if n > 1}
+        print(
+            f"\noutage of 2 leases: {len(runs)} executions of 12 jobs; {summary(found)};"
+            f" re-run: {len(rerun)} jobs ({len(rerun - victims)} of live processes)"
+        )
+        assert found == []
+        assert rerun == victims
+        assert all(counts[job] == 2 for job in victims)
+
+
+async def test_a_server_crash_right_after_claims_does_not_let_a_job_run_twice_at_once() -> None:
+    async with private_postgres(test_tables=EXECUTIONS_TABLE) as server, reconnecting(server.dsn) as reader:
+        db = await reader.connection()
+        with workers(server.dsn, 2, concurrency="50"):
+            # Claims all the time: 300 jobs due one after another over 3 s, each running 1.5 s.
+            await enqueue(db, 300, {"seconds": 1.5}, spread_s=3)
+            await wait_until(lambda: db.fetchval("SELECT count(*) >= 60 FROM test_executions"), 30)
+            await asyncio.to_thread(server.crash)
+            await wait_until(
+                lambda: reader.fetchval("SELECT count(*) = 300 FROM jobs WHERE state = 'succeeded'"), 90, 0.2
+            )
+            db = await reader.connection()
+            runs = await executions(db)
+        found = overlaps(runs)
+        print(f"\nserver crash mid-claim: {len(runs)} executions of 300 jobs; {summary(found)}")
+        assert found == []
+
+
+async def test_a_paused_process_stops_its_jobs_and_writes_nothing_after_the_pause(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(EXECUTIONS_TABLE)
+    await enqueue(db, 4, {"seconds": 4, "report": True})
+    with workers(dsn, 1, concurrency="4") as (paused,):
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 4 FROM test_executions"), 30)
+        with workers(dsn, 1, concurrency="4") as (other,):
+            pause(paused)
+            paused_at = time.time()
+            try:
+                # Paused for 2 leases at least, and until the other process runs every job.
+                await asyncio.sleep(2)
+                await wait_until(
+                    lambda: db.fetchval("SELECT count(*) = 4 FROM test_executions WHERE pid = $1", other.pid),
+                    30,
+                )
+            finally:
+                resumed_at = time.time()
+                resume(paused)
+            await wait_until(lambda: succeeded(db, 4), 60, 0.1)
+            await asyncio.sleep(0.5)  # anything the resumed process still wanted to write
+        late_events = await db.fetchval(
+            "SELECT count(*) FROM job_events WHERE kind = 'progress' AND data->>'message' = $1"
+            " AND at > to_timestamp($2)",
+            f"pid {paused.pid}",
+            resumed_at,
+        )
+    runs = await executions(db)
+    found = overlaps(runs)
+    stale = [run for run in runs if run.pid == paused.pid and (run.ended_at or 0) > paused_at]
+    print(
+        f"\npaused process: {len(runs)} executions of 4 jobs; {summary(found)};"
+        f" its executions working after the pause: {len(stale)}, its progress events after it: {late_events}"
+    )
+    assert found == []
+    assert stale == []
+    assert late_events == 0
+    assert runs_per_job([r for r in runs if r.pid == other.pid]) == {job: 1 for job in runs_per_job(runs)}
+
+
+async def test_kill_9_every_few_seconds_every_job_succeeds_and_none_runs_twice_at_once(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    count = 3000
+    await db.execute(EXECUTIONS_TABLE)
+    await enqueue(db, count, {"seconds": 0.2, "step_s": 0.1})
+    killed_at: dict[int, float] = {}
+    settings = {**LEASE, "concurrency": "20"}
+    procs = [start_worker(dsn, **settings) for _ in range(3)]
+    rng = random.Random(14)
+    try:
+        deadline = time.monotonic() + 120
+        while not await succeeded(db, count):
+            assert time.monotonic() < deadline, "the jobs did not all succeed in 120 s"
+            await asyncio.sleep(1.5 + rng.random())  # the fault's own rhythm, not a wait for a condition
+            index = rng.randrange(len(procs))
+            stop_worker(procs[index], signal.SIGKILL)
+            killed_at[procs[index].pid] = time.time()
+            procs[index] = start_worker(dsn, **settings)
+    finally:
+        for proc in procs:
+            stop_worker(proc, signal.SIGKILL)
+    runs = await executions(db)
+    found = overlaps(runs, killed_at)
+    print(f"\nkill -9: {len(killed_at)} kills, {len(runs)} executions of {count} jobs; {summary(found)}")
+    assert found == []
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE state <> 'succeeded'") == 0
