@@ -4,6 +4,7 @@ process knows stays queued, unattempted, counted, until a process that knows the
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -11,7 +12,7 @@ import pytest
 
 from skiplock.errors import ConfigError
 from skiplock.queue import task
-from skiplock.queue._statements import QUEUES
+from skiplock.queue._statements import JOBS, QUEUES
 from skiplock.settings import Settings
 from tests.conftest import make_settings
 from tests.support.live import app_client
@@ -118,3 +119,40 @@ async def test_queue_names_are_validated_the_same_everywhere(api: Any, db: async
             task("misqueued", args=NoArgs, queue=bad)
     assert await db.fetchval("SELECT count(*) FROM jobs") == 0
     assert Settings.load(queues="media.hi-res_2:3").queues == ["media.hi-res_2:3"]
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+async def test_claim_stays_on_the_claim_index_behind_many_jobs_of_an_unknown_task(
+    tx: asyncpg.Connection, plan_cache_mode: str
+) -> None:
+    await tx.execute(
+        "INSERT INTO jobs (task, priority) SELECT 'newer_task', 10 FROM generate_series(1, 20000)"
+    )
+    await tx.execute("INSERT INTO jobs (task) SELECT 'noop' FROM generate_series(1, 10)")
+    # A little history beside them. With none at all (a table of nothing but those queued rows) the
+    # planner rightly prefers a sequential scan: both read the 20,000 rows, the scan a little faster.
+    await tx.execute(
+        "INSERT INTO jobs (task, state) SELECT 'noop', 'succeeded' FROM generate_series(1, 5000)"
+    )
+    await tx.execute("ANALYZE jobs")
+    await tx.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
+    await tx.execute(f"PREPARE claim AS {JOBS.job_claim_many}")
+    explained = await tx.fetchval(
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim('default', 10, 'me', 30.0, NULL, '{noop}', '{}')"
+    )
+    await tx.execute("DEALLOCATE claim")
+    plan = explained[0]  # the json codec decoded it
+    scans = list(_scans_of_jobs(plan["Plan"]))
+    assert scans[0]["Index Name"] == "jobs_claim_idx"
+    assert all(scan["Node Type"] != "Seq Scan" for scan in scans)
+    assert plan["Plan"]["Actual Rows"] == 10  # every known job, none of the unknown ones
+    walked = scans[0]["Actual Rows"] + scans[0].get("Rows Removed by Filter", 0)
+    took = scans[0]["Actual Total Time"]
+    print(f"\nclaim behind 20,000 unknown-task jobs ({plan_cache_mode}): {took:.1f} ms, {walked:.0f} walked")
+
+
+def _scans_of_jobs(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if node.get("Relation Name") == "jobs" and node["Node Type"] != "ModifyTable":
+        yield node
+    for child in node.get("Plans", []):
+        yield from _scans_of_jobs(child)
