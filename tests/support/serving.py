@@ -190,6 +190,8 @@ class EventSubscriber:
         self.target = target
         self.finals: dict[int, str] = {}
         self.closes: Counter[int] = Counter()
+        #: Each connection: (wall-clock start, end or None while open, close code or None).
+        self.sessions: list[tuple[float, float | None, int | None]] = []
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -199,6 +201,7 @@ class EventSubscriber:
             while not self._stop.is_set():
                 try:
                     async with session.ws_connect(f"{self.target.url}/ws/events", heartbeat=None) as ws:
+                        self.sessions.append((time.time(), None, None))
                         self.connected.set()
                         async for message in ws:
                             if message.type != aiohttp.WSMsgType.TEXT:
@@ -210,15 +213,27 @@ class EventSubscriber:
                                     self.finals[int(event["job_id"])] = state
                         if ws.close_code is not None:
                             self.closes[ws.close_code] += 1
+                        self.sessions[-1] = (self.sessions[-1][0], time.time(), ws.close_code)
                 except aiohttp.ClientError:
                     self.closes[-1] += 1  # no connection: the server is away or restarting
                 self.connected.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 0.1)
 
-    def resumes(self) -> int:
-        """Closes that told the client it may have missed events."""
-        return sum(n for code, n in self.closes.items() if code in RESUME_CODES)
+    def silently_missed(self, finished_at: dict[int, float], margin_s: float = 0.2) -> list[int]:
+        """Jobs whose final state this client never got although it was connected when the job
+        finished (wall clock, from the database), on a connection that did not end with a resume
+        code. A job that finished while it was away, or on a connection closed with a resume code
+        (which tells the client to reload), may be missing."""
+        silent = []
+        for job_id, at in finished_at.items():
+            if job_id in self.finals:
+                continue
+            for start, end, code in self.sessions:
+                if start + margin_s < at and (end is None or at < end) and code not in RESUME_CODES:
+                    silent.append(job_id)
+                    break
+        return sorted(silent)
 
     async def __aenter__(self) -> EventSubscriber:
         self._task = asyncio.create_task(self._run())

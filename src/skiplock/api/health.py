@@ -13,9 +13,15 @@ from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
 
 
 @get("/health", operation_id="Health", tags=["health"], opt=PUBLIC_ROUTE)
-async def health() -> Health:
-    """Liveness: the process serves requests."""
-    return Health(status="ok")
+async def health(engine: EngineDep) -> Response[Health]:
+    """Liveness: 200 while the process serves and every engine service runs; 503 naming each
+    service that died (the process is half-alive: an orchestrator should restart it)."""
+    if failures := engine.failures:
+        return Response(
+            Health(status="failed", checks=dict.fromkeys(failures, False)),
+            status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    return Response(Health(status="ok"), status_code=HTTP_200_OK)
 
 
 @get("/ready", operation_id="Ready", tags=["health"], opt=PUBLIC_ROUTE)
