@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from skiplock.errors import ConfigError
-from skiplock.queue import task
+from skiplock.errors import ConfigError, InvalidArgumentsError
+from skiplock.queue import Engine, EnqueueRequest, task
 from skiplock.queue._statements import JOBS, QUEUES
 from skiplock.settings import Settings
 from tests.conftest import make_settings
@@ -156,3 +156,14 @@ def _scans_of_jobs(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield node
     for child in node.get("Plans", []):
         yield from _scans_of_jobs(child)
+
+
+async def test_code_enqueueing_into_a_queue_no_worker_could_serve_is_refused(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    with pytest.raises(InvalidArgumentsError, match="bad queue name 'media:2'") as one:
+        await engine.client.enqueue("noop", {}, queue="media:2")
+    assert one.value.extra["errors"][0]["field"] == "queue"
+    with pytest.raises(InvalidArgumentsError, match="job 1: bad queue name"):
+        await engine.client.enqueue_many([EnqueueRequest("noop", {}), EnqueueRequest("noop", {}, "media:2")])
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0

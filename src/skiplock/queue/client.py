@@ -28,6 +28,7 @@ from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo
 from skiplock.queue.origin import current_origin
 from skiplock.queue.schedules import Schedules
 from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry
+from skiplock.queue_names import check_queue_name
 
 Executor = asyncpg.Pool | AnyConnection
 
@@ -84,6 +85,13 @@ def _start(now: datetime, request: EnqueueRequest) -> datetime:
     return now
 
 
+def _check_queue(queue: str) -> None:
+    try:
+        check_queue_name(queue)
+    except ValueError as exc:
+        raise InvalidArgumentsError(str(exc), errors=[{"field": "queue", "message": str(exc)}]) from exc
+
+
 def _check_options(
     priority: int,
     max_attempts: int,
@@ -136,6 +144,8 @@ class Client:
             max_attempts=spec.max_attempts if request.max_attempts is None else request.max_attempts,
             timeout_s=spec.timeout_s if request.timeout_s is None else request.timeout_s,
         )
+        if request.queue is not None:  # the task's own queue was checked when it was declared
+            _check_queue(request.queue)
         if request.overrides_defaults:  # the task's own defaults were checked when it was declared
             _check_options(
                 resolved.priority, resolved.max_attempts, resolved.timeout_s, request.delay_s, request.run_at
