@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +24,7 @@ from tests.conftest import make_settings
 from tests.support.live import app_client
 from tests.support.tasks import NoArgs, noop
 from tests.support.waiting import wait_until
-from tests.support.workers import start_worker, stop_worker
+from tests.support.workers import ROOT, start_worker, stop_worker
 
 Client = AsyncTestClient[Any]
 
@@ -323,3 +326,20 @@ async def test_a_declared_schedule_that_never_fires_is_a_start_up_error_naming_i
     engine = Engine(settings, TaskRegistry([*registry, by_hand]), settings.database_url or "")
     with pytest.raises(ConfigError, match=r"schedule 'by_hand' of task 'by_hand'.*never fires"):
         await engine.start()
+
+
+def test_a_worker_whose_task_declares_a_cron_that_never_fires_exits_saying_which(dsn: str) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "PYTHONPATH": str(ROOT),
+        "SKIPLOCK_TASK_MODULES": "tests.support.bad_schedule_tasks",
+        "SKIPLOCK_AUTO_MIGRATE": "false",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "skiplock", "worker"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "schedule 'leap_report' ('0 0 30 2 *')" in done.stderr
+    assert "never fires" in done.stderr
+    assert "Traceback" not in done.stderr
