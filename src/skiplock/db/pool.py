@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +10,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
+from skiplock.db.storable import json_bytes, json_text, text_bytes
 from skiplock.errors import DatabaseError
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ _JSONB_VERSION = b"\x01"
 
 
 def _encode_jsonb(value: Any) -> bytes:
-    return _JSONB_VERSION + orjson.dumps(value)
+    return _JSONB_VERSION + json_bytes(value)
 
 
 def _decode_jsonb(data: bytes) -> Any:
@@ -68,23 +68,25 @@ def _decode_jsonb(data: bytes) -> Any:
 
 
 def encode_json(value: Any) -> str | None:
-    """JSON text for a jsonb parameter sent as text (None stays NULL). Never raises: what orjson
-    refuses (integers past 64 bits, unknown types) goes through the standard library as text."""
-    if value is None:
-        return None
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return json.dumps(value, default=str)
+    """JSON text for a jsonb parameter sent as text (None stays NULL), storable whatever the
+    value holds (see :func:`skiplock.db.storable.json_bytes`); never raises."""
+    return json_text(value)
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """jsonb and json as Python values through orjson, in binary so COPY can carry them too."""
+    """jsonb and json as Python values through orjson, in binary so COPY can carry them too; every
+    text, jsonb and json value sent made storable first (NUL and lone surrogates as U+FFFD), so no
+    value can fail a statement, or a whole batch, for its characters. (Arrays of text are encoded
+    by the driver itself: JSON sent in a text[] goes through :func:`encode_json`.)"""
     await conn.set_type_codec(
         "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
     )
     await conn.set_type_codec(
-        "json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog", format="binary"
+        "json", encoder=json_bytes, decoder=orjson.loads, schema="pg_catalog", format="binary"
+    )
+    # bytes.decode is the driver's own decoding, in C; only the encoder adds a check.
+    await conn.set_type_codec(
+        "text", encoder=text_bytes, decoder=bytes.decode, schema="pg_catalog", format="binary"
     )
 
 

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from pydantic_core import to_jsonable_python
 
 from skiplock import metrics, tracing
+from skiplock.db.storable import storable_json
 from skiplock.errors import FetchError, InvalidArgumentsError, PermanentJobError, UnknownTaskError
 from skiplock.fetcher import Fetcher
 from skiplock.queue._completer import RELEASED, Completer, Outcome
@@ -149,7 +149,8 @@ class Executor:
         try:
             async with timeout:
                 result = await self._call(spec, ctx, args)
-            return Outcome(job, "succeeded", result=to_jsonable_python(result))
+            # Plain JSON whatever the task returned (a lone surrogate makes pydantic raise).
+            return Outcome(job, "succeeded", result=storable_json(result))
         except asyncio.CancelledError as exc:
             reason = running.stop_reason
             current = asyncio.current_task()

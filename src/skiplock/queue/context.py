@@ -9,8 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic_core import to_jsonable_python
-
+from skiplock.db.storable import storable_json
 from skiplock.errors import LeaseLostError
 from skiplock.queue._running import StopReason
 
@@ -102,7 +101,8 @@ class Context:
         """Record a log line for the job's event stream without waiting (thread-safe)."""
         if level not in _LEVELS:
             raise ValueError(f"level must be one of {sorted(_LEVELS)}")
-        self._emit("log", {"message": message, "level": level, "fields": to_jsonable_python(fields)})
+        # Plain JSON now, whatever the fields hold (a lone surrogate makes pydantic raise).
+        self._emit("log", {"message": message, "level": level, "fields": storable_json(fields)})
 
     async def log(self, message: str, *, level: str = "info", **fields: Any) -> None:
         """A log line kept with the job and streamed to its subscribers: ``ctx.log("parsed", url=u)``."""
