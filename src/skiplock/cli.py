@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,9 +16,11 @@ import structlog
 from skiplock.errors import SkiplockError
 from skiplock.logging import configure_logging
 from skiplock.settings import Settings
+from skiplock.shutdown import ShutdownSignals, exit_now
 
 if TYPE_CHECKING:
     from skiplock.auth import KeyStore
+    from skiplock.queue.engine import Engine
 
 log = structlog.get_logger("skiplock.cli")
 
@@ -107,20 +110,51 @@ async def _serve(settings: Settings) -> int:
     import uvicorn
 
     from skiplock.api import create_app
+    from skiplock.api.plugin import SkiplockPlugin
+
+    class Server(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # ShutdownSignals handles them: the engine must hear the first one at once
 
     await _check_auth(settings)
+    app = create_app(settings)
+    engine = app.plugins.get(SkiplockPlugin).engine
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+        # Open requests get the grace period too; the engine drains meanwhile, from the signal on.
+        timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)),
     )
-    server = uvicorn.Server(config)
-    await server.serve()
-    return 0 if server.started else 1
+    server = Server(config)
+    signals = ShutdownSignals(settings.shutdown_grace_s)
+    with signals.installed():
+        serving = asyncio.ensure_future(server.serve())
+        failed = await _until_stopped(signals, engine, serving)
+        server.should_exit = True
+        await serving
+    return 1 if failed or not server.started else 0
+
+
+async def _until_stopped(signals: ShutdownSignals, engine: Engine, serving: asyncio.Future[Any]) -> bool:
+    """Wait for a signal, a dead engine service or the server's own end; True if the engine died
+    (the process then exits non-zero, so an orchestrator restarts it and the rescuer recovers)."""
+    requested = asyncio.ensure_future(signals.requested.wait())
+    failed = asyncio.ensure_future(engine.wait_failed())
+    try:
+        await asyncio.wait({requested, failed, serving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        requested.cancel()
+        failed.cancel()
+    if engine.failures and not signals.requested.is_set():
+        log.error("engine_failed", services=engine.failures)
+        return True
+    await engine.quiesce()  # no schedule fires and no job is claimed from now on
+    return False
 
 
 async def _worker(settings: Settings) -> int:
@@ -129,21 +163,14 @@ async def _worker(settings: Settings) -> int:
     from skiplock.tasks import load_registry
 
     tracing.configure(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with Engine(settings, load_registry(settings.task_modules), settings.database_url or "") as engine:
-        stopped = asyncio.ensure_future(stop.wait())
-        failed = asyncio.ensure_future(engine.wait_failed())
-        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        failed.cancel()
-        if not stop.is_set():
-            log.error("engine_failed")  # exit, so a supervisor restarts us and the rescuer recovers
-            return 1
-        log.info("shutdown_requested")
-    return 0
+    signals = ShutdownSignals(settings.shutdown_grace_s)
+    with signals.installed():
+        registry = load_registry(settings.task_modules)
+        async with Engine(settings, registry, settings.database_url or "") as engine:
+            never = asyncio.get_running_loop().create_future()  # a worker has no server
+            failed = await _until_stopped(signals, engine, never)
+            never.cancel()
+    return 1 if failed else 0
 
 
 async def _migrate(settings: Settings) -> int:
@@ -211,9 +238,17 @@ def main(argv: list[str] | None = None) -> int:
                 with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                     command = COMMANDS[args.command]
                     call = command(settings, args) if args.command == "keys" else command(settings)
-                    return int(runner.run(call))
+                    code = int(runner.run(call))
             finally:
                 signal.signal(signal.SIGTERM, _exit_on_sigterm)  # closing the loop reset it
+        from skiplock.queue._threads import busy_threads
+
+        if busy_threads():
+            # Their jobs were handed back; the interpreter would join their threads (a def task
+            # cannot be interrupted), so the exit would wait for them: leave without joining.
+            log.warning("exiting_with_task_threads_running", threads=busy_threads())
+            exit_now(code)
+        return code
     except SkiplockError as exc:
         print(f"skiplock: {exc.message}", file=sys.stderr)
         return 2

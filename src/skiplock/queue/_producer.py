@@ -62,6 +62,7 @@ class Producer:
         self._hungry: set[str] = set()
         self._wakeup = asyncio.Event()
         self._stop = StopSignal()
+        self._stopped_at: float | None = None  # monotonic: the grace period counts from here
         #: A claim was sent and its reply did not arrive: it may have committed all the same.
         self._claim_unsure = False
         #: When the last claim that returned jobs took them (the server's clock): a lost claim's
@@ -170,7 +171,10 @@ class Producer:
             self._wakeup.set()
 
     async def _drain(self) -> None:
-        deadline = time.monotonic() + self.shutdown_grace_s
+        """Let running jobs finish until the grace period (counted from :meth:`stop`) is over, then
+        stop the rest: they are handed back. A thread still running is not waited for past the
+        grace: the process exits without joining it (see cli.py), so its job is handed back now."""
+        deadline = (self._stopped_at or time.monotonic()) + self.shutdown_grace_s
         if len(self.running):
             log.info("waiting_for_running_jobs", count=len(self.running), grace_s=self.shutdown_grace_s)
         while len(self.running) and time.monotonic() < deadline:
@@ -181,7 +185,10 @@ class Producer:
                 break
         for running in self.running:
             self.running.stop(running.job.id, StopReason.SHUTDOWN)
+        self.executor.abandon_threads()
 
     async def stop(self) -> None:
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
         self._stop.set()
         self._wakeup.set()
