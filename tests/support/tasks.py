@@ -258,6 +258,7 @@ class Recorded(BaseModel):
     #: for the whole run: enough of these starve it.
     hold_connection: bool = False
     report: bool = False  # report progress at each step (events carry the pid)
+    linger_s: float = Field(default=0.0, ge=0)  # when stopped, go on working this long (slow to stop)
 
 
 @task("record_execution", args=Recorded, backoff=FAST, max_attempts=20)
@@ -292,6 +293,11 @@ async def _recorded_run(ctx: Context, args: Recorded, db: Any) -> dict[str, int]
             last_work = time.time()
         last_work, outcome = time.time(), "finished"
         return {"attempt": ctx.job.attempt, "pid": os.getpid()}
+    except asyncio.CancelledError:
+        if args.linger_s:
+            await asyncio.shield(asyncio.sleep(args.linger_s))
+            last_work = time.time()
+        raise
     finally:
         await _record_end(ctx, db, row_id, last_work, outcome)
 

@@ -1,0 +1,92 @@
+"""Leases, attempts and re-claims in one process: what fencing rests on, case by case."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from skiplock.errors import LeaseLostError
+from skiplock.queue import Engine
+from skiplock.queue._statements import EVENTS, JOBS
+from skiplock.queue.models import JobState
+from tests.conftest import make_settings
+from tests.factories import job
+from tests.support.executions import EXECUTIONS_TABLE, executions, overlaps, summary
+from tests.support.faults import terminate_backends
+from tests.support.waiting import wait_until
+
+
+async def test_heartbeat_extends_only_the_attempt_it_names(tx: asyncpg.Connection) -> None:
+    job_id = await job(tx, JobState.RUNNING)  # attempt 1, owner 'factory'
+    assert await tx.fetch(JOBS.job_heartbeat, [job_id], "factory", 30.0, [2]) == []
+    assert await tx.fetch(JOBS.job_heartbeat, [job_id], "other", 30.0, [1]) == []
+    assert [r["id"] for r in await tx.fetch(JOBS.job_heartbeat, [job_id], "factory", 30.0, [1])] == [job_id]
+
+
+async def test_events_of_an_attempt_that_is_no_longer_ours_are_not_written(tx: asyncpg.Connection) -> None:
+    job_id = await job(tx, JobState.RUNNING)
+    for attempt, owner in ((2, "factory"), (1, "other")):
+        await tx.execute(
+            EVENTS.event_write_many, [job_id], ["log"], ['{"message": "late"}'], [attempt], owner
+        )
+    assert await tx.fetchval("SELECT count(*) FROM job_events WHERE job_id = $1", job_id) == 0
+    await tx.execute(EVENTS.event_write_many, [job_id], ["log"], ['{"message": "ours"}'], [1], "factory")
+    assert await tx.fetchval("SELECT count(*) FROM job_events WHERE job_id = $1", job_id) == 1
+
+
+async def test_a_child_enqueue_commits_only_under_the_parents_lease(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    parent = await job(db, JobState.RUNNING, queue="nobody")
+    before = await db.fetchval("SELECT count(*) FROM jobs")
+    with pytest.raises(LeaseLostError):
+        await engine.client.enqueue_from(parent, 2, "factory", "noop")  # a later attempt holds it
+    with pytest.raises(LeaseLostError):
+        await engine.client.enqueue_from(parent, 1, "someone else", "noop")
+    assert await db.fetchval("SELECT count(*) FROM jobs") == before
+    child = await engine.client.enqueue_from(parent, 1, "factory", "noop", queue="nobody")
+    assert child.created
+
+
+async def test_a_claim_whose_reply_was_lost_is_handed_back_at_once_without_using_an_attempt(
+    dsn: str, db: asyncpg.Connection, registry, pg_admin_dsn: str
+) -> None:  # type: ignore[no-untyped-def]
+    async with Engine(make_settings(dsn, lease_s=30), registry, dsn) as engine:
+        # The row as a claim that committed but whose reply never arrived leaves it: ours, unrun.
+        job_id = await job(db, JobState.RUNNING, task="noop", lease_owner=engine.owner)
+        database = await db.fetchval("SELECT current_database()")
+        await terminate_backends(pg_admin_dsn, database, application_name="skiplock-claim")
+        # Without the hand-back it would wait for its 30 s lease to run out.
+        await wait_until(
+            lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 10
+        )
+    row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
+    assert (row["attempts"], row["errors"]) == (1, [])
+
+
+async def test_a_job_taken_from_a_run_slow_to_stop_is_not_claimed_again_until_that_run_returns(
+    dsn: str, db: asyncpg.Connection, registry
+) -> None:  # type: ignore[no-untyped-def]
+    await db.execute(EXECUTIONS_TABLE)
+    async with Engine(make_settings(dsn, lease_s=5), registry, dsn):
+        job_id = await db.fetchval(
+            "INSERT INTO jobs (task, args) VALUES ('record_execution', $1) RETURNING id",
+            {"seconds": 2, "linger_s": 1.5},
+        )
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 1 FROM test_executions"), 10)
+        # Taken from this process (as a rescuer would after a lease ran out): its heartbeat stops
+        # the run, which goes on 1.5 s before it returns, while the job is queued again.
+        await db.execute(
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL WHERE id = $1",
+            job_id,
+        )
+        await wait_until(
+            lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 20
+        )
+    runs = await executions(db)
+    found = overlaps(runs)
+    print(f"\nre-claim by the same process: {len(runs)} executions; {summary(found)}")
+    assert found == []
+    assert [run.attempt for run in runs] == [1, 2]
+    row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
+    assert (row["attempts"], row["errors"]) == (2, [])  # no second rescue of a dropped claim
