@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from skiplock import tracing
 from skiplock._version import __version__
+from skiplock.api.bounds import BoundedRequest, url_nul_middleware
 from skiplock.api.errors import DRIVER_ERRORS, database_error_handler, skiplock_error_handler
 from skiplock.api.events import EventController, all_events_ws, job_events_ws
 from skiplock.api.fetch import FetchController, RecordController
@@ -98,6 +99,7 @@ def create_app(
         plugins=[SkiplockPlugin(engine, csrf), *_tracing_plugins(settings, tracer_provider)],
         middleware=[
             request_id_middleware,
+            url_nul_middleware,  # before anything reads the query or the path
             prometheus().middleware,
             auth_middleware(),
             # After auth: a budget per verified key, not per whatever token a caller makes up.
@@ -112,6 +114,7 @@ def create_app(
             **dict.fromkeys(DRIVER_ERRORS, database_error_handler),
         },
         request_max_body_size=MAX_BODY_BYTES,
+        request_class=BoundedRequest,  # JSON bodies decoded with depth, UTF-8 and NUL checks
         openapi_config=OpenAPIConfig(
             title="skiplock",
             version=__version__,

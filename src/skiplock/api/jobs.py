@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from litestar import Controller, Request, Response, get, post
-from litestar.exceptions import ValidationException
 from litestar.params import JSONBody, Parameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from pydantic import ValidationError
 
+from skiplock.api.bounds import decode_json_body
 from skiplock.api.plugin import ClientDep
 from skiplock.api.schemas import QUEUE_NAME, BatchCreated, JobCreate, JobPage, parse_cursor
 from skiplock.api.security import needs
@@ -28,13 +27,11 @@ MAX_BATCH = 10_000
 
 def parse_batch(body: bytes, content_type: str) -> list[Any]:
     """The batch's items from a JSON array or NDJSON (one job per line)."""
-    try:
-        if "ndjson" in content_type:
-            items = [orjson.loads(line) for line in body.splitlines() if line.strip()]
-        else:
-            items = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ValidationException(f"body is not valid JSON: {exc}") from exc
+    if "ndjson" in content_type:
+        lines = [line for line in body.splitlines() if line.strip()]
+        items = [decode_json_body(line, where=f"[{n}]") for n, line in enumerate(lines)]
+    else:
+        items = decode_json_body(body)
     if not isinstance(items, list):
         raise InvalidArgumentsError("a batch is a JSON array of jobs (or NDJSON, one job a line)")
     if len(items) > MAX_BATCH:
