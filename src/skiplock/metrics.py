@@ -54,6 +54,14 @@ loop_errors = Counter(
     "Unexpected errors a background loop survived (it logged, backed off and went on).",
     ("service",),
 )
+events_dropped = Counter(
+    "skiplock_events_dropped_total", "Progress and log events the database refused (each one logged)."
+)
+outcomes_not_stored = Counter(
+    "skiplock_outcomes_not_stored_total",
+    "Job outcomes the database refused: the job failed with OutcomeNotStored instead (or, if even "
+    "that was refused, was left for its lease to expire).",
+)
 queue_depth = Gauge(
     "skiplock_queue_depth",
     "Jobs per queue and state, from the database (read at most every 5 s).",

@@ -1,27 +1,41 @@
 """Batched completion: outcomes gathered for a moment and written in one statement.
 
 Each write is guarded by state = 'running', the attempt and the lease owner, so an outcome for
-a job this process no longer owns changes nothing. Outcomes survive database errors: they
-stay queued and are written on the next try. Stopping flushes everything first.
+a job this process no longer owns changes nothing. While the database is unavailable, outcomes
+stay pending and the whole batch is retried with backoff. A batch the server refuses for its
+values is split until the refused outcome is alone (see ``_isolation``): every other outcome is
+written, and that job fails with an ``OutcomeNotStored`` error saying why. Stopping flushes for
+at most ``stop_flush_s``; what is still unwritten then is logged and left to its leases (those
+jobs are rescued and run again: at-least-once).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import structlog
 
-from skiplock.db.pool import DB_UNAVAILABLE, AnyConnection, encode_json
-from skiplock.queue._statements import EVENTS, JOBS
+from skiplock import metrics
+from skiplock.db.pool import AnyConnection, encode_json
+from skiplock.queue._isolation import (
+    refused_for_values,
+    write_events,
+    write_events_isolating,
+    write_isolating,
+)
+from skiplock.queue._running import JobEvent
+from skiplock.queue._statements import JOBS
 from skiplock.queue.models import ClaimedJob
-from skiplock.service import StopSignal
+from skiplock.service import Recovery, StopSignal, str_of
 
 log = structlog.get_logger("skiplock.completer")
 
 RELEASED = "released"  # not a job state: handed back to the queue at shutdown
+_REASON_CHARS = 1000  # of the server's message, in the OutcomeNotStored error
 
 
 @dataclass(slots=True)
@@ -34,97 +48,208 @@ class Outcome:
     progress: dict[str, Any] | None = None
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, data) not yet written
 
-
-async def write_events(
-    conn: AnyConnection | asyncpg.Pool, events: list[tuple[int, str, dict[str, Any]]]
-) -> None:
-    """Progress and log events of running jobs, in one statement."""
-    job_ids, kinds, data = zip(*events, strict=True)
-    await conn.execute(EVENTS.event_write_many, list(job_ids), list(kinds), [encode_json(d) for d in data])
+    def event_rows(self) -> list[JobEvent]:
+        return [(self.job.id, self.job.attempt, kind, data) for kind, data in self.events]
 
 
 class Completer:
     name = "completer"
+    #: Default bound on the flush when stopping, against a database that does not answer.
+    STOP_FLUSH_S = 3.0
 
     def __init__(
-        self, pool: asyncpg.Pool, owner: str, *, max_batch: int = 1000, linger_s: float = 0.002
+        self,
+        pool: asyncpg.Pool,
+        owner: str,
+        *,
+        max_batch: int = 1000,
+        linger_s: float = 0.002,
+        stop_flush_s: float = STOP_FLUSH_S,
     ) -> None:
         self.pool = pool
         self.owner = owner
         self.max_batch = max_batch
         self.linger_s = linger_s
+        self.stop_flush_s = stop_flush_s
         self._pending: list[Outcome] = []
         #: Held around every write; the event writer takes it too, so a job's earlier events
         #: always commit before its outcome (whose state change would make them be refused).
         self.write_lock = asyncio.Lock()
         self._arrived = asyncio.Event()
         self._stop = StopSignal()
+        # Outcomes wait while the database is away and their leases run out meanwhile: retry soon.
+        self._recovery = Recovery(self.name, self._stop, max_s=1.0)
+        self._deadline: float | None = None  # loop time at which stopping gives up on the database
+        self._flushing: asyncio.Timeout | None = None
+
+    @property
+    def pending(self) -> int:
+        """Outcomes not written yet."""
+        return len(self._pending)
 
     def put(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
         self._arrived.set()
 
+    def add_earlier_events(self, job_id: int, attempt: int, events: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Events of a run that finished while they were being written (and could not be): they
+        go first with its pending outcome. False when there is no such outcome."""
+        for outcome in self._pending:
+            if outcome.job.id == job_id and outcome.job.attempt == attempt:
+                outcome.events[:0] = events
+                return True
+        return False
+
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
-        backoff = 0.05
-        while True:
-            if not self._pending:
-                if self._stop.is_set:
-                    return
-                await self._arrived.wait()
+        while not self._stop.is_set:
             self._arrived.clear()
-            if len(self._pending) < self.max_batch and not self._stop.is_set:
+            if not self._pending:
+                await self._arrived.wait()
+                continue
+            if len(self._pending) < self.max_batch:
                 await asyncio.sleep(self.linger_s)  # let a burst of completions share one write
             try:
-                await self.flush()
-                backoff = 0.05
-            except DB_UNAVAILABLE as exc:
-                log.warning("completer_flush_failed", error=str(exc), pending=len(self._pending))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await self._flush_bounded()
+            except Exception as exc:  # unavailable (the others are isolated in flush), or a bug
+                if await self._recovery.failed(exc, pending=len(self._pending)):
+                    break
+            else:
+                self._recovery.succeeded()
+        await self._flush_before_stopping()
+
+    async def stop(self) -> None:
+        if self._deadline is None:
+            self._deadline = asyncio.get_running_loop().time() + self.stop_flush_s
+            if self._flushing is not None:  # a write under way now has until then, too
+                self._flushing.reschedule(self._deadline)
+        self._stop.set()
+        self._arrived.set()
 
     async def flush(self) -> None:
+        """Write every pending outcome, a batch at a time. Raises when the database is
+        unavailable; what is not written stays pending."""
         while self._pending:
-            batch = self._pending[: self.max_batch]
-            await self._write(batch)
-            del self._pending[: len(batch)]
+            await write_isolating(self._next_batch(), self._write, self._refused)
 
-    async def _write(self, batch: list[Outcome]) -> None:
+    def _next_batch(self) -> list[Outcome]:
+        """The oldest pending outcomes, up to ``max_batch``, of distinct jobs: job_finish_many finds
+        each row's values by its id (two attempts of one job wait together only after an outage)."""
+        batch: list[Outcome] = []
+        ids: set[int] = set()
+        for outcome in self._pending:
+            if len(batch) == self.max_batch or outcome.job.id in ids:
+                break
+            ids.add(outcome.job.id)
+            batch.append(outcome)
+        return batch
+
+    async def _flush_bounded(self) -> None:
+        """``flush``, given up at the stop deadline (none before stopping)."""
+        try:
+            async with asyncio.timeout_at(self._deadline) as self._flushing:
+                await self.flush()
+        finally:
+            self._flushing = None
+
+    async def _flush_before_stopping(self) -> None:
+        wait_s = 0.05
+        loop = asyncio.get_running_loop()
+        while self._pending and self._deadline is not None and loop.time() < self._deadline:
+            try:
+                await self._flush_bounded()
+            except Exception as exc:  # the database away, or not answering in time
+                log.warning("completer_stop_flush_failed", error=str_of(exc), pending=len(self._pending))
+                await asyncio.sleep(min(wait_s, max(0.0, self._deadline - loop.time())))
+                wait_s = min(wait_s * 2, 0.5)
+        if self._pending:
+            log.error(
+                "job_outcomes_not_written",
+                job_ids=[o.job.id for o in self._pending],
+                waited_s=self.stop_flush_s,
+                reason="the database did not take them while stopping: their leases will expire "
+                "and the jobs run again",
+            )
+            self._pending.clear()
+
+    def _forget(self, written: Sequence[Outcome]) -> None:
+        done = {id(o) for o in written}
+        self._pending = [o for o in self._pending if id(o) not in done]
+
+    async def _write(self, batch: Sequence[Outcome]) -> None:
+        async with self.write_lock, self.pool.acquire() as conn, conn.transaction():
+            events = [row for o in batch for row in o.event_rows()]
+            if events:  # the last progress and logs come before the state change
+                await write_events(conn, events, self.owner)
+            await self._store(conn, batch)
+        self._forget(batch)
+
+    async def _store(self, conn: AnyConnection, batch: Sequence[Outcome]) -> None:
         released = [o for o in batch if o.state == RELEASED]
         finished = [o for o in batch if o.state != RELEASED]
-        events = [(o.job.id, kind, data) for o in batch for kind, data in o.events]
-        async with self.write_lock, self.pool.acquire() as conn, conn.transaction():
-            if events:  # the last progress and logs come before the state change
-                await write_events(conn, events)
-            if finished:
-                written = await conn.fetch(
-                    JOBS.job_finish_many,
-                    [o.job.id for o in finished],
-                    [o.job.attempt for o in finished],
-                    [o.state for o in finished],
-                    [encode_json(o.result) for o in finished],
-                    [encode_json(o.error) for o in finished],
-                    [o.retry_in_s for o in finished],
-                    [encode_json(o.progress) for o in finished],
-                    self.owner,
-                )
-                if len(written) != len(finished):
-                    done = {r["id"] for r in written}
-                    lost = [o.job.id for o in finished if o.job.id not in done]
-                    log.warning("job_outcomes_discarded", job_ids=lost, reason="lease lost")
-            if released:
-                rows = await conn.fetch(
+        if finished:
+            written = await conn.fetch(
+                JOBS.job_finish_many,
+                [o.job.id for o in finished],
+                [o.job.attempt for o in finished],
+                [o.state for o in finished],
+                [encode_json(o.result) for o in finished],
+                [encode_json(o.error) for o in finished],
+                [o.retry_in_s for o in finished],
+                [encode_json(o.progress) for o in finished],
+                self.owner,
+            )
+            if len(written) != len(finished):
+                done = {r["id"] for r in written}
+                lost = [o.job.id for o in finished if o.job.id not in done]
+                log.warning("job_outcomes_discarded", job_ids=lost, reason="lease lost")
+        if released:
+            rows = await conn.fetch(
                 JOBS.job_release_many,
                 [o.job.id for o in released],
                 self.owner,
                 [o.job.attempt for o in released],
             )
-                requeued = sorted({r["queue"] for r in rows if r["state"] == "queued"})
-                if requeued:
-                    await conn.execute(JOBS.notify_queued, requeued)
-                if rows:
-                    log.info("jobs_released", job_ids=[r["id"] for r in rows])
+            requeued = sorted({r["queue"] for r in rows if r["state"] == "queued"})
+            if requeued:
+                await conn.execute(JOBS.notify_queued, requeued)
+            if rows:
+                log.info("jobs_released", job_ids=[r["id"] for r in rows])
 
-    async def stop(self) -> None:
-        self._stop.set()
-        self._arrived.set()
+    async def _refused(self, outcome: Outcome, exc: Exception) -> None:
+        """The server refused this outcome alone. Its events are written apart (a refused one is
+        dropped), then the outcome again; if that is refused too, the job fails with the reason."""
+        async with self.write_lock, self.pool.acquire() as conn, conn.transaction():
+            await write_events_isolating(conn, outcome.event_rows(), self.owner)
+            try:
+                async with conn.transaction():  # a savepoint: a refusal keeps the events
+                    await self._store(conn, [outcome])
+            except Exception as again:
+                if not refused_for_values(again):
+                    raise
+                await self._fail_not_stored(conn, outcome, again)
+        self._forget([outcome])
+
+    async def _fail_not_stored(self, conn: AnyConnection, outcome: Outcome, exc: Exception) -> None:
+        job = outcome.job
+        metrics.outcomes_not_stored.inc()
+        reason = str_of(exc)[:_REASON_CHARS]
+        fields = {"job_id": job.id, "attempt": job.attempt, "outcome": outcome.state, "error": reason}
+        if outcome.state != RELEASED:  # a release carries no value: nothing to fail it for
+            try:
+                async with conn.transaction():
+                    await conn.fetch(
+                        JOBS.job_fail_outcome_not_stored,
+                        job.id,
+                        job.attempt,
+                        self.owner,
+                        f"the outcome could not be stored: {reason}",
+                    )
+                log.error("job_outcome_not_stored", **fields, recorded="failed")
+                return
+            except Exception as last:
+                if not refused_for_values(last):
+                    raise
+                fields["error_recording_failure"] = str_of(last)[:_REASON_CHARS]
+        # Never retried forever: the lease runs out and the rescuer takes the job.
+        log.error("job_outcome_not_stored", **fields, recorded="nothing; the lease will expire")

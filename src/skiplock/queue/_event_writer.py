@@ -4,36 +4,49 @@ A job that reports progress ten times a second gets each report written as it co
 reports in a tight loop gets its latest value written every ``interval_s`` (the reports in
 between are coalesced), so a chatty task cannot flood the database. The last value before a
 state change is written by the completer, in the same transaction as the outcome.
+
+An event the server refuses is dropped alone (logged and counted); the rest are written. While
+the database is unavailable nothing is dropped: events go back to their job, in order, and are
+retried with backoff (or written with its outcome if it finishes first), bounded per job by
+``MAX_PENDING_EVENTS`` (log lines beyond it are counted, as for a chatty task).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 
 import asyncpg
 import structlog
 
-from skiplock.db.pool import DB_UNAVAILABLE
-from skiplock.queue._completer import write_events
-from skiplock.queue._running import RunningJobs
-from skiplock.service import StopSignal
+from skiplock.queue._completer import Completer
+from skiplock.queue._isolation import write_events_isolating
+from skiplock.queue._running import MAX_PENDING_EVENTS, JobEvent, PendingEvent, RunningJob, RunningJobs
+from skiplock.service import Recovery, StopSignal, str_of
 
 log = structlog.get_logger("skiplock.events")
+
+STOP_WRITE_S = 1.0  # bound on the last write when stopping (the completer's flush comes after)
 
 
 class EventWriter:
     name = "event_writer"
 
     def __init__(
-        self, pool: asyncpg.Pool, *, running: RunningJobs, interval_s: float, write_lock: asyncio.Lock
+        self, pool: asyncpg.Pool, *, running: RunningJobs, interval_s: float, completer: Completer
     ) -> None:
         self.pool = pool
-        self.write_lock = write_lock
+        #: Its write_lock is taken around every write (see Completer.write_lock); the events of a
+        #: job that finished while they could not be written go to its pending outcome.
+        self.completer = completer
         self.running = running
         self.interval_s = interval_s
         self._stop = StopSignal()
+        self._recovery = Recovery(self.name, self._stop)
+        self._deadline: float | None = None
+        self._writing: asyncio.Timeout | None = None
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
@@ -45,19 +58,60 @@ class EventWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(pending.wait(), timeout=wait_s)
                 continue
-            await self._write_due(time.monotonic())
-        await self._write_due(None)  # stopping: whatever is left
+            try:
+                await self._write_due(time.monotonic())
+            except Exception as exc:
+                if await self._recovery.failed(exc):
+                    break
+            else:
+                self._recovery.succeeded()
+        try:
+            await self._write_due(None)  # stopping: whatever is left
+        except Exception as exc:
+            log.warning("job_events_not_written", error=str_of(exc), reason="stopping")
+
+    async def stop(self) -> None:
+        if self._deadline is None:
+            self._deadline = asyncio.get_running_loop().time() + STOP_WRITE_S
+            if self._writing is not None:
+                self._writing.reschedule(self._deadline)
+        self._stop.set()
+        self.running.events_pending.set()
 
     async def _write_due(self, now: float | None) -> None:
-        async with self.write_lock:  # taken before the events: see Completer.write_lock
+        async with self.completer.write_lock:  # taken before the events: see Completer.write_lock
             events = self.running.take_due_events(now, self.interval_s)
             if not events:
                 return
             try:
-                await write_events(self.pool, events)
-            except DB_UNAVAILABLE as exc:
-                log.warning("event_write_failed", error=str(exc), dropped=len(events))
+                async with asyncio.timeout_at(self._deadline) as self._writing:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        await write_events_isolating(conn, events, self.completer.owner)
+            except BaseException:
+                self._hand_back(events)  # none of them was written: the transaction rolled back
+                raise
+            finally:
+                self._writing = None
 
-    async def stop(self) -> None:
-        self._stop.set()
-        self.running.events_pending.set()
+    def _hand_back(self, events: list[JobEvent]) -> None:
+        """Events that could not be written go back to their job, ahead of its newer ones (or to
+        its outcome if it finished meanwhile: the completer writes them first)."""
+        jobs = {r.job.id: r for r in self.running}
+        for (job_id, attempt), group in itertools.groupby(events, key=lambda e: (e[0], e[1])):
+            taken = [(kind, data) for _, _, kind, data in group]
+            running = jobs.get(job_id)
+            if running is not None and running.job.attempt == attempt:
+                if not running.fenced:  # a run that lost its lease writes nothing more
+                    _put_back(running, taken)
+            elif not self.completer.add_earlier_events(job_id, attempt, taken):
+                log.warning("job_events_not_written", job_id=job_id, count=len(taken), reason="job gone")
+
+
+def _put_back(running: RunningJob, events: list[PendingEvent]) -> None:
+    if any(kind == "progress" for kind, _ in running.pending):
+        events = [e for e in events if e[0] != "progress"]  # a newer report supersedes it
+    room = max(0, MAX_PENDING_EVENTS - len(running.pending))
+    if len(events) > room:  # the oldest go; they are counted in the 'log lines dropped' line
+        running.dropped_logs += len(events) - room
+        events = events[len(events) - room :]
+    running.pending[:0] = events

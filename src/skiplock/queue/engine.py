@@ -146,7 +146,7 @@ class Engine:
                 self.pool,
                 running=self.running,
                 interval_s=self.settings.progress_interval_s,
-                write_lock=completer.write_lock,
+                completer=completer,
             )
             producer = Producer(
                 self.dsn,

@@ -49,7 +49,8 @@ WITH input AS (
     UPDATE jobs AS j
     SET event_seq = j.event_seq + p.n, progress = coalesce(p.last_progress, j.progress)
     FROM per_job AS p
-    WHERE j.id = p.job_id AND j.attempts = p.attempt AND j.state = 'running' AND j.lease_owner = $5
+    WHERE j.id = ANY($1::bigint[]) AND j.id = p.job_id  -- ANY: never more rows than the batch's jobs
+      AND j.attempts = p.attempt AND j.state = 'running' AND j.lease_owner = $5
     RETURNING j.id, j.event_seq - p.n AS base
 )
 INSERT INTO job_events (job_id, seq, kind, data)

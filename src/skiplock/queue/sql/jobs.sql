@@ -58,19 +58,38 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).
 -- A 'queued' outcome is a retry after retry_in_s seconds, unless a cancel was asked meanwhile.
 -- Values arrive as JSON text: asyncpg would read a list inside a jsonb[] as a sub-array.
+-- No join: the rows are found by `id = ANY($1)` alone and each takes its values at its place in
+-- the arrays (ids are distinct), so no plan can read more rows than the batch has. Joined to
+-- unnest(...), a generic plan with statistics older than a surge of running jobs scanned every
+-- running one per batch, or per row of it (tests/integration/test_plans.py).
 UPDATE jobs AS j
-SET state = (CASE WHEN o.state = 'queued' AND j.cancel_requested THEN 'cancelled' ELSE o.state END)::job_state,
-    result = o.result::jsonb,
-    errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
-    progress = coalesce(o.progress::jsonb, j.progress),
-    run_at = CASE WHEN o.state = 'queued' AND NOT j.cancel_requested
-                  THEN now() + make_interval(secs => o.retry_in_s) ELSE j.run_at END,
-    finished_at = CASE WHEN o.state = 'queued' AND NOT j.cancel_requested THEN NULL ELSE now() END,
+SET (state, result, errors, progress, run_at, finished_at) = (
+    SELECT (CASE WHEN o.state = 'queued' AND j.cancel_requested THEN 'cancelled' ELSE o.state END)::job_state,
+           o.result::jsonb,
+           CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
+           coalesce(o.progress::jsonb, j.progress),
+           CASE WHEN o.state = 'queued' AND NOT j.cancel_requested
+                THEN now() + make_interval(secs => o.retry_in_s) ELSE j.run_at END,
+           CASE WHEN o.state = 'queued' AND NOT j.cancel_requested THEN NULL ELSE now() END
+    FROM (SELECT ($3::text[])[i] AS state, ($4::text[])[i] AS result, ($5::text[])[i] AS error,
+                 ($6::float8[])[i] AS retry_in_s, ($7::text[])[i] AS progress
+          FROM (SELECT array_position($1::bigint[], j.id) AS i) AS place) AS o
+),
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[])
-    AS o(id, attempt, state, result, error, retry_in_s, progress)
-WHERE j.id = o.id AND j.state = 'running' AND j.attempts = o.attempt AND j.lease_owner = $8
+WHERE j.id = ANY($1::bigint[]) AND j.state = 'running'
+  AND j.attempts = ($2::int[])[array_position($1::bigint[], j.id)] AND j.lease_owner = $8
 RETURNING j.id
+
+-- name: job_fail_outcome_not_stored
+-- The server refused to store a job's outcome (a value of it): the job fails with this error
+-- alone, $4 saying why, and nothing of the refused outcome. The guard of job_finish_many.
+UPDATE jobs
+SET state = 'failed', result = NULL, finished_at = now(),
+    errors = errors || jsonb_build_array(jsonb_build_object(
+        'attempt', attempts, 'type', 'OutcomeNotStored', 'message', $4::text, 'at', now())),
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
+WHERE id = $1 AND state = 'running' AND attempts = $2 AND lease_owner = $3
+RETURNING id
 
 -- name: job_heartbeat
 -- Extend the leases of the jobs this owner runs, each at the attempt it runs ($4, beside $1);
