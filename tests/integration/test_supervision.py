@@ -8,20 +8,31 @@ non-zero, so an orchestrator restarts it.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 
+from skiplock.queue import Engine, JobState
+from skiplock.queue._pruner import Pruner
+from tests.factories import job
 from tests.support.live import free_port
 from tests.support.waiting import wait_until
 from tests.support.workers import spawn, start_worker, stop_worker
 
 Client = AsyncTestClient[Any]
+
+
+def counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
 
 #: kind → (error type recorded, words its message must hold)
 RAISED = {
@@ -115,3 +126,28 @@ async def test_serve_process_exits_non_zero_when_a_service_dies(dsn: str) -> Non
         assert server.returncode not in (0, None)
     finally:
         stop_worker(server, signal.SIGKILL)
+
+
+async def test_the_pruner_survives_an_unexpected_error_and_counts_it(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    # A real refusal from the server (a trigger), not the database being away.
+    await db.execute(
+        "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'deletes refused'; END $$;"
+        " CREATE TRIGGER refuse BEFORE DELETE ON jobs FOR EACH ROW EXECUTE FUNCTION refuse_delete()"
+    )
+    old = await job(db, JobState.SUCCEEDED, finished_at=datetime.now(UTC) - timedelta(days=30))
+    pruner = Pruner(engine.pool, retention_s=60, interval_s=0.05)
+    errors_before = counted("skiplock_loop_errors_total", service="pruner")
+    loop = asyncio.create_task(pruner.run(asyncio.Event()))
+    try:
+        await wait_until(lambda: counted("skiplock_loop_errors_total", service="pruner") >= errors_before + 2)
+        assert not loop.done()
+        await db.execute("DROP TRIGGER refuse ON jobs")
+        await wait_until(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)", old), 10)
+    finally:
+        await pruner.stop()
+        await asyncio.wait({loop}, timeout=10)
+    assert loop.done()
+    assert loop.exception() is None

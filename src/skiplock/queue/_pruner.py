@@ -8,9 +8,8 @@ import asyncio
 import asyncpg
 import structlog
 
-from skiplock.db.pool import DB_UNAVAILABLE
 from skiplock.queue._statements import JOBS
-from skiplock.service import StopSignal
+from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.pruner")
 
@@ -29,11 +28,15 @@ class Pruner:
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
+        recovery = Recovery("pruner", self._stop)
         async for _ in self._stop.every(self.interval_s):
             try:
                 await self.prune_once()
-            except DB_UNAVAILABLE as exc:
-                log.warning("prune_failed", error=str(exc))
+            except Exception as exc:  # whatever it is, the next round tries again
+                if await recovery.failed(exc):
+                    return
+            else:
+                recovery.succeeded()
 
     async def prune_once(self, now: object = None) -> int:
         """Delete every expired finished job now, batch by batch; returns how many."""
