@@ -172,13 +172,20 @@ def is_broken_connection(exc: BaseException) -> bool:
 
 class _Acquire(PoolAcquireContext):
     """``async with pool.acquire()``: a connection that broke inside the block is terminated
-    before it goes back, so the pool replaces it instead of handing it to the next caller."""
+    before it goes back, so the pool replaces it instead of handing it to the next caller. So is
+    one whose statement was cancelled: asyncpg would wait, without a limit, for the server to
+    confirm the cancel, and a frozen or half-open server never does (the caller and the pool
+    hung; seen with a SIGSTOPped backend)."""
 
     __slots__ = ()
 
     async def __aexit__(self, *exc: object) -> None:
         error = exc[1] if len(exc) > 1 else None
-        if isinstance(error, BaseException) and self.connection is not None and is_broken_connection(error):
+        if (
+            isinstance(error, BaseException)
+            and self.connection is not None
+            and (isinstance(error, asyncio.CancelledError) or is_broken_connection(error))
+        ):
             self.connection.terminate()
         await super().__aexit__(*exc)
 
