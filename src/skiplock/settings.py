@@ -35,7 +35,13 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(default=True, description="Apply pending migrations at start.")
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
     lease_s: float = Field(default=30.0, ge=1, le=86_400)
-    shutdown_grace_s: float = Field(default=10.0, ge=0, le=3600)
+    shutdown_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="On SIGINT/SIGTERM, running jobs get this long to finish; the rest are handed"
+        " back, and the process exits within this + 5 s (a second signal: at once).",
+    )
     rescue_interval_s: float = Field(default=5.0, gt=0, le=3600)
     retention_s: float = Field(
         default=7 * 86_400, ge=60, description="Finished jobs are deleted after this many seconds."
