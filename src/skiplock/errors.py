@@ -12,6 +12,7 @@
     ├── UploadError              an upload refused while it arrives; nothing of it is kept
     │   ├── InvalidUploadError        malformed multipart, no file part, an empty body (400)
     │   ├── UploadTooLargeError       over SKIPLOCK_IMPORT_MAX_BYTES (413)
+    │   ├── UploadTimeoutError        the client stopped sending (408)
     │   └── UnsupportedMediaTypeError not CSV and not multipart/form-data (415)
     ├── BusyError                too much of something is in progress; retry shortly
     ├── ConflictError            the request is valid but the current state forbids it
@@ -84,6 +85,10 @@ class InvalidUploadError(UploadError):
 
 class UploadTooLargeError(UploadError):
     """The upload is larger than this server accepts."""
+
+
+class UploadTimeoutError(UploadError):
+    """The client stopped sending the upload."""
 
 
 class UnsupportedMediaTypeError(UploadError):

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(
         default=1024 * 1024 * 1024, ge=1024, description="Largest CSV upload POST /imports accepts."
     )
+    upload_body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="An upload whose client sends nothing this long is cut off."
+    )
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=20, ge=1, le=500)
     task_pool_max_size: int = Field(

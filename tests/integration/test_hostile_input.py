@@ -41,8 +41,13 @@ def stored(text: str) -> str:
 
 def plain(value: Any) -> bool:
     """No NUL and no surrogate anywhere in a JSON value read back."""
-    text = json.dumps(value, ensure_ascii=False)
-    return "\\u0000" not in text and stored(text) == text
+    if isinstance(value, str):
+        return stored(value) == value
+    if isinstance(value, dict):
+        return all(plain(k) and plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(plain(v) for v in value)
+    return True
 
 
 async def final_job(engine: Engine, job_id: int, timeout: float = 15) -> Any:

@@ -14,12 +14,13 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
+from skiplock.api import create_app
 from skiplock.db import create_pool
 from skiplock.queue import Client as EngineClient
 from skiplock.queue import Context, JobInfo
 from skiplock.tasks import ImportArgs, import_csv
 from tests.conftest import make_settings
-from tests.support.live import app_client, live_server
+from tests.support.live import app_client, live_server, serve
 from tests.support.waiting import wait_until
 
 Client = AsyncTestClient[Any]
@@ -442,9 +443,7 @@ async def assert_nothing_stored(db: asyncpg.Connection) -> None:
         assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0, table
 
 
-async def test_slow_uploads_take_a_bounded_share_of_the_pool(
-    dsn: str, registry: Any, db: asyncpg.Connection
-) -> None:
+async def test_slow_uploads_take_a_bounded_share_of_the_pool(dsn: str, registry: Any) -> None:
     release = asyncio.Event()
 
     async def slow() -> AsyncIterator[bytes]:  # a client that sends its header and then stalls
@@ -452,14 +451,10 @@ async def test_slow_uploads_take_a_bounded_share_of_the_pool(
         await release.wait()
         yield b"A1,Apple,fruit,1.50,3,\n"
 
-    settings = make_settings(dsn, pool_max_size=4)  # one upload at a time
-    async with live_server(settings, list(registry)) as base, aiohttp.ClientSession() as session:
+    app = create_app(make_settings(dsn, pool_max_size=4), tasks=list(registry))  # one upload at a time
+    async with serve(app) as base, aiohttp.ClientSession() as session:
         first = asyncio.ensure_future(session.post(f"{base}/imports", data=slow(), headers=CSV))
-        holding = (  # the first upload's transaction, open while its client stalls
-            "SELECT count(*) >= 1 FROM pg_stat_activity"
-            " WHERE datname = current_database() AND state = 'idle in transaction'"
-        )
-        await wait_until(lambda: db.fetchval(holding), 10)
+        await wait_until(lambda: app.state.upload_slots.locked(), 10)
         assert not first.done()
         async with session.post(f"{base}/imports", data=HEADER, headers=CSV) as refused:
             assert refused.status == 503
@@ -471,3 +466,69 @@ async def test_slow_uploads_take_a_bounded_share_of_the_pool(
             assert accepted.status == 202
         async with session.post(f"{base}/imports", data=HEADER, headers=CSV) as later:
             assert later.status == 202
+
+
+OLDEST_TRANSACTION = """
+SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0)
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+"""
+
+
+async def test_a_stalled_upload_holds_no_transaction_open(
+    dsn: str, registry: Any, db: asyncpg.Connection
+) -> None:
+    """While its client stalls, an upload keeps no snapshot: vacuum can clean up behind it."""
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield HEADER.encode() + b"A1,Apple,fruit,1.50,3,\n" * 1000
+        await release.wait()
+        yield b"A2,Pear,fruit,2.50,3,\n"
+
+    app = create_app(make_settings(dsn, pool_max_size=4), tasks=list(registry))
+    async with serve(app) as base, aiohttp.ClientSession() as session:
+        upload = asyncio.ensure_future(session.post(f"{base}/imports", data=slow(), headers=CSV))
+        await wait_until(lambda: app.state.upload_slots.locked(), 10)
+        oldest = 0.0
+        loop = asyncio.get_running_loop()
+        watched_until = loop.time() + 3.0  # a window to observe, not a wait for a condition
+        while loop.time() < watched_until:
+            oldest = max(oldest, float(await db.fetchval(OLDEST_TRANSACTION)))
+            await asyncio.sleep(0.1)
+        print(f"oldest transaction while the upload stalled for 3 s: {oldest:.2f} s")
+        assert oldest < 2.0
+        release.set()
+        async with await upload as accepted:
+            assert accepted.status == 202
+            created = await accepted.json()
+    assert await db.fetchval("SELECT bytes FROM imports WHERE id = $1", created["import_id"]) > 20_000
+
+
+async def test_an_upload_whose_client_stops_sending_is_cut_off_with_408(
+    dsn: str, registry: Any, db: asyncpg.Connection
+) -> None:
+    release = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield HEADER.encode()
+        await release.wait()
+        yield b"A1,Apple,fruit,1.50,3,\n"
+
+    app = create_app(make_settings(dsn, upload_body_timeout_s=1.0, pool_max_size=4), tasks=list(registry))
+    async with serve(app) as base, aiohttp.ClientSession() as session:
+        started = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(15):
+                async with session.post(f"{base}/imports", data=stalled(), headers=CSV) as response:
+                    assert response.status == 408
+                    assert "SKIPLOCK_UPLOAD_BODY_TIMEOUT_S" in (await response.json())["detail"]
+        finally:
+            release.set()
+        elapsed = asyncio.get_running_loop().time() - started
+        print(f"stalled upload answered after {elapsed:.2f} s")
+        assert elapsed < 10
+        assert not app.state.upload_slots.locked()  # its slot is free again
+        async with session.post(f"{base}/imports", data=HEADER, headers=CSV) as later:
+            assert later.status == 202
+    assert await db.fetchval("SELECT count(*) FROM imports") == 1

@@ -11,6 +11,7 @@ from litestar.exceptions import ValidationException
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
+    HTTP_408_REQUEST_TIMEOUT,
     HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -35,6 +36,7 @@ from skiplock.errors import (
     SkiplockError,
     UnknownTaskError,
     UnsupportedMediaTypeError,
+    UploadTimeoutError,
     UploadTooLargeError,
 )
 from skiplock.service import str_of
@@ -56,6 +58,7 @@ _STATUS: list[tuple[type[SkiplockError], int]] = [
     (FetchError, HTTP_502_BAD_GATEWAY),  # the upstream failed: its reason is in detail
     (InvalidUploadError, HTTP_400_BAD_REQUEST),
     (UploadTooLargeError, HTTP_413_REQUEST_ENTITY_TOO_LARGE),
+    (UploadTimeoutError, HTTP_408_REQUEST_TIMEOUT),
     (UnsupportedMediaTypeError, HTTP_415_UNSUPPORTED_MEDIA_TYPE),
 ]
 

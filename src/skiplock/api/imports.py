@@ -1,4 +1,4 @@
-"""/imports: upload a CSV (streamed into the database), read the import, page through its failed rows."""
+"""/imports: upload a CSV (spooled, then stored in one short transaction), read an import, its failed rows."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ UPLOAD_WAIT_S = 2.0
 
 @asynccontextmanager
 async def upload_slot(slots: asyncio.Semaphore) -> AsyncIterator[None]:
-    """One of the uploads a process takes at once (each holds a pooled connection while its
-    client sends, so slow clients must not take the whole pool)."""
+    """One of the uploads a process takes at once (each spools its body to a temporary file, then
+    holds a pooled connection while it writes it: slow clients must not take the disk or the pool)."""
     try:
         async with asyncio.timeout(UPLOAD_WAIT_S):
             await slots.acquire()
@@ -86,6 +86,7 @@ class ImportController(Controller):
                 content_length=request.content_length,
                 filename=filename,
                 max_bytes=engine.settings.import_max_bytes,
+                idle_timeout_s=engine.settings.upload_body_timeout_s,
             )
 
     @get("/", operation_id="ListImports")

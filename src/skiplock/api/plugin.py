@@ -53,7 +53,7 @@ class SkiplockPlugin(InitPluginProtocol):
             settings = self.engine.settings
             mode = await decide_for(settings, keys)
             app.state.auth = AuthState(mode=mode, keys=keys, tokens=TokenVerifier.from_settings(settings))
-            # An upload holds a pooled connection while its client sends: a bounded share of the pool.
+            # Uploads spool to disk, then each holds a pooled connection to write: a bounded share.
             app.state.upload_slots = asyncio.Semaphore(max(1, settings.pool_max_size // 4))
             if self.csrf is not None:  # the installation's secret: every replica accepts every token
                 self.csrf.secret = await keys.secret()

@@ -1,19 +1,31 @@
-"""Storing an upload: the CSV streamed into ``import_chunks`` with its import row and job, all or nothing.
+"""Storing an upload: the CSV received into a temporary file, then written with its import row and
+job in one short transaction, all or nothing.
 
-The body is never held whole: it is read as it arrives, cut into ~1 MiB chunks and inserted in one
-transaction that also creates the ``imports`` row and enqueues the ``import_csv`` job, so a client
-sees 202 only once the file and its job are committed, and a refused or broken upload leaves nothing.
+The body is never held whole in memory (past ~1 MiB it spools to disk), and no transaction is open
+while the client sends: a slow client would otherwise hold a snapshot for its whole upload, and
+vacuum could clean nothing behind it. A client that sends nothing for ``idle_timeout_s`` is cut
+off (408). Once the file is whole, it is COPYed into ``import_chunks`` in ~1 MiB rows in the same
+transaction that creates the ``imports`` row and enqueues the ``import_csv`` job, so a client sees
+202 only once the file and its job are committed, and a refused or broken upload leaves nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import asyncio
+import tempfile
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
+from typing import IO
 
 import multipart  # type: ignore[import-untyped]
 
-from skiplock.db.pool import AnyConnection
-from skiplock.errors import InvalidUploadError, UnsupportedMediaTypeError, UploadTooLargeError
+from skiplock.db.copy import copy_rows
+from skiplock.errors import (
+    InvalidUploadError,
+    UnsupportedMediaTypeError,
+    UploadTimeoutError,
+    UploadTooLargeError,
+)
 from skiplock.imports.models import ImportCreated
 from skiplock.queue.client import Client
 from skiplock.tasks._statements import IMPORTS
@@ -95,31 +107,6 @@ def body_reader(content_type: str | None) -> RawBody | MultipartFile:
     )
 
 
-class ChunkWriter:
-    """Buffers the file and inserts it in ~1 MiB rows, numbered from 0."""
-
-    def __init__(self, conn: AnyConnection, import_id: int) -> None:
-        self._conn = conn
-        self._import_id = import_id
-        self._buffer = bytearray()
-        self._seq = 0
-        self.bytes = 0
-
-    async def write(self, data: bytes) -> None:
-        self._buffer += data
-        self.bytes += len(data)
-        if len(self._buffer) >= CHUNK_BYTES:
-            await self.flush()
-
-    async def flush(self) -> None:
-        if self._buffer:
-            await self._conn.execute(
-                IMPORTS.import_chunk_insert, self._import_id, self._seq, bytes(self._buffer)
-            )
-            self._seq += 1
-            self._buffer.clear()
-
-
 def too_large(max_bytes: int) -> UploadTooLargeError:
     return UploadTooLargeError(
         f"upload larger than {max_bytes:,} bytes (SKIPLOCK_IMPORT_MAX_BYTES)", max_bytes=max_bytes
@@ -134,32 +121,66 @@ async def store_upload(
     content_length: int | None,
     filename: str | None,
     max_bytes: int,
+    idle_timeout_s: float,
 ) -> ImportCreated:
-    """Store the CSV in ``body`` and enqueue its import job, in one transaction.
+    """Store the CSV in ``body`` and enqueue its import job, in one transaction once it is whole.
 
     Raises (and keeps nothing) when the content type is not CSV or multipart (415), the body is
-    larger than ``max_bytes`` (413, as soon as it is), or it holds no file bytes at all (400).
+    larger than ``max_bytes`` (413, as soon as it is), the client sends nothing for
+    ``idle_timeout_s`` (408), or it holds no file bytes at all (400).
     """
     reader = body_reader(content_type)
     if content_length is not None and content_length > max_bytes:
         raise too_large(max_bytes)  # before reading anything
-    received = 0
-    async with client.pool.acquire() as conn, conn.transaction(), aclosing(body):
-        import_id: int = await conn.fetchval(IMPORTS.import_insert, None)
-        writer = ChunkWriter(conn, import_id)
-        async for data in body:
+    with tempfile.SpooledTemporaryFile(max_size=CHUNK_BYTES) as spool:
+        size = await receive_file(body, reader, spool, max_bytes=max_bytes, idle_timeout_s=idle_timeout_s)
+        if size == 0:
+            raise InvalidUploadError("empty upload: a CSV needs at least a header row")
+        spool.seek(0)
+        async with client.pool.acquire() as conn, conn.transaction():
+            import_id: int = await conn.fetchval(IMPORTS.import_insert, None)
+            await copy_rows(conn, "import_chunks", ("import_id", "seq", "data"), _chunks(import_id, spool))
+            job = await client.enqueue(IMPORT_TASK, {"import_id": import_id}, conn=conn)
+            name = reader.filename or filename
+            await conn.execute(IMPORTS.import_set_job, import_id, job.id, size, name[:1000] if name else None)
+    return ImportCreated(import_id=import_id, job=job)
+
+
+async def receive_file(
+    body: AsyncGenerator[bytes, None],
+    reader: RawBody | MultipartFile,
+    out: IO[bytes],
+    *,
+    max_bytes: int,
+    idle_timeout_s: float,
+) -> int:
+    """Write the file's bytes from ``body`` to ``out``; returns how many there were."""
+    received = written = 0
+    async with aclosing(body):
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout_s):
+                    data = await anext(body, None)
+            except TimeoutError:
+                raise UploadTimeoutError(
+                    f"the client sent nothing for {idle_timeout_s:g} s (SKIPLOCK_UPLOAD_BODY_TIMEOUT_S)",
+                    timeout_s=idle_timeout_s,
+                ) from None
+            if data is None:
+                break
             received += len(data)
             if received > max_bytes:
                 raise too_large(max_bytes)
             for piece in reader.feed(data) if data else ():
-                await writer.write(piece)
-        reader.close()
-        await writer.flush()
-        if writer.bytes == 0:
-            raise InvalidUploadError("empty upload: a CSV needs at least a header row")
-        job = await client.enqueue(IMPORT_TASK, {"import_id": import_id}, conn=conn)
-        name = reader.filename or filename
-        await conn.execute(
-            IMPORTS.import_set_job, import_id, job.id, writer.bytes, name[:1000] if name else None
-        )
-    return ImportCreated(import_id=import_id, job=job)
+                out.write(piece)  # a local file (or memory): fast enough not to need a thread
+                written += len(piece)
+    reader.close()
+    return written
+
+
+def _chunks(import_id: int, spool: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
+    """The file as import_chunks rows of CHUNK_BYTES, numbered from 0, read as COPY sends them."""
+    seq = 0
+    while data := spool.read(CHUNK_BYTES):
+        yield import_id, seq, data
+        seq += 1

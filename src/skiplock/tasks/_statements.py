@@ -23,7 +23,6 @@ class PageStatements:
 @dataclass(frozen=True, slots=True)
 class ImportStatements:
     import_insert: str
-    import_chunk_insert: str
     import_set_job: str
     import_list: str
     import_exists: str

@@ -3,9 +3,6 @@
 -- name: import_insert
 INSERT INTO imports (filename) VALUES ($1) RETURNING id
 
--- name: import_chunk_insert
-INSERT INTO import_chunks (import_id, seq, data) VALUES ($1, $2, $3)
-
 -- name: import_set_job
 UPDATE imports SET job_id = $2, bytes = $3, filename = $4 WHERE id = $1
 
