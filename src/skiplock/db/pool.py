@@ -49,6 +49,8 @@ def is_unavailable(exc: BaseException) -> bool:
     connection broke, or the server refused for a reason of its own. False when the server refused
     the statement for its values (bad data, a constraint, a trigger): retrying the same batch would
     fail forever, so a batched writer splits it to isolate the item instead."""
+    if isinstance(exc, (ValueError, TypeError)):
+        return False  # the driver could not encode an argument (its DataError is a ValueError too)
     if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
         return True
     if isinstance(exc, DatabaseError):
