@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from skiplock.queue import Engine
+from tests.conftest import make_settings
 from tests.support.tasks import EXECUTIONS
 from tests.support.waiting import wait_until
 
@@ -130,3 +131,22 @@ async def test_def_job_cancelled_after_its_timeout_fired_still_waits_for_its_thr
     first = executions(job.id)[0]
     assert while_running(seen, first) == {"running"}
     assert overlap == 0.0
+
+
+async def test_a_cancelled_def_job_keeps_its_lease_while_its_thread_outlives_it(
+    dsn: str, registry: Any, db: Any
+) -> None:
+    # A 1 s lease and a thread still running 3 s after the cancel: renewed, never rescued.
+    settings = make_settings(dsn, lease_s=1.0, rescue_interval_s=0.2)
+    async with Engine(settings, registry, dsn) as engine:
+        job = await engine.client.enqueue("recorded_thread", {"seconds": 3.5})
+        await wait_until(lambda: executions(job.id), 10)
+        await engine.client.cancel(job.id)
+        seen = await watch_until_final(engine, job.id)
+        report("cancel with a 1 s lease", job.id, seen)
+        first = executions(job.id)[0]
+        assert while_running(seen, first) == {"running"}
+        assert seen[-1][1] == "cancelled"
+        assert len(executions(job.id)) == 1  # not rescued and run again meanwhile
+        row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job.id)
+        assert (row["attempts"], row["errors"]) == (1, [])
