@@ -82,16 +82,15 @@ async def claim_complete(bench: Bench) -> None:
         conn = await connect(dsn)
         try:
             await fill_noop_jobs(conn, count)
-            # As the engine does: claims on a connection that does not wait for the WAL flush,
-            # outcomes on one that does.
+            # As the engine does: claims on a connection of their own, outcomes on another, both
+            # durable (a claim lost in a crash would let two workers run the job at once).
             claim_conn = await connect(dsn)
-            await claim_conn.execute(JOBS.session_async_commit)
             claim = await claim_conn.prepare(JOBS.job_claim_many)
             finish = await conn.prepare(JOBS.job_finish_many)
             done = 0
             started = time.perf_counter()
             while done < count:
-                rows = await claim.fetch("default", CLAIM_BATCH, "floor", 30.0, None, ["bench_noop"])
+                rows = await claim.fetch("default", CLAIM_BATCH, "floor", 30.0, None, ["bench_noop"], [])
                 if not rows:
                     break
                 n = len(rows)

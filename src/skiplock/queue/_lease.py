@@ -82,10 +82,12 @@ class _Fenced(Generic[T]):
         run, running = self._run, self._running
         value: Any = None
         error: BaseException | None = None
+        started = False  # the first step is the run's own: it cleans up only once it has begun
         while True:
-            if error is None and not running.fenced and time.monotonic() >= running.valid_until:
+            if started and error is None and not running.fenced and time.monotonic() >= running.valid_until:
                 running.fence()
                 error = asyncio.CancelledError()
+            started = True
             try:
                 step = run.send(value) if error is None else run.throw(error)
             except StopIteration as done:

@@ -149,6 +149,9 @@ class Producer:
                 self._start(jobs, ClaimedJob.from_record(record), valid_until)
 
     def _start(self, jobs: asyncio.TaskGroup, job: ClaimedJob, valid_until: float) -> None:
+        if time.monotonic() >= valid_until:  # the claim's reply took most of a lease: not ours to run
+            log.warning("job_claim_too_late", job_id=job.id, attempt=job.attempt)
+            return
         running = self.running.add(job, valid_until)
         if running is None:  # claims skip the jobs this process runs: a bug if it happens
             log.error("job_claimed_twice", job_id=job.id, attempt=job.attempt)

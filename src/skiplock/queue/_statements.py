@@ -28,7 +28,6 @@ class JobStatements:
     notify_queued: str
     job_prune_finished: str
     job_reserve_ids: str
-    session_async_commit: str
     job_failures: str
 
 

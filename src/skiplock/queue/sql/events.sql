@@ -41,19 +41,19 @@ WITH input AS (
     FROM unnest($1::bigint[], $2::text[], $3::text[]::jsonb[], $4::int[])
         WITH ORDINALITY AS i(job_id, kind, data, attempt, ord)
 ), per_job AS (
-    SELECT job_id, min(attempt) AS attempt, count(*) AS n,
+    SELECT job_id, attempt, count(*) AS n,
            (array_agg(data ORDER BY ord DESC) FILTER (WHERE kind = 'progress'))[1] AS last_progress
     FROM input
-    GROUP BY job_id
+    GROUP BY job_id, attempt
 ), bumped AS (
     UPDATE jobs AS j
     SET event_seq = j.event_seq + p.n, progress = coalesce(p.last_progress, j.progress)
     FROM per_job AS p
     WHERE j.id = ANY($1::bigint[]) AND j.id = p.job_id  -- ANY: never more rows than the batch's jobs
       AND j.attempts = p.attempt AND j.state = 'running' AND j.lease_owner = $5
-    RETURNING j.id, j.event_seq - p.n AS base
+    RETURNING j.id, p.attempt, j.event_seq - p.n AS base
 )
 INSERT INTO job_events (job_id, seq, kind, data)
 SELECT i.job_id, b.base + row_number() OVER (PARTITION BY i.job_id ORDER BY i.ord), i.kind, i.data
 FROM input AS i
-JOIN bumped AS b ON b.id = i.job_id
+JOIN bumped AS b ON b.id = i.job_id AND b.attempt = i.attempt

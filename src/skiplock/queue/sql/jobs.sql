@@ -210,12 +210,6 @@ WHERE id IN (
 SELECT array_agg(nextval('jobs_id_seq'::regclass)) AS ids, now() AS now
 FROM generate_series(1, $1)
 
--- name: session_async_commit
--- For the producer's own connection: a claim lost in a server crash only puts the job back in
--- its queue (the worker's outcome then fails its owner guard), so claims need not wait for the
--- WAL flush. Outcomes are written on other connections, durably.
-SET synchronous_commit = off
-
 -- name: job_failures
 -- Failed jobs grouped by task and the last attempt's error type, biggest groups first, each with
 -- its newest $1 ids and message: fetched per group, not aggregated over every failed job.
