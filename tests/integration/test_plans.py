@@ -19,7 +19,9 @@ import pytest
 from skiplock.db import connect
 from skiplock.db.admin import create_database, drop_database
 from skiplock.queue._statements import EVENTS, JOBS
+from skiplock.queue.models import JobState
 from tests.conftest import TEMPLATE
+from tests.factories import job
 
 CROWD = 50_000  # running jobs of other workers
 FINISHED = 10_000
@@ -260,3 +262,32 @@ async def test_hot_statement_reads_only_its_batch_among_tens_of_thousands_of_run
     assert figures.discarded <= batch + SLACK, problem
     if hot.rows is not None:
         assert explained["Plan"]["Actual Rows"] == hot.rows(batch), f"{name} did not do its work"
+
+
+async def test_finish_many_gives_each_job_its_own_outcome_and_never_another_ones(
+    tx: asyncpg.Connection,
+) -> None:
+    ids = [await job(tx, JobState.RUNNING, lease_owner="me") for _ in range(5)]
+    stale = await job(tx, JobState.RUNNING, lease_owner="me", attempts=2)  # an older attempt's outcome
+
+    def finish(order: list[int], attempts: dict[int, int]) -> list[Any]:
+        return [
+            order,
+            [attempts.get(i, 1) for i in order],
+            ["succeeded"] * len(order),
+            [f'{{"id": {i}}}' for i in order],
+            [None] * len(order),
+            [0.0] * len(order),
+            [None] * len(order),
+            "me",
+        ]
+
+    written = await tx.fetch(JOBS.job_finish_many, *finish(sorted([*ids[:3], stale]), {stale: 1}))
+    assert sorted(r["id"] for r in written) == sorted(ids[:3])  # not the stale attempt
+    # Out of order (never sent so): a job may be left unwritten, but none gets another's result.
+    await tx.fetch(JOBS.job_finish_many, *finish([ids[4], ids[3]], {}))
+    rows = await tx.fetch("SELECT id, state::text, result FROM jobs WHERE id = ANY($1)", [*ids, stale])
+    for row in rows:
+        assert row["result"] in (None, {"id": row["id"]}), row
+        assert (row["state"] == "succeeded") == (row["result"] is not None), row
+    assert {r["id"] for r in rows if r["state"] == "succeeded"} >= set(ids[:3])

@@ -134,7 +134,7 @@ class Completer:
 
     def _next_batch(self) -> list[Outcome]:
         """The oldest pending outcomes, up to ``max_batch``, of distinct jobs: job_finish_many finds
-        each row's values by its id (two attempts of one job wait together only after an outage)."""
+        each row's values by its id (two attempts of one job may both wait after an outage)."""
         batch: list[Outcome] = []
         ids: set[int] = set()
         for outcome in self._pending:
@@ -186,7 +186,8 @@ class Completer:
 
     async def _store(self, conn: AnyConnection, batch: Sequence[Outcome]) -> None:
         released = [o for o in batch if o.state == RELEASED]
-        finished = [o for o in batch if o.state != RELEASED]
+        # Sorted by id: job_finish_many finds each row's values by binary search on the ids.
+        finished = sorted((o for o in batch if o.state != RELEASED), key=lambda o: o.job.id)
         if finished:
             written = await conn.fetch(
                 JOBS.job_finish_many,

@@ -58,10 +58,11 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).
 -- A 'queued' outcome is a retry after retry_in_s seconds, unless a cancel was asked meanwhile.
 -- Values arrive as JSON text: asyncpg would read a list inside a jsonb[] as a sub-array.
--- No join: the rows are found by `id = ANY($1)` alone and each takes its values at its place in
--- the arrays (ids are distinct), so no plan can read more rows than the batch has. Joined to
--- unnest(...), a generic plan with statistics older than a surge of running jobs scanned every
--- running one per batch, or per row of it (tests/integration/test_plans.py).
+-- No join: the rows are found by `id = ANY($1)` alone, so no plan can read more rows than the
+-- batch has (joined to unnest(...), a generic plan with statistics older than a surge of running
+-- jobs scanned every running one per batch, or per row of it: tests/integration/test_plans.py).
+-- Each row takes its values at its id's place in $1, found by binary search: $1 is sorted and
+-- distinct (an id out of order finds another place, fails the check and is left unwritten).
 UPDATE jobs AS j
 SET (state, result, errors, progress, run_at, finished_at) = (
     SELECT (CASE WHEN o.state = 'queued' AND j.cancel_requested THEN 'cancelled' ELSE o.state END)::job_state,
@@ -73,11 +74,12 @@ SET (state, result, errors, progress, run_at, finished_at) = (
            CASE WHEN o.state = 'queued' AND NOT j.cancel_requested THEN NULL ELSE now() END
     FROM (SELECT ($3::text[])[i] AS state, ($4::text[])[i] AS result, ($5::text[])[i] AS error,
                  ($6::float8[])[i] AS retry_in_s, ($7::text[])[i] AS progress
-          FROM (SELECT array_position($1::bigint[], j.id) AS i) AS place) AS o
+          FROM (SELECT width_bucket(j.id, $1::bigint[]) AS i) AS place) AS o
 ),
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-WHERE j.id = ANY($1::bigint[]) AND j.state = 'running'
-  AND j.attempts = ($2::int[])[array_position($1::bigint[], j.id)] AND j.lease_owner = $8
+WHERE j.id = ANY($1::bigint[]) AND ($1::bigint[])[width_bucket(j.id, $1::bigint[])] = j.id
+  AND j.state = 'running' AND j.attempts = ($2::int[])[width_bucket(j.id, $1::bigint[])]
+  AND j.lease_owner = $8
 RETURNING j.id
 
 -- name: job_fail_outcome_not_stored
