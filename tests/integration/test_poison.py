@@ -166,3 +166,38 @@ async def test_stop_with_the_database_away_ends_within_its_bound(registry: Any) 
     print(f"\nstop with the database away and 10 outcomes pending: {stopped_s:.2f} s")
     # grace (1 s, nothing left running) + the completer's flush bound + the rest of the stop
     assert stopped_s < settings.shutdown_grace_s + Completer.STOP_FLUSH_S + 3.0
+
+
+@pytest.mark.slow
+async def test_events_logged_while_the_database_is_away_are_written_in_order_when_it_is_back(
+    registry: Any,
+) -> None:
+    async with private_postgres() as server:
+        settings = make_settings(server.dsn, lease_s=60.0)
+        async with Engine(settings, registry, server.dsn) as engine:
+            job = await engine.client.enqueue("chatty", {"lines": 40, "size": 10, "pause_s": 0.1})
+            db = await asyncpg.connect(server.dsn)
+            try:
+                await wait_until(
+                    lambda: db.fetchval(
+                        "SELECT count(*) FROM job_events WHERE job_id = $1 AND kind = 'log'", job.id
+                    ),
+                    timeout=20,
+                )
+            finally:
+                await db.close()
+            server.stop()
+            await asyncio.sleep(2.0)  # about 20 lines logged meanwhile
+            server.start()
+            db = await asyncpg.connect(server.dsn)
+            try:
+                await wait_until(lambda: _all_in(db, [job.id], "succeeded"), timeout=30)
+                logged = await db.fetch(
+                    "SELECT seq, (data->'fields'->>'n')::int AS n FROM job_events"
+                    " WHERE job_id = $1 AND kind = 'log' ORDER BY seq",
+                    job.id,
+                )
+            finally:
+                await db.close()
+    print(f"\n{len(logged)} of 40 lines logged across a 2 s outage were written")
+    assert [r["n"] for r in logged] == list(range(40))
