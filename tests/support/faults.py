@@ -9,8 +9,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 
 import asyncpg
@@ -118,3 +118,32 @@ def pause(process: subprocess.Popen[bytes]) -> None:
 
 def resume(process: subprocess.Popen[bytes]) -> None:
     os.kill(process.pid, signal.SIGCONT)
+
+
+async def backend_pids(admin_dsn: str, database: str, *, application_name: str | None = None) -> list[int]:
+    """The server pids of the sessions on ``database`` (of one application if given)."""
+    conn = await asyncpg.connect(with_database(admin_dsn, "postgres"))
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend' AND ($2::text IS NULL OR application_name = $2)",
+            database,
+            application_name,
+        )
+    finally:
+        await conn.close()
+    return [row["pid"] for row in rows]
+
+
+@contextmanager
+def frozen_backends(pids: list[int]) -> Iterator[None]:
+    """SIGSTOP these server backends for the block: the server stops answering on their
+    connections without closing them, as over a half-open connection; SIGCONT after."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from litestar import Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
@@ -10,6 +12,9 @@ from skiplock.api.schemas import Health
 from skiplock.api.security import PUBLIC_ROUTE
 from skiplock.db.migrate import is_current
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
+
+#: The longest /ready takes: a probe must get an answer (503) even from a database that hangs.
+READY_TIMEOUT_S = 2.0
 
 
 @get("/health", operation_id="Health", tags=["health"], opt=PUBLIC_ROUTE)
@@ -26,12 +31,14 @@ async def health(engine: EngineDep) -> Response[Health]:
 
 @get("/ready", operation_id="Ready", tags=["health"], opt=PUBLIC_ROUTE)
 async def ready(engine: EngineDep) -> Response[Health]:
-    """Readiness: 200 when the database answers, migrations are current and services run; else 503."""
+    """Readiness: 200 when the database answers, migrations are current and services run; else 503.
+    Asks the database afresh each time (a connection broken by a restart is replaced), within
+    READY_TIMEOUT_S."""
     checks = {"database": False, "migrations": False, "services": engine.healthy}
     try:
-        async with engine.pool.acquire(timeout=2) as conn:
-            checks["database"] = True
+        async with asyncio.timeout(READY_TIMEOUT_S), engine.pool.acquire() as conn:
             checks["migrations"] = await is_current(conn)
+            checks["database"] = True
     except DB_UNAVAILABLE_OR_TIMEOUT:
         pass
     ok = all(checks.values())
