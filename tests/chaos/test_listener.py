@@ -20,7 +20,7 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.slow
 
 POLL_S = 30.0  # so a job woken by the poll would wait seconds, and one woken by NOTIFY does not
-LISTENER = "skiplock:listener"
+LISTENER = "skiplock-listener"
 
 
 async def wake_latencies(pg: PrivateServer, app: Served, count: int) -> list[float]:

@@ -87,9 +87,9 @@ async def test_the_pool_tasks_use_lets_a_statement_outrun_the_engine_limit(dsn: 
 
 
 async def test_the_engines_connections_are_named_for_pg_stat_activity(dsn: str) -> None:
-    conn = await connect(dsn, limits=ENGINE, application_name="skiplock:listener")
+    conn = await connect(dsn, limits=ENGINE, application_name="skiplock-listener")
     try:
-        assert await conn.fetchval("SHOW application_name") == "skiplock:listener"
+        assert await conn.fetchval("SHOW application_name") == "skiplock-listener"
         assert await conn.fetchval("SHOW lock_timeout") == "300ms"
         assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "500ms"
     finally:

@@ -80,7 +80,7 @@ class Listener:
         while not self._stop.is_set:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await connect(self.dsn, limits=self.limits, application_name="skiplock:listener")
+                conn = await connect(self.dsn, limits=self.limits, application_name="skiplock-listener")
                 await self._serve(conn, ready, first)
                 first = first and not ready.is_set()
                 recovery.succeeded()

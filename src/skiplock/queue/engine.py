@@ -183,7 +183,7 @@ class Engine:
             min_size=0,
             max_size=s.task_pool_max_size,
             limits=task_limits(s),
-            application_name="skiplock:tasks",
+            application_name="skiplock-tasks",
         )
         await self.http.start()
         self._client = Client(self._pool, self.registry, task_pool=self._task_pool)
