@@ -201,3 +201,38 @@ async def test_events_logged_while_the_database_is_away_are_written_in_order_whe
                 await db.close()
     print(f"\n{len(logged)} of 40 lines logged across a 2 s outage were written")
     assert [r["n"] for r in logged] == list(range(40))
+
+
+async def test_stop_while_an_outcome_waits_on_a_row_lock_ends_within_its_bound(
+    dsn: str, db: asyncpg.Connection, registry: Any
+) -> None:
+    settings = make_settings(dsn, shutdown_grace_s=1.0)
+    engine = Engine(settings, registry, dsn)
+    await engine.start()
+    locker = await asyncpg.connect(dsn)
+    try:
+        job = await engine.client.enqueue("wait", {"seconds": 0.5})
+        await wait_until(
+            lambda: db.fetchval(
+                "SELECT count(*) FROM job_events WHERE job_id = $1 AND kind = 'progress'", job.id
+            )
+        )
+        await locker.execute("BEGIN")
+        await locker.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)  # held till the end
+        completer = _completer(engine)
+        await wait_until(lambda: completer.pending == 1)
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        await wait_until(lambda: db.fetchval(waiting))  # the outcome's UPDATE waits on our lock
+    finally:
+        stopping = time.monotonic()
+        await asyncio.wait_for(engine.stop(), timeout=60)
+        stopped_s = time.monotonic() - stopping
+        await locker.close()
+    print(f"\nstop with an outcome write waiting on a row lock: {stopped_s:.2f} s")
+    assert stopped_s < settings.shutdown_grace_s + Completer.STOP_FLUSH_S + 3.0
+    assert (
+        await db.fetchval("SELECT state::text FROM jobs WHERE id = $1", job.id) == "running"
+    )  # left to its lease

@@ -79,19 +79,23 @@ class EventWriter:
         self.running.events_pending.set()
 
     async def _write_due(self, now: float | None) -> None:
-        async with self.completer.write_lock:  # taken before the events: see Completer.write_lock
-            events = self.running.take_due_events(now, self.interval_s)
-            if not events:
-                return
-            try:
-                async with asyncio.timeout_at(self._deadline) as self._writing:
-                    async with self.pool.acquire() as conn, conn.transaction():
-                        await write_events_isolating(conn, events, self.completer.owner)
-            except BaseException:
-                self._hand_back(events)  # none of them was written: the transaction rolled back
-                raise
-            finally:
-                self._writing = None
+        events: list[JobEvent] = []
+        try:
+            # The lock is waited for under the stop deadline too: the completer may hold it in a
+            # write that waits on the database.
+            async with asyncio.timeout_at(self._deadline) as self._writing:
+                async with self.completer.write_lock:  # before taking the events: see Completer.write_lock
+                    events = self.running.take_due_events(now, self.interval_s)
+                    if events:
+                        async with self.pool.acquire() as conn:
+                            async with conn.transaction():
+                                await write_events_isolating(conn, events, self.completer.owner)
+                            events = []  # committed
+        except BaseException:
+            self._hand_back(events)  # none of these was written: their transaction rolled back
+            raise
+        finally:
+            self._writing = None
 
     def _hand_back(self, events: list[JobEvent]) -> None:
         """Events that could not be written go back to their job, ahead of its newer ones (or to
