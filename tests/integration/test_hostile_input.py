@@ -13,8 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from skiplock.fetcher.session import Fetched
 from skiplock.queue import Engine
+from skiplock.tasks.fetch_api import keyed_items, list_records, store_records
+from skiplock.tasks.scrape import Heading, Link, PageMeta, get_page, store_page
 from tests.support.waiting import wait_until
 
 Client = AsyncTestClient[Any]
@@ -25,7 +29,14 @@ HOSTILE_CHARS = st.one_of(
     st.sampled_from(["\x00", "\ud800", "\udbff", "\udc80", "\udfff", "\ufffd"]),
     st.characters(categories=["Cs"]),
 )
-HOSTILE_TEXT = st.text(HOSTILE_CHARS, max_size=12)
+UNSTORABLE = st.sampled_from(["\x00", "\ud800", "\udbff", "\udc80", "\udfff"])
+#: Half the examples hold at least one character PostgreSQL cannot store, whatever hypothesis draws.
+HOSTILE_TEXT = st.one_of(
+    st.text(HOSTILE_CHARS, max_size=12),
+    st.builds(
+        lambda a, bad, b: a + bad + b, st.text(max_size=5), UNSTORABLE, st.text(HOSTILE_CHARS, max_size=5)
+    ),
+)
 EXAMPLES = settings(
     max_examples=15,
     deadline=None,
@@ -83,6 +94,34 @@ async def test_engine_stores_hostile_args_results_logs_progress_and_errors(
     assert failed.errors[-1].message == "boom:" + built
     assert failed.errors[-1].traceback is not None
     assert plain(failed.errors[-1].traceback)
+
+
+@given(text=HOSTILE_TEXT)
+@EXAMPLES
+async def test_records_and_pages_store_hostile_values(engine: Engine, text: str) -> None:
+    """What fetch_api and scrape write: an upstream's ids, payloads, titles, headings and links."""
+    source = "s" + text
+    items = [{"id": "k" + text, "v": text, text: [text]}, {"id": "k" + stored(text), "v": "later"}]
+    keyed, skipped = keyed_items(items, "id")
+    assert skipped == 0
+    await store_records(engine.pool, source, keyed)  # two ids the same once stored: one record
+    records = await list_records(engine.pool, stored(source), 0, 10)
+    assert [(r.external_id, r.payload["v"]) for r in records] == [("k" + stored(text), "later")]
+
+    url = "https://example.org/" + text
+    meta = PageMeta(
+        title=text,
+        description=text,
+        headings=[Heading(level=1, text=text)],
+        links=[Link(url=url, text=text)],
+    )
+    answer = Fetched(url, 200, CIMultiDictProxy(CIMultiDict({"content-type": "text/html"})), b"", 0)
+    await store_page(engine.pool, url, answer, meta)
+    page = await get_page(engine.pool, stored(url))
+    assert page is not None
+    assert (page.final_url, page.title, page.description) == (stored(url), stored(text), stored(text))
+    assert page.headings == [Heading(level=1, text=stored(text))]
+    assert page.links == [Link(url=stored(url), text=stored(text))]
 
 
 async def test_csv_with_nul_bytes_fails_alone_and_other_jobs_finish_promptly(api: Client) -> None:

@@ -9,6 +9,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from skiplock.db.copy import copy_rows
+from skiplock.db.storable import storable_text
 from skiplock.errors import BadResponseError
 from skiplock.fetcher import Fetcher
 from skiplock.queue.context import Context
@@ -71,7 +72,9 @@ def keyed_items(items: list[Any], id_field: str) -> tuple[dict[str, Any], int]:
         if isinstance(key, bool) or not isinstance(key, str | int | float) or key == "":
             skipped += 1
             continue
-        keyed[str(key)] = item
+        # As stored: ids that differ only in what PostgreSQL cannot store are one record (the
+        # later wins, as for any duplicate), not two rows one upsert would touch twice.
+        keyed[storable_text(str(key))] = item
     return keyed, skipped
 
 
