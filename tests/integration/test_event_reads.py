@@ -298,3 +298,33 @@ async def test_an_event_the_decoder_cannot_read_is_delivered_and_the_hub_survive
     assert code == 1000
     assert healthy
     assert health == 200
+
+
+def _scanned(plan: dict[str, Any], relation: str) -> tuple[int, set[str]]:
+    """Rows the plan's scans of ``relation`` returned (all loops), and the kinds of those scans."""
+    rows, kinds = 0, set()
+    if plan.get("Relation Name") == relation:
+        rows += int(plan["Actual Rows"] * plan["Actual Loops"])
+        kinds.add(plan["Node Type"])
+    for child in plan.get("Plans", ()):
+        child_rows, child_kinds = _scanned(child, relation)
+        rows, kinds = rows + child_rows, kinds | child_kinds
+    return rows, kinds
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_generic_plan", "force_custom_plan"])
+async def test_a_page_read_scans_only_its_page_of_a_long_history(
+    db: asyncpg.Connection, plan_cache_mode: str
+) -> None:
+    from skiplock.queue._statements import EVENTS
+
+    job_id = await long_history(db, 20_000)
+    await db.execute("ANALYZE job_events")
+    await db.execute(f"SET plan_cache_mode = {plan_cache_mode}")
+    explain = await db.prepare(f"EXPLAIN (ANALYZE, FORMAT JSON) {EVENTS.event_since_many}")
+    for _ in range(6):  # past the five custom plans after which PostgreSQL may choose a generic one
+        (result,) = await explain.fetchval([job_id, job_id], [0, 19_800], [500, 500])
+    rows, kinds = _scanned(result["Plan"], "job_events")
+    print(f"\n{plan_cache_mode}: reads after 0 and after 19,800, 500 each: {rows} rows scanned by {kinds}")
+    assert rows <= 700  # 500 + 200: never the 20,000 a read without a limit scans
+    assert kinds == {"Index Scan"}
