@@ -117,3 +117,22 @@ async def test_a_statement_cancelled_on_a_frozen_backend_returns_at_once_and_the
         if not inner.done():
             inner.cancel()
         pool.terminate()
+
+
+async def test_a_backend_terminated_mid_statement_fails_as_unavailable_and_the_pool_goes_on(
+    dsn: str, pg_admin_dsn: str
+) -> None:
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    admin = await connect(pg_admin_dsn)
+    try:
+        victim = await pool.fetchval("SELECT pg_backend_pid()")
+        sleeping = asyncio.ensure_future(pool.fetchval("SELECT 1 FROM pg_sleep(10)"))
+        await asyncio.sleep(0.3)  # the statement is running
+        await admin.execute("SELECT pg_terminate_backend($1)", victim)  # FATAL 57P01 to it
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)) as caught:
+            await asyncio.wait_for(sleeping, 5)
+        assert is_unavailable(caught.value)
+        assert await pool.fetchval("SELECT pg_backend_pid()") != victim
+    finally:
+        await admin.close()
+        await pool.close()

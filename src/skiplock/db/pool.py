@@ -8,10 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
+import structlog
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from skiplock.db.storable import json_bytes, json_text, text_bytes
 from skiplock.errors import DatabaseError
+
+log = structlog.get_logger("skiplock.db")
 
 if TYPE_CHECKING:
     from skiplock.settings import Settings
@@ -160,7 +163,8 @@ def task_limits(settings: Settings) -> Limits:
 
 def is_broken_connection(exc: BaseException) -> bool:
     """The connection's state is unknown after ``exc`` (it broke mid-statement, the driver lost
-    track of its protocol, or a statement outlived the driver's limit): terminate it, never reuse."""
+    track of its protocol, a statement outlived the driver's limit, the server is shutting down):
+    terminate it, never reuse."""
     return isinstance(
         exc,
         (
@@ -168,6 +172,11 @@ def is_broken_connection(exc: BaseException) -> bool:
             asyncpg.InterfaceError,
             asyncpg.InternalClientError,
             asyncpg.PostgresConnectionError,
+            # Class 57: after `pg_ctl restart -m fast` the server's FATAL 57P01 arrives while the
+            # driver still thinks a statement runs; resetting that connection on release raised
+            # "InternalClientError: cannot switch to state 15; another operation (2) is in
+            # progress", which killed the engine before it was counted as a database error.
+            asyncpg.OperatorInterventionError,
         ),
     )
 
@@ -189,7 +198,12 @@ class _Acquire(PoolAcquireContext):
             and (isinstance(error, asyncio.CancelledError) or is_broken_connection(error))
         ):
             self.connection.terminate()
-        await super().__aexit__(*exc)
+        try:
+            await super().__aexit__(*exc)
+        except DB_UNAVAILABLE_OR_TIMEOUT as release_error:
+            # The reset on release failed: asyncpg has terminated the connection. What the block
+            # did stands (or its own error propagates), so this one is only logged.
+            log.warning("pool_release_failed", error=str(release_error) or type(release_error).__name__)
 
 
 class Pool(asyncpg.Pool):
