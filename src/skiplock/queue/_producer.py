@@ -20,7 +20,7 @@ from datetime import datetime
 
 import structlog
 
-from skiplock.db.pool import AnyConnection, close_quietly, connect
+from skiplock.db.pool import AnyConnection, Limits, close_quietly, connect
 from skiplock.queue._executor import Executor
 from skiplock.queue._lease import fenced, lease_deadline
 from skiplock.queue._running import RunningJobs, StopReason
@@ -46,8 +46,10 @@ class Producer:
         shutdown_grace_s: float,
         executor: Executor,
         running: RunningJobs,
+        limits: Limits | None = None,
     ) -> None:
         self.dsn = dsn
+        self.limits = limits  # the claim connection's time limits (the engine's)
         self.owner = owner
         self.queue_limits = queues
         self.concurrency = concurrency
@@ -87,7 +89,7 @@ class Producer:
             while not self._stop.is_set:
                 try:
                     # A connection of its own: claiming never waits for the pool.
-                    conn = await connect(self.dsn, application_name="skiplock-claim")
+                    conn = await connect(self.dsn, limits=self.limits, application_name="skiplock-claim")
                     try:
                         if self._claim_unsure:
                             await self._release_unrun(conn)

@@ -160,6 +160,7 @@ class Engine:
                     self.registry, self.client, self.running, completer, self.http, self.threads
                 ),
                 running=self.running,
+                limits=engine_limits(self.settings),
             )
             self.listener.subscribe("queued", producer.wake)
             self.listener.subscribe("cancel", keeper.cancel)
