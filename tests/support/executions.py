@@ -81,8 +81,17 @@ def summary(found: list[Overlap]) -> str:
     if not found:
         return "overlapping pairs: 0"
     finite = [o.seconds for o in found if math.isfinite(o.seconds)]
+    worst = max(found, key=lambda o: o.seconds)
     return (
         f"overlapping pairs: {len(found)}, jobs: {len({o.job_id for o in found})}, "
         f"total {sum(finite):.2f} s, worst {max(finite, default=math.inf):.2f} s"
-        f" ({len(found) - len(finite)} open-ended)"
+        f" ({len(found) - len(finite)} open-ended); worst: job {worst.job_id},"
+        f" {_describe(worst.first)} and {_describe(worst.second)}"
+    )
+
+
+def _describe(run: Execution) -> str:
+    end = "?" if run.ended_at is None else f"{run.ended_at - run.started_at:+.2f}"
+    return (
+        f"[pid {run.pid} attempt {run.attempt} owner {run.owner} at {run.started_at:.2f} {end} {run.outcome}]"
     )
