@@ -8,6 +8,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,8 +18,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from skiplock.fetcher.session import Fetched
 from skiplock.queue import Engine
+from skiplock.settings import Settings
 from skiplock.tasks.fetch_api import keyed_items, list_records, store_records
 from skiplock.tasks.scrape import Heading, Link, PageMeta, get_page, store_page
+from tests.support.live import live_server
 from tests.support.waiting import wait_until
 
 Client = AsyncTestClient[Any]
@@ -264,3 +267,17 @@ async def test_nul_in_a_json_body_is_a_422_naming_the_field(api: Client, path: s
     response = await api.post(path, content=json_bytes(body), headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert "args.echo" in response.text
+
+
+async def test_nul_in_a_websocket_query_closes_it_as_bad_input(settings: Settings, registry: Any) -> None:
+    async with live_server(settings, list(registry)) as base, aiohttp.ClientSession() as http:
+        url = base.replace("http", "ws", 1) + "/ws/events?task=a%00b"
+        try:
+            async with http.ws_connect(url) as ws:
+                await ws.receive(timeout=10)
+                code = ws.close_code
+        except aiohttp.WSServerHandshakeError as exc:
+            code = exc.status
+        assert code == 4400, code
+        async with http.get(f"{base}/health") as health:  # the server is fine
+            assert health.status == 200

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from litestar import Request
+from litestar.enums import ScopeType
 from litestar.exceptions import ClientException, SerializationException
 from litestar.serialization import decode_json
 from litestar.types import ASGIApp, Empty, EmptyType, Receive, Scope, Send
@@ -93,23 +94,31 @@ class BoundedRequest(Request[Any, Any, Any]):
 
 
 def url_nul_middleware(app: ASGIApp) -> ASGIApp:
-    """400 for a NUL in the path or the query string (``%00``), naming the query parameter."""
+    """400 for a NUL in the path or the query string (``%00``), naming the query parameter; a
+    websocket is accepted and closed with 4400, as for its other bad input."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        query: bytes = scope.get("query_string", b"")
-        if b"%00" in query or b"\x00" in query:
-            names = [
-                key
-                for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-                if "\x00" in key + value
-            ]
-            name = storable_text(names[0]) if names else "query"
-            raise ClientException(
-                f"query parameter {name!r} holds a NUL character (%00): not allowed",
-                extra={"parameter": name},
-            )
-        if "\x00" in scope["path"]:
-            raise ClientException("the path holds a NUL character (%00): not allowed")
-        await app(scope, receive, send)
+        problem = _url_nul(scope.get("query_string", b""), scope["path"])
+        if problem is None:
+            await app(scope, receive, send)
+        elif scope["type"] == ScopeType.WEBSOCKET:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+            await send({"type": "websocket.close", "code": 4400, "reason": problem.detail[:120]})
+        else:
+            raise problem
 
     return middleware
+
+
+def _url_nul(query: bytes, path: str) -> ClientException | None:
+    if b"%00" in query or b"\x00" in query:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        names = [key for key, value in pairs if "\x00" in key + value]
+        name = storable_text(names[0]) if names else "query"
+        return ClientException(
+            f"query parameter {name!r} holds a NUL character (%00): not allowed", extra={"parameter": name}
+        )
+    if "\x00" in path:
+        return ClientException("the path holds a NUL character (%00): not allowed")
+    return None
