@@ -38,7 +38,7 @@ def decode_json_body(body: bytes, where: str = "") -> Any:
     except SerializationException as exc:
         raise ClientException(f"{where}body is not valid JSON: {exc}") from None
     # Cheap tests of the bytes first: nesting needs as many brackets, a NUL its \u0000 escape.
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH or b"\\u0000" in body:
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH or (b"\\" in body and b"\\u0000" in body):
         check_json(value, where)
     return value
 
