@@ -46,17 +46,20 @@ UPDATE imports SET state = 'running', rows = 0, loaded = 0, failed = 0, error = 
 SELECT seq, data FROM import_chunks WHERE import_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
 
 -- name: import_staging_create
--- Per session and emptied by every commit: each batch is one transaction.
+-- Per session and emptied by every commit: each batch is one transaction. varchar, not text: the
+-- staged values are storable already (rows.py fails a record with a NUL or bytes that are not
+-- UTF-8, and escapes its raw text), so COPY sends them through the driver's own varchar codec
+-- instead of the storable text codec, which would cost ~0.2 us a value (8 a row).
 CREATE TEMP TABLE IF NOT EXISTS import_staging (
     line_no    integer NOT NULL,
-    raw        text    NOT NULL,
-    reason     text,
-    sku        text,
-    name       text,
-    category   text,
-    price      text,
-    quantity   text,
-    updated_at text
+    raw        varchar NOT NULL,
+    reason     varchar,
+    sku        varchar,
+    name       varchar,
+    category   varchar,
+    price      varchar,
+    quantity   varchar,
+    updated_at varchar
 ) ON COMMIT DELETE ROWS
 
 -- name: import_staging_drop
