@@ -137,7 +137,9 @@ async def store_upload(
         if size == 0:
             raise InvalidUploadError("empty upload: a CSV needs at least a header row")
         spool.seek(0)
-        async with client.pool.acquire() as conn, conn.transaction():
+        # The tasks' pool: a COPY of up to SKIPLOCK_IMPORT_MAX_BYTES may outlast the engine's
+        # statement limit (SKIPLOCK_DB_STATEMENT_TIMEOUT_S), which is sized for its own statements.
+        async with client.task_pool.acquire() as conn, conn.transaction():
             import_id: int = await conn.fetchval(IMPORTS.import_insert, None)
             await copy_rows(conn, "import_chunks", ("import_id", "seq", "data"), _chunks(import_id, spool))
             job = await client.enqueue(IMPORT_TASK, {"import_id": import_id}, conn=conn)
