@@ -34,7 +34,13 @@ class Settings(BaseSettings):
     scheduler: bool = Field(default=True, description="Fire due schedules in this process.")
     auto_migrate: bool = Field(default=True, description="Apply pending migrations at start.")
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
-    lease_s: float = Field(default=30.0, ge=1, le=86_400)
+    lease_s: float = Field(
+        default=30.0,
+        ge=1,  # a lease must outlast a heartbeat round trip and the fence's margin (0.2 s at least)
+        le=86_400,
+        description="A claimed job's lease: renewed every third of it; a process that cannot renew it"
+        " stops the job a fifth of it (0.2 to 5 s) before it could expire. The same in every replica.",
+    )
     shutdown_grace_s: float = Field(
         default=10.0,
         ge=0,
