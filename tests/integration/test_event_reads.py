@@ -174,6 +174,7 @@ async def test_sse_replay_of_a_finished_job_returns_exactly_the_events_after_las
                 headers={"Last-Event-ID": str(after)},
                 timeout=aiohttp.ClientTimeout(total=20),
             ) as response:
+                assert response.status == 200, await response.text()
                 seen[after] = [seq for seq, _ in await read_sse(response)]
     print(f"\nSSE replay of a finished job with {last} events: {seen}")
     assert seen == {after: list(range(after + 1, last + 1)) for after in range(last + 1)}
@@ -192,6 +193,7 @@ async def test_sse_replay_of_a_long_history_returns_every_event_after_last_event
                 headers={"Last-Event-ID": str(after)},
                 timeout=aiohttp.ClientTimeout(total=30),
             ) as response:
+                assert response.status == 200, await response.text()
                 seqs = [seq for seq, _ in await read_sse(response)]
             assert seqs == list(range(after + 1, count + 1)), (after, len(seqs))
             seen[after] = (len(seqs), seqs[0] if seqs else 0, seqs[-1] if seqs else 0)
@@ -290,14 +292,21 @@ async def test_an_event_the_decoder_cannot_read_is_delivered_and_the_hub_survive
                 messages, code, _ = await read_until_closed(ws, timeout=10)
             except TimeoutError:
                 messages, code = [], None
+        async with http.get(f"{base}/jobs/{job_id}/events") as response:
+            history_status, history = response.status, await response.text()
         healthy = engine.healthy
         async with http.get(f"{base}/health") as response:
             health = response.status
-    print(f"\nan event with 1e400 in it: {len(messages) - 1} events, close {code}, engine healthy {healthy}")
+    print(
+        f"\nan event with 1e400 in it: {len(messages) - 1} events, close {code}, engine healthy {healthy};"
+        f" GET /jobs/{{id}}/events {history_status}"
+    )
     assert [e["seq"] for e in messages[1:]] == [1, 2, 3]
     assert code == 1000
     assert healthy
     assert health == 200
+    assert history_status == 200, history
+    assert [e["seq"] for e in json.loads(history)["items"]] == [1, 2, 3]
 
 
 def _scanned(plan: dict[str, Any], relation: str) -> tuple[int, set[str]]:

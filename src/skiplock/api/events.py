@@ -23,7 +23,7 @@ from skiplock.api.schemas import QUEUE_NAME
 from skiplock.api.security import BEARER_PROTOCOL, needs
 from skiplock.auth import Scope
 from skiplock.errors import JobNotFound
-from skiplock.queue._hub import EventHub, EventsMissed, JobEvent, Subscription
+from skiplock.queue._hub import EventHub, EventsMissed, JobEvent, Subscription, decode_data
 from skiplock.queue._statements import EVENTS
 from skiplock.queue.models import FINAL_STATES, Job
 
@@ -95,7 +95,7 @@ class EventController(Controller):
         """A job's state, progress and log events, oldest first; page with ``after=next_after``."""
         await client.get(int(job_id))  # 404 for an unknown job
         rows = await client.pool.fetch(EVENTS.event_list, int(job_id), after, limit)
-        items = [EventOut.model_validate(dict(r)) for r in rows]
+        items = [EventOut.model_validate({**r, "data": decode_data(r["data"])}) for r in rows]
         return EventPage(items=items, next_after=items[-1].seq if len(items) == limit else None)
 
     @get("/{job_id:str}/stream", operation_id="StreamJobEvents")

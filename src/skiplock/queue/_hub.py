@@ -42,6 +42,15 @@ PAGE = 500
 ROUND = 20 * PAGE
 
 
+def decode_data(text: str) -> dict[str, Any]:
+    """An event's data from its JSON text; never fails on what PostgreSQL stored."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:  # numbers beyond a double: the standard library copes
+        value = json.loads(text)
+    return value if isinstance(value, dict) else {}
+
+
 @dataclass(frozen=True, slots=True)
 class JobEvent:
     job_id: int
@@ -53,11 +62,7 @@ class JobEvent:
 
     @property
     def data(self) -> dict[str, Any]:
-        try:
-            value = orjson.loads(self.data_json)
-        except orjson.JSONDecodeError:  # numbers beyond a double: the standard library copes
-            value = json.loads(self.data_json)
-        return value if isinstance(value, dict) else {}
+        return decode_data(self.data_json)
 
     @property
     def is_final(self) -> bool:

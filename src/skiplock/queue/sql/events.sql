@@ -1,7 +1,8 @@
 -- Every statement on job_events.
 
 -- name: event_list
-SELECT job_id, seq, at, kind, data FROM job_events
+-- One page of a job's history; data as JSON text, as in event_since_many.
+SELECT job_id, seq, at, kind, data::text AS data FROM job_events
 WHERE job_id = $1 AND seq > $2
 ORDER BY seq
 LIMIT $3
