@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from skiplock.api import create_app
+from skiplock.api.events import follow
 from skiplock.api.plugin import SkiplockPlugin
 from skiplock.db.pool import create_pool
 from skiplock.queue._hub import EventHub, EventsMissed
@@ -178,6 +179,20 @@ async def test_sse_replay_of_a_finished_job_returns_exactly_the_events_after_las
                 seen[after] = [seq for seq, _ in await read_sse(response)]
     print(f"\nSSE replay of a finished job with {last} events: {seen}")
     assert seen == {after: list(range(after + 1, last + 1)) for after in range(last + 1)}
+
+
+async def test_a_finished_jobs_stream_sends_its_events_even_when_the_hub_buffered_them_first(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    # The race behind "Last-Event-ID of a finished job returns no events": the hub can fill the
+    # buffer before the stream's first step, which then saw last_seq == event_seq and ended.
+    job_id = await long_history(db, 5)
+    job = await engine.client.get(job_id)
+    sub = engine.hub.subscribe_job(job_id, after=1)
+    await wait_until(lambda: sub.last_seq == 5)  # everything buffered before the stream begins
+    seqs = [event.seq async for event in follow(engine.hub, sub, job, 1)]
+    print(f"\nLast-Event-ID 1 of a finished job, events buffered first: {seqs}")
+    assert seqs == [2, 3, 4, 5]
 
 
 async def test_sse_replay_of_a_long_history_returns_every_event_after_last_event_id_then_ends(

@@ -65,9 +65,12 @@ def _parse_after(raw: str | None) -> int:
     return int(raw)
 
 
-async def follow(hub: EventHub, sub: Subscription, job: Job) -> AsyncIterator[JobEvent]:
-    """The subscription's events until the job's final state (EventsMissed if there may be a gap)."""
-    if job.state in FINAL_STATES and job.event_seq <= sub.last_seq:
+async def follow(hub: EventHub, sub: Subscription, job: Job, after: int) -> AsyncIterator[JobEvent]:
+    """The subscription's events (it began ``after``) until the job's final state (EventsMissed
+    if there may be a gap)."""
+    # Against where the subscription began, not sub.last_seq: the hub may have buffered every
+    # event already, and a finished job's stream would then end before sending any.
+    if job.state in FINAL_STATES and job.event_seq <= after:
         return  # nothing more will ever come
     try:
         while True:
@@ -110,7 +113,7 @@ class EventController(Controller):
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
             try:
-                async for event in follow(engine.hub, sub, job):
+                async for event in follow(engine.hub, sub, job, start):
                     yield ServerSentEventMessage(data=event.json, event=event.kind, id=event.seq)
             except EventsMissed as missed:  # the client resumes with Last-Event-ID (or after=)
                 yield ServerSentEventMessage(
@@ -178,7 +181,7 @@ async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str],
     sub = engine.hub.subscribe_job(job.id, after)
     await socket.send_text(orjson.dumps({"kind": "snapshot", "job": job.model_dump(mode="json")}).decode())
     try:
-        await _send_until_done(socket, follow(engine.hub, sub, job))
+        await _send_until_done(socket, follow(engine.hub, sub, job, after))
     except EventsMissed as missed:
         await socket.close(CLOSE_RESUME, f"may have missed events ({missed.reason}); after={sub.last_seq}")
         return
