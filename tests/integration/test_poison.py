@@ -236,3 +236,25 @@ async def test_stop_while_an_outcome_waits_on_a_row_lock_ends_within_its_bound(
     assert (
         await db.fetchval("SELECT state::text FROM jobs WHERE id = $1", job.id) == "running"
     )  # left to its lease
+
+
+async def test_outcome_whose_failure_is_refused_too_is_left_to_its_lease_not_retried_forever(
+    dsn: str, db: asyncpg.Connection, registry: Any
+) -> None:
+    await db.execute(REFUSE_POISON_RESULTS)
+    await db.execute(  # the OutcomeNotStored failure refused as well, for this one job only
+        """ALTER TABLE jobs ADD CONSTRAINT test_no_failure_record
+               CHECK (args->>'marker' IS DISTINCT FROM 'poison twice'
+                      OR errors::text NOT LIKE '%OutcomeNotStored%')"""
+    )
+    async with Engine(make_settings(dsn, lease_s=2.0), registry, dsn) as engine:
+        job = await engine.client.enqueue("record_run", {"marker": "poison twice"}, max_attempts=1)
+        others = [(await engine.client.enqueue("noop", {})).id for _ in range(20)]
+        completer = _completer(engine)
+        await wait_until(lambda: _all_in(db, others, "succeeded"), timeout=20)
+        await wait_until(lambda: db.fetchval("SELECT count(*) FROM test_runs WHERE job_id = $1", job.id))
+        await wait_until(lambda: completer.pending == 0, timeout=10)  # given up, not retried
+        assert await db.fetchval("SELECT state::text FROM jobs WHERE id = $1", job.id) == "running"
+        await wait_until(lambda: _all_in(db, [job.id], "failed"), timeout=30)  # the lease ran out
+    errors = await db.fetchval("SELECT errors FROM jobs WHERE id = $1", job.id)
+    assert [e["type"] for e in errors] == ["LeaseLost"]
