@@ -63,7 +63,10 @@ class Settings(BaseSettings):
         default=1000,
         ge=10,
         le=1_000_000,
-        description="Events a slow subscriber may lag before it is cut off.",
+        description=(
+            "Events buffered per subscriber: a job's subscriber is fed from the table as it drains"
+            " it; a /ws/events subscriber that falls further behind is closed with 4409."
+        ),
     )
     task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     fetch_max_bytes: int = Field(
