@@ -287,6 +287,32 @@ async def test_all_events_subscribers_are_told_after_a_failed_read_and_the_hub_g
     assert (event.job_id, event.seq) == (job_id, 1)
 
 
+async def test_an_all_events_subscriber_that_falls_behind_is_told_and_a_jobs_subscriber_is_not(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    job_id = await long_history(db, 50)
+    hub = EventHub(engine.pool, buffer=10)  # a hub of its own, hinted by the test
+    ready = asyncio.Event()
+    running = asyncio.create_task(hub.run(ready))
+    try:
+        await ready.wait()
+        everything = hub.subscribe_all()
+        one_job = hub.subscribe_job(job_id)
+        hub.hint(",".join(f"{job_id}.{seq}" for seq in range(1, 51)))  # 50 events, room for 10
+        try:
+            await asyncio.wait_for(everything.get(), timeout=10)
+            told = "an event"
+        except EventsMissed as missed:
+            told = f"EventsMissed({missed.reason!r})"
+        seqs = [(await asyncio.wait_for(one_job.get(), timeout=10)).seq for _ in range(50)]
+    finally:
+        await hub.stop()
+        await running
+    print(f"\n50 events, buffers of 10: /ws/events subscriber got {told}; the job's got {len(seqs)} in order")
+    assert told == "EventsMissed('fell behind')"
+    assert seqs == list(range(1, 51))
+
+
 async def test_an_event_the_decoder_cannot_read_is_delivered_and_the_hub_survives(
     settings: Settings, registry: Any, http: aiohttp.ClientSession, db: asyncpg.Connection
 ) -> None:
