@@ -252,6 +252,7 @@ async def test_outcome_whose_failure_is_refused_too_is_left_to_its_lease_not_ret
         others = [(await engine.client.enqueue("noop", {})).id for _ in range(20)]
         completer = _completer(engine)
         await wait_until(lambda: _all_in(db, others, "succeeded"), timeout=20)
+        assert await db.fetchval("SELECT max(attempts) FROM jobs WHERE id = ANY($1)", others) == 1
         await wait_until(lambda: db.fetchval("SELECT count(*) FROM test_runs WHERE job_id = $1", job.id))
         await wait_until(lambda: completer.pending == 0, timeout=10)  # given up, not retried
         assert await db.fetchval("SELECT state::text FROM jobs WHERE id = $1", job.id) == "running"
