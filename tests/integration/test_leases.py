@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import asyncpg
 import pytest
 
 from skiplock.errors import LeaseLostError
 from skiplock.queue import Engine
+from skiplock.queue._lease import LeaseKeeper
+from skiplock.queue._producer import Producer
 from skiplock.queue._statements import EVENTS, JOBS
 from skiplock.queue.models import JobState
 from tests.conftest import make_settings
 from tests.factories import job
 from tests.support.executions import EXECUTIONS_TABLE, executions, overlaps, summary
-from tests.support.faults import terminate_backends
+from tests.support.faults import refused_dsn, terminate_backends
 from tests.support.waiting import wait_until
+
+T = TypeVar("T")
 
 
 async def test_heartbeat_extends_only_the_attempt_it_names(tx: asyncpg.Connection) -> None:
@@ -90,3 +96,36 @@ async def test_a_job_taken_from_a_run_slow_to_stop_is_not_claimed_again_until_th
     assert [run.attempt for run in runs] == [1, 2]
     row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
     assert (row["attempts"], row["errors"]) == (2, [])  # no second rescue of a dropped claim
+
+
+def _service(engine: Engine, kind: type[T]) -> T:
+    assert engine.supervisor is not None
+    return next(s for s in engine.supervisor.services if isinstance(s, kind))
+
+
+async def test_a_worker_cut_off_alone_fences_its_run_before_another_runs_it(
+    dsn: str, db: asyncpg.Connection, registry, pg_admin_dsn: str
+) -> None:  # type: ignore[no-untyped-def]
+    await db.execute(EXECUTIONS_TABLE)
+    settings = make_settings(dsn, lease_s=1, rescue_interval_s=0.2)
+    database = await db.fetchval("SELECT current_database()")
+    async with Engine(settings, registry, dsn) as cut_off:
+        job_id = await db.fetchval(
+            "INSERT INTO jobs (task, args) VALUES ('record_execution', $1) RETURNING id", {"seconds": 7}
+        )
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 1 FROM test_executions"), 10)
+        # Its heartbeat and claims now meet a refused port (a proxy refusing this process alone),
+        # while the database is up for everyone else, its own rescuer included.
+        for service in (_service(cut_off, LeaseKeeper), _service(cut_off, Producer)):
+            service.dsn = refused_dsn()
+        for name in ("skiplock-lease", "skiplock-claim"):
+            await terminate_backends(pg_admin_dsn, database, application_name=name)
+        async with Engine(settings, registry, dsn):
+            await wait_until(
+                lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 40
+            )
+    runs = await executions(db)
+    found = overlaps(runs)
+    print(f"\nheartbeat refused while the database is up: {len(runs)} executions; {summary(found)}")
+    assert found == []
+    assert [run.outcome for run in runs] == ["stopped", "finished"]  # fenced, then run elsewhere

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -147,3 +148,12 @@ def frozen_backends(pids: list[int]) -> Iterator[None]:
         for pid in pids:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+
+def refused_dsn() -> str:
+    """A DSN whose TCP port refuses connections (nothing listens there), as a proxy or a firewall
+    refusing one process while the database is up for every other."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"postgresql://skiplock@127.0.0.1:{port}/skiplock"

@@ -11,12 +11,15 @@ The heartbeat has a connection of its own (nothing the pool serves can starve it
 statement for every lease, checked against the attempt; a run missing from its answer is stopped
 at once. It is sent every third of a lease, and a failed one is retried within a quarter second.
 
-Outages: a rescuer takes nothing until the server has been up a whole lease (``job_rescue_pick``),
-so a heartbeat that finds the server *down* (refusing connections, starting up, shutting down)
-at t0 also proves every lease still ours until t0 + L - margin. Live workers keep their runs
-through a restart and renew them when the server is back, before any rescuer may act; only the
-jobs of workers that really died are run again. Cancel requests arrive by NOTIFY and are also
-polled every second (notifications are hints).
+Outages: a rescuer takes only a lease that expired more than :func:`lease_hold` (H) ago
+(``job_rescue_pick``). So while its heartbeat fails, whatever the reason (the server restarting,
+a proxy or a firewall refusing this process alone, a half-open connection), a run may be held past
+its normal deadline, but by H at most: until its last renewal's t0 + L - margin + H, which is
+before any rescuer may act (the lease holds until t0 + L, then H more). Live workers keep their
+runs through an outage shorter than that and renew them when the server is back; only the jobs of
+workers that really died are run again. A longer outage fences the runs: that is the honest limit.
+Nothing here reads the server's clock or its start time. Cancel requests arrive by NOTIFY and are
+also polled every second (notifications are hints).
 """
 
 from __future__ import annotations
@@ -50,18 +53,15 @@ def lease_deadline(sent_at: float, lease_s: float) -> float:
     return sent_at + lease_s - lease_margin(lease_s)
 
 
-def server_down(exc: BaseException) -> bool:
-    """True when ``exc`` shows the server itself not running (nothing listens, or it is starting up
-    or shutting down), not merely this process unable to reach it, nor a backend crash it recovers
-    from in place."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, (ConnectionRefusedError, FileNotFoundError)):
-            return True
-        if isinstance(cause, asyncpg.CannotConnectNowError):
-            return "recovery mode" not in str(cause)
-        cause = cause.__cause__
-    return False
+#: The least hold (see lease_hold): a server restart or a failover takes seconds, whatever the lease.
+HOLD_FLOOR_S = 5.0
+
+
+def lease_hold(lease_s: float) -> float:
+    """How long past its normal deadline a run may be held while its heartbeat fails, and how
+    long past a lease's expiry a rescuer waits before taking it: one lease, at least 5 s (with a
+    1 s lease an outage of 2 leases, the server's start included, is within it)."""
+    return max(lease_s, HOLD_FLOOR_S)
 
 
 async def fenced(run: Coroutine[Any, Any, T], running: RunningJob) -> T:
@@ -121,6 +121,7 @@ class LeaseKeeper:
         self.running = running
         self.lease_s = lease_s
         self.limits = limits or Limits()
+        self.hold_s = lease_hold(lease_s)
         self.heartbeat_s = lease_s / 3
         self.retry_s = min(0.25, lease_s / 10)
         self.tick_s = min(0.1, lease_margin(lease_s) / 2)
@@ -199,14 +200,13 @@ class LeaseKeeper:
                 list(leases.values()),
                 timeout=max(self.heartbeat_s, 1.0),
             )
-        except Exception as exc:
-            if server_down(exc):
-                # No rescuer acts before the server has been up a whole lease: the runs still ours
-                # now stay ours until a lease from when we sent (see the module's docstring).
-                held = self.running.leases(time.monotonic())
-                self.running.renew(
-                    {i: a for i, a in leases.items() if held.get(i) == a}, self._deadline(sent_at)
-                )
+        except Exception:
+            # No rescuer takes a lease before it has been expired for the hold: the runs still ours
+            # now are held, at most that long past their last renewal (see the module's docstring).
+            held = self.running.leases(time.monotonic())
+            self.running.hold(
+                {i: a for i, a in leases.items() if held.get(i) == a}, self._deadline(sent_at), self.hold_s
+            )
             raise
         kept = {r["id"] for r in records}
         self.running.renew({i: a for i, a in leases.items() if i in kept}, self._deadline(sent_at))

@@ -1,10 +1,12 @@
 """Re-queues jobs whose lease expired (their worker died). Runs in every process; no leader needed:
 SKIP LOCKED lets several rescuers share the work without doing any job twice.
 
-A rescued job runs again after its task's backoff, like any failed attempt. No job is rescued
-while live workers may not have had the chance to renew: not before the server has been up a
-whole lease (``job_rescue_pick``; a restart makes every lease look expired), and not within a
-lease of this rescuer's own failed round (it may have been cut off while the workers were not).
+A rescued job runs again after its task's backoff, like any failed attempt. A lease is taken
+only once it has been expired for the hold (``lease_hold``): a worker whose heartbeat fails holds
+its runs that long at most past their deadline, then fences them (see _lease.py), so a rescue
+never overlaps a run, whatever cut that worker off and whatever the server's clock says. Nor
+within a lease of this rescuer's own failed round (it may have been cut off while the workers
+were not).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncpg
 import structlog
 
 from skiplock import metrics
+from skiplock.queue._lease import lease_hold
 from skiplock.queue._statements import JOBS
 from skiplock.queue.backoff import Backoff
 from skiplock.queue.tasks import TaskRegistry
@@ -69,7 +72,7 @@ class Rescuer:
         total = 0
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
-                picked = await conn.fetch(JOBS.job_rescue_pick, self.batch, None, self.lease_s)
+                picked = await conn.fetch(JOBS.job_rescue_pick, self.batch, None, lease_hold(self.lease_s))
                 rows = []
                 if picked:
                     delays = [self._delay(r["task"], r["attempts"]) for r in picked]

@@ -41,6 +41,9 @@ class RunningJob:
     #: The last moment (monotonic) this process surely holds the job's lease; past it the run is
     #: fenced: stopped, its outcome void, nothing more of it written (see _lease.py).
     valid_until: float = math.inf
+    #: The deadline the last lease written for it gives (claim or heartbeat that answered): a run
+    #: is held past it by a failing heartbeat for at most the hold (see _lease.py), never more.
+    renewed_until: float = math.inf
     fenced: bool = False
     owner: str = ""  # the lease owner this process claims as
 
@@ -114,7 +117,7 @@ class RunningJobs:
         this process already runs that job (claims exclude those, so it should never happen)."""
         if job.id in self._jobs:
             return None
-        running = RunningJob(job, valid_until=valid_until, owner=self.owner)
+        running = RunningJob(job, valid_until=valid_until, renewed_until=valid_until, owner=self.owner)
         self._jobs[job.id] = running
         self._per_queue[job.queue] += 1
         return running
@@ -143,7 +146,17 @@ class RunningJobs:
         for job_id, attempt in attempts.items():
             running = self._jobs.get(job_id)
             if running is not None and running.job.attempt == attempt and not running.fenced:
+                running.renewed_until = max(running.renewed_until, valid_until)
                 running.valid_until = max(running.valid_until, valid_until)
+
+    def hold(self, attempts: dict[int, int], valid_until: float, hold_s: float) -> None:
+        """A heartbeat for these runs failed: hold them until ``valid_until``, but never more than
+        ``hold_s`` past the deadline of their last renewal (rescuers wait that long past a lease)."""
+        for job_id, attempt in attempts.items():
+            running = self._jobs.get(job_id)
+            if running is not None and running.job.attempt == attempt and not running.fenced:
+                bounded = min(valid_until, running.renewed_until + hold_s)
+                running.valid_until = max(running.valid_until, bounded)
 
     def fence_expired(self, now: float) -> list[int]:
         """Stop every run whose lease may be gone by ``now``; returns their ids."""

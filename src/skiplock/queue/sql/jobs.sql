@@ -107,14 +107,13 @@ RETURNING j.id
 SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND cancel_requested
 
 -- name: job_rescue_pick
--- Jobs whose lease ran out, locked for job_rescue_expired in the same transaction. Not before the
--- server has been up for a whole lease ($3 s): after a restart every lease looks expired, and the
--- live workers, which saw the server down, renew theirs first. $2 pins the clock in tests.
+-- Jobs whose lease ran out more than $3 s ago (the hold: a worker whose heartbeat fails holds its
+-- runs at most that long past their deadline, see _lease.py), locked for job_rescue_expired in the
+-- same transaction. $2 pins the clock in tests.
 -- No state = 'running' here: a lease is set only while a job runs (job_rescue_expired checks the
 -- state), and without it only jobs_lease_expiry_idx can serve this.
 SELECT id, task, attempts FROM jobs
-WHERE lease_expires_at < coalesce($2::timestamptz, now())
-  AND pg_postmaster_start_time() < coalesce($2::timestamptz, now()) - make_interval(secs => $3)
+WHERE lease_expires_at < coalesce($2::timestamptz, now()) - make_interval(secs => $3)
 ORDER BY lease_expires_at
 LIMIT $1
 FOR UPDATE SKIP LOCKED
