@@ -77,6 +77,7 @@ async def test_poison_outcome_among_a_thousand_good_ones_fails_alone_and_the_res
     assert error["type"] == "OutcomeNotStored"
     assert error["message"].startswith("the outcome could not be stored: ")
     assert "test_no_poison_result" in error["message"]  # the server's own reason, readable
+    assert "Failing row" not in error["message"]  # not its DETAIL, which quotes the refused value
     assert error["attempt"] == 1
 
 

@@ -234,7 +234,8 @@ class Completer:
     async def _fail_not_stored(self, conn: AnyConnection, outcome: Outcome, exc: Exception) -> None:
         job = outcome.job
         metrics.outcomes_not_stored.inc()
-        reason = str_of(exc)[:_REASON_CHARS]
+        # The server's primary message only: its DETAIL may quote the refused value itself.
+        reason = (getattr(exc, "message", None) or str_of(exc))[:_REASON_CHARS]
         fields = {"job_id": job.id, "attempt": job.attempt, "outcome": outcome.state, "error": reason}
         if outcome.state != RELEASED:  # a release carries no value: nothing to fail it for
             try:
