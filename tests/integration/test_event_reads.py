@@ -162,7 +162,7 @@ async def test_a_subscriber_from_the_start_gets_every_event_in_order(
 async def test_sse_replay_of_a_finished_job_returns_exactly_the_events_after_last_event_id(
     settings: Settings, registry: Any, http: aiohttp.ClientSession, db: asyncpg.Connection
 ) -> None:
-    async with live_app(settings, registry) as (base, _engine):
+    async with live_app(settings, registry) as (base, engine):
         job = await enqueue(http, base, task="sleep", args={"seconds": 0.2, "steps": 3})
         await wait_until(
             lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job["id"]), timeout=30
@@ -177,7 +177,13 @@ async def test_sse_replay_of_a_finished_job_returns_exactly_the_events_after_las
             ) as response:
                 assert response.status == 200, await response.text()
                 seen[after] = [seq for seq, _ in await read_sse(response)]
-    print(f"\nSSE replay of a finished job with {last} events: {seen}")
+        try:  # every stream ended, so every subscription is gone
+            await wait_until(lambda: not engine.hub._by_job, timeout=5)
+            left = 0
+        except AssertionError:
+            left = sum(len(subs) for subs in engine.hub._by_job.values())
+    print(f"\nSSE replay of a finished job with {last} events: {seen}; subscriptions left behind: {left}")
+    assert left == 0
     assert seen == {after: list(range(after + 1, last + 1)) for after in range(last + 1)}
 
 

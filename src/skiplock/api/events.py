@@ -70,9 +70,9 @@ async def follow(hub: EventHub, sub: Subscription, job: Job, after: int) -> Asyn
     if there may be a gap)."""
     # Against where the subscription began, not sub.last_seq: the hub may have buffered every
     # event already, and a finished job's stream would then end before sending any.
-    if job.state in FINAL_STATES and job.event_seq <= after:
-        return  # nothing more will ever come
     try:
+        if job.state in FINAL_STATES and job.event_seq <= after:
+            return  # nothing more will ever come
         while True:
             event = await sub.get()
             yield event
@@ -109,9 +109,10 @@ class EventController(Controller):
         with ``Last-Event-ID`` gets exactly the events after it."""
         start = _parse_after(request.headers.get("last-event-id")) if after is None else after
         job = await engine.client.get(int(job_id))
-        sub = engine.hub.subscribe_job(job.id, start)
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
+            # Subscribed once the response streams: a client gone before that leaves nothing behind.
+            sub = engine.hub.subscribe_job(job.id, start)
             try:
                 async for event in follow(engine.hub, sub, job, start):
                     yield ServerSentEventMessage(data=event.json, event=event.kind, id=event.seq)

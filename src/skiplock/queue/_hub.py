@@ -225,6 +225,8 @@ class EventHub:
                         sub.behind = True
             if self._everything:
                 self._refs.append((job_id, seq))
+        if len(self._refs) > ROUND:  # the hub cannot keep up: say so rather than hold ever more
+            self._tell_everything("fell behind")
         self._wake.set()
 
     def catch_up(self) -> None:
