@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TypeVar
 
 import asyncpg
@@ -15,6 +16,7 @@ from skiplock.queue._statements import EVENTS, JOBS
 from skiplock.queue.models import JobState
 from tests.conftest import make_settings
 from tests.factories import job
+from tests.support import tasks as test_tasks
 from tests.support.executions import EXECUTIONS_TABLE, executions, overlaps, summary
 from tests.support.faults import refused_dsn, terminate_backends
 from tests.support.waiting import wait_until
@@ -129,3 +131,28 @@ async def test_a_worker_cut_off_alone_fences_its_run_before_another_runs_it(
     print(f"\nheartbeat refused while the database is up: {len(runs)} executions; {summary(found)}")
     assert found == []
     assert [run.outcome for run in runs] == ["stopped", "finished"]  # fenced, then run elsewhere
+
+
+@pytest.mark.parametrize("swallow", [1, 1_000_000])
+async def test_a_fenced_run_stays_stopped_whatever_it_swallows(
+    dsn: str, db: asyncpg.Connection, registry, swallow: int
+) -> None:  # type: ignore[no-untyped-def]
+    async with Engine(make_settings(dsn, lease_s=1), registry, dsn) as engine:
+        job_id = await db.fetchval(
+            "INSERT INTO jobs (task, args) VALUES ('stubborn_steps', $1) RETURNING id",
+            {"seconds": 6, "swallow": swallow},
+        )
+        await wait_until(lambda: len(test_tasks.STEPS.get(job_id, [])) > 5, 10)
+        # Taken by another owner (as after a rescue): the next heartbeat misses it and fences it.
+        await db.execute("UPDATE jobs SET lease_owner = 'someone else' WHERE id = $1", job_id)
+        taken_at = time.monotonic()
+        await wait_until(lambda: job_id not in engine.running.ids(), 10)
+        steps = test_tasks.STEPS.pop(job_id)
+    late = [t - taken_at for t in steps if t > taken_at]
+    print(
+        f"\nfenced run swallowing {swallow} cancels: {len(late)} steps after it was taken,"
+        f" the last at +{max(late, default=0):.2f} s"
+    )
+    # A heartbeat (1/3 s), the cleanup (0.1 s) and, for one swallowing every cancel, the close (1 s).
+    assert max(late, default=0.0) < (1.0 if swallow == 1 else 2.0)
+    assert await db.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "running"  # no outcome

@@ -299,7 +299,9 @@ async def _recorded_run(ctx: Context, args: Recorded, db: Any) -> dict[str, int]
             last_work = time.time()
         raise
     finally:
-        await _record_end(ctx, db, row_id, last_work, outcome)
+        # Shielded: a fenced run's awaits are cut short once its cleanup time is over, but its
+        # record's end (the end of its last step of work) is bookkeeping, written whatever happens.
+        await asyncio.shield(_record_end(ctx, db, row_id, last_work, outcome))
 
 
 async def _record_end(ctx: Context, db: Any, row_id: int, ended: float, outcome: str) -> None:
@@ -328,3 +330,31 @@ async def log_lines(ctx: Context, args: Lines) -> dict[str, int]:
         await ctx.log(line)
     await asyncio.sleep(args.then_wait_s)
     return {"lines": len(args.lines)}
+
+
+#: Job id → the monotonic time of each step a stubborn_steps job took (in-process tests).
+STEPS: dict[int, list[float]] = {}
+
+
+class Stubborn(BaseModel):
+    seconds: float = Field(ge=0)
+    swallow: int = Field(default=1, ge=0)  # how many CancelledErrors it catches and goes on after
+
+
+@task("stubborn_steps", args=Stubborn, max_attempts=1)
+async def stubborn_steps(ctx: Context, args: Stubborn) -> dict[str, int]:
+    """Steps of ``asyncio.wait_for(asyncio.sleep(0.01), 5)`` for ``seconds`` (3.11's wait_for
+    returns the inner result when a cancel meets it done), each recorded in STEPS; it swallows
+    the first ``swallow`` CancelledErrors and goes on."""
+    steps = STEPS.setdefault(ctx.job.id, [])
+    until = time.monotonic() + args.seconds
+    swallowed = 0
+    while time.monotonic() < until:
+        try:
+            await asyncio.wait_for(asyncio.sleep(0.01), 5)
+        except asyncio.CancelledError:
+            swallowed += 1
+            if swallowed > args.swallow:
+                raise
+        steps.append(time.monotonic())
+    return {"steps": len(steps)}

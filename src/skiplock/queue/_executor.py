@@ -95,7 +95,7 @@ class Executor:
                 finally:
                     self.running.remove(job.id)
                     measure.duration.observe(time.perf_counter() - started)
-                if outcome is None:
+                if outcome is None or running.fenced:  # one that went on once fenced is void too
                     log.warning("job_abandoned", reason="lease lost")
                     return
                 outcome.progress = running.progress
@@ -148,7 +148,7 @@ class Executor:
         timeout = asyncio.timeout(job.timeout_s)  # None: never expires
         try:
             async with timeout:
-                result = await self._call(spec, ctx, args)
+                result = await self._call(spec, ctx, args, running)
             # Plain JSON whatever the task returned (a lone surrogate makes pydantic raise).
             return Outcome(job, "succeeded", result=storable_json(result))
         except asyncio.CancelledError as exc:
@@ -179,7 +179,7 @@ class Executor:
         except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit: the task's own
             return self._failure(job, spec.backoff.delay(job.attempt), exc)
 
-    async def _call(self, spec: Task[Any], ctx: Context, args: Any) -> Any:
+    async def _call(self, spec: Task[Any], ctx: Context, args: Any, running: RunningJob) -> Any:
         if spec.is_async:
             return await spec.fn(ctx, args)
         call = functools.partial(contextvars.copy_context().run, spec.fn, ctx, args)
@@ -191,7 +191,11 @@ class Executor:
         except asyncio.CancelledError:
             # A thread cannot be interrupted. Reporting now (cancelled, timed out, released)
             # would let the job start again while this thread still runs it: wait for it first.
-            await self._thread_returned(thread)
+            running.waiting_for_thread = True  # not cut short there once fenced (see _lease.fenced)
+            try:
+                await self._thread_returned(thread)
+            finally:
+                running.waiting_for_thread = False
             raise
 
     async def _thread_returned(self, thread: asyncio.Future[Any]) -> None:

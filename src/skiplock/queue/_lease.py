@@ -25,6 +25,7 @@ also polled every second (notifications are hints).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Coroutine, Generator
 from typing import Any, Generic, TypeVar
@@ -64,10 +65,21 @@ def lease_hold(lease_s: float) -> float:
     return max(lease_s, HOLD_FLOOR_S)
 
 
+#: A fenced run that still goes on this long after its cleanup (it swallows every cancel) is closed.
+FENCE_CLOSE_S = 1.0
+
+
 async def fenced(run: Coroutine[Any, Any, T], running: RunningJob) -> T:
     """Drive a job's ``run`` so that it never takes a step past its lease's deadline: it is
     stopped (``LEASE_LOST``) instead. The clock is read before each resumption, so this also
-    holds after a pause, whatever order the woken loop runs its callbacks in."""
+    holds after a pause, whatever order the woken loop runs its callbacks in.
+
+    Stopped for good, not once: the first CancelledError may be swallowed (3.11's ``wait_for``
+    returns its inner result when that is done; a task may catch it and go on). After it, the run
+    has ``running.cleanup_s`` for its cleanup; from then on every await it makes is cancelled at
+    once (a step that was pending resumes with CancelledError), and one that still goes on a
+    second later is closed. The executor's own wait for a thread is spared (a thread cannot be
+    stopped; its job waits for it)."""
     return await _Fenced[T](run, running)
 
 
@@ -83,17 +95,29 @@ class _Fenced(Generic[T]):
         value: Any = None
         error: BaseException | None = None
         started = False  # the first step is the run's own: it cleans up only once it has begun
+        interrupted = False  # a CancelledError reached the run since it was fenced
         while True:
-            if started and error is None and not running.fenced and time.monotonic() >= running.valid_until:
-                running.fence()
+            now = time.monotonic()
+            if started and not running.fenced and now >= running.valid_until:
+                running.fence(now)
+            spared = not running.fenced or running.waiting_for_thread
+            hard = not spared and interrupted and now >= running.fenced_at + running.cleanup_s
+            if hard and now >= running.fenced_at + running.cleanup_s + FENCE_CLOSE_S:
+                _close(run, running)
+                raise asyncio.CancelledError()
+            if started and error is None and not spared and (hard or not interrupted):
                 error = asyncio.CancelledError()
             started = True
+            if running.fenced and isinstance(error, asyncio.CancelledError):
+                interrupted = True
             try:
                 step = run.send(value) if error is None else run.throw(error)
             except StopIteration as done:
                 result: T = done.value
                 return result
             value, error = None, None
+            if hard and not running.waiting_for_thread and isinstance(step, asyncio.Future):
+                step.cancel()  # past the cleanup, no await of the run completes any more
             try:
                 value = yield step
             except GeneratorExit:
@@ -101,6 +125,12 @@ class _Fenced(Generic[T]):
                 raise
             except BaseException as exc:  # the task's own cancellation, passed on to the run
                 error = exc
+
+
+def _close(run: Coroutine[Any, Any, Any], running: RunningJob) -> None:
+    log.warning("job_fenced_run_closed", job_id=running.job.id, reason="it went on after being stopped")
+    with contextlib.suppress(RuntimeError):  # it awaited while being closed: no more steps anyway
+        run.close()
 
 
 class LeaseKeeper:

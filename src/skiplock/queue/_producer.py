@@ -22,7 +22,7 @@ import structlog
 
 from skiplock.db.pool import AnyConnection, Limits, close_quietly, connect
 from skiplock.queue._executor import Executor
-from skiplock.queue._lease import fenced, lease_deadline
+from skiplock.queue._lease import fenced, lease_deadline, lease_margin
 from skiplock.queue._running import RunningJobs, StopReason
 from skiplock.queue._statements import JOBS
 from skiplock.queue.models import ClaimedJob
@@ -158,6 +158,8 @@ class Producer:
         if running is None:  # claims skip the jobs this process runs: a bug if it happens
             log.error("job_claimed_twice", job_id=job.id, attempt=job.attempt)
             return
+        # A fenced run's cleanup ends well within the lease's margin.
+        running.cleanup_s = lease_margin(self.lease_s) / 2
         run = fenced(self.executor.run(running), running)
         running.task = jobs.create_task(run, name=f"skiplock:job:{job.id}")
         running.task.add_done_callback(self._job_done)

@@ -45,13 +45,21 @@ class RunningJob:
     #: is held past it by a failing heartbeat for at most the hold (see _lease.py), never more.
     renewed_until: float = math.inf
     fenced: bool = False
+    fenced_at: float = math.inf  # monotonic
+    #: After its first CancelledError, a fenced run has this long for its cleanup (well within the
+    #: lease's margin), then every await it makes is cancelled (see _lease.fenced).
+    cleanup_s: float = 0.1
+    #: The executor waits for the job's thread: a fenced run is not cut short there (see fenced).
+    waiting_for_thread: bool = False
     owner: str = ""  # the lease owner this process claims as
 
     def holds_lease(self, now: float | None = None) -> bool:
         return not self.fenced and (time.monotonic() if now is None else now) < self.valid_until
 
-    def fence(self) -> None:
+    def fence(self, now: float | None = None) -> None:
         """The lease may be gone: the run's outcome is void, and nothing more of it is written."""
+        if not self.fenced:
+            self.fenced_at = time.monotonic() if now is None else now
         self.fenced = True
         self.stop_reason = StopReason.LEASE_LOST
         self.pending.clear()
@@ -60,15 +68,18 @@ class RunningJob:
         """Cancel the job's coroutine, once: the first reason given wins, and a job already
         stopping is not cancelled again (the cancel poll asks every second; a second cancel would
         cut short a thread task's wait for its thread). A lost lease wins over any reason given
-        before: it voids the outcome, and nothing more of the run is written."""
+        before: it voids the outcome, nothing more of the run is written, and it cancels the task
+        again (the run keeps being stopped, see _lease.fenced)."""
         if self.task is None:
             return False
         stopping = self.stop_reason is not None
         if reason is StopReason.LEASE_LOST:
-            self.fence()
-        elif not stopping:
-            self.stop_reason = reason
+            if not self.fenced:  # also when stopping already: the task may have swallowed that cancel
+                self.fence()
+                self.task.cancel()
+            return True
         if not stopping:
+            self.stop_reason = reason
             self.task.cancel()
         return True
 
