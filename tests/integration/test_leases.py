@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
 
 from skiplock.errors import LeaseLostError
 from skiplock.queue import Engine
-from skiplock.queue._lease import LeaseKeeper
+from skiplock.queue._lease import LeaseKeeper, fenced
 from skiplock.queue._producer import Producer
 from skiplock.queue._statements import EVENTS, JOBS
-from skiplock.queue.models import JobState
+from skiplock.queue.models import ClaimedJob, JobState
 from tests.conftest import make_settings
 from tests.factories import job
 from tests.support import tasks as test_tasks
@@ -156,3 +156,47 @@ async def test_a_fenced_run_stays_stopped_whatever_it_swallows(
     # A heartbeat (1/3 s), the cleanup (0.1 s) and, for one swallowing every cancel, the close (1 s).
     assert max(late, default=0.0) < (1.0 if swallow == 1 else 2.0)
     assert await db.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "running"  # no outcome
+
+
+async def _claimed(db: asyncpg.Connection, engine: Engine, task: str, args: dict[str, Any]) -> ClaimedJob:
+    """A job as this engine's claim leaves it (running, attempt 1, ours), in a queue nobody serves."""
+    job_id = await job(db, JobState.RUNNING, task=task, args=args, queue="nobody", lease_owner=engine.owner)
+    return ClaimedJob.from_record(await db.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id))
+
+
+async def _handed_back_unused(db: asyncpg.Connection, job_id: int) -> bool:
+    return bool(
+        await db.fetchval(
+            "SELECT state = 'queued' AND attempts = 0 AND lease_owner IS NULL FROM jobs WHERE id = $1", job_id
+        )
+    )
+
+
+async def test_a_run_whose_lease_lapsed_before_its_first_step_never_begins_and_is_handed_back(
+    dsn: str, db: asyncpg.Connection, registry
+) -> None:  # type: ignore[no-untyped-def]
+    await db.execute(EXECUTIONS_TABLE)
+    async with Engine(make_settings(dsn, lease_s=1), registry, dsn) as engine:
+        executor = _service(engine, Producer).executor
+        ids = []
+        for task, args in (("recorded_thread", {"seconds": 0.5}), ("record_execution", {"seconds": 0.5})):
+            claimed = await _claimed(db, engine, task, args)
+            # As after a pause between the claim and the run's first step: its deadline has passed.
+            running = engine.running.add(claimed, valid_until=time.monotonic() - 0.01)
+            assert running is not None
+            await fenced(executor.run(running), running)
+            ids.append(claimed.id)
+        for job_id in ids:
+            await wait_until(lambda: _handed_back_unused(db, job_id), 10)  # noqa: B023
+    assert [row for row in test_tasks.EXECUTIONS if row["job_id"] in ids] == []  # no thread began
+    assert await db.fetchval("SELECT count(*) FROM test_executions") == 0
+
+
+async def test_a_claim_too_late_to_start_is_handed_back_at_once_with_its_attempt_unused(
+    dsn: str, db: asyncpg.Connection, registry
+) -> None:  # type: ignore[no-untyped-def]
+    async with Engine(make_settings(dsn, lease_s=30), registry, dsn) as engine:
+        claimed = await _claimed(db, engine, "noop", {})
+        # Its reply took most of a lease: not started (without a hand-back, stuck for its lease).
+        _service(engine, Producer)._start(None, claimed, time.monotonic() - 0.01)  # type: ignore[arg-type]
+        await wait_until(lambda: _handed_back_unused(db, claimed.id), 10)

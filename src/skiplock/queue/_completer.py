@@ -35,13 +35,15 @@ from skiplock.service import Recovery, StopSignal, str_of
 log = structlog.get_logger("skiplock.completer")
 
 RELEASED = "released"  # not a job state: handed back to the queue at shutdown
+UNSTARTED = "unstarted"  # not a job state: never started here, handed back with its attempt unused
+_HANDED_BACK = {RELEASED: JOBS.job_release_many, UNSTARTED: JOBS.job_release_unstarted}
 _REASON_CHARS = 1000  # of the server's message, in the OutcomeNotStored error
 
 
 @dataclass(slots=True)
 class Outcome:
     job: ClaimedJob
-    state: str  # succeeded | failed | cancelled | queued (retry) | released
+    state: str  # succeeded | failed | cancelled | queued (retry) | released | unstarted
     result: Any = None
     error: dict[str, Any] | None = None
     retry_in_s: float = 0.0
@@ -185,9 +187,8 @@ class Completer:
         self._forget(batch)
 
     async def _store(self, conn: AnyConnection, batch: Sequence[Outcome]) -> None:
-        released = [o for o in batch if o.state == RELEASED]
         # Sorted by id: job_finish_many finds each row's values by binary search on the ids.
-        finished = sorted((o for o in batch if o.state != RELEASED), key=lambda o: o.job.id)
+        finished = sorted((o for o in batch if o.state not in _HANDED_BACK), key=lambda o: o.job.id)
         if finished:
             written = await conn.fetch(
                 JOBS.job_finish_many,
@@ -204,18 +205,18 @@ class Completer:
                 done = {r["id"] for r in written}
                 lost = [o.job.id for o in finished if o.job.id not in done]
                 log.warning("job_outcomes_discarded", job_ids=lost, reason="lease lost")
-        if released:
+        for state, statement in _HANDED_BACK.items():
+            released = [o for o in batch if o.state == state]
+            if not released:
+                continue
             rows = await conn.fetch(
-                JOBS.job_release_many,
-                [o.job.id for o in released],
-                self.owner,
-                [o.job.attempt for o in released],
+                statement, [o.job.id for o in released], self.owner, [o.job.attempt for o in released]
             )
             requeued = sorted({r["queue"] for r in rows if r["state"] == "queued"})
             if requeued:
                 await conn.execute(JOBS.notify_queued, requeued)
             if rows:
-                log.info("jobs_released", job_ids=[r["id"] for r in rows])
+                log.info("jobs_released", job_ids=[r["id"] for r in rows], started=state == RELEASED)
 
     async def _refused(self, outcome: Outcome, exc: Exception) -> None:
         """The server refused this outcome alone. Its events are written apart (a refused one is
@@ -237,7 +238,7 @@ class Completer:
         # The server's primary message only: its DETAIL may quote the refused value itself.
         reason = (getattr(exc, "message", None) or str_of(exc))[:_REASON_CHARS]
         fields = {"job_id": job.id, "attempt": job.attempt, "outcome": outcome.state, "error": reason}
-        if outcome.state != RELEASED:  # a release carries no value: nothing to fail it for
+        if outcome.state not in _HANDED_BACK:  # a release carries no value: nothing to fail it for
             try:
                 async with conn.transaction():
                     await conn.fetch(

@@ -16,7 +16,7 @@ from skiplock import metrics, tracing
 from skiplock.db.storable import storable_json
 from skiplock.errors import FetchError, InvalidArgumentsError, PermanentJobError, UnknownTaskError
 from skiplock.fetcher import Fetcher
-from skiplock.queue._completer import RELEASED, Completer, Outcome
+from skiplock.queue._completer import RELEASED, UNSTARTED, Completer, Outcome
 from skiplock.queue._running import RunningJob, RunningJobs, StopReason
 from skiplock.queue._threads import TaskThreads, ThreadExit
 from skiplock.queue.client import Client
@@ -29,7 +29,13 @@ from skiplock.service import str_of
 log = structlog.get_logger("skiplock.executor")
 
 _TRACEBACK_LINES = 30
-_OUTCOMES = {"queued": "retried", RELEASED: "released"}
+_OUTCOMES = {"queued": "retried", RELEASED: "released", UNSTARTED: "released"}
+
+
+class _NotStarted(Exception):
+    """The run's lease was not surely held when its task was to begin: it never began."""
+
+
 _MESSAGE_CHARS = 2000
 
 
@@ -72,6 +78,10 @@ class Executor:
         """Let stopped jobs report without waiting for their threads: the process exits next."""
         self._abandoned.set()
 
+    def hand_back(self, job: ClaimedJob) -> None:
+        """A claimed job this process will not start: back to its queue, its attempt unused."""
+        self.completer.put(Outcome(job, UNSTARTED))
+
     async def run(self, running: RunningJob) -> None:
         """Execute the job and hand its outcome on; never raises."""
         job = running.job
@@ -95,7 +105,8 @@ class Executor:
                 finally:
                     self.running.remove(job.id)
                     measure.duration.observe(time.perf_counter() - started)
-                if outcome is None or running.fenced:  # one that went on once fenced is void too
+                # The outcome of a run that went on once fenced is void too (a hand-back is not one).
+                if outcome is None or (running.fenced and outcome.state != UNSTARTED):
                     log.warning("job_abandoned", reason="lease lost")
                     return
                 outcome.progress = running.progress
@@ -133,6 +144,8 @@ class Executor:
 
     async def _execute(self, running: RunningJob) -> Outcome | None:
         job = running.job
+        if not running.holds_lease():  # paused between the claim and now: never begun, handed back
+            return Outcome(job, UNSTARTED)
         try:
             spec = self.registry.get(job.task)
             args = spec.validate_args(job.args)
@@ -170,6 +183,8 @@ class Executor:
             # Only the job's own timeout is reported as such; a task's own TimeoutError is a failure.
             message = f"timed out after {job.timeout_s:g}s" if timeout.expired() else None
             return self._failure(job, spec.backoff.delay(job.attempt), exc, message)
+        except _NotStarted:
+            return Outcome(job, UNSTARTED)
         except PermanentJobError as exc:
             return Outcome(job, "failed", error=error_record(job, exc))
         except FetchError as exc:
@@ -183,6 +198,8 @@ class Executor:
         if spec.is_async:
             return await spec.fn(ctx, args)
         call = functools.partial(contextvars.copy_context().run, spec.fn, ctx, args)
+        if not running.holds_lease():  # a thread cannot be stopped: never one without the lease
+            raise _NotStarted
         thread = self.threads.submit(call)
         try:
             return await asyncio.shield(thread)

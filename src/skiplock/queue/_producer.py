@@ -153,6 +153,7 @@ class Producer:
     def _start(self, jobs: asyncio.TaskGroup, job: ClaimedJob, valid_until: float) -> None:
         if time.monotonic() >= valid_until:  # the claim's reply took most of a lease: not ours to run
             log.warning("job_claim_too_late", job_id=job.id, attempt=job.attempt)
+            self.executor.hand_back(job)  # at once, its attempt unused (not left to its lease)
             return
         running = self.running.add(job, valid_until)
         if running is None:  # claims skip the jobs this process runs: a bug if it happens

@@ -149,6 +149,20 @@ WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
   AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
 RETURNING j.id, j.queue, j.state::text AS state
 
+-- name: job_release_unstarted
+-- Runs this process decided not to start (their lease not surely held when they were to begin):
+-- back to their queue at once with the attempt given back, each only at the attempt given ($3,
+-- beside $1) and while still ours ($2). Never a run that began: its attempt stays counted.
+UPDATE jobs AS j
+SET state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
+    attempts = j.attempts - 1,
+    finished_at = CASE WHEN j.cancel_requested THEN now() END,
+    run_at = now(), started_at = NULL,
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
+WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
+  AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
+RETURNING j.id, j.queue, j.state::text AS state
+
 -- name: job_release_unrun
 -- Jobs owner $1 holds as running, took after $2 (its last claim that arrived) and does not run
 -- (it runs those in $3): claims whose reply never arrived. Back to their queue with the attempt
