@@ -200,3 +200,30 @@ async def test_a_claim_too_late_to_start_is_handed_back_at_once_with_its_attempt
         # Its reply took most of a lease: not started (without a hand-back, stuck for its lease).
         _service(engine, Producer)._start(None, claimed, time.monotonic() - 0.01)  # type: ignore[arg-type]
         await wait_until(lambda: _handed_back_unused(db, claimed.id), 10)
+
+
+async def test_a_task_enqueueing_in_its_own_open_transaction_does_not_block_its_heartbeat(
+    dsn: str, db: asyncpg.Connection, registry
+) -> None:  # type: ignore[no-untyped-def]
+    async with Engine(make_settings(dsn, lease_s=30), registry, dsn) as engine:
+        job_id = await db.fetchval(
+            "INSERT INTO jobs (task, args) VALUES ('enqueue_in_transaction', $1) RETURNING id", {"seconds": 5}
+        )
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 1 FROM test_runs WHERE job_id = $1", job_id))
+        # The task's transaction holds its guard's lock on the parent's row now.
+        await db.execute("SET lock_timeout = '500ms'")
+        renewed = await db.fetch(JOBS.job_heartbeat, [job_id], engine.owner, 30.0, [1])
+        assert [r["id"] for r in renewed] == [job_id]
+        expired = db.transaction()  # rolled back: the lease as if expired, for the rescue pick alone
+        await expired.start()
+        try:
+            await db.execute(
+                "UPDATE jobs SET lease_expires_at = now() - interval '1 hour' WHERE id = $1", job_id
+            )
+            assert job_id not in {r["id"] for r in await db.fetch(JOBS.job_rescue_pick, 100, None, 0.0)}
+        finally:
+            await expired.rollback()
+        await db.execute("RESET lock_timeout")
+        await wait_until(
+            lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 20
+        )

@@ -358,3 +358,18 @@ async def stubborn_steps(ctx: Context, args: Stubborn) -> dict[str, int]:
                 raise
         steps.append(time.monotonic())
     return {"steps": len(steps)}
+
+
+@task("enqueue_in_transaction", args=Seconds)
+async def enqueue_in_transaction(ctx: Context, args: Seconds) -> dict[str, int]:
+    """Enqueues a child (queue 'nobody') in a transaction of its own, marks 'enqueued' in test_runs,
+    then keeps that transaction open ``seconds``."""
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        child = await ctx.enqueue("noop", queue="nobody", conn=conn)
+        await ctx.pool.execute(
+            "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, 'enqueued', $2)",
+            ctx.job.id,
+            ctx.job.attempt,
+        )
+        await asyncio.sleep(args.seconds)
+    return {"child": child.id}

@@ -180,9 +180,12 @@ RETURNING id, queue, state::text AS state
 -- name: job_lock_owned
 -- The job, locked while it is still ours (running, at this attempt, under this owner): what a
 -- task enqueues in the same transaction commits only while its run holds the lease.
+-- FOR KEY SHARE: it keeps out the rescue pick's FOR UPDATE (the one way another worker takes the
+-- row), not the heartbeat's UPDATE of all our leases, which FOR SHARE stopped while the task's
+-- transaction stayed open (every lease of the process lapsed behind one task).
 SELECT id FROM jobs
 WHERE id = $1 AND attempts = $2 AND state = 'running' AND lease_owner = $3
-FOR SHARE
+FOR KEY SHARE
 
 -- name: job_cancel
 -- A queued job is cancelled outright; a running one is flagged for its worker.
