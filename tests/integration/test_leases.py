@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, TypeVar
 
@@ -227,3 +228,35 @@ async def test_a_task_enqueueing_in_its_own_open_transaction_does_not_block_its_
         await wait_until(
             lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 20
         )
+
+
+async def test_an_outcome_waiting_to_be_written_keeps_its_lease_and_its_job_is_not_run_again(
+    dsn: str, db: asyncpg.Connection, registry
+) -> None:  # type: ignore[no-untyped-def]
+    await db.execute(EXECUTIONS_TABLE)
+    async with (
+        Engine(make_settings(dsn, lease_s=1, rescue_interval_s=0.2), registry, dsn) as engine,
+        Engine(make_settings(dsn, lease_s=1, rescue_interval_s=0.2, worker=False), registry, dsn),
+    ):
+        # Every connection of the engine's pool taken: its completer cannot write for a while,
+        # while the other process's rescuer works.
+        held = [await engine.pool.acquire() for _ in range(engine.settings.pool_max_size)]
+        try:
+            job_id = await db.fetchval(
+                "INSERT INTO jobs (task, args) VALUES ('record_execution', $1) RETURNING id", {"seconds": 0.2}
+            )
+            await wait_until(
+                lambda: db.fetchval("SELECT count(*) = 1 FROM test_executions WHERE outcome = 'finished'"), 10
+            )
+            await asyncio.sleep(8)  # past the lease and the rescuers' hold (1 + 5 s)
+        finally:
+            for conn in held:
+                await engine.pool.release(conn)
+        await wait_until(
+            lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 20
+        )
+    runs = await executions(db)
+    print(f"\noutcome held back 8 s: {len(runs)} executions")
+    assert len(runs) == 1
+    row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
+    assert (row["attempts"], row["errors"]) == (1, [])

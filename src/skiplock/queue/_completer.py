@@ -89,6 +89,15 @@ class Completer:
         """Outcomes not written yet."""
         return len(self._pending)
 
+    def pending_leases(self) -> dict[int, int]:
+        """Job id → attempt of every outcome not written yet (the latest attempt of a job): the
+        heartbeat renews their leases, so no rescuer re-runs a job whose outcome waits here."""
+        leases: dict[int, int] = {}
+        for outcome in self._pending:
+            job = outcome.job
+            leases[job.id] = max(job.attempt, leases.get(job.id, 0))
+        return leases
+
     def put(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
         self._arrived.set()

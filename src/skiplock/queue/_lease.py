@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -145,6 +145,7 @@ class LeaseKeeper:
         lease_s: float,
         limits: Limits | None = None,
         cancel_poll_s: float = 1.0,
+        outcomes: Callable[[], dict[int, int]] | None = None,
     ) -> None:
         self.dsn = dsn
         self.owner = owner
@@ -156,6 +157,8 @@ class LeaseKeeper:
         self.retry_s = min(0.25, lease_s / 10)
         self.tick_s = min(0.1, lease_margin(lease_s) / 2)
         self.cancel_poll_s = cancel_poll_s
+        #: Job id → attempt of the outcomes not written yet: their leases are renewed too.
+        self.outcomes = outcomes or dict
         self._conn: asyncpg.Connection | None = None
         self._stop = StopSignal()
 
@@ -218,16 +221,18 @@ class LeaseKeeper:
     async def _heartbeat(self) -> None:
         sent_at = time.monotonic()
         leases = self.running.leases(sent_at)
-        if not leases:
+        # Finished runs whose outcome is not written yet: a rescue would re-run them and discard it.
+        sent = {**self.outcomes(), **leases}
+        if not sent:
             return
         try:
             conn = await self._connection()
             records = await conn.fetch(
                 JOBS.job_heartbeat,
-                list(leases),
+                list(sent),
                 self.owner,
                 self.lease_s,
-                list(leases.values()),
+                list(sent.values()),
                 timeout=max(self.heartbeat_s, 1.0),
             )
         except Exception:

@@ -141,6 +141,7 @@ class Engine:
                 running=self.running,
                 lease_s=self.settings.lease_s,
                 limits=engine_limits(self.settings),
+                outcomes=completer.pending_leases,  # finished runs stay ours until written
             )
             writer = EventWriter(
                 self.pool,
