@@ -260,3 +260,23 @@ async def test_an_outcome_waiting_to_be_written_keeps_its_lease_and_its_job_is_n
     assert len(runs) == 1
     row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
     assert (row["attempts"], row["errors"]) == (1, [])
+
+
+async def test_a_row_this_process_holds_but_no_longer_runs_is_handed_back_before_any_rescue(
+    dsn: str, db: asyncpg.Connection, registry
+) -> None:  # type: ignore[no-untyped-def]
+    async with Engine(make_settings(dsn, lease_s=3, rescue_interval_s=0.2), registry, dsn) as engine:
+        # Ours, running, run by nobody (a fenced run that returned), its lease out for 2 s: the
+        # rescuers may take it only 5 s after its lease ran out, the heartbeat's sweep at 1.5 s.
+        job_id = await job(
+            db,
+            JobState.RUNNING,
+            lease_owner=engine.owner,
+            started_at=await db.fetchval("SELECT now() - interval '5 seconds'"),
+            lease_expires_at=await db.fetchval("SELECT now() - interval '2 seconds'"),
+        )
+        await wait_until(
+            lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 10
+        )
+    row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
+    assert (row["attempts"], row["errors"]) == (2, [])  # handed back, not rescued as LeaseLost

@@ -222,8 +222,10 @@ class LeaseKeeper:
         sent_at = time.monotonic()
         leases = self.running.leases(sent_at)
         # Finished runs whose outcome is not written yet: a rescue would re-run them and discard it.
-        sent = {**self.outcomes(), **leases}
+        outcomes = self.outcomes()
+        sent = {**outcomes, **leases}
         if not sent:
+            await self._release_untracked(outcomes)
             return
         try:
             conn = await self._connection()
@@ -251,6 +253,25 @@ class LeaseKeeper:
             if job_id not in kept and current.get(job_id) == attempt:
                 self.running.stop(job_id, StopReason.LEASE_LOST)
                 log.warning("job_lease_lost", job_id=job_id, attempt=attempt)
+        await self._release_untracked(outcomes)
+
+    async def _release_untracked(self, outcomes: dict[int, int]) -> None:
+        """Hand back the rows this process holds as running but no longer runs (a fenced run that
+        returned, a claim never started) half a lease after their lease ran out, before any rescuer
+        may (a hold later, see lease_hold)."""
+        conn = await self._connection()
+        rows = await conn.fetch(
+            JOBS.job_release_untracked,
+            self.owner,
+            [*self.running.ids(), *outcomes],
+            self.lease_s / 2,
+            timeout=max(self.heartbeat_s, 1.0),
+        )
+        if rows:
+            await conn.execute(
+                JOBS.notify_queued, sorted({r["queue"] for r in rows if r["state"] == "queued"})
+            )
+            log.warning("untracked_jobs_released", job_ids=[r["id"] for r in rows])
 
     def _deadline(self, sent_at: float) -> float:
         return lease_deadline(sent_at, self.lease_s)

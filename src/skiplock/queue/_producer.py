@@ -144,8 +144,11 @@ class Producer:
                 self._hungry.add(queue)
             else:
                 self._hungry.discard(queue)
-            if records:
-                self._claimed_at = records[0]["started_at"]
+            if records:  # the latest claim time: one claim's rows share it
+                claimed_at = records[0]["started_at"]
+                self._claimed_at = (
+                    claimed_at if self._claimed_at is None else max(self._claimed_at, claimed_at)
+                )
             valid_until = lease_deadline(sent_at, self.lease_s)
             for record in records:
                 self._start(jobs, ClaimedJob.from_record(record), valid_until)
@@ -167,7 +170,9 @@ class Producer:
 
     async def _release_unrun(self, conn: AnyConnection) -> None:
         """Hand back the jobs of a claim whose reply was lost (they never started here)."""
-        rows = await conn.fetch(JOBS.job_release_unrun, self.owner, self._claimed_at, self.running.ids())
+        # Never a job whose outcome waits to be written (its run began: it is no lost claim).
+        ours = [*self.running.ids(), *self.executor.completer.pending_leases()]
+        rows = await conn.fetch(JOBS.job_release_unrun, self.owner, self._claimed_at, ours)
         self._claim_unsure = False
         if rows:
             await conn.execute(JOBS.notify_queued, sorted({r["queue"] for r in rows}))

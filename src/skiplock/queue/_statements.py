@@ -21,6 +21,7 @@ class JobStatements:
     job_rescue_expired: str
     job_release_many: str
     job_release_unstarted: str
+    job_release_untracked: str
     job_release_unrun: str
     job_lock_owned: str
     job_cancel: str

@@ -163,6 +163,22 @@ WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
   AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
 RETURNING j.id, j.queue, j.state::text AS state
 
+-- name: job_release_untracked
+-- Rows owner $1 holds as running that it neither runs nor waits on ($2: its runs, those still
+-- returning included, and its outcomes not yet written), and whose lease ran out more than $3 s
+-- ago (a claim whose reply comes that late is not started: _producer.py; and only stale rows are
+-- in this range of jobs_lease_expiry_idx): a fenced run that has returned, a claim never started.
+-- Back to their queue before a rescuer may take them, the attempt kept (it may have begun); a
+-- job on its last attempt is left to its lease (the rescuer fails it as LeaseLost).
+UPDATE jobs
+SET state = (CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
+    finished_at = CASE WHEN cancel_requested THEN now() END,
+    run_at = now(),
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
+WHERE lease_expires_at < now() - make_interval(secs => $3) AND state = 'running' AND lease_owner = $1
+  AND id <> ALL($2::bigint[]) AND (attempts < max_attempts OR cancel_requested)
+RETURNING id, queue, state::text AS state
+
 -- name: job_release_unrun
 -- Jobs owner $1 holds as running, took after $2 (its last claim that arrived) and does not run
 -- (it runs those in $3): claims whose reply never arrived. Back to their queue with the attempt
