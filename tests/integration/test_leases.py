@@ -280,3 +280,19 @@ async def test_a_row_this_process_holds_but_no_longer_runs_is_handed_back_before
         )
     row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
     assert (row["attempts"], row["errors"]) == (2, [])  # handed back, not rescued as LeaseLost
+
+
+async def test_a_job_whose_thread_outlives_the_shutdown_grace_is_not_due_again_while_it_may_run(
+    dsn: str, db: asyncpg.Connection, registry
+) -> None:  # type: ignore[no-untyped-def]
+    async with Engine(make_settings(dsn, shutdown_grace_s=0.5), registry, dsn) as engine:
+        job_id = await db.fetchval(
+            "INSERT INTO jobs (task, args) VALUES ('recorded_thread', $1) RETURNING id", {"seconds": 3}
+        )
+        await wait_until(lambda: any(row["job_id"] == job_id for row in test_tasks.EXECUTIONS), 10)
+        await engine.stop()  # the thread goes on past the grace: the process would exit with it
+    row = await db.fetchrow(
+        "SELECT state, extract(epoch FROM run_at - now()) AS due_in_s FROM jobs WHERE id = $1", job_id
+    )
+    assert row["state"] == "queued"
+    assert row["due_in_s"] > 5  # past the exit watchdog (grace + 4 s), not at once

@@ -148,7 +148,9 @@ HOT: dict[str, Hot] = {
     "job_rescue_expired": Hot(
         JOBS.job_rescue_expired, lambda ids, c: [c.expired, [0.5] * len(c.expired)], lambda n: 3
     ),
-    "job_release_many": Hot(JOBS.job_release_many, lambda ids, c: [ids, "me", [1] * len(ids)], _whole_batch),
+    "job_release_many": Hot(
+        JOBS.job_release_many, lambda ids, c: [ids, "me", [1] * len(ids), [0.0] * len(ids)], _whole_batch
+    ),
     "job_cancel_requested": Hot(JOBS.job_cancel_requested, lambda ids, c: [ids], lambda n: 1),
     "event_write_many": Hot(EVENTS.event_write_many, lambda ids, c: _event_args(ids), None),
 }

@@ -155,7 +155,7 @@ async def test_release_at_shutdown_requeues_or_cancels_as_asked(tx: asyncpg.Conn
 
     plain = await job(tx, JobState.RUNNING)
     asked = await job(tx, JobState.RUNNING, cancel_requested=True)
-    released = await tx.fetch(JOBS.job_release_many, [plain, asked], "factory", [1, 1])
+    released = await tx.fetch(JOBS.job_release_many, [plain, asked], "factory", [1, 1], [0.0, 0.0])
     rows = {r["id"]: r["state"] for r in released}
     assert rows == {plain: "queued", asked: "cancelled"}
     # The attempt stays counted (attempt numbers never repeat); the interrupted run gets one more.

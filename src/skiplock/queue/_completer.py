@@ -46,7 +46,7 @@ class Outcome:
     state: str  # succeeded | failed | cancelled | queued (retry) | released | unstarted
     result: Any = None
     error: dict[str, Any] | None = None
-    retry_in_s: float = 0.0
+    retry_in_s: float = 0.0  # a retry's backoff; for a release, how long until it is due again
     progress: dict[str, Any] | None = None
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, data) not yet written
 
@@ -218,10 +218,15 @@ class Completer:
             released = [o for o in batch if o.state == state]
             if not released:
                 continue
-            rows = await conn.fetch(
-                statement, [o.job.id for o in released], self.owner, [o.job.attempt for o in released]
-            )
-            requeued = sorted({r["queue"] for r in rows if r["state"] == "queued"})
+            ids, attempts = [o.job.id for o in released], [o.job.attempt for o in released]
+            if state == RELEASED:
+                rows = await conn.fetch(
+                    statement, ids, self.owner, attempts, [o.retry_in_s for o in released]
+                )
+            else:
+                rows = await conn.fetch(statement, ids, self.owner, attempts)
+            later = {o.job.id for o in released if o.retry_in_s > 0}  # due later: no wake-up now
+            requeued = sorted({r["queue"] for r in rows if r["state"] == "queued" and r["id"] not in later})
             if requeued:
                 await conn.execute(JOBS.notify_queued, requeued)
             if rows:

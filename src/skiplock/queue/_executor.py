@@ -30,6 +30,9 @@ log = structlog.get_logger("skiplock.executor")
 
 _TRACEBACK_LINES = 30
 _OUTCOMES = {"queued": "retried", RELEASED: "released", UNSTARTED: "released"}
+#: A job whose thread still runs as the process leaves is due again only after this: past the
+#: CLI's exit watchdog (grace + 4 s after the signal; the release comes at the grace's end).
+THREAD_LEFT_RUNNING_DELAY_S = 10.0
 
 
 class _NotStarted(Exception):
@@ -177,7 +180,8 @@ class Executor:
             if reason is StopReason.CANCELLED:
                 return Outcome(job, "cancelled")
             if reason is StopReason.SHUTDOWN:
-                return Outcome(job, RELEASED)
+                delay = THREAD_LEFT_RUNNING_DELAY_S if running.thread_left_running else 0.0
+                return Outcome(job, RELEASED, retry_in_s=delay)
             return None
         except TimeoutError as exc:
             # Only the job's own timeout is reported as such; a task's own TimeoutError is a failure.
@@ -213,6 +217,7 @@ class Executor:
                 await self._thread_returned(thread)
             finally:
                 running.waiting_for_thread = False
+            running.thread_left_running = not thread.done()  # abandoned: the process is leaving
             raise
 
     async def _thread_returned(self, thread: asyncio.Future[Any]) -> None:

@@ -51,6 +51,8 @@ class RunningJob:
     cleanup_s: float = 0.1
     #: The executor waits for the job's thread: a fenced run is not cut short there (see fenced).
     waiting_for_thread: bool = False
+    #: Its thread still ran when the process stopped waiting for it (leaving past its grace).
+    thread_left_running: bool = False
     owner: str = ""  # the lease owner this process claims as
 
     def holds_lease(self, now: float | None = None) -> bool:

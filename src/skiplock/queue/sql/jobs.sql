@@ -137,13 +137,15 @@ RETURNING j.id, j.queue, j.state::text AS state
 -- name: job_release_many
 -- Shutdown: hand running jobs back at once (cancelled if that was asked), each only at the
 -- attempt given ($3, beside $1). The attempt stays counted, so attempt numbers never repeat; as
--- the interrupted run did not fail, it is granted one more attempt if it was the last.
+-- the interrupted run did not fail, it is granted one more attempt if it was the last. Due again
+-- after $4 s (beside $1): 0, or, for a run whose thread is still running as the process leaves,
+-- until after the process is surely gone.
 UPDATE jobs AS j
 SET state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
     max_attempts = CASE WHEN j.cancel_requested THEN j.max_attempts
                         ELSE greatest(j.max_attempts, j.attempts + 1) END,
     finished_at = CASE WHEN j.cancel_requested THEN now() END,
-    run_at = now(),
+    run_at = now() + make_interval(secs => ($4::float8[])[array_position($1::bigint[], j.id)]),
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
 WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
   AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
