@@ -157,7 +157,7 @@ class Executor:
         ctx = Context(
             JobInfo(job.id, job.task, job.queue, job.attempt, job.max_attempts),
             client=self.client,
-            on_event=self.running.add_event,
+            on_event=self.running.event_sink(running),  # this attempt's, never a later one's
             http=self.http,
             lease=running,
         )

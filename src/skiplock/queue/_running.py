@@ -7,7 +7,7 @@ import enum
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +189,17 @@ class RunningJobs:
         if running is not None:
             running.add_event(kind, data)
             self.events_pending.set()
+
+    def event_sink(self, running: RunningJob) -> Callable[[int, str, dict[str, Any]], None]:
+        """Where one run's context sends its events: to that run alone, while it is tracked. A late
+        event of an earlier attempt (a thread's, a fenced run's) never lands in a newer attempt."""
+
+        def add(_job_id: int, kind: str, data: dict[str, Any]) -> None:
+            if self._jobs.get(running.job.id) is running:
+                running.add_event(kind, data)
+                self.events_pending.set()
+
+        return add
 
     def next_event_due(self, interval_s: float) -> float | None:
         """Seconds until some job's pending events may be written (0: now; None: none pending)."""
