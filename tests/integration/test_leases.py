@@ -296,3 +296,15 @@ async def test_a_job_whose_thread_outlives_the_shutdown_grace_is_not_due_again_w
     )
     assert row["state"] == "queued"
     assert row["due_in_s"] > 5  # past the exit watchdog (grace + 4 s), not at once
+
+
+async def test_a_future_completing_with_generator_exit_fails_the_job_and_nothing_else(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    job_id = (await engine.client.enqueue("awaits_generator_exit")).id
+    await wait_until(lambda: db.fetchval("SELECT state = 'failed' FROM jobs WHERE id = $1", job_id), 10)
+    errors = await db.fetchval("SELECT errors FROM jobs WHERE id = $1", job_id)
+    assert [e["type"] for e in errors] == ["GeneratorExit"]
+    after = (await engine.client.enqueue("noop")).id  # the engine goes on claiming
+    await wait_until(lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", after), 10)
+    assert engine.healthy

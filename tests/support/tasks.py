@@ -373,3 +373,11 @@ async def enqueue_in_transaction(ctx: Context, args: Seconds) -> dict[str, int]:
         )
         await asyncio.sleep(args.seconds)
     return {"child": child.id}
+
+
+@task("awaits_generator_exit", args=NoArgs, max_attempts=1)
+async def awaits_generator_exit(ctx: Context, args: NoArgs) -> None:
+    """Awaits a future that completes with GeneratorExit later (the task throws it in)."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(future.set_exception, GeneratorExit())
+    await future

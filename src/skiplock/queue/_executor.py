@@ -200,7 +200,10 @@ class Executor:
 
     async def _call(self, spec: Task[Any], ctx: Context, args: Any, running: RunningJob) -> Any:
         if spec.is_async:
-            return await spec.fn(ctx, args)
+            try:
+                return await spec.fn(ctx, args)
+            except ThreadExit as carried:  # a future's GeneratorExit (see _lease.fenced)
+                raise carried.error from None
         call = functools.partial(contextvars.copy_context().run, spec.fn, ctx, args)
         if not running.holds_lease():  # a thread cannot be stopped: never one without the lease
             raise _NotStarted

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -36,6 +36,7 @@ import structlog
 from skiplock.db.pool import Limits, close_quietly, connect
 from skiplock.queue._running import RunningJob, RunningJobs, StopReason
 from skiplock.queue._statements import JOBS
+from skiplock.queue._threads import ThreadExit
 from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.lease")
@@ -69,7 +70,7 @@ def lease_hold(lease_s: float) -> float:
 FENCE_CLOSE_S = 1.0
 
 
-async def fenced(run: Coroutine[Any, Any, T], running: RunningJob) -> T:
+def fenced(run: Coroutine[Any, Any, T], running: RunningJob) -> Coroutine[Any, Any, T]:
     """Drive a job's ``run`` so that it never takes a step past its lease's deadline: it is
     stopped (``LEASE_LOST``) instead. The clock is read before each resumption, so this also
     holds after a pause, whatever order the woken loop runs its callbacks in.
@@ -79,52 +80,65 @@ async def fenced(run: Coroutine[Any, Any, T], running: RunningJob) -> T:
     has ``running.cleanup_s`` for its cleanup; from then on every await it makes is cancelled at
     once (a step that was pending resumes with CancelledError), and one that still goes on a
     second later is closed. The executor's own wait for a thread is spared (a thread cannot be
-    stopped; its job waits for it)."""
-    return await _Fenced[T](run, running)
+    stopped; its job waits for it).
+
+    It is the job task's coroutine itself, so what the task throws in (``throw``) is told apart
+    from closing it (``close``): a GeneratorExit a future completed with is passed on to the run
+    as an ordinary failure (carried as :class:`ThreadExit`, as from a thread: thrown into a
+    coroutine as it is, every frame awaiting would read it as being closed, the outcome lost)."""
+    return _Fenced(run, running)
 
 
-class _Fenced(Generic[T]):
-    __slots__ = ("_run", "_running")
+class _Fenced(Coroutine[Any, Any, T]):
+    __slots__ = ("_interrupted", "_run", "_running", "_started")
 
     def __init__(self, run: Coroutine[Any, Any, T], running: RunningJob) -> None:
         self._run = run
         self._running = running
+        self._started = False  # the first step is the run's own: it cleans up only once it has begun
+        self._interrupted = False  # a CancelledError reached the run since it was fenced
 
-    def __await__(self) -> Generator[Any, Any, T]:
+    def __await__(self) -> Generator[Any, None, T]:
+        return self  # an iterator with send and throw, as a generator is
+
+    def __iter__(self) -> _Fenced[T]:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        return self._step(value, None)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        error: BaseException = typ if isinstance(typ, BaseException) else (typ() if val is None else val)
+        if isinstance(error, GeneratorExit):  # thrown in by the task, not our own close()
+            error = ThreadExit(error)
+        return self._step(None, error)
+
+    def close(self) -> None:
+        self._run.close()
+
+    def _step(self, value: Any, error: BaseException | None) -> Any:
         run, running = self._run, self._running
-        value: Any = None
-        error: BaseException | None = None
-        started = False  # the first step is the run's own: it cleans up only once it has begun
-        interrupted = False  # a CancelledError reached the run since it was fenced
-        while True:
-            now = time.monotonic()
-            if started and not running.fenced and now >= running.valid_until:
-                running.fence(now)
-            spared = not running.fenced or running.waiting_for_thread
-            hard = not spared and interrupted and now >= running.fenced_at + running.cleanup_s
-            if hard and now >= running.fenced_at + running.cleanup_s + FENCE_CLOSE_S:
-                _close(run, running)
-                raise asyncio.CancelledError()
-            if started and error is None and not spared and (hard or not interrupted):
-                error = asyncio.CancelledError()
-            started = True
-            if running.fenced and isinstance(error, asyncio.CancelledError):
-                interrupted = True
-            try:
-                step = run.send(value) if error is None else run.throw(error)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            value, error = None, None
-            if hard and not running.waiting_for_thread and isinstance(step, asyncio.Future):
-                step.cancel()  # past the cleanup, no await of the run completes any more
-            try:
-                value = yield step
-            except GeneratorExit:
-                run.close()
-                raise
-            except BaseException as exc:  # the task's own cancellation, passed on to the run
-                error = exc
+        now = time.monotonic()
+        if self._started and not running.fenced and now >= running.valid_until:
+            running.fence(now)
+        spared = not running.fenced or running.waiting_for_thread
+        hard = not spared and self._interrupted and now >= running.fenced_at + running.cleanup_s
+        if hard and now >= running.fenced_at + running.cleanup_s + FENCE_CLOSE_S:
+            _close(run, running)
+            raise asyncio.CancelledError()
+        if self._started and error is None and not spared and (hard or not self._interrupted):
+            error = asyncio.CancelledError()
+        self._started = True
+        if running.fenced and isinstance(error, asyncio.CancelledError):
+            self._interrupted = True
+        # Its StopIteration (the run returned) and what it raises end the job's task, as they come.
+        step = run.send(value) if error is None else run.throw(error)
+        if hard and not running.waiting_for_thread and isinstance(step, asyncio.Future):
+            step.cancel()  # past the cleanup, no await of the run completes any more
+        return step
 
 
 def _close(run: Coroutine[Any, Any, Any], running: RunningJob) -> None:
