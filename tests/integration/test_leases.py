@@ -308,3 +308,23 @@ async def test_a_future_completing_with_generator_exit_fails_the_job_and_nothing
     after = (await engine.client.enqueue("noop")).id  # the engine goes on claiming
     await wait_until(lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", after), 10)
     assert engine.healthy
+
+
+async def test_a_fenced_thread_writes_nothing_its_progress_logs_enqueue_and_outcome_refused(
+    dsn: str, db: asyncpg.Connection, registry
+) -> None:  # type: ignore[no-untyped-def]
+    async with Engine(make_settings(dsn, lease_s=1), registry, dsn) as engine:
+        job_id = await db.fetchval(
+            "INSERT INTO jobs (task, args) VALUES ('late_reporting_thread', $1) RETURNING id",
+            {"seconds": 1.5},
+        )
+        await wait_until(lambda: test_tasks.LATE_THREADS.get(job_id) == "started", 10)
+        await db.execute("UPDATE jobs SET lease_owner = 'someone else' WHERE id = $1", job_id)  # rescued
+        await wait_until(lambda: job_id not in engine.running.ids(), 10)  # its thread has returned
+        await asyncio.sleep(0.5)  # anything it still wanted to write
+    assert test_tasks.LATE_THREADS.pop(job_id) == "LeaseLostError"
+    late = "SELECT count(*) FROM job_events WHERE job_id = $1 AND data->>'message' = 'late'"
+    assert await db.fetchval(late, job_id) == 0
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE queue = 'nobody'") == 0
+    row = await db.fetchrow("SELECT state, lease_owner, result FROM jobs WHERE id = $1", job_id)
+    assert tuple(row) == ("running", "someone else", None)

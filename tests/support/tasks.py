@@ -381,3 +381,23 @@ async def awaits_generator_exit(ctx: Context, args: NoArgs) -> None:
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().call_soon(future.set_exception, GeneratorExit())
     await future
+
+
+#: Job id → what a late_reporting_thread saw: "started", then the error its late enqueue raised.
+LATE_THREADS: dict[int, str] = {}
+
+
+@task("late_reporting_thread", args=Seconds, max_attempts=1)
+def late_reporting_thread(ctx: Context, args: Seconds) -> dict[str, bool]:
+    """A plain def that sleeps, then reports progress, logs, enqueues a child (queue 'nobody')
+    and returns: all of it after its lease may be gone, in the fencing tests."""
+    LATE_THREADS[ctx.job.id] = "started"
+    time.sleep(args.seconds)
+    ctx.report_progress(1.0, "late")
+    ctx.log_nowait("late")
+    try:
+        asyncio.run_coroutine_threadsafe(ctx.enqueue("noop", queue="nobody"), ctx._loop).result(10)
+        LATE_THREADS[ctx.job.id] = "enqueued"
+    except Exception as exc:
+        LATE_THREADS[ctx.job.id] = type(exc).__name__
+    return {"late": True}
