@@ -10,6 +10,8 @@ its clock past the deadline on waking, and :func:`fenced` stops the run before i
 The heartbeat has a connection of its own (nothing the pool serves can starve it) and sends one
 statement for every lease, checked against the attempt; a run missing from its answer is stopped
 at once. It is sent every third of a lease, and a failed one is retried within a quarter second.
+It renews the outcomes still waiting in the completer too (a rescue would re-run a finished job
+and discard its outcome), and hands back the rows this process holds but no longer runs.
 
 Outages: a rescuer takes only a lease that expired more than :func:`lease_hold` (H) ago
 (``job_rescue_pick``). So while its heartbeat fails, whatever the reason (the server restarting,
