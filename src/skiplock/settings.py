@@ -39,7 +39,9 @@ class Settings(BaseSettings):
         ge=1,  # a lease must outlast a heartbeat round trip and the fence's margin (0.2 s at least)
         le=86_400,
         description="A claimed job's lease: renewed every third of it; a process that cannot renew it"
-        " stops the job a fifth of it (0.2 to 5 s) before it could expire. The same in every replica.",
+        " stops the job a fifth of it (0.2 to 5 s) before it could expire, or holds it through an"
+        " outage at most one hold (this, at least 5 s) longer; rescuers wait that hold past a lease's"
+        " expiry. The same in every replica.",
     )
     shutdown_grace_s: float = Field(
         default=10.0,
