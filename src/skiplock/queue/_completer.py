@@ -189,6 +189,8 @@ class Completer:
 
     async def _write(self, batch: Sequence[Outcome]) -> None:
         async with self.write_lock, self.pool.acquire() as conn, conn.transaction():
+            # Every row this transaction will update, locked in id order before any of them.
+            await conn.execute(JOBS.job_lock_rows, sorted({o.job.id for o in batch}))
             events = [row for o in batch for row in o.event_rows()]
             if events:  # the last progress and logs come before the state change
                 await write_events(conn, events, self.owner)

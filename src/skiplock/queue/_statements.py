@@ -16,6 +16,7 @@ class JobStatements:
     job_finish_many: str
     job_fail_outcome_not_stored: str
     job_heartbeat: str
+    job_lock_rows: str
     job_cancel_requested: str
     job_rescue_pick: str
     job_rescue_expired: str

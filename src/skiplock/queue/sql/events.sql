@@ -37,7 +37,10 @@ ORDER BY e.job_id, e.seq
 -- Only while the job is still ours: running, at the attempt given ($4, beside $1), under owner
 -- $5; a run that lost its lease writes nothing into the next attempt's stream.
 -- Data arrives as JSON text (see job_finish_many).
-WITH input AS (
+-- Rows locked in id order first (see job_heartbeat in jobs.sql).
+WITH locked AS (
+    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+), input AS (
     SELECT job_id, attempt, kind, data, ord
     FROM unnest($1::bigint[], $2::text[], $3::text[]::jsonb[], $4::int[])
         WITH ORDINALITY AS i(job_id, kind, data, attempt, ord)
@@ -50,7 +53,7 @@ WITH input AS (
     UPDATE jobs AS j
     SET event_seq = j.event_seq + p.n, progress = coalesce(p.last_progress, j.progress)
     FROM per_job AS p
-    WHERE j.id = ANY($1::bigint[]) AND j.id = p.job_id  -- ANY: never more rows than the batch's jobs
+    WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.id = p.job_id  -- ANY: never more rows than the batch's jobs
       AND j.attempts = p.attempt AND j.state = 'running' AND j.lease_owner = $5
     RETURNING j.id, p.attempt, j.event_seq - p.n AS base
 )

@@ -97,11 +97,21 @@ RETURNING id
 -- Extend the leases of the jobs this owner runs, each at the attempt it runs ($4, beside $1);
 -- returns those still ours. A lease past its time is extended too while the row is still ours:
 -- the worker sends only leases its own clock says no rescuer can have taken (see _lease.py).
--- Rows found by id alone, as in job_finish_many.
+-- Rows found by id alone, as in job_finish_many, and locked in id order first, as every statement
+-- that updates several running jobs does (job_lock_rows): locked in whatever order a plan visits
+-- them, the heartbeat and an event or outcome write of the same jobs deadlocked, and the heartbeat
+-- waited out deadlock_timeout, long enough for a short lease's runs to be fenced.
+WITH locked AS (SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE)
 UPDATE jobs AS j SET lease_expires_at = now() + make_interval(secs => $3)
-WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
+WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.state = 'running' AND j.lease_owner = $2
   AND j.attempts = ($4::int[])[array_position($1::bigint[], j.id)]
 RETURNING j.id
+
+-- name: job_lock_rows
+-- Lock these jobs' rows in id order, first in a transaction that updates several of them in more
+-- than one statement (the completer's events, then outcomes): one order for every writer, so
+-- writers of the same jobs wait for each other but never deadlock (see job_heartbeat).
+SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
 
 -- name: job_cancel_requested
 SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND cancel_requested
