@@ -288,7 +288,8 @@ async def _recorded_run(ctx: Context, args: Recorded, db: Any) -> dict[str, int]
         until = started + args.seconds
         while (now := time.time()) < until:
             if args.report:
-                await ctx.progress(min(1.0, (now - started) / args.seconds), f"pid {os.getpid()}")
+                message = f"pid {os.getpid()} attempt {ctx.job.attempt}"
+                await ctx.progress(min(1.0, (now - started) / args.seconds), message)
             await asyncio.sleep(min(args.step_s, until - now))
             last_work = time.time()
         last_work, outcome = time.time(), "finished"
