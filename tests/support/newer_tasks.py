@@ -5,22 +5,11 @@ Never imported by the test process itself: it would join every in-process regist
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
 from skiplock import Context, task
+from tests.support.tasks import Marker, record_run
 
 
-class NewArgs(BaseModel):
-    marker: str = "newer"
-
-
-@task("newer_task", args=NewArgs)
-async def newer_task(ctx: Context, args: NewArgs) -> dict[str, str]:
-    """Records each execution in test_runs (unique per job, marker and attempt)."""
-    await ctx.pool.execute(
-        "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, $2, $3)",
-        ctx.job.id,
-        args.marker,
-        ctx.job.attempt,
-    )
-    return {"marker": args.marker}
+@task("newer_task", args=Marker)
+async def newer_task(ctx: Context, args: Marker) -> dict[str, str]:
+    """``record_run`` under a name only newer workers know: each execution recorded in test_runs."""
+    return await record_run(ctx, args)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import httpx
@@ -99,7 +99,26 @@ def outcome(response: httpx.Response | BaseException) -> str:
     return str(response.status_code) if isinstance(response, httpx.Response) else type(response).__name__
 
 
-class EnqueueLoad:
+class Background:
+    """A loop (``_run``) that runs for the length of an ``async with``, told to stop on exit."""
+
+    _stop: asyncio.Event
+    _task: asyncio.Task[None] | None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+
+class EnqueueLoad(Background):
     """``POST /jobs`` every ``every_s``, round-robin over ``targets``, until the block ends: keeps
     the ids of accepted jobs and counts every answer by status (or by error when none came)."""
 
@@ -135,18 +154,9 @@ class EnqueueLoad:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), max(0.0, tick - time.monotonic()))
 
-    async def __aenter__(self) -> EnqueueLoad:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-
 
 @dataclass
-class Probe:
+class Probe(Background):
     """``GET`` each of ``paths`` on ``target`` every ``every_s``: every answer, timed."""
 
     target: Served
@@ -172,15 +182,6 @@ class Probe:
 
     def count(self, path: str) -> int:
         return sum(1 for _, p, _ in self.answers if p == path)
-
-    async def __aenter__(self) -> Probe:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
 
 
 class EventSubscriber:
