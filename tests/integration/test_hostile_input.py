@@ -243,6 +243,7 @@ async def test_nul_in_a_query_or_path_value_is_a_400(api: Client) -> None:
         response = await api.request(method, url)
         assert response.status_code == 400, (url, response.status_code, response.text)
         assert "NUL" in response.json()["detail"]
+        assert response.headers.get("x-request-id")  # answered inside the request-id middleware
 
 
 @pytest.mark.parametrize("path", ["/jobs", "/schedules", "/fetch", "/jobs/batch"])

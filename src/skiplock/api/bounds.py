@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from litestar import Request
 from litestar.enums import ScopeType
 from litestar.exceptions import ClientException, SerializationException
 from litestar.serialization import decode_json
-from litestar.types import ASGIApp, Empty, EmptyType, Receive, Scope, Send
+from litestar.types import ASGIApp, Empty, EmptyType, HTTPResponseStartEvent, Receive, Scope, Send
 
 from skiplock.db.storable import storable_text
 from skiplock.errors import InvalidArgumentsError
@@ -106,7 +107,16 @@ def url_nul_middleware(app: ASGIApp) -> ASGIApp:
             await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
             await send({"type": "websocket.close", "code": 4400, "reason": problem.detail[:120]})
         else:
-            raise problem
+            # Answered here, not raised: raised, it would pass the request-id middleware as an
+            # error (logged as a 500, without its X-Request-ID) before Litestar turned it into a 400.
+            body = orjson.dumps({"status_code": 400, "detail": problem.detail, "extra": problem.extra})
+            start: HTTPResponseStartEvent = {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+            }
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
 
     return middleware
 
