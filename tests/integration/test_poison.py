@@ -18,7 +18,7 @@ from skiplock.queue import Engine
 from skiplock.queue._completer import Completer
 from skiplock.queue.client import EnqueueRequest
 from tests.conftest import make_settings
-from tests.support.faults import private_postgres
+from tests.support.faults import PrivateServer, private_postgres
 from tests.support.waiting import wait_until
 
 GOOD = 1000
@@ -41,6 +41,23 @@ async def _all_in(db: asyncpg.Connection, ids: list[int], state: str) -> bool:
 async def _states(db: asyncpg.Connection, ids: list[int]) -> dict[str, int]:
     rows = await db.fetch("SELECT state::text, count(*) AS n FROM jobs WHERE id = ANY($1) GROUP BY 1", ids)
     return {r["state"]: r["n"] for r in rows}
+
+
+async def _finished_while_the_database_is_stopped(
+    server: PrivateServer, engine: Engine, count: int, seconds: float
+) -> tuple[list[int], Completer]:
+    """``count`` jobs of ``seconds`` running, then the server stopped: once the completer holds
+    all their outcomes, they finished while the database was away."""
+    ids = [(await engine.client.enqueue("wait", {"seconds": seconds})).id for _ in range(count)]
+    db = await asyncpg.connect(server.dsn)
+    try:
+        await wait_until(lambda: _all_in(db, ids, "running"), timeout=20)
+    finally:
+        await db.close()
+    server.stop()
+    completer = _completer(engine)
+    await wait_until(lambda: completer.pending == count, timeout=20)
+    return ids, completer
 
 
 def _completer(engine: Engine) -> Completer:
@@ -120,15 +137,7 @@ async def test_outcomes_pending_while_the_database_is_away_are_written_when_it_i
     async with private_postgres() as server:
         settings = make_settings(server.dsn, lease_s=60.0)
         async with Engine(settings, registry, server.dsn) as engine:
-            ids = [(await engine.client.enqueue("wait", {"seconds": 1.0})).id for _ in range(20)]
-            db = await asyncpg.connect(server.dsn)
-            try:
-                await wait_until(lambda: _all_in(db, ids, "running"), timeout=20)
-            finally:
-                await db.close()
-            server.stop()
-            completer = _completer(engine)
-            await wait_until(lambda: completer.pending == 20, timeout=20)  # finished meanwhile
+            ids, completer = await _finished_while_the_database_is_stopped(server, engine, 20, 1.0)
             await asyncio.sleep(2.0)  # the outage goes on: the completer keeps them and retries
             assert completer.pending == 20
             server.start()
@@ -151,15 +160,7 @@ async def test_stop_with_the_database_away_ends_within_its_bound(registry: Any) 
         engine = Engine(settings, registry, server.dsn)
         await engine.start()
         try:
-            ids = [(await engine.client.enqueue("wait", {"seconds": 0.5})).id for _ in range(10)]
-            db = await asyncpg.connect(server.dsn)
-            try:
-                await wait_until(lambda: _all_in(db, ids, "running"), timeout=20)
-            finally:
-                await db.close()
-            server.stop()
-            completer = _completer(engine)
-            await wait_until(lambda: completer.pending == 10, timeout=20)
+            await _finished_while_the_database_is_stopped(server, engine, 10, 0.5)
         finally:
             stopping = time.monotonic()
             await asyncio.wait_for(engine.stop(), timeout=60)
