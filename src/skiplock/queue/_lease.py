@@ -37,7 +37,7 @@ import structlog
 
 from skiplock.db.pool import Limits, close_quietly, connect
 from skiplock.queue._running import RunningJob, RunningJobs, StopReason
-from skiplock.queue._statements import JOBS
+from skiplock.queue._statements import JOBS, notify_requeued
 from skiplock.queue._threads import ThreadExit
 from skiplock.service import Recovery, StopSignal
 
@@ -170,6 +170,7 @@ class LeaseKeeper:
         self.limits = limits or Limits()
         self.hold_s = lease_hold(lease_s)
         self.heartbeat_s = lease_s / 3
+        self.statement_timeout_s = max(self.heartbeat_s, 1.0)  # of each heartbeat and cancel poll
         self.retry_s = min(0.25, lease_s / 10)
         self.tick_s = min(0.1, lease_margin(lease_s) / 2)
         self.cancel_poll_s = cancel_poll_s
@@ -251,7 +252,7 @@ class LeaseKeeper:
                 self.owner,
                 self.lease_s,
                 list(sent.values()),
-                timeout=max(self.heartbeat_s, 1.0),
+                timeout=self.statement_timeout_s,
             )
         except Exception:
             # No rescuer takes a lease before it has been expired for the hold: the runs still ours
@@ -281,12 +282,10 @@ class LeaseKeeper:
             self.owner,
             [*self.running.ids(), *outcomes],
             self.lease_s / 2,
-            timeout=max(self.heartbeat_s, 1.0),
+            timeout=self.statement_timeout_s,
         )
         if rows:
-            await conn.execute(
-                JOBS.notify_queued, sorted({r["queue"] for r in rows if r["state"] == "queued"})
-            )
+            await notify_requeued(conn, rows)
             log.warning("untracked_jobs_released", job_ids=[r["id"] for r in rows])
 
     def _deadline(self, sent_at: float) -> float:
@@ -296,9 +295,7 @@ class LeaseKeeper:
         ids = self.running.ids()
         if ids:
             conn = await self._connection()
-            for record in await conn.fetch(
-                JOBS.job_cancel_requested, ids, timeout=max(self.heartbeat_s, 1.0)
-            ):
+            for record in await conn.fetch(JOBS.job_cancel_requested, ids, timeout=self.statement_timeout_s):
                 self.running.stop(record["id"], StopReason.CANCELLED)
 
     async def stop(self) -> None:

@@ -24,7 +24,7 @@ from skiplock.db.pool import AnyConnection, Limits, close_quietly, connect
 from skiplock.queue._executor import Executor
 from skiplock.queue._lease import fenced, lease_deadline, lease_margin
 from skiplock.queue._running import RunningJobs, StopReason
-from skiplock.queue._statements import JOBS
+from skiplock.queue._statements import JOBS, notify_requeued
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import Recovery, StopSignal
 
@@ -54,6 +54,7 @@ class Producer:
         self.queue_limits = queues
         self.concurrency = concurrency
         self.lease_s = lease_s
+        self.cleanup_s = lease_margin(lease_s) / 2  # a fenced run's time to clean up
         self.poll_interval_s = poll_interval_s
         self.shutdown_grace_s = shutdown_grace_s
         self.executor = executor
@@ -163,7 +164,7 @@ class Producer:
             log.error("job_claimed_twice", job_id=job.id, attempt=job.attempt)
             return
         # A fenced run's cleanup ends well within the lease's margin.
-        running.cleanup_s = lease_margin(self.lease_s) / 2
+        running.cleanup_s = self.cleanup_s
         run = fenced(self.executor.run(running), running)
         running.task = jobs.create_task(run, name=f"skiplock:job:{job.id}")
         running.task.add_done_callback(self._job_done)
@@ -175,7 +176,7 @@ class Producer:
         rows = await conn.fetch(JOBS.job_release_unrun, self.owner, self._claimed_at, ours)
         self._claim_unsure = False
         if rows:
-            await conn.execute(JOBS.notify_queued, sorted({r["queue"] for r in rows}))
+            await notify_requeued(conn, rows)  # a cancelled one needs no wake-up
             log.warning("lost_claims_released", job_ids=[r["id"] for r in rows])
 
     def _job_done(self, _task: asyncio.Task[None]) -> None:

@@ -19,7 +19,7 @@ import structlog
 
 from skiplock import metrics
 from skiplock.queue._lease import lease_hold
-from skiplock.queue._statements import JOBS
+from skiplock.queue._statements import JOBS, notify_requeued
 from skiplock.queue.backoff import Backoff
 from skiplock.queue.tasks import TaskRegistry
 from skiplock.service import Recovery, StopSignal
@@ -44,6 +44,7 @@ class Rescuer:
         self.pool = pool
         self.interval_s = interval_s
         self.lease_s = lease_s
+        self.hold_s = lease_hold(lease_s)
         self.registry = registry or TaskRegistry()
         self.batch = batch
         self._stop = StopSignal()
@@ -72,14 +73,12 @@ class Rescuer:
         total = 0
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
-                picked = await conn.fetch(JOBS.job_rescue_pick, self.batch, None, lease_hold(self.lease_s))
+                picked = await conn.fetch(JOBS.job_rescue_pick, self.batch, None, self.hold_s)
                 rows = []
                 if picked:
                     delays = [self._delay(r["task"], r["attempts"]) for r in picked]
                     rows = await conn.fetch(JOBS.job_rescue_expired, [r["id"] for r in picked], delays)
-                requeued = sorted({r["queue"] for r in rows if r["state"] == "queued"})
-                if requeued:
-                    await conn.execute(JOBS.notify_queued, requeued)
+                await notify_requeued(conn, rows)
             if rows:
                 metrics.lease_rescues.inc(len(rows))
                 log.warning("jobs_rescued", job_ids=[r["id"] for r in rows])

@@ -154,22 +154,25 @@ class RunningJobs:
         """Job id → attempt of every run whose lease still holds at ``now``: what a heartbeat renews."""
         return {i: r.job.attempt for i, r in self._jobs.items() if r.holds_lease(now)}
 
-    def renew(self, attempts: dict[int, int], valid_until: float) -> None:
-        """The leases of these runs (id → attempt) surely hold until ``valid_until`` now."""
+    def _unfenced(self, attempts: dict[int, int]) -> Iterator[RunningJob]:
+        """The runs of these (id → attempt) still tracked at that attempt and not fenced."""
         for job_id, attempt in attempts.items():
             running = self._jobs.get(job_id)
             if running is not None and running.job.attempt == attempt and not running.fenced:
-                running.renewed_until = max(running.renewed_until, valid_until)
-                running.valid_until = max(running.valid_until, valid_until)
+                yield running
+
+    def renew(self, attempts: dict[int, int], valid_until: float) -> None:
+        """The leases of these runs (id → attempt) surely hold until ``valid_until`` now."""
+        for running in self._unfenced(attempts):
+            running.renewed_until = max(running.renewed_until, valid_until)
+            running.valid_until = max(running.valid_until, valid_until)
 
     def hold(self, attempts: dict[int, int], valid_until: float, hold_s: float) -> None:
         """A heartbeat for these runs failed: hold them until ``valid_until``, but never more than
         ``hold_s`` past the deadline of their last renewal (rescuers wait that long past a lease)."""
-        for job_id, attempt in attempts.items():
-            running = self._jobs.get(job_id)
-            if running is not None and running.job.attempt == attempt and not running.fenced:
-                bounded = min(valid_until, running.renewed_until + hold_s)
-                running.valid_until = max(running.valid_until, bounded)
+        for running in self._unfenced(attempts):
+            bounded = min(valid_until, running.renewed_until + hold_s)
+            running.valid_until = max(running.valid_until, bounded)
 
     def fence_expired(self, now: float) -> list[int]:
         """Stop every run whose lease may be gone by ``now``; returns their ids."""
@@ -183,12 +186,6 @@ class RunningJobs:
 
     def __len__(self) -> int:
         return len(self._jobs)
-
-    def add_event(self, job_id: int, kind: str, data: dict[str, Any]) -> None:
-        running = self._jobs.get(job_id)
-        if running is not None:
-            running.add_event(kind, data)
-            self.events_pending.set()
 
     def event_sink(self, running: RunningJob) -> Callable[[int, str, dict[str, Any]], None]:
         """Where one run's context sends its events: to that run alone, while it is tracked. A late
@@ -218,7 +215,7 @@ class RunningJobs:
             elif running.pending and (now is None or now - running.last_write >= interval_s):
                 attempt = running.job.attempt
                 taken += [(running.job.id, attempt, kind, data) for kind, data in running.take_events()]
-                running.last_write = now if now is not None else time.monotonic()
+                running.last_write = now if now is not None else clock
         return taken
 
     def stop(self, job_id: int, reason: StopReason) -> bool:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from skiplock.db.sqlfile import load_statements
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from skiplock.db.pool import AnyConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +79,10 @@ EVENTS = load_statements(EventStatements, "skiplock.queue.sql", "events.sql")
 SCHEDULES = load_statements(ScheduleStatements, "skiplock.queue.sql", "schedules.sql")
 
 CHANNEL = "skiplock"
+
+
+async def notify_requeued(conn: AnyConnection, rows: Sequence[asyncpg.Record]) -> None:
+    """Wake the workers of the queues these handed-back rows (``queue``, ``state``) went back to."""
+    requeued = sorted({r["queue"] for r in rows if r["state"] == "queued"})
+    if requeued:
+        await conn.execute(JOBS.notify_queued, requeued)
