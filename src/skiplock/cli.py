@@ -140,13 +140,16 @@ async def _serve(settings: Settings) -> int:
     return 1 if failed or not server.started else 0
 
 
-async def _until_stopped(signals: ShutdownSignals, engine: Engine, serving: asyncio.Future[Any]) -> bool:
+async def _until_stopped(
+    signals: ShutdownSignals, engine: Engine, serving: asyncio.Future[Any] | None = None
+) -> bool:
     """Wait for a signal, a dead engine service or the server's own end; True if the engine died
     (the process then exits non-zero, so an orchestrator restarts it and the rescuer recovers)."""
     requested = asyncio.ensure_future(signals.requested.wait())
     failed = asyncio.ensure_future(engine.wait_failed())
     try:
-        await asyncio.wait({requested, failed, serving}, return_when=asyncio.FIRST_COMPLETED)
+        waits = {requested, failed} | ({serving} if serving is not None else set())
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         requested.cancel()
         failed.cancel()
@@ -167,9 +170,7 @@ async def _worker(settings: Settings) -> int:
     with signals.installed():
         registry = load_registry(settings.task_modules)
         async with Engine(settings, registry, settings.database_url or "") as engine:
-            never = asyncio.get_running_loop().create_future()  # a worker has no server
-            failed = await _until_stopped(signals, engine, never)
-            never.cancel()
+            failed = await _until_stopped(signals, engine)  # a worker has no server
     return 1 if failed else 0
 
 

@@ -76,16 +76,13 @@ class Listener:
         # Any error (the database away, a reconnect callback that raised) is survived the same
         # way: logged, counted when unexpected, a backoff, a new connection.
         recovery = Recovery(self.name, self._stop, first_s=0.1, max_s=self.max_backoff_s)
-        first = True
         while not self._stop.is_set:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await connect(self.dsn, limits=self.limits, application_name="skiplock-listener")
-                await self._serve(conn, ready, first)
-                first = first and not ready.is_set()
+                await self._serve(conn, ready, first=not ready.is_set())
                 recovery.succeeded()
             except Exception as exc:
-                first = first and not ready.is_set()
                 if await recovery.failed(exc):
                     break
             finally:

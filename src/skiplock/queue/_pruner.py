@@ -28,7 +28,7 @@ class Pruner:
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
-        recovery = Recovery("pruner", self._stop)
+        recovery = Recovery(self.name, self._stop)
         async for _ in self._stop.every(self.interval_s):
             try:
                 await self.prune_once()

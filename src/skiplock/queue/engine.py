@@ -66,7 +66,8 @@ class Engine:
         self._pool: asyncpg.Pool | None = None
         self._task_pool: asyncpg.Pool | None = None
         self._client: Client | None = None
-        self.listener = Listener(dsn, limits=engine_limits(settings))
+        self.limits = engine_limits(settings)  # of the engine's own connections
+        self.listener = Listener(dsn, limits=self.limits)
         #: Outbound HTTP shared by every task (and the API's synchronous fetch).
         self.http = Fetcher(FetchPolicy.from_settings(settings))
         self.running = RunningJobs(owner=self.owner)
@@ -140,7 +141,7 @@ class Engine:
                 owner=self.owner,
                 running=self.running,
                 lease_s=self.settings.lease_s,
-                limits=engine_limits(self.settings),
+                limits=self.limits,
                 outcomes=completer.pending_leases,  # finished runs stay ours until written
             )
             writer = EventWriter(
@@ -161,7 +162,7 @@ class Engine:
                     self.registry, self.client, self.running, completer, self.http, self.threads
                 ),
                 running=self.running,
-                limits=engine_limits(self.settings),
+                limits=self.limits,
             )
             self.listener.subscribe("queued", producer.wake)
             self.listener.subscribe("cancel", keeper.cancel)
@@ -176,7 +177,7 @@ class Engine:
         if s.auto_migrate:
             await migrate_database(self.dsn)
         self._pool = await create_pool(
-            self.dsn, min_size=s.pool_min_size, max_size=s.pool_max_size, limits=engine_limits(s)
+            self.dsn, min_size=s.pool_min_size, max_size=s.pool_max_size, limits=self.limits
         )
         # Tasks get a pool of their own: their long statements and COPYs are not cut by the
         # engine's limits, and a task holding connections cannot starve the engine's writes.
