@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import ValidationException
@@ -22,7 +21,7 @@ from litestar.status_codes import (
     HTTP_504_GATEWAY_TIMEOUT,
 )
 
-from skiplock.db.pool import is_unavailable
+from skiplock.db.pool import DB_UNAVAILABLE, is_unavailable
 from skiplock.errors import (
     BusyError,
     ConflictError,
@@ -87,12 +86,8 @@ def _retry_after(status: int) -> dict[str, str] | None:
 
 #: What the driver or the socket raises when a handler's statement fails; mapped by
 #: :func:`database_error_handler`.
-DRIVER_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,  # TimeoutError too: an acquire or a statement that outlived its limit
-)
+#: The db layer's own list (TimeoutError is an OSError: an acquire or a statement past its limit).
+DRIVER_ERRORS: tuple[type[Exception], ...] = DB_UNAVAILABLE
 
 
 def database_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:

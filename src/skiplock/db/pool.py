@@ -54,7 +54,7 @@ def is_unavailable(exc: BaseException) -> bool:
     fail forever, so a batched writer splits it to isolate the item instead."""
     if isinstance(exc, (ValueError, TypeError)):
         return False  # the driver could not encode an argument (its DataError is a ValueError too)
-    if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
+    if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)):  # timeouts: OSError
         return True
     if isinstance(exc, DatabaseError):
         return True  # connecting failed
@@ -203,7 +203,7 @@ class _Acquire(PoolAcquireContext):
         except DB_UNAVAILABLE_OR_TIMEOUT as release_error:
             # The reset on release failed: asyncpg has terminated the connection. What the block
             # did stands (or its own error propagates), so this one is only logged.
-            log.warning("pool_release_failed", error=str(release_error) or type(release_error).__name__)
+            log.warning("pool_release_failed", error=_text(release_error))
 
 
 class Pool(asyncpg.Pool):

@@ -12,6 +12,7 @@ import structlog
 
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
 from skiplock.db.sqlfile import load_statements
+from skiplock.service import str_of
 
 log = structlog.get_logger("skiplock.db")
 
@@ -60,7 +61,7 @@ class DatabaseStatsReader:
                 age = await conn.fetchval(SQL.db_oldest_transaction_age)
                 rows = await conn.fetch(SQL.db_table_tuples, self.tables)
         except DB_UNAVAILABLE_OR_TIMEOUT as exc:
-            log.warning("database_stats_stale", error=str(exc) or type(exc).__name__)
+            log.warning("database_stats_stale", error=str_of(exc))
             return self.last
         self.last = DatabaseStats(
             oldest_transaction_age_s=float(age or 0.0),
