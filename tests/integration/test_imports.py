@@ -356,6 +356,25 @@ async def test_upload_survives_a_restart_before_its_job_runs(
     assert [r[0] for r in await items(db)] == ["R1"]
 
 
+async def test_an_import_reads_as_final_only_once_its_job_is_with_the_jobs_last_progress(
+    api_no_worker: Client, db: asyncpg.Connection
+) -> None:
+    """The import row records its outcome a moment before the job's outcome (which brings the last
+    progress) is written; read in between, the import still shows the job's state."""
+    created = await upload(api_no_worker, "sku,name,price,quantity\nR1,Rope,1,1\n")
+    import_id, job_id = created["import_id"], created["job"]["id"]
+    await db.execute("UPDATE imports SET state = 'succeeded', finished_at = now() WHERE id = $1", import_id)
+    await db.execute("UPDATE jobs SET state = 'running', progress = '{\"fraction\": 0.5}' WHERE id = $1", job_id)
+    info = (await api_no_worker.get(f"/imports/{import_id}")).json()
+    assert (info["state"], info["progress"]["fraction"]) == ("running", 0.5)
+    await db.execute(
+        "UPDATE jobs SET state = 'succeeded', progress = '{\"fraction\": 1.0}', finished_at = now() WHERE id = $1",
+        job_id,
+    )
+    info = (await api_no_worker.get(f"/imports/{import_id}")).json()
+    assert (info["state"], info["progress"]["fraction"]) == ("succeeded", 1.0)
+
+
 class Killed(Exception):
     """Stands in for the process dying mid-import."""
 

@@ -8,10 +8,13 @@ UPDATE imports SET job_id = $2, bytes = $3, filename = $4 WHERE id = $1
 
 -- name: import_list
 -- Imports newest first: one ($1), or a keyset page ($2: ids below it), optionally only those with
--- failed rows ($3). The job's state while the import has not recorded a final one itself (queued, running, retrying,
--- cancelled, or failed after its last attempt); the import's own once it has, or once the job is pruned.
+-- failed rows ($3). The job's state until both have a final one (queued, running, retrying, cancelled, or failed
+-- after its last attempt); the import's own once both do, or once the job is pruned. The import records its outcome
+-- a moment before the job does, and the job's last progress arrives with the job's outcome: read earlier, the
+-- import's final state would come with a stale progress.
 SELECT i.id, i.job_id, i.filename, i.bytes,
-       CASE WHEN i.state IN ('succeeded', 'failed') OR j.id IS NULL THEN i.state
+       CASE WHEN j.id IS NULL THEN i.state
+            WHEN i.state IN ('succeeded', 'failed') AND j.state IN ('succeeded', 'failed', 'cancelled') THEN i.state
             ELSE j.state::text END AS state,
        i.rows, i.loaded, i.failed,
        coalesce(i.error, CASE WHEN j.state <> 'succeeded' THEN j.errors -> -1 ->> 'message' END) AS error,
