@@ -42,8 +42,9 @@ class Pruner:
         """Delete every expired finished job now, batch by batch; returns how many."""
         total = 0
         while not self._stop.is_set:
-            status = await self.pool.execute(JOBS.job_prune_finished, self.retention_s, self.batch, now)
-            deleted = int(status.split()[-1])
+            deleted: int = await self.pool.fetchval(
+                JOBS.job_prune_finished, self.retention_s, self.batch, now
+            )
             total += deleted
             if deleted < self.batch:
                 break

@@ -1,4 +1,7 @@
 -- Every statement on the jobs table. Channel 'skiplock' carries 'queued:<queue>' and 'cancel:<id>'.
+-- A statement that changes a job's state takes the job's next event seq in its own SET
+-- (event_seq = event_seq + 1, under the row lock the UPDATE holds: no gaps, no twins) and inserts
+-- that state event in the same statement, its data from skiplock_state_event (migration 0011).
 
 -- name: job_insert
 -- One job; a live job with the same unique_key is returned instead (created = false).
@@ -46,13 +49,19 @@ WITH picked AS (
     ORDER BY priority DESC, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs AS j
+    SET state = 'running', attempts = j.attempts + 1, started_at = now(), finished_at = NULL,
+        lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))  -- not a join: no plan can hash the whole table
+    RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
+              j.run_at, j.started_at, j.event_seq
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) FROM claimed
 )
-UPDATE jobs AS j
-SET state = 'running', attempts = j.attempts + 1, started_at = now(), finished_at = NULL,
-    lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
-WHERE j.id = ANY(ARRAY(SELECT id FROM picked))  -- not a join: no plan can hash the whole table
-RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
-          j.run_at, j.started_at
+SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at
+FROM claimed
 
 -- name: job_finish_many
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).
@@ -63,6 +72,7 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s
 -- jobs scanned every running one per batch, or per row of it: tests/integration/test_plans.py).
 -- Each row takes its values at its id's place in $1, found by binary search: $1 is sorted and
 -- distinct (an id out of order finds another place, fails the check and is left unwritten).
+WITH finished AS (
 UPDATE jobs AS j
 SET (state, result, errors, progress, run_at, finished_at) = (
     SELECT (CASE WHEN o.state = 'queued' AND j.cancel_requested THEN 'cancelled' ELSE o.state END)::job_state,
@@ -76,22 +86,34 @@ SET (state, result, errors, progress, run_at, finished_at) = (
                  ($6::float8[])[i] AS retry_in_s, ($7::text[])[i] AS progress
           FROM (SELECT width_bucket(j.id, $1::bigint[]) AS i) AS place) AS o
 ),
-    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false, event_seq = j.event_seq + 1
 WHERE j.id = ANY($1::bigint[]) AND ($1::bigint[])[width_bucket(j.id, $1::bigint[])] = j.id
   AND j.state = 'running' AND j.attempts = ($2::int[])[width_bucket(j.id, $1::bigint[])]
   AND j.lease_owner = $8
-RETURNING j.id
+RETURNING j.id, j.event_seq, j.state, j.attempts,
+          CASE WHEN ($5::text[])[width_bucket(j.id, $1::bigint[])] IS NOT NULL THEN j.errors -> -1 END AS error
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event(state, 'running', attempts, error) FROM finished
+)
+SELECT id FROM finished
 
 -- name: job_fail_outcome_not_stored
 -- The server refused to store a job's outcome (a value of it): the job fails with this error
 -- alone, $4 saying why, and nothing of the refused outcome. The guard of job_finish_many.
-UPDATE jobs
-SET state = 'failed', result = NULL, finished_at = now(),
-    errors = errors || jsonb_build_array(jsonb_build_object(
-        'attempt', attempts, 'type', 'OutcomeNotStored', 'message', $4::text, 'at', now())),
-    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-WHERE id = $1 AND state = 'running' AND attempts = $2 AND lease_owner = $3
-RETURNING id
+WITH failed AS (
+    UPDATE jobs
+    SET state = 'failed', result = NULL, finished_at = now(),
+        errors = errors || jsonb_build_array(jsonb_build_object(
+            'attempt', attempts, 'type', 'OutcomeNotStored', 'message', $4::text, 'at', now())),
+        lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false, event_seq = event_seq + 1
+    WHERE id = $1 AND state = 'running' AND attempts = $2 AND lease_owner = $3
+    RETURNING id, event_seq, attempts, errors -> -1 AS error
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event('failed', 'running', attempts, error) FROM failed
+)
+SELECT id FROM failed
 
 -- name: job_heartbeat
 -- Extend the leases of the jobs this owner runs, each at the attempt it runs ($4, beside $1);
@@ -131,18 +153,24 @@ FOR UPDATE SKIP LOCKED
 -- name: job_rescue_expired
 -- The jobs job_rescue_pick locked: another attempt after the task's backoff ($2, seconds, beside
 -- $1) if any is left, else failed (cancelled if asked). The attempt stays counted.
-UPDATE jobs AS j
-SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
-                 WHEN j.attempts < j.max_attempts THEN 'queued'
-                 ELSE 'failed' END::job_state,
-    errors = j.errors || jsonb_build_array(jsonb_build_object(
-        'attempt', j.attempts, 'type', 'LeaseLost', 'at', now(),
-        'message', 'lease lost: worker ' || coalesce(j.lease_owner, '?') || ' stopped heartbeating')),
-    run_at = now() + make_interval(secs => ($2::float8[])[array_position($1::bigint[], j.id)]),
-    finished_at = CASE WHEN j.attempts < j.max_attempts AND NOT j.cancel_requested THEN NULL ELSE now() END,
-    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-WHERE j.id = ANY($1::bigint[]) AND j.state = 'running'
-RETURNING j.id, j.queue, j.state::text AS state
+WITH rescued AS (
+    UPDATE jobs AS j
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                     WHEN j.attempts < j.max_attempts THEN 'queued'
+                     ELSE 'failed' END::job_state,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts, 'type', 'LeaseLost', 'at', now(),
+            'message', 'lease lost: worker ' || coalesce(j.lease_owner, '?') || ' stopped heartbeating')),
+        run_at = now() + make_interval(secs => ($2::float8[])[array_position($1::bigint[], j.id)]),
+        finished_at = CASE WHEN j.attempts < j.max_attempts AND NOT j.cancel_requested THEN NULL ELSE now() END,
+        lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false, event_seq = j.event_seq + 1
+    WHERE j.id = ANY($1::bigint[]) AND j.state = 'running'
+    RETURNING j.id, j.queue, j.state, j.event_seq, j.attempts, j.errors -> -1 AS error
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event(state, 'running', attempts, error) FROM rescued
+)
+SELECT id, queue, state::text AS state FROM rescued
 
 -- name: job_release_many
 -- Shutdown: hand running jobs back at once (cancelled if that was asked), each only at the
@@ -150,30 +178,44 @@ RETURNING j.id, j.queue, j.state::text AS state
 -- the interrupted run did not fail, it is granted one more attempt if it was the last. Due again
 -- after $4 s (beside $1): 0, or, for a run whose thread is still running as the process leaves,
 -- until after the process is surely gone.
-UPDATE jobs AS j
-SET state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
-    max_attempts = CASE WHEN j.cancel_requested THEN j.max_attempts
-                        ELSE greatest(j.max_attempts, j.attempts + 1) END,
-    finished_at = CASE WHEN j.cancel_requested THEN now() END,
-    run_at = now() + make_interval(secs => ($4::float8[])[array_position($1::bigint[], j.id)]),
-    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
-  AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
-RETURNING j.id, j.queue, j.state::text AS state
+WITH released AS (
+    UPDATE jobs AS j
+    SET state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
+        max_attempts = CASE WHEN j.cancel_requested THEN j.max_attempts
+                            ELSE greatest(j.max_attempts, j.attempts + 1) END,
+        finished_at = CASE WHEN j.cancel_requested THEN now() END,
+        run_at = now() + make_interval(secs => ($4::float8[])[array_position($1::bigint[], j.id)]),
+        lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false,
+        event_seq = j.event_seq + 1
+    WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
+      AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
+    RETURNING j.id, j.queue, j.state, j.event_seq, j.attempts
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event(state, 'running', attempts, NULL) FROM released
+)
+SELECT id, queue, state::text AS state FROM released
 
 -- name: job_release_unstarted
 -- Runs this process decided not to start (their lease not surely held when they were to begin):
 -- back to their queue at once with the attempt given back, each only at the attempt given ($3,
 -- beside $1) and while still ours ($2). Never a run that began: its attempt stays counted.
-UPDATE jobs AS j
-SET state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
-    attempts = j.attempts - 1,
-    finished_at = CASE WHEN j.cancel_requested THEN now() END,
-    run_at = now(), started_at = NULL,
-    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
-  AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
-RETURNING j.id, j.queue, j.state::text AS state
+WITH released AS (
+    UPDATE jobs AS j
+    SET state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
+        attempts = j.attempts - 1,
+        finished_at = CASE WHEN j.cancel_requested THEN now() END,
+        run_at = now(), started_at = NULL,
+        lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false,
+        event_seq = j.event_seq + 1
+    WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
+      AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
+    RETURNING j.id, j.queue, j.state, j.event_seq, j.attempts
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event(state, 'running', attempts, NULL) FROM released
+)
+SELECT id, queue, state::text AS state FROM released
 
 -- name: job_release_untracked
 -- Rows owner $1 holds as running that it neither runs nor waits on ($2: its runs, those still
@@ -182,28 +224,42 @@ RETURNING j.id, j.queue, j.state::text AS state
 -- in this range of jobs_lease_expiry_idx): a fenced run that has returned, a claim never started.
 -- Back to their queue before a rescuer may take them, the attempt kept (it may have begun); a
 -- job on its last attempt is left to its lease (the rescuer fails it as LeaseLost).
-UPDATE jobs
-SET state = (CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
-    finished_at = CASE WHEN cancel_requested THEN now() END,
-    run_at = now(),
-    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-WHERE lease_expires_at < now() - make_interval(secs => $3) AND state = 'running' AND lease_owner = $1
-  AND id <> ALL($2::bigint[]) AND (attempts < max_attempts OR cancel_requested)
-RETURNING id, queue, state::text AS state
+WITH released AS (
+    UPDATE jobs
+    SET state = (CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
+        finished_at = CASE WHEN cancel_requested THEN now() END,
+        run_at = now(),
+        lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false,
+        event_seq = event_seq + 1
+    WHERE lease_expires_at < now() - make_interval(secs => $3) AND state = 'running' AND lease_owner = $1
+      AND id <> ALL($2::bigint[]) AND (attempts < max_attempts OR cancel_requested)
+    RETURNING id, queue, state, event_seq, attempts
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event(state, 'running', attempts, NULL) FROM released
+)
+SELECT id, queue, state::text AS state FROM released
 
 -- name: job_release_unrun
 -- Jobs owner $1 holds as running, took after $2 (its last claim that arrived) and does not run
 -- (it runs those in $3): claims whose reply never arrived. Back to their queue with the attempt
 -- given back, as they never started.
-UPDATE jobs
-SET state = (CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
-    attempts = attempts - 1,
-    finished_at = CASE WHEN cancel_requested THEN now() END,
-    run_at = now(), started_at = NULL,
-    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false
-WHERE lease_expires_at IS NOT NULL AND state = 'running' AND lease_owner = $1
-  AND started_at > coalesce($2::timestamptz, '-infinity') AND id <> ALL($3::bigint[])
-RETURNING id, queue, state::text AS state
+WITH released AS (
+    UPDATE jobs
+    SET state = (CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
+        attempts = attempts - 1,
+        finished_at = CASE WHEN cancel_requested THEN now() END,
+        run_at = now(), started_at = NULL,
+        lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false,
+        event_seq = event_seq + 1
+    WHERE lease_expires_at IS NOT NULL AND state = 'running' AND lease_owner = $1
+      AND started_at > coalesce($2::timestamptz, '-infinity') AND id <> ALL($3::bigint[])
+    RETURNING id, queue, state, event_seq, attempts
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event(state, 'running', attempts, NULL) FROM released
+)
+SELECT id, queue, state::text AS state FROM released
 
 -- name: job_lock_owned
 -- The job, locked while it is still ours (running, at this attempt, under this owner): what a
@@ -217,20 +273,40 @@ FOR KEY SHARE
 
 -- name: job_cancel
 -- A queued job is cancelled outright; a running one is flagged for its worker.
-UPDATE jobs
-SET state = CASE WHEN state = 'queued' THEN 'cancelled'::job_state ELSE state END,
-    cancel_requested = (state = 'running'),
-    finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END
-WHERE id = $1 AND state IN ('queued', 'running')
-RETURNING *
+-- Only the first is a state change, with its event.
+WITH changed AS (
+    UPDATE jobs
+    SET state = CASE WHEN state = 'queued' THEN 'cancelled'::job_state ELSE state END,
+        cancel_requested = (state = 'running'),
+        finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+        event_seq = event_seq + (state = 'queued')::int
+    WHERE id = $1 AND state IN ('queued', 'running')
+    RETURNING *
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event(state, 'queued', attempts, NULL) FROM changed
+    WHERE state = 'cancelled'
+)
+SELECT * FROM changed
 
 -- name: job_retry
 -- A failed or cancelled job goes back to the queue with at least one more attempt.
-UPDATE jobs
-SET state = 'queued', run_at = now(), finished_at = NULL, result = NULL, cancel_requested = false,
-    max_attempts = greatest(max_attempts, attempts + 1)
-WHERE id = $1 AND state IN ('failed', 'cancelled')
-RETURNING *
+-- The state it leaves is read under the row lock, for its event.
+WITH previous AS (
+    SELECT id, state FROM jobs WHERE id = $1 AND state IN ('failed', 'cancelled') FOR NO KEY UPDATE
+), changed AS (
+    UPDATE jobs AS j
+    SET state = 'queued', run_at = now(), finished_at = NULL, result = NULL, cancel_requested = false,
+        max_attempts = greatest(j.max_attempts, j.attempts + 1), event_seq = j.event_seq + 1
+    FROM previous AS p
+    WHERE j.id = p.id AND j.state IN ('failed', 'cancelled')
+    RETURNING j.*
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT c.id, c.event_seq, 'state', skiplock_state_event('queued', p.state, c.attempts, NULL)
+    FROM changed AS c JOIN previous AS p ON p.id = c.id
+)
+SELECT * FROM changed
 
 -- name: notify_cancel
 SELECT pg_notify('skiplock', 'cancel:' || $1::bigint)
@@ -239,16 +315,23 @@ SELECT pg_notify('skiplock', 'cancel:' || $1::bigint)
 SELECT pg_notify('skiplock', 'queued:' || queue) FROM unnest($1::text[]) AS queue
 
 -- name: job_prune_finished
--- Finished jobs older than $1 seconds, oldest first, a batch at a time (served by jobs_state_id_idx).
-DELETE FROM jobs
-WHERE id IN (
-    SELECT id FROM jobs
-    WHERE state IN ('succeeded', 'failed', 'cancelled')
-      AND finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)
-    ORDER BY id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
+-- Finished jobs older than $1 seconds, oldest first, a batch at a time (served by jobs_state_id_idx),
+-- with their events; returns how many jobs went.
+WITH gone AS (
+    DELETE FROM jobs
+    WHERE id IN (
+        SELECT id FROM jobs
+        WHERE state IN ('succeeded', 'failed', 'cancelled')
+          AND finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)
+        ORDER BY id
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id
+), events AS (
+    DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone)
 )
+SELECT count(*) FROM gone
 
 -- name: job_reserve_ids
 -- Ids for a bulk enqueue, taken before the COPY so the caller learns them. The sequence is

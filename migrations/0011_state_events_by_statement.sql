@@ -1,0 +1,23 @@
+-- State events written by the statements that change a job's state, not by triggers.
+-- A row trigger that bumped event_seq and a statement trigger that read the old and new rows of
+-- every UPDATE on jobs (transition tables of whole rows, args and errors included) cost the
+-- claim and the outcome more than their own work; each state-changing statement in
+-- queue/sql/jobs.sql now takes the next seq in its own SET and inserts its event in the same
+-- statement (tests/integration/test_state_events.py holds every one of them to that).
+DROP TRIGGER jobs_state_events_updated ON jobs;
+DROP FUNCTION skiplock_state_events_updated();
+DROP TRIGGER jobs_state_event_seq ON jobs;
+DROP FUNCTION skiplock_next_event_seq();
+
+-- An event's data, as the trigger built it: the state, the one before, the attempt and, when the
+-- change recorded one, its error. A plain SQL expression, inlined where it is called.
+CREATE FUNCTION skiplock_state_event(state job_state, previous job_state, attempt integer, error jsonb)
+    RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'state', state, 'previous', previous, 'attempt', attempt, 'error', error))
+$$;
+
+-- No foreign key: its check ran once per event row (two per job) and took a share lock on the
+-- job it had just updated. Every event row is inserted by a statement that holds its job's row
+-- lock (so the job exists), and job_prune_finished deletes a job's events with the job.
+ALTER TABLE job_events DROP CONSTRAINT job_events_job_id_fkey;
