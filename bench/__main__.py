@@ -22,7 +22,7 @@ from bench import (
 from bench.runner import ROOT, Bench, as_json, environment, postgres, prepare_template, render
 from skiplock.logging import configure_logging
 
-# The floor runs first so every engine figure can be shown as a fraction of it.
+# The floor runs first so every engine figure can be shown against it (the same run, the same server).
 WORKLOADS = {
     "floor": floor.run,
     "enqueue": enqueue.run,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from bench.floor import BULK_JOBS, SINGLE_JOBS
 from bench.runner import Bench
 from bench.tasks import bench_noop
 from skiplock.db.pool import create_pool
@@ -16,7 +17,7 @@ async def run(bench: Bench) -> None:
 
 
 async def single(bench: Bench) -> None:
-    count = bench.size(5_000, 1_000)
+    count = bench.size(*SINGLE_JOBS)
     async with bench.database() as dsn:
         pool = await create_pool(dsn, min_size=1, max_size=1)
         try:
@@ -33,12 +34,12 @@ async def single(bench: Bench) -> None:
         count / elapsed,
         "jobs/s",
         floor="floor.insert_notify",
-        target=">= 80% of floor",
+        target=">= 90% of floor",
     )
 
 
 async def bulk(bench: Bench) -> None:
-    count = bench.size(100_000, 20_000)
+    count = bench.size(*BULK_JOBS)
     async with bench.database() as dsn:
         pool = await create_pool(dsn, min_size=1, max_size=1)
         try:

@@ -30,7 +30,8 @@ class Measurement:
     metric: str
     value: float
     unit: str
-    floor: str | None = None  # the floor metric this one is compared with
+    floor: str | None = None  # the floor metric this one is compared with: "workload.metric"
+    versus: str = "ratio"  # shown against its floor as a ratio, or as a "difference" in its unit
     target: str = ""
 
 
@@ -145,26 +146,30 @@ def machine_and_commit() -> dict[str, Any]:
 
 
 def render(results: list[Measurement], bench: Bench) -> str:
-    lines = [f"{'workload':<16} {'metric':<22} {'value':>12} {'unit':<8} {'vs floor':>9}  target", "-" * 86]
+    lines = [f"{'workload':<16} {'metric':<22} {'value':>12} {'unit':<8} {'vs floor':>11}  target", "-" * 88]
     for m in results:
-        ratio = ""
-        if m.floor:
-            floor_workload, floor_metric = m.floor.split(".", 1)
-            floor = bench.value(floor_workload, floor_metric)
-            if floor:
-                ratio = f"{m.value / floor:.0%}"
-        lines.append(f"{m.workload:<16} {m.metric:<22} {m.value:>12,.2f} {m.unit:<8} {ratio:>9}  {m.target}")
+        shown = ""
+        if (vs := versus_floor(m, bench)) is not None:
+            shown = f"{vs:+.2f} {m.unit}" if m.versus == "difference" else f"{vs:.0%}"
+        lines.append(f"{m.workload:<16} {m.metric:<22} {m.value:>12,.2f} {m.unit:<8} {shown:>11}  {m.target}")
     return "\n".join(lines)
 
 
-def ratios(results: list[Measurement], bench: Bench) -> dict[str, float]:
+def versus_floor(m: Measurement, bench: Bench) -> float | None:
+    """``m`` against its floor of the same run: value / floor, or value - floor; None without one."""
+    if not m.floor:
+        return None
+    floor = bench.value(*m.floor.split(".", 1))
+    if not floor:
+        return None
+    return m.value - floor if m.versus == "difference" else m.value / floor
+
+
+def against_floor(results: list[Measurement], bench: Bench, versus: str) -> dict[str, float]:
     out = {}
     for m in results:
-        if m.floor:
-            floor_workload, floor_metric = m.floor.split(".", 1)
-            floor = bench.value(floor_workload, floor_metric)
-            if floor:
-                out[f"{m.workload}.{m.metric}"] = round(m.value / floor, 3)
+        if m.versus == versus and (vs := versus_floor(m, bench)) is not None:
+            out[f"{m.workload}.{m.metric}"] = round(vs, 3)
     return out
 
 
@@ -174,5 +179,6 @@ def as_json(bench: Bench, env: dict[str, Any], started: str) -> dict[str, Any]:
         "quick": bench.quick,
         **env,
         "results": [asdict(m) for m in bench.results],
-        "ratios_to_floor": ratios(bench.results, bench),
+        "ratios_to_floor": against_floor(bench.results, bench, "ratio"),
+        "differences_to_floor": against_floor(bench.results, bench, "difference"),
     }
