@@ -106,8 +106,10 @@ def auth_middleware() -> DefineMiddleware:
     return DefineMiddleware(KeyAuthMiddleware, exclude=_PUBLIC_PATHS, exclude_from_auth_key=PUBLIC)
 
 
-def scope_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """403 unless the caller's key has the route's scope. A route that declares none needs admin."""
+async def scope_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """403 unless the caller's key has the route's scope. A route that declares none needs admin.
+
+    A coroutine: Litestar runs a plain function guard in a worker thread, a hop per request."""
     principal: Principal | None = connection.scope.get("user")
     if handler.opt.get(PUBLIC) or principal is None:  # a public route, or a path auth skips (/schema)
         return
