@@ -65,3 +65,27 @@ async def test_queue_depth_and_oldest_age_come_from_the_database(api: Client) ->
     assert sample(text, "skiplock_queue_depth", queue="idle", state="queued") == 3
     assert sample(text, "skiplock_queue_oldest_queued_age_seconds", queue="idle") >= 0
     assert "skiplock_jobs_running" in text
+
+
+async def test_http_metrics_count_each_request_by_route_method_and_status(api: Client) -> None:
+    before = await scrape(api)
+    assert (await api.post("/jobs", json={"task": "noop"})).status_code == 201
+    assert (await api.post("/jobs", json={"task": "noop"})).status_code == 201
+    assert (await api.get("/jobs/999999999")).status_code == 404
+    after = await scrape(api)
+
+    def moved(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    post = {"method": "POST", "path": "/jobs", "app_name": "skiplock"}
+    assert moved("skiplock_http_requests_total", **post, status_code="201") == 2
+    assert moved("skiplock_http_request_duration_seconds_count", **post, status_code="201") == 2
+    assert sample(after, "skiplock_http_request_duration_seconds_sum", **post, status_code="201") > 0
+    assert moved("skiplock_http_requests_total", method="GET", path="/jobs/{job_id}", status_code="404") == 1
+    assert sample(after, "skiplock_http_requests_in_progress", **post, status_code="200") == 0
+    # Only the statuses answered have series; no error series for a 2xx or a 4xx.
+    assert (
+        'skiplock_http_requests_total{app_name="skiplock",method="POST",path="/jobs",status_code="200"}'
+        not in after
+    )
+    assert "skiplock_http_requests_error_total{" not in after

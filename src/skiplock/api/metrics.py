@@ -3,12 +3,16 @@ queue gauges read from the database first (cheaply: at most every few seconds)."
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from litestar import Request, Response, get
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.enums import ScopeType
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController, PrometheusMiddleware
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import Message, Receive, Scope, Send
 
 from skiplock import metrics
 from skiplock.api.plugin import ClientDep, EngineDep
@@ -36,10 +40,71 @@ ENGINE_TABLES = (
 )
 
 
+class RequestMetrics(PrometheusMiddleware):
+    """Litestar's HTTP metrics (same names, labels and values) with each label set's children
+    looked up once: ``labels()`` validates and locks on every call, a few percent of a request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._done: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._open: dict[tuple[str, str], Any] = {}
+
+    def _in_progress(self, method: str, path: str) -> Any:
+        child = self._open.get((method, path))
+        if child is None:
+            labels = self._labels(method, path, 200)  # Litestar's in-progress label set
+            child = self._open[method, path] = self.requests_in_progress(labels).labels(*labels.values())
+        return child
+
+    def _finished(self, method: str, path: str, status: int) -> tuple[Any, Any]:
+        """The request count and duration children of one label set."""
+        children = self._done.get((method, path, status))
+        if children is None:
+            labels = self._labels(method, path, status)
+            values = list(labels.values())
+            children = (self.request_count(labels).labels(*values), self.request_time(labels).labels(*values))
+            self._done[method, path, status] = children
+        return children
+
+    def _labels(self, method: str, path: str, status: int) -> dict[str, str | int | float]:
+        return {"method": method, "path": path, "status_code": status, "app_name": self._config.app_name}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = str(scope.get("method", "")) if scope["type"] == ScopeType.HTTP else str(scope["type"])
+        path = scope["path_template"] if self._config.group_path else scope["path"]
+        started = time.perf_counter()
+        span = [200, 0.0]  # status, duration to the last body message
+
+        async def send_timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                span[0] = message["status"]
+            elif message["type"] == "http.response.body":
+                span[1] = time.perf_counter() - started
+            await send(message)
+
+        in_progress = self._in_progress(method, path)
+        in_progress.inc()
+        try:
+            await self.app(scope, receive, send_timed)
+        finally:
+            in_progress.dec()
+            status = int(span[0])
+            count, duration = self._finished(method, path, status)
+            if status >= HTTP_500_INTERNAL_SERVER_ERROR:  # rare: looked up each time, as before
+                labels = self._labels(method, path, status)
+                self.requests_error_count(labels).labels(*labels.values()).inc()
+            count.inc()
+            duration.observe(span[1])
+
+
 def prometheus() -> PrometheusConfig:
     """HTTP metrics per route (templated paths, so ids do not explode the label set)."""
     return PrometheusConfig(
-        app_name="skiplock", prefix="skiplock_http", group_path=True, exclude=[r"^/metrics$"]
+        app_name="skiplock",
+        prefix="skiplock_http",
+        group_path=True,
+        exclude=[r"^/metrics$"],
+        middleware_class=RequestMetrics,
     )
 
 
