@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from structlog.contextvars import STRUCTLOG_KEY_PREFIX, bind_contextvars
 
 from skiplock import metrics, tracing
 from skiplock.db.storable import storable_json
@@ -33,6 +34,38 @@ _OUTCOMES = {"queued": "retried", RELEASED: "released", UNSTARTED: "released"}
 #: A job whose thread still runs as the process leaves is due again only after this: past the
 #: CLI's exit watchdog (grace + 4 s after the signal; the release comes at the grace's end).
 THREAD_LEFT_RUNNING_DELAY_S = 10.0
+
+
+def _log_context_vars(*keys: str) -> tuple[contextvars.ContextVar[Any], ...]:
+    """structlog's own context variables for ``keys`` (bound once in a scratch context, to create
+    them): set and reset per job by token, what bound_contextvars does without first reading the
+    whole context (twice the cost)."""
+    scratch = contextvars.Context()
+    scratch.run(bind_contextvars, **dict.fromkeys(keys))
+    by_name = {var.name: var for var in scratch}
+    return tuple(by_name[STRUCTLOG_KEY_PREFIX + key] for key in keys)
+
+
+_JOB_ID, _TASK, _QUEUE, _ATTEMPT, _REQUEST_ID = _log_context_vars(
+    "job_id", "task", "queue", "attempt", "request_id"
+)
+_Tokens = tuple[contextvars.Token[Any], ...]
+
+
+def _bind_job_log(job_id: int, task: str, queue: str, attempt: int, request_id: Any) -> _Tokens:
+    """A job's log context, as ``bound_contextvars(job_id=…, task=…, …)`` would bind it."""
+    return (
+        _JOB_ID.set(job_id),
+        _TASK.set(task),
+        _QUEUE.set(queue),
+        _ATTEMPT.set(attempt),
+        _REQUEST_ID.set(request_id),
+    )
+
+
+def _unbind_job_log(tokens: _Tokens) -> None:
+    for var, token in zip((_JOB_ID, _TASK, _QUEUE, _ATTEMPT, _REQUEST_ID), tokens, strict=True):
+        var.reset(token)
 
 
 class _NotStarted(Exception):
@@ -91,41 +124,45 @@ class Executor:
         started = time.perf_counter()
         request_id = (job.origin or {}).get("request_id")
         origin = current_origin.set(job.origin)  # follow-up jobs it enqueues carry the same origin
+        bound = _bind_job_log(job.id, job.task, job.queue, job.attempt, request_id)
+        # The module's logger resolved once per job: each call through its lazy proxy costs that again.
+        job_log = log.bind()
         try:
-            with structlog.contextvars.bound_contextvars(
-                job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt, request_id=request_id
-            ):
-                log.debug("job_started")
-                measure = metrics.for_job(job.queue, job.task)
-                measure.started.inc()
-                if job.run_at is not None:
-                    measure.wait.observe(max(0.0, (datetime.now(UTC) - job.run_at).total_seconds()))
-                try:
-                    outcome = await self._execute_traced(running)
-                except Exception as exc:  # a bug of ours: the job still gets an outcome
-                    log.exception("executor_error")
-                    outcome = self._failure(job, 1.0, exc)
-                finally:
-                    self.running.remove(job.id)
-                    measure.duration.observe(time.perf_counter() - started)
-                # The outcome of a run that went on once fenced is void too (a hand-back is not one).
-                if outcome is None or (running.fenced and outcome.state != UNSTARTED):
-                    log.warning("job_abandoned", reason="lease lost")
-                    return
-                outcome.progress = running.progress
-                outcome.events = running.take_events()  # written before the outcome, same transaction
-                self.completer.put(outcome)
-                metrics.finished(job.queue, job.task, _OUTCOMES.get(outcome.state, outcome.state)).inc()
-                # Successes at debug: one line per job would be a tenth of a no-op job's cost, and the
-                # job row keeps the outcome anyway. Everything else is worth a line at info.
-                emit = log.debug if outcome.state == "succeeded" else log.info
-                emit(
-                    "job_finished",
-                    outcome=outcome.state,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    error=outcome.error["message"] if outcome.error else None,
-                )
+            job_log.debug("job_started")
+            measure = metrics.for_job(job.queue, job.task)
+            measure.started.inc()
+            if job.run_at is not None:
+                measure.wait.observe(max(0.0, (datetime.now(UTC) - job.run_at).total_seconds()))
+            try:
+                outcome = await self._execute_traced(running)
+            except Exception as exc:  # a bug of ours: the job still gets an outcome
+                job_log.exception("executor_error")
+                outcome = self._failure(job, 1.0, exc)
+            finally:
+                self.running.remove(job.id)
+                duration_s = time.perf_counter() - started
+                measure.duration.observe(duration_s)
+            # The outcome of a run that went on once fenced is void too (a hand-back is not one).
+            if outcome is None or (running.fenced and outcome.state != UNSTARTED):
+                job_log.warning("job_abandoned", reason="lease lost")
+                return
+            outcome.progress = running.progress
+            if running.pending or running.dropped_logs:  # written before the outcome, same transaction
+                outcome.events = running.take_events()
+            self.completer.put(outcome)
+            state = outcome.state
+            metrics.finished(job.queue, job.task, _OUTCOMES.get(state, state)).inc()
+            # Successes at debug: one line per job would be a tenth of a no-op job's cost, and the
+            # job row keeps the outcome anyway. Everything else is worth a line at info.
+            emit = job_log.debug if state == "succeeded" else job_log.info
+            emit(
+                "job_finished",
+                outcome=state,
+                duration_ms=round(duration_s * 1000, 2),
+                error=outcome.error["message"] if outcome.error else None,
+            )
         finally:
+            _unbind_job_log(bound)
             current_origin.reset(origin)
 
     async def _execute_traced(self, running: RunningJob) -> Outcome | None:
@@ -161,10 +198,13 @@ class Executor:
             http=self.http,
             lease=running,
         )
-        timeout = asyncio.timeout(job.timeout_s)  # None: never expires
+        timeout = None if job.timeout_s is None else asyncio.timeout(job.timeout_s)
         try:
-            async with timeout:
+            if timeout is None:  # most jobs: no Timeout (and its current_task lookups) per job
                 result = await self._call(spec, ctx, args, running)
+            else:
+                async with timeout:
+                    result = await self._call(spec, ctx, args, running)
             # Plain JSON whatever the task returned (a lone surrogate makes pydantic raise).
             return Outcome(job, "succeeded", result=storable_json(result))
         except asyncio.CancelledError as exc:
@@ -185,7 +225,8 @@ class Executor:
             return None
         except TimeoutError as exc:
             # Only the job's own timeout is reported as such; a task's own TimeoutError is a failure.
-            message = f"timed out after {job.timeout_s:g}s" if timeout.expired() else None
+            expired = timeout is not None and timeout.expired()
+            message = f"timed out after {job.timeout_s:g}s" if expired else None
             return self._failure(job, spec.backoff.delay(job.attempt), exc, message)
         except _NotStarted:
             return Outcome(job, UNSTARTED)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
@@ -95,9 +94,9 @@ class FailureGroup(BaseModel):
     job_ids: list[int] = Field(description="The newest of them, newest first.")
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedJob:
-    """A job a worker has just claimed: what the executor needs, nothing more."""
+class ClaimedJob(NamedTuple):
+    """A job a worker has just claimed: what the executor needs, nothing more. A tuple: built for
+    every job claimed, in a third of a frozen dataclass's time."""
 
     id: int
     queue: str
@@ -113,14 +112,14 @@ class ClaimedJob:
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> ClaimedJob:
         return cls(
-            id=record["id"],
-            queue=record["queue"],
-            task=record["task"],
-            args=record["args"],
-            attempt=record["attempts"],
-            max_attempts=record["max_attempts"],
-            timeout_s=record["timeout_s"],
-            priority=record["priority"],
-            origin=record["origin"],
-            run_at=record["run_at"],
+            record["id"],
+            record["queue"],
+            record["task"],
+            record["args"],
+            record["attempts"],
+            record["max_attempts"],
+            record["timeout_s"],
+            record["priority"],
+            record["origin"],
+            record["run_at"],
         )
