@@ -188,10 +188,13 @@ class Completer:
         self._pending = [o for o in self._pending if id(o) not in done]
 
     async def _write(self, batch: Sequence[Outcome]) -> None:
+        events = [row for o in batch for row in o.event_rows()]
+        # A transaction even for one statement: given up (stopping), it must not commit later.
         async with self.write_lock, self.pool.acquire() as conn, conn.transaction():
-            # Every row this transaction will update, locked in id order before any of them.
-            await conn.execute(JOBS.job_lock_rows, sorted({o.job.id for o in batch}))
-            events = [row for o in batch for row in o.event_rows()]
+            if events or any(o.state in _HANDED_BACK for o in batch):
+                # Every row this transaction will update, locked in id order before any of them
+                # (job_finish_many alone locks its own rows so).
+                await conn.execute(JOBS.job_lock_rows, sorted({o.job.id for o in batch}))
             if events:  # the last progress and logs come before the state change
                 await write_events(conn, events, self.owner)
             await self._store(conn, batch)

@@ -72,7 +72,11 @@ FROM claimed
 -- jobs scanned every running one per batch, or per row of it: tests/integration/test_plans.py).
 -- Each row takes its values at its id's place in $1, found by binary search: $1 is sorted and
 -- distinct (an id out of order finds another place, fails the check and is left unwritten).
-WITH finished AS (
+-- Rows locked in id order first (see job_heartbeat), so a batch with nothing else to write is
+-- this one statement, its own transaction.
+WITH locked AS (
+    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+), finished AS (
 UPDATE jobs AS j
 SET (state, result, errors, progress, run_at, finished_at) = (
     SELECT (CASE WHEN o.state = 'queued' AND j.cancel_requested THEN 'cancelled' ELSE o.state END)::job_state,
@@ -87,7 +91,7 @@ SET (state, result, errors, progress, run_at, finished_at) = (
           FROM (SELECT width_bucket(j.id, $1::bigint[]) AS i) AS place) AS o
 ),
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false, event_seq = j.event_seq + 1
-WHERE j.id = ANY($1::bigint[]) AND ($1::bigint[])[width_bucket(j.id, $1::bigint[])] = j.id
+WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND ($1::bigint[])[width_bucket(j.id, $1::bigint[])] = j.id
   AND j.state = 'running' AND j.attempts = ($2::int[])[width_bucket(j.id, $1::bigint[])]
   AND j.lease_owner = $8
 RETURNING j.id, j.event_seq, j.state, j.attempts,
