@@ -97,7 +97,7 @@ WHERE j.id = ANY($1::bigint[]) AND j.state = 'running'
 """
 
 #: What a job's run gives its outcome: the claimed row and when the claim came back → result JSON.
-Run = Callable[[asyncpg.Record, float], str | None]
+RunJob = Callable[[asyncpg.Record, float], str | None]
 #: A claimed batch and when its claim came back; None when the claimer is done.
 Batch = tuple[list[asyncpg.Record], float] | None
 
@@ -246,7 +246,7 @@ class Worker:
     (``idle=False``) ends when a claim finds nothing; an idle one LISTENs and claims on every
     notification (or every ``POLL_S``) until :meth:`stop`."""
 
-    def __init__(self, dsn: str, run_job: Run, *, idle: bool) -> None:
+    def __init__(self, dsn: str, run_job: RunJob, *, idle: bool) -> None:
         self._dsn = dsn
         self._run_job = run_job
         self._idle = idle
