@@ -201,6 +201,23 @@ async def test_a_finished_jobs_stream_sends_its_events_even_when_the_hub_buffere
     assert seqs == [2, 3, 4, 5]
 
 
+async def test_websocket_clients_that_leave_mid_job_leave_no_subscription_behind(
+    settings: Settings, registry: Any, http: aiohttp.ClientSession
+) -> None:
+    async with live_app(settings, registry) as (base, engine):
+        job = await enqueue(http, base, task="sleep", args={"seconds": 30, "steps": 1})  # quiet for 30 s
+        async with (
+            http.ws_connect(ws_url(base, f"/ws/jobs/{job['id']}")) as one,
+            http.ws_connect(ws_url(base, "/ws/events")),
+        ):
+            assert orjson.loads((await one.receive()).data)["kind"] == "snapshot"
+            await wait_until(lambda: engine.hub._by_job and engine.hub._everything, timeout=10)
+        # Both clients went away while the job runs and sends nothing: the server noticed, and
+        # its senders stopped and unsubscribed without waiting for another event.
+        await wait_until(lambda: not engine.hub._by_job and not engine.hub._everything, timeout=5)
+        await http.post(f"{base}/jobs/{job['id']}/cancel")
+
+
 async def test_sse_replay_of_a_long_history_returns_every_event_after_last_event_id_then_ends(
     settings: Settings, registry: Any, http: aiohttp.ClientSession, db: asyncpg.Connection
 ) -> None:

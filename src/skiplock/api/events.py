@@ -23,7 +23,14 @@ from skiplock.api.schemas import QUEUE_NAME
 from skiplock.api.security import BEARER_PROTOCOL, needs
 from skiplock.auth import Scope
 from skiplock.errors import JobNotFound
-from skiplock.queue._hub import EventHub, EventsMissed, JobEvent, Subscription, decode_data
+from skiplock.queue._hub import (
+    EventHub,
+    EventsMissed,
+    JobEvent,
+    Subscription,
+    SubscriptionClosed,
+    decode_data,
+)
 from skiplock.queue._statements import EVENTS
 from skiplock.queue.models import FINAL_STATES, Job
 
@@ -132,33 +139,31 @@ async def accept(socket: WebSocket[Any, Any, Any]) -> None:
     await socket.accept(subprotocols=BEARER_PROTOCOL if BEARER_PROTOCOL in offered else None)
 
 
-async def _send_until_done(socket: WebSocket[Any, Any, Any], events: AsyncIterator[JobEvent]) -> None:
-    """Send each event; stop when the events end or the client goes away, whichever is first."""
-    disconnected = asyncio.ensure_future(_wait_for_disconnect(socket))
+async def _send_until_done(
+    socket: WebSocket[Any, Any, Any], sub: Subscription, events: AsyncIterator[JobEvent]
+) -> None:
+    """Send each event; stop when the events end or the client goes away, whichever is first.
+    Going away closes the subscription, which ends the events: the sender only waits on the
+    subscription (one wake-up per event, not a task and a wait on two of them)."""
+    watcher = asyncio.ensure_future(_close_on_disconnect(socket, sub))
     try:
-        while True:
-            upcoming = asyncio.ensure_future(anext(events))
-            await asyncio.wait({upcoming, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-            if not upcoming.done():
-                upcoming.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await upcoming
-                return
-            try:
-                event = upcoming.result()
-            except StopAsyncIteration:
-                return
+        async for event in events:
             await socket.send_text(event.json)
+    except SubscriptionClosed:
+        return
     finally:
-        disconnected.cancel()
+        watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await disconnected
+            await watcher
 
 
-async def _wait_for_disconnect(socket: WebSocket[Any, Any, Any]) -> None:
-    with contextlib.suppress(WebSocketDisconnect):
-        while True:
-            await socket.receive_data(mode="text")
+async def _close_on_disconnect(socket: WebSocket[Any, Any, Any], sub: Subscription) -> None:
+    try:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await socket.receive_data(mode="text")
+    finally:
+        sub.close()
 
 
 @websocket("/ws/jobs/{job_id:str}", name="job_events_ws", opt=needs(Scope.JOBS_READ))
@@ -182,7 +187,7 @@ async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str],
     sub = engine.hub.subscribe_job(job.id, after)
     await socket.send_text(orjson.dumps({"kind": "snapshot", "job": job.model_dump(mode="json")}).decode())
     try:
-        await _send_until_done(socket, follow(engine.hub, sub, job, after))
+        await _send_until_done(socket, sub, follow(engine.hub, sub, job, after))
     except EventsMissed as missed:
         await socket.close(CLOSE_RESUME, f"may have missed events ({missed.reason}); after={sub.last_seq}")
         return
@@ -211,7 +216,7 @@ async def all_events_ws(socket: WebSocket[Any, Any, Any], engine: EngineDep) -> 
             yield await sub.get()
 
     try:
-        await _send_until_done(socket, forever())
+        await _send_until_done(socket, sub, forever())
     except EventsMissed as missed:
         await socket.close(CLOSE_RESUME, f"may have missed events ({missed.reason}); reload and reconnect")
     finally:

@@ -75,6 +75,10 @@ class JobEvent:
         return cls(job_id, seq, at, kind, data, orjson.dumps(body).decode())
 
 
+class SubscriptionClosed(Exception):
+    """The subscriber went away (``Subscription.close``): nothing more is given to it."""
+
+
 class EventsMissed(Exception):
     """The subscriber may have missed events; it can resume (a job's from ``after=last_seq``)."""
 
@@ -102,6 +106,8 @@ class Subscription:
     behind: bool = False
     #: Why events may have been missed (then ``get`` raises EventsMissed), or None.
     missed: str | None = None
+    #: The subscriber went away: ``get`` raises SubscriptionClosed.
+    closed: bool = False
     _buffer: deque[JobEvent] = field(default_factory=deque)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -138,11 +144,20 @@ class Subscription:
             self._buffer.clear()
         self._arrived.set()
 
+    def close(self) -> None:
+        """The subscriber went away: a waiting (or the next) ``get`` raises SubscriptionClosed, so
+        its sender stops without watching the client itself around every event."""
+        self.closed = True
+        self._arrived.set()
+
     async def get(self) -> JobEvent:
-        """The next event; raises EventsMissed once events may have been missed."""
-        while not self._buffer and self.missed is None:
+        """The next event; raises EventsMissed once events may have been missed, and
+        SubscriptionClosed once the subscriber is closed."""
+        while not self._buffer and self.missed is None and not self.closed:
             self._arrived.clear()
             await self._arrived.wait()
+        if self.closed:
+            raise SubscriptionClosed
         if self.missed is not None:
             raise EventsMissed(self.missed)
         event = self._buffer.popleft()
