@@ -72,7 +72,7 @@ class LineSplitter:
         self._tail = ""
         self._started = False
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes | memoryview) -> list[str]:
         return self._split(self._decoder.decode(data), final=False)
 
     def finish(self) -> list[str]:

@@ -3,6 +3,7 @@
 The upload is read a few chunks at a time and never held whole. Python splits it into records
 (header, column count, encoding); each batch is COPYed into a temporary staging table and checked
 and upserted set-based by one statement, in its own transaction, which also advances the counters.
+The next read is parsed while a batch is written, so Python and PostgreSQL work at the same time.
 
 A run always starts from the first chunk: a run killed mid-way (its lease rescued) upserts the rows
 it had loaded again with the same values, and failed rows it had written are kept once, so the
@@ -11,9 +12,11 @@ outcome is the same as one uninterrupted run's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from pydantic import BaseModel, Field
@@ -31,6 +34,8 @@ from skiplock.tasks._statements import IMPORTS
 BATCH_ROWS = 25_000
 #: Upload chunks (about 1 MiB each) fetched per query.
 CHUNKS_PER_READ = 2
+#: Upload bytes split and parsed between two yields to the event loop (a few ms of work).
+PARSE_SLICE_BYTES = 64 * 1024
 STAGING_TABLE = "import_staging"
 
 
@@ -94,31 +99,71 @@ def _counts(record: asyncpg.Record) -> tuple[int, int, int]:
 
 
 async def _load(ctx: Context, conn: AnyConnection, run: _Run) -> None:
-    splitter = LineSplitter()
-    parser = RecordParser()
+    """Write each batch while the next read is parsed beside it: PostgreSQL checks and upserts one
+    batch on one core while Python parses the next on the other."""
+    reader = _Reader()
     pending: list[StagedRow] = []
     last_seq = -1
-    bytes_read = 0
+    parsed_bytes = 0
     while True:
         chunks = await conn.fetch(IMPORTS.import_chunk_batch, run.import_id, last_seq, CHUNKS_PER_READ)
         final = not chunks
-        lines = splitter.finish() if final else []
-        for chunk in chunks:
-            data: bytes = chunk["data"]
-            lines += splitter.feed(data)
-            bytes_read += len(data)
-            last_seq = chunk["seq"]
-        pending += parser.parse(lines, final=final)
-        del lines
+        data: list[bytes] = [chunk["data"] for chunk in chunks]
+        last_seq = chunks[-1]["seq"] if chunks else last_seq
+        parsing = asyncio.ensure_future(reader.parse(data, final=final))
+        try:
+            while len(pending) >= BATCH_ROWS:
+                await _write_and_report(ctx, conn, reader.parser, pending, run, parsed_bytes)
+        except BaseException:
+            await _abandon(parsing)
+            raise
+        pending += await parsing
+        parsed_bytes += sum(map(len, data))
+        del data
         if final:
-            parser.finish()
-        while len(pending) >= BATCH_ROWS or (final and pending):
-            await _write_batch(conn, parser, pending[:BATCH_ROWS], run)
-            del pending[:BATCH_ROWS]
-            fraction = min(bytes_read / run.total_bytes, 1.0) if run.total_bytes else 1.0
-            await ctx.progress(fraction, f"{run.rows:,} rows, {run.failed:,} failed", current=run.rows)
-        if final:
+            while pending:
+                await _write_and_report(ctx, conn, reader.parser, pending, run, parsed_bytes)
             return
+
+
+async def _write_and_report(
+    ctx: Context, conn: AnyConnection, parser: RecordParser, pending: list[StagedRow], run: _Run, parsed: int
+) -> None:
+    """Write the first batch of ``pending`` and drop it from there."""
+    await _write_batch(conn, parser, pending[:BATCH_ROWS], run)
+    del pending[:BATCH_ROWS]
+    fraction = min(parsed / run.total_bytes, 1.0) if run.total_bytes else 1.0
+    await ctx.progress(fraction, f"{run.rows:,} rows, {run.failed:,} failed", current=run.rows)
+
+
+async def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel a parse the run no longer needs and wait for it, its outcome retrieved."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()
+
+
+class _Reader:
+    """The upload's bytes → staged rows, in slices between which the event loop runs: the batch
+    being written goes on while the next is parsed, and the service's other work is not held up."""
+
+    def __init__(self) -> None:
+        self.splitter = LineSplitter()
+        self.parser = RecordParser()
+
+    async def parse(self, chunks: list[bytes], *, final: bool) -> list[StagedRow]:
+        rows: list[StagedRow] = []
+        for data in chunks:
+            view = memoryview(data)
+            for start in range(0, len(view), PARSE_SLICE_BYTES):
+                lines = self.splitter.feed(view[start : start + PARSE_SLICE_BYTES])
+                rows += self.parser.parse(lines, final=False)
+                await asyncio.sleep(0)
+        if final:
+            rows += self.parser.parse(self.splitter.finish(), final=True)
+            self.parser.finish()
+        return rows
 
 
 async def _write_batch(conn: AnyConnection, parser: RecordParser, rows: list[StagedRow], run: _Run) -> None:
