@@ -364,11 +364,14 @@ async def test_an_import_reads_as_final_only_once_its_job_is_with_the_jobs_last_
     created = await upload(api_no_worker, "sku,name,price,quantity\nR1,Rope,1,1\n")
     import_id, job_id = created["import_id"], created["job"]["id"]
     await db.execute("UPDATE imports SET state = 'succeeded', finished_at = now() WHERE id = $1", import_id)
-    await db.execute("UPDATE jobs SET state = 'running', progress = '{\"fraction\": 0.5}' WHERE id = $1", job_id)
+    await db.execute(
+        "UPDATE jobs SET state = 'running', progress = '{\"fraction\": 0.5}' WHERE id = $1", job_id
+    )
     info = (await api_no_worker.get(f"/imports/{import_id}")).json()
     assert (info["state"], info["progress"]["fraction"]) == ("running", 0.5)
     await db.execute(
-        "UPDATE jobs SET state = 'succeeded', progress = '{\"fraction\": 1.0}', finished_at = now() WHERE id = $1",
+        "UPDATE jobs SET state = 'succeeded', progress = '{\"fraction\": 1.0}', finished_at = now()"
+        " WHERE id = $1",
         job_id,
     )
     info = (await api_no_worker.get(f"/imports/{import_id}")).json()
@@ -432,6 +435,43 @@ async def test_import_killed_mid_way_and_run_again_ends_as_if_it_ran_once(
         assert (await items(db), await failures(db, second["import_id"])) == reference
     finally:
         await pool.close()
+
+
+async def test_a_new_sku_another_import_inserts_meanwhile_is_upserted_not_a_failed_batch(
+    dsn: str, api_no_worker: Client, db: asyncpg.Connection
+) -> None:
+    # The batch plainly inserts skus it does not find; one committed by someone else after the
+    # probe makes that insert fail, and the batch runs again as an upsert: nothing fails.
+    created = await upload(api_no_worker, "sku,name,price,quantity\nN1,mine,2,2\nN2,also mine,3,3\n")
+    rival = await asyncpg.connect(dsn)
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        rival_tx = rival.transaction()
+        await rival_tx.start()
+        await rival.execute(
+            "INSERT INTO items (sku, name, price, quantity, updated_at) VALUES ('N1', 'theirs', 1, 1, now())"
+        )
+        running = asyncio.create_task(task_runner(pool)(created["import_id"]))
+
+        async def insert_waits_on_the_rival() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%checked AS MATERIALIZED%')"
+                )
+            )
+
+        await wait_until(insert_waits_on_the_rival, 10)
+        await rival_tx.commit()
+        result = await asyncio.wait_for(running, 10)
+    finally:
+        await rival.close()
+        await pool.close()
+    assert (result["rows"], result["loaded"], result["failed"]) == (2, 2, 0)
+    assert [r[:4] for r in await items(db)] == [
+        ("N1", "mine", None, Decimal("2.00")),
+        ("N2", "also mine", None, Decimal("3.00")),
+    ]
 
 
 def task_runner(pool: asyncpg.Pool) -> Callable[[int], Any]:

