@@ -24,9 +24,12 @@ WHERE $9::text IS NOT NULL AND jobs.unique_key = $9 AND jobs.state IN ('queued',
 SELECT * FROM jobs WHERE id = $1
 
 -- name: job_list
--- Newest first; $4 is the keyset cursor (the last id of the previous page).
+-- Newest first; $4 is the keyset cursor (the last id of the previous page). A running job holds
+-- a lease: said here, running jobs are read from jobs_lease_expiry_idx, not found among every
+-- newer queued one by the primary key.
 SELECT * FROM jobs
 WHERE ($1::job_state IS NULL OR state = $1)
+  AND ($1::job_state IS DISTINCT FROM 'running' OR lease_expires_at IS NOT NULL)
   AND ($2::text IS NULL OR queue = $2)
   AND ($3::text IS NULL OR task = $3)
   AND ($4::bigint IS NULL OR id < $4)
@@ -319,15 +322,15 @@ SELECT pg_notify('skiplock', 'cancel:' || $1::bigint)
 SELECT pg_notify('skiplock', 'queued:' || queue) FROM unnest($1::text[]) AS queue
 
 -- name: job_prune_finished
--- Finished jobs older than $1 seconds, oldest first, a batch at a time (served by jobs_state_id_idx),
--- with their events; returns how many jobs went.
+-- Finished jobs older than $1 seconds, oldest first, a batch at a time (served by
+-- jobs_finished_at_idx), with their events; returns how many jobs went.
 WITH gone AS (
     DELETE FROM jobs
     WHERE id IN (
         SELECT id FROM jobs
         WHERE state IN ('succeeded', 'failed', 'cancelled')
           AND finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)
-        ORDER BY id
+        ORDER BY finished_at
         LIMIT $2
         FOR UPDATE SKIP LOCKED
     )

@@ -1,4 +1,5 @@
--- State events written by the statements that change a job's state, not by triggers.
+-- The hot path's own work only: state events written by the statements that change a job's state
+-- (not by triggers), and the state index kept off enqueues and claims.
 -- A row trigger that bumped event_seq and a statement trigger that read the old and new rows of
 -- every UPDATE on jobs (transition tables of whole rows, args and errors included) cost the
 -- claim and the outcome more than their own work; each state-changing statement in
@@ -22,3 +23,11 @@ $$;
 -- job it had just updated. Every event row is inserted by a statement that holds its job's row
 -- lock (so the job exists), and job_prune_finished deletes a job's events with the job.
 ALTER TABLE job_events DROP CONSTRAINT job_events_job_id_fkey;
+
+-- Listing by state: an index of finished jobs only. The full (state, id DESC) index took an entry
+-- at every state change; now neither an enqueue nor a claim takes one, only an outcome. Queued
+-- jobs are listed through jobs_claim_idx or the primary key (the planner picks by how many there
+-- are), running ones through jobs_lease_expiry_idx (a running job always holds a lease, and
+-- job_list says so); the pruner finds old finished jobs by jobs_finished_at_idx.
+DROP INDEX jobs_state_id_idx;
+CREATE INDEX jobs_finished_state_id_idx ON jobs (state, id DESC) WHERE state IN ('succeeded', 'failed', 'cancelled');

@@ -1,0 +1,79 @@
+"""Listing jobs by state reads about a page of rows, however the table is mixed.
+
+The table is shaped as under a backlog: old finished jobs, a few running ones, and many newer
+queued ones. Only finished states have an index of their own (migration 0011); the others must
+still be found without walking the crowd of another state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from skiplock.db import connect
+from skiplock.db.admin import create_database, drop_database
+from skiplock.queue._statements import JOBS
+from tests.conftest import TEMPLATE
+
+PAGE = 50
+SLACK = 20
+COUNTS = {"succeeded": 5_000, "failed": 30, "cancelled": 30, "running": 120, "queued": 30_000}
+
+
+@pytest.fixture(scope="module")
+async def mixed(pg_admin_dsn: str, template_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    name = f"list_plans_{os.getpid()}"
+    dsn = await create_database(pg_admin_dsn, name, template=TEMPLATE)
+    conn = await connect(dsn)
+    try:
+        await conn.execute(
+            f"""
+            INSERT INTO jobs (task, state, attempts, started_at, finished_at)
+            SELECT 'noop', s::job_state, 1, now(), now()
+            FROM unnest(ARRAY['succeeded', 'failed', 'cancelled'],
+                        ARRAY[{COUNTS["succeeded"]}, {COUNTS["failed"]}, {COUNTS["cancelled"]}]) AS c(s, n),
+                 generate_series(1, n);
+            INSERT INTO jobs (task, state, attempts, started_at, lease_owner, lease_expires_at)
+            SELECT 'noop', 'running', 1, now(), 'w', now() + interval '1 minute'
+            FROM generate_series(1, {COUNTS["running"]});
+            INSERT INTO jobs (task) SELECT 'noop' FROM generate_series(1, {COUNTS["queued"]});
+            ANALYZE jobs;
+            SET plan_cache_mode = force_custom_plan;
+            """
+        )
+        yield conn
+    finally:
+        await conn.close()
+        await drop_database(pg_admin_dsn, name)
+
+
+def rows_of_jobs(node: dict[str, Any]) -> int:
+    """Rows of jobs the plan's scans returned or discarded."""
+    own = 0
+    if node.get("Relation Name") == "jobs":
+        own = node["Actual Rows"] * node.get("Actual Loops", 1) + node.get("Rows Removed by Filter", 0)
+    return int(own) + sum(rows_of_jobs(child) for child in node.get("Plans", []))
+
+
+#: Succeeded pages are read by the primary key, newest first: behind a crowd of newer queued jobs
+#: the planner (which takes states for evenly spread) walks them, with or without an index on
+#: (state, id), as it did before migration 0011. Mostly the succeeded jobs are the crowd.
+LISTED = sorted(set(COUNTS) - {"succeeded"})
+
+
+@pytest.mark.parametrize("state", LISTED)
+async def test_a_page_of_any_state_reads_about_a_page(mixed: asyncpg.Connection, state: str) -> None:
+    args = (state, None, None, None, PAGE, None)
+    page = await mixed.fetch(JOBS.job_list, *args)
+    assert len(page) == min(PAGE, COUNTS[state])
+    assert all(r["state"] == state for r in page)
+    assert [r["id"] for r in page] == sorted((r["id"] for r in page), reverse=True)
+    plan = (await mixed.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + JOBS.job_list, *args))[0]
+    read = rows_of_jobs(plan["Plan"])
+    # A state with fewer rows than a page may be read whole from its own index; never the crowd.
+    assert read <= max(PAGE, COUNTS[state] if COUNTS[state] < 1_000 else 0) + SLACK, json.dumps(plan)
