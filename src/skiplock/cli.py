@@ -111,6 +111,7 @@ async def _serve(settings: Settings) -> int:
 
     from skiplock.api import create_app
     from skiplock.api.plugin import SkiplockPlugin
+    from skiplock.api.serving import OneWriteHttpToolsProtocol
 
     class Server(uvicorn.Server):
         @contextmanager
@@ -127,6 +128,7 @@ async def _serve(settings: Settings) -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
+        http=OneWriteHttpToolsProtocol,  # httptools, each small answer in one write
         # Open requests get the grace period too; the engine drains meanwhile, from the signal on.
         timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)),
     )
