@@ -253,8 +253,15 @@ async def create_pool(
     max_size: int = 10,
     limits: Limits | None = None,
     application_name: str = "skiplock",
+    reset_sessions: bool = True,
 ) -> Pool:
-    """A pool whose connections all carry skiplock's codecs and ``limits``."""
+    """A pool whose connections all carry skiplock's codecs and ``limits``.
+
+    ``reset_sessions=False`` for a pool only skiplock's own statements use, none of which leaves
+    session state behind: a released connection is then not sent asyncpg's reset query (advisory
+    unlocks, CLOSE ALL, UNLISTEN *, RESET ALL), a round trip per use. An open transaction is still
+    rolled back, and listeners are still removed.
+    """
     limits = limits or Limits()
     pool = Pool(
         dsn,
@@ -266,6 +273,7 @@ async def create_pool(
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
         init=init_connection,
+        reset=None if reset_sessions else _keep_session,
         acquire_timeout_s=limits.acquire_s or None,
         timeout=limits.connect_s,
         command_timeout=limits.command_s,
@@ -277,6 +285,10 @@ async def create_pool(
         pool.terminate()
         raise DatabaseError(f"cannot connect to the database: {_text(exc)}") from exc
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset beyond asyncpg's own rollback: nothing (see ``create_pool``)."""
 
 
 def _text(exc: BaseException) -> str:

@@ -176,8 +176,13 @@ class Engine:
         s = self.settings
         if s.auto_migrate:
             await migrate_database(self.dsn)
+        # Only the engine's and the API's own statements run on it (tasks have theirs, below).
         self._pool = await create_pool(
-            self.dsn, min_size=s.pool_min_size, max_size=s.pool_max_size, limits=self.limits
+            self.dsn,
+            min_size=s.pool_min_size,
+            max_size=s.pool_max_size,
+            limits=self.limits,
+            reset_sessions=False,
         )
         # Tasks get a pool of their own: their long statements and COPYs are not cut by the
         # engine's limits, and a task holding connections cannot starve the engine's writes.
