@@ -19,7 +19,8 @@ async def run(bench: Bench) -> None:
 async def single(bench: Bench) -> None:
     count = bench.size(*SINGLE_JOBS)
     async with bench.database() as dsn:
-        pool = await create_pool(dsn, min_size=1, max_size=1)
+        # As the engine's own pool is (the one POST /jobs uses): no session reset per release.
+        pool = await create_pool(dsn, min_size=1, max_size=1, reset_sessions=False)
         try:
             client = Client(pool, TaskRegistry([bench_noop]))
             started = time.perf_counter()
