@@ -83,9 +83,6 @@ async def test_http_metrics_count_each_request_by_route_method_and_status(api: C
     assert sample(after, "skiplock_http_request_duration_seconds_sum", **post, status_code="201") > 0
     assert moved("skiplock_http_requests_total", method="GET", path="/jobs/{job_id}", status_code="404") == 1
     assert sample(after, "skiplock_http_requests_in_progress", **post, status_code="200") == 0
-    # Only the statuses answered have series; no error series for a 2xx or a 4xx.
-    assert (
-        'skiplock_http_requests_total{app_name="skiplock",method="POST",path="/jobs",status_code="200"}'
-        not in after
-    )
-    assert "skiplock_http_requests_error_total{" not in after
+    assert moved("skiplock_http_requests_total", **post, status_code="200") == 0
+    # An error series only ever for a 5xx (none here), as Litestar's own middleware records them.
+    assert not re.search(r'skiplock_http_requests_error_total\{[^}]*status_code="[1-4]', after)
