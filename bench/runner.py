@@ -6,6 +6,7 @@ import itertools
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,15 @@ class Bench:
 
 
 Workload = Callable[[Bench], Awaitable[None]]
+
+#: Runs of the short figures (a drain or a COPY lasts a second or two, so one burst of other load
+#: can halve a single run); the floor and the engine figure compared with it are run alike.
+REPEATS = 3
+
+
+async def median_of(runs: int, measure: Callable[[], Awaitable[float]]) -> float:
+    """The median of ``runs`` measurements, taken one after another."""
+    return statistics.median([await measure() for _ in range(runs)])
 
 
 @contextmanager
