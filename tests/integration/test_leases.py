@@ -13,6 +13,7 @@ from skiplock.errors import LeaseLostError
 from skiplock.queue import Engine
 from skiplock.queue._lease import LeaseKeeper, fenced
 from skiplock.queue._producer import Producer
+from skiplock.queue._running import StopReason
 from skiplock.queue._statements import EVENTS, JOBS
 from skiplock.queue.models import ClaimedJob, JobState
 from tests.conftest import make_settings
@@ -328,3 +329,26 @@ async def test_a_fenced_thread_writes_nothing_its_progress_logs_enqueue_and_outc
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE queue = 'nobody'") == 0
     row = await db.fetchrow("SELECT state, lease_owner, result FROM jobs WHERE id = $1", job_id)
     assert tuple(row) == ("running", "someone else", None)
+
+
+@pytest.mark.parametrize(
+    ("reason", "final"), [(StopReason.CANCELLED, "cancelled"), (StopReason.SHUTDOWN, "queued")]
+)
+async def test_a_run_stopped_before_its_first_step_still_leaves_and_gets_its_outcome(
+    dsn: str, db: asyncpg.Connection, registry, reason: StopReason, final: str
+) -> None:  # type: ignore[no-untyped-def]
+    # A cancel (NOTIFY or poll) or the shutdown's stop can land between a claim starting a job's
+    # task and that task's first step: the run never began, so its own cleanup never ran.
+    async with Engine(make_settings(dsn, lease_s=30), registry, dsn) as engine:
+        claimed = await _claimed(db, engine, "noop", {})
+        async with asyncio.TaskGroup() as jobs:
+            _service(engine, Producer)._start(jobs, claimed, time.monotonic() + 30)
+            assert engine.running.stop(claimed.id, reason)
+        await wait_until(lambda: claimed.id not in engine.running.ids(), 5)
+        await wait_until(
+            lambda: db.fetchval("SELECT state = $2 FROM jobs WHERE id = $1", claimed.id, final), 10
+        )
+    # Never begun: a hand-back leaves its attempt unused; a cancel ends it at the attempt claimed.
+    assert await db.fetchval("SELECT attempts FROM jobs WHERE id = $1", claimed.id) == (
+        0 if reason is StopReason.SHUTDOWN else 1
+    )

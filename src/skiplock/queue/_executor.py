@@ -64,8 +64,12 @@ def _bind_job_log(job_id: int, task: str, queue: str, attempt: int, request_id: 
 
 
 def _unbind_job_log(tokens: _Tokens) -> None:
-    for var, token in zip((_JOB_ID, _TASK, _QUEUE, _ATTEMPT, _REQUEST_ID), tokens, strict=True):
-        var.reset(token)
+    job_id, task, queue, attempt, request_id = tokens
+    _REQUEST_ID.reset(request_id)
+    _ATTEMPT.reset(attempt)
+    _QUEUE.reset(queue)
+    _TASK.reset(task)
+    _JOB_ID.reset(job_id)
 
 
 class _NotStarted(Exception):
@@ -185,6 +189,11 @@ class Executor:
     async def _execute(self, running: RunningJob) -> Outcome | None:
         job = running.job
         if not running.holds_lease():  # paused between the claim and now: never begun, handed back
+            return Outcome(job, UNSTARTED)
+        stopped = running.stop_reason  # stopped before its first step (see _lease.fenced): never begun
+        if stopped is StopReason.CANCELLED:
+            return Outcome(job, "cancelled")
+        if stopped is StopReason.SHUTDOWN:  # back to its queue, its attempt unused
             return Outcome(job, UNSTARTED)
         try:
             spec = self.registry.get(job.task)

@@ -133,6 +133,15 @@ class _Fenced(Coroutine[Any, Any, T]):
             raise asyncio.CancelledError()
         if self._started and error is None and not spared and (hard or not self._interrupted):
             error = asyncio.CancelledError()
+        if (
+            not self._started
+            and running.stop_reason is not None
+            and isinstance(error, asyncio.CancelledError)
+        ):
+            # Stopped before its first step (a cancel or the shutdown landed between the claim and
+            # it): thrown into a coroutine not begun, it would end without the run's cleanup (no
+            # outcome, the job tracked here forever). It begins instead, and finds its stop reason.
+            error = None
         self._started = True
         if running.fenced and isinstance(error, asyncio.CancelledError):
             self._interrupted = True
