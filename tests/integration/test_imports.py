@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,6 +17,7 @@ from litestar.testing import AsyncTestClient
 
 from skiplock.api import create_app
 from skiplock.db import create_pool
+from skiplock.imports.rows import Header
 from skiplock.queue import Client as EngineClient
 from skiplock.queue import Context, JobInfo
 from skiplock.tasks import ImportArgs, import_csv
@@ -246,6 +248,72 @@ async def test_duplicate_skus_the_last_valid_row_in_the_file_wins(
     # A later import updates what an earlier one loaded.
     await import_csv_text(api, "sku,name,price,quantity\nD3,updated,9,9\n")
     assert [r[:2] for r in await items(db)][2] == ("D3", "updated")
+
+
+def boundary_file() -> str:
+    prices = ["1", "9999999999.99", "99999999999", "1.005", "-1", " 1", "1e3", "NaN", "1.", "0.5"]
+    quantities = ["1", "2147483647", "2147483648", "+1", " 2"]
+    times = [
+        "",
+        "2024-05-01T12:00:00Z",
+        "2024-02-30T00:00:00",
+        "2024-05-01T24:00:00",
+        "2024-05-01T12:00:00+16:00",
+    ]
+    times += [
+        "2024-05-01 12:00:00.1234567",
+        "now",
+        "epoch",
+        " 2024-05-01T12:00:00Z",
+        "2024-05-01T12:00:00-15:59",
+    ]
+    times += ["05/01/2024", "2024-12-31T23:59:60Z"]
+    rows = [
+        f"B{n},n,c,{price},{quantity},{at}"
+        for n, (price, quantity, at) in enumerate(itertools.product(prices, quantities, times))
+    ]
+    return HEADER + "\n".join(rows) + "\n"
+
+
+async def test_every_value_found_plain_in_python_is_one_postgres_stores_as_it_is(
+    db: asyncpg.Connection,
+) -> None:
+    header = Header.parse(HEADER.strip().split(","))
+    plain = [
+        tuple(row[3:])
+        for row in (line.split(",") for line in boundary_file().splitlines()[1:])
+        if header.plain(header.pick(row))
+    ]
+    assert 0 < len(plain) < 600
+    for price, quantity, at in plain:
+        stored = await db.fetchval(
+            "SELECT pg_input_is_valid($1, 'numeric(12,2)') AND $1::numeric(12,2) >= 0"
+            " AND pg_input_is_valid($2, 'integer') AND $2::integer >= 0"
+            " AND ($3 = '' OR pg_input_is_valid($3, 'timestamptz') AND $3::timestamptz < 'infinity')",
+            price,
+            quantity,
+            at,
+        )
+        assert stored, (price, quantity, at)
+
+
+async def test_rows_found_plain_in_python_load_exactly_as_the_checks_in_sql_would_load_them(
+    api: Client, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plain rows skip the SQL checks of their values; every other row, and every row once a plain
+    # one is refused, goes through them. Each way gives the same items and the same failed rows.
+    outcomes = []
+    for plain in (None, lambda _self, _values: False, lambda _self, _values: True):
+        if plain is not None:
+            monkeypatch.setattr(Header, "plain", plain)
+        info = await import_csv_text(api, boundary_file())
+        own_time = await db.fetchval("SELECT created_at FROM imports WHERE id = $1", info["id"])
+        loaded = [(*row[:5], "own" if row[5] == own_time else row[5]) for row in await items(db)]
+        outcomes.append((info["rows"], info["loaded"], loaded, await failures(db, info["id"])))
+        await db.execute("TRUNCATE items")
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    assert outcomes[0][0] == 600
+    assert 0 < outcomes[0][1] < 600
 
 
 async def test_200000_rows_load_with_their_failures(api: Client, db: asyncpg.Connection) -> None:

@@ -50,11 +50,11 @@ def test_rows_carry_their_first_line_raw_text_and_known_columns() -> None:
         b'A,"Apple, red",1.5,3\r\n\r\nB,"two\r\nlines",2,4\r\nC,x,1\r\n'
     )
     parser, rows = parse(data)
-    assert parser.columns == ("line_no", "raw", "reason", "sku", "name", "price", "quantity")
+    assert parser.columns == ("line_no", "raw", "reason", "sku", "name", "price", "quantity", "plain")
     assert rows == [
-        (2, 'A,"Apple, red",1.5,3\r\n', None, "A", "Apple, red", "1.5", "3"),
-        (4, 'B,"two\r\nlines",2,4\r\n', None, "B", "two\r\nlines", "2", "4"),
-        (6, "C,x,1\r\n", "expected 4 columns, got 3", None, None, None, None),
+        (2, 'A,"Apple, red",1.5,3\r\n', None, "A", "Apple, red", "1.5", "3", True),
+        (4, 'B,"two\r\nlines",2,4\r\n', None, "B", "two\r\nlines", "2", "4", True),
+        (6, "C,x,1\r\n", "expected 4 columns, got 3", None, None, None, None, False),
     ]
 
 
@@ -92,7 +92,7 @@ def test_stray_carriage_return_is_a_bad_row_and_parsing_goes_on() -> None:
     _, rows = parse(b"sku,name,price,quantity\nA,a\rb,1,1\nB,b,2,2\n")
     assert [r[0] for r in rows] == [2, 3]
     assert str(rows[0][2]).startswith("bad csv: new-line character seen in unquoted field")
-    assert rows[1][2:] == (None, "B", "b", "2", "2")
+    assert rows[1][2:] == (None, "B", "b", "2", "2", True)
 
 
 def test_a_line_longer_than_the_limit_stops_the_import() -> None:
@@ -120,9 +120,63 @@ def test_any_chunking_gives_the_rows_csv_writer_wrote(
     cuts = sorted(data.draw(st.lists(st.integers(0, len(encoded)), max_size=6)))
     _, rows = parse(encoded, cuts)
     # A record of one empty field is written as "" and read back as [''] (4 columns never collapse).
-    assert [r[3:] for r in rows] == records
+    assert [r[3:-1] for r in rows] == records
     assert [r[0] for r in rows] == lines[: len(records)]
     assert all(r[2] is None for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("price", "quantity", "updated_at"),
+    [
+        ("0", "0", None),
+        ("9999999999.99", "999999999", ""),
+        ("12.5", "7", "2024-05-01T12:00:00Z"),
+        ("1", "1", "2024-02-29 23:59:59.123456+05:30"),
+        ("1", "1", "2024-05-01T12:00:00-15:59"),
+    ],
+)
+def test_plain_values_are_those_postgres_takes_as_they_are(
+    price: str, quantity: str, updated_at: str | None
+) -> None:
+    assert header_with(updated_at).plain(values(price, quantity, updated_at))
+
+
+@pytest.mark.parametrize(
+    ("price", "quantity", "updated_at"),
+    [
+        ("99999999999", "1", None),  # eleven digits: too large for numeric(12,2)
+        ("1.005", "1", None),  # rounded
+        ("-1", "1", None),
+        (" 1", "1", None),
+        ("1e3", "1", None),
+        ("NaN", "1", None),
+        ("1.", "1", None),
+        ("1", "2147483648", None),  # int4 ends here; 10 digits are never plain
+        ("1", "+1", None),
+        ("1", "1", "2024-02-30T00:00:00"),
+        ("1", "1", "2024-05-01T24:00:00"),
+        ("1", "1", "2024-05-01T12:00:00+16:00"),
+        ("1", "1", "2024-05-01T12:00:00.1234567"),
+        ("1", "1", "0000-01-01T00:00:00"),
+        ("1", "1", "now"),
+        ("1", "1", " 2024-05-01T12:00:00Z"),
+        ("1", "1", "05/01/2024"),
+    ],
+)
+def test_anything_else_is_left_to_the_checks_in_sql(
+    price: str, quantity: str, updated_at: str | None
+) -> None:
+    assert not header_with(updated_at).plain(values(price, quantity, updated_at))
+
+
+def header_with(updated_at: str | None) -> Header:
+    return Header.parse(
+        ["sku", "name", "price", "quantity", *(["updated_at"] if updated_at is not None else [])]
+    )
+
+
+def values(price: str, quantity: str, updated_at: str | None) -> tuple[str, ...]:
+    return ("A", "a", price, quantity, *([updated_at] if updated_at is not None else []))
 
 
 def test_clean_raw_keeps_valid_text() -> None:

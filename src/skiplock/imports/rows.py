@@ -12,6 +12,7 @@ import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
@@ -20,13 +21,23 @@ COLUMNS = ("sku", "name", "category", "price", "quantity", "updated_at")
 REQUIRED = ("sku", "name", "price", "quantity")
 #: Staging columns before the CSV's own: the record's first line, its raw text, a reason it failed.
 META_COLUMNS = ("line_no", "raw", "reason")
+#: The staging column after the CSV's own: whether its values are plain (see ``Header.plain``).
+PLAIN_COLUMN = "plain"
 
 #: A line longer than this is not a line of an items CSV: the import stops rather than hold it.
 MAX_LINE_CHARS = 1 << 20
 
 _BAD_BYTES = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
+# Price, quantity[, updated_at] joined by commas, as PostgreSQL accepts them whatever its settings:
+# no sign, space, exponent or rounding (numeric(12,2) holds ten digits before the point), an int4,
+# an ISO time with an offset it allows. One match: three would cost a row twice as much.
+_PLAIN = re.compile(
+    r"[0-9]{1,10}(?:\.[0-9]{1,2})?,[0-9]{1,9}"
+    r"(?:,(?:(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])[T ](?:[01][0-9]|2[0-3])"
+    r":[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?(?:Z|[+-](?:0[0-9]|1[0-5]):[0-5][0-9])?)?)?"
+)
 
-#: One row for the staging table: line_no, raw, reason, then the header's known columns.
+#: One row for the staging table: line_no, raw, reason, the header's known columns, then plain.
 StagedRow = tuple[Any, ...]
 
 
@@ -41,6 +52,7 @@ class Header:
     columns: tuple[str, ...]  # a subset of COLUMNS, in COLUMNS order
     width: int  # the header's column count, which every record must have
     pick: Callable[[list[str]], tuple[str, ...]]
+    checked: Callable[[tuple[str, ...]], tuple[str, ...]]  # picked values → price, quantity[, updated_at]
 
     @classmethod
     def parse(cls, fields: list[str]) -> Header:
@@ -57,7 +69,24 @@ class Header:
             )
         columns = tuple(name for name in COLUMNS if name in names)
         getter = itemgetter(*(names.index(name) for name in columns))  # 4+ columns: always a tuple
-        return cls(columns=columns, width=len(names), pick=getter)
+        checked = itemgetter(*(columns.index(name) for name in COLUMNS[3:] if name in columns))
+        return cls(columns=columns, width=len(names), pick=getter, checked=checked)
+
+    def plain(self, values: tuple[str, ...]) -> bool:
+        """Whether PostgreSQL is sure to take this record's price, quantity and updated_at as
+        they are: a plain row skips their checks in SQL, 0.9 us of the batch statement's 4.2 a row,
+        for 0.6 us here, spent while PostgreSQL loads the batch before. Anything else is checked
+        there, so this need be strict, not complete."""
+        checked = self.checked(values)
+        text = ",".join(checked)
+        if text.count(",") != len(checked) - 1 or not _PLAIN.fullmatch(text):
+            return False  # a comma inside a value would pass for a separator
+        if len(checked) == 3 and checked[2][8:10] > "28":  # the calendar: no 30 February
+            try:
+                datetime.fromisoformat(checked[2])
+            except ValueError:
+                return False
+        return True
 
 
 class LineSplitter:
@@ -114,7 +143,7 @@ class RecordParser:
     @property
     def columns(self) -> tuple[str, ...]:
         assert self.header is not None
-        return META_COLUMNS + self.header.columns
+        return (*META_COLUMNS, *self.header.columns, PLAIN_COLUMN)
 
     def parse(self, lines: list[str], *, final: bool) -> list[StagedRow]:
         """Staged rows of the complete records among ``lines`` (all of them when ``final``)."""
@@ -168,13 +197,14 @@ class RecordParser:
         elif len(record) != header.width:
             self._fail(lines, start, end, f"expected {header.width} columns, got {len(record)}", out)
         else:
-            out.append((self._first_line + start, raw, None, *header.pick(record)))
+            values = header.pick(record)
+            out.append((self._first_line + start, raw, None, *values, header.plain(values)))
 
     def _fail(self, lines: list[str], start: int, end: int, reason: str, out: list[StagedRow]) -> None:
         if self.header is None:
             raise CsvFileError(f"header row is not valid CSV: {reason}")
         raw = clean_raw("".join(lines[start:end]))
-        out.append((self._first_line + start, raw, reason, *([None] * len(self.header.columns))))
+        out.append((self._first_line + start, raw, reason, *([None] * len(self.header.columns)), False))
 
     def finish(self) -> None:
         """Raise CsvFileError if the whole file held no header row."""
