@@ -17,15 +17,20 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 
 class _Captured:
-    """Stands in for the transport while uvicorn writes a head: keeps the bytes."""
+    """Stands in for the transport while uvicorn writes a head: keeps the bytes written; anything
+    else goes to the transport itself."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "transport")
 
-    def __init__(self) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
         self.data = b""
 
     def write(self, data: bytes) -> None:
         self.data += data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 class _Prefixed:
@@ -55,8 +60,12 @@ class _OneWriteCycle(RequestResponseCycle):
     _head = b""
 
     async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            # uvicorn's own first step: done here, so no stand-in is in place across an await.
+            await self.flow.drain()
         if message["type"] == "http.response.start" and not self.response_started:
-            transport, captured = self.transport, _Captured()
+            transport = self.transport
+            captured = _Captured(transport)
             self.transport = cast(asyncio.Transport, captured)
             try:
                 await super().send(message)
