@@ -55,11 +55,14 @@ class _LockFree(Collector):
     prometheus_client take a lock per update: with the labels' lookups, a few percent of a no-op
     job's cost. The exposition is the same (``_total``, ``_bucket``, ``_created`` samples)."""
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], *, register: bool = True
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        REGISTRY.register(self)
+        if register:  # in the process's registry, which /metrics serves
+            REGISTRY.register(self)
 
     def describe(self) -> Iterator[Metric]:
         yield self._family()
@@ -69,9 +72,11 @@ class _LockFree(Collector):
 
 
 class LockFreeCounter(_LockFree):
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], *, register: bool = True
+    ) -> None:
         self._children: dict[tuple[str, ...], CounterChild] = {}
-        super().__init__(name, documentation, labelnames)
+        super().__init__(name, documentation, labelnames, register=register)
 
     def labels(self, *values: str) -> CounterChild:
         child = self._children.get(values)
@@ -91,11 +96,17 @@ class LockFreeCounter(_LockFree):
 
 class LockFreeHistogram(_LockFree):
     def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], *, buckets: Sequence[float]
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        buckets: Sequence[float],
+        register: bool = True,
     ) -> None:
         self.bounds = tuple(float(b) for b in buckets)
         self._children: dict[tuple[str, ...], HistogramChild] = {}
-        super().__init__(name, documentation, labelnames)
+        super().__init__(name, documentation, labelnames, register=register)
 
     def labels(self, *values: str) -> HistogramChild:
         child = self._children.get(values)
