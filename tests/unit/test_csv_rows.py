@@ -151,6 +151,9 @@ def test_plain_values_are_those_postgres_takes_as_they_are(
         ("1e3", "1", None),
         ("NaN", "1", None),
         ("1.", "1", None),
+        ("1.5.5", "1", None),
+        ("\uff11", "1", None),  # a digit, but not one PostgreSQL reads
+        ("1", "\u0661", None),
         ("1", "2147483648", None),  # int4 ends here; 10 digits are never plain
         ("1", "+1", None),
         ("1", "1", "2024-02-30T00:00:00"),
