@@ -7,24 +7,36 @@ RETURNING name, paused
 
 -- name: queue_overview
 -- Counts per state for every queue that has jobs or a row in queues; the oldest due queued job
--- (jobs_claim_idx) and the jobs finished in the last hour (jobs_finished_at_idx), per queue;
--- and the queued jobs whose task no live worker registered (they wait for one that knows it).
-SELECT o.*,
+-- (jobs_claim_idx), per queue; the jobs finished in the last hour and the queued jobs whose task no
+-- live worker registered (they wait for one that knows it), counted in the same one scan of jobs as
+-- the states: per queue, a bitmap scan of every finished job of the hour and one of every queued
+-- job's heap row cost more than that scan itself (490 ms against 150 on a million jobs).
+SELECT o.name, o.paused, o.counts,
        (SELECT min(run_at) FROM jobs
         WHERE state = 'queued' AND queue = o.name AND run_at <= now()) AS oldest_queued_at,
-       (SELECT count(*) FROM jobs AS j
-        WHERE j.state = 'queued' AND j.queue = o.name
-          AND NOT EXISTS (SELECT 1 FROM task_registrations AS r
-                          WHERE r.task = j.task AND r.expires_at > now())) AS waiting_for_unknown_task,
-       (SELECT count(*) FROM jobs
-        WHERE finished_at > now() - interval '1 hour' AND queue = o.name) AS finished_last_hour
+       o.waiting_for_unknown_task, o.finished_last_hour
 FROM (
     SELECT coalesce(c.queue, q.name) AS name,
            coalesce(q.paused, false) AS paused,
-           coalesce(c.counts, '{}'::jsonb) AS counts
+           coalesce(c.counts, '{}'::jsonb) AS counts,
+           coalesce(c.waiting_for_unknown_task, 0) AS waiting_for_unknown_task,
+           coalesce(c.finished_last_hour, 0) AS finished_last_hour
     FROM (
-        SELECT queue, jsonb_object_agg(state, n) AS counts
-        FROM (SELECT queue, state, count(*) AS n FROM jobs GROUP BY queue, state) AS per_state
+        SELECT queue, jsonb_object_agg(state, n) AS counts,
+               sum(unknown)::bigint AS waiting_for_unknown_task, sum(finished)::bigint AS finished_last_hour
+        FROM (
+            SELECT queue, state, sum(n) AS n, sum(finished) AS finished,
+                   sum(n) FILTER (WHERE state = 'queued' AND NOT EXISTS (
+                       SELECT 1 FROM task_registrations AS r WHERE r.task = t.task AND r.expires_at > now()
+                   )) AS unknown
+            FROM (
+                SELECT queue, state, task, count(*) AS n,
+                       count(*) FILTER (WHERE finished_at > now() - interval '1 hour') AS finished
+                FROM jobs
+                GROUP BY queue, state, task
+            ) AS t
+            GROUP BY queue, state
+        ) AS per_state
         GROUP BY queue
     ) AS c
     FULL JOIN queues AS q ON q.name = c.queue
