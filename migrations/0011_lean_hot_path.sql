@@ -1,5 +1,6 @@
 -- The hot path's own work only: state events written by the statements that change a job's state
--- (not by triggers), and the state index kept off enqueues and claims.
+-- (not by triggers), the state index kept off enqueues and claims, and side-by-side enqueues
+-- notified once, after their commits.
 -- A row trigger that bumped event_seq and a statement trigger that read the old and new rows of
 -- every UPDATE on jobs (transition tables of whole rows, args and errors included) cost the
 -- claim and the outcome more than their own work; each state-changing statement in
@@ -31,3 +32,17 @@ ALTER TABLE job_events DROP CONSTRAINT job_events_job_id_fkey;
 -- job_list says so); the pruner finds old finished jobs by jobs_finished_at_idx.
 DROP INDEX jobs_state_id_idx;
 CREATE INDEX jobs_finished_state_id_idx ON jobs (state, id DESC) WHERE state IN ('succeeded', 'failed', 'cancelled');
+
+-- Wake workers from the inserting transaction unless it says its caller will, after the commit
+-- (skiplock.wake = 'later', set by job_insert): a NOTIFY holds a database-wide lock from commit to
+-- WAL flush, so single enqueues that each notified committed one at a time; see queue/_waker.py.
+CREATE OR REPLACE FUNCTION skiplock_notify_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('skiplock.wake', true) = 'later' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('skiplock', 'queued:' || due.queue)
+    FROM (SELECT DISTINCT queue FROM new_jobs WHERE run_at <= now()) AS due;
+    RETURN NULL;
+END
+$$;

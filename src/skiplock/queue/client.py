@@ -24,6 +24,7 @@ from skiplock.errors import (
     SkiplockError,
 )
 from skiplock.queue._statements import JOBS, QUEUES
+from skiplock.queue._waker import Waker
 from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo
 from skiplock.queue.origin import current_origin
 from skiplock.queue.schedules import Schedules
@@ -128,6 +129,9 @@ class Client:
         self.registry = registry
         self.schedules = Schedules(pool, registry)
         self._overview: tuple[float, list[QueueInfo]] | None = None  # (monotonic time, queues)
+        #: Set by the engine: wakes workers for enqueues made side by side (see _waker.py).
+        self.waker: Waker | None = None
+        self._enqueuing = 0  # enqueues of this client under way, on its pool
 
     def _resolve(self, request: EnqueueRequest) -> _Resolved:
         """Validate one job against its task and fill in the task's defaults."""
@@ -184,9 +188,24 @@ class Client:
             unique_key,
             _origin(),
         )
-        target: Executor = conn if conn is not None else self.pool
+        if conn is not None:  # the caller's transaction: the insert's own NOTIFY goes at its commit
+            return await self._insert(conn, params, unique_key, wake_later=False)
+        # Beside another enqueue, the insert does not notify: one NOTIFY after both commits does.
+        waker = self.waker if self.waker is not None and self.waker.running and self._enqueuing else None
+        self._enqueuing += 1
+        try:
+            job = await self._insert(self.pool, params, unique_key, wake_later=waker is not None)
+        finally:
+            self._enqueuing -= 1
+        if waker is not None and job.created and job.run_at <= job.created_at:
+            waker.wake(job.queue)
+        return job
+
+    async def _insert(
+        self, target: Executor, params: tuple[Any, ...], unique_key: str | None, *, wake_later: bool
+    ) -> Job:
         for _ in range(_UNIQUE_RACE_RETRIES):
-            record = await target.fetchrow(JOBS.job_insert, *params)
+            record = await target.fetchrow(JOBS.job_insert, *params, wake_later)
             if record is not None:
                 job = Job.from_record(record)
                 if job.created:

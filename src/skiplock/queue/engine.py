@@ -31,6 +31,7 @@ from skiplock.queue._rescuer import Rescuer
 from skiplock.queue._running import RunningJobs
 from skiplock.queue._scheduler import Scheduler
 from skiplock.queue._threads import TaskThreads
+from skiplock.queue._waker import Waker
 from skiplock.queue.client import Client
 from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
 from skiplock.service import Service, Supervisor
@@ -112,6 +113,8 @@ class Engine:
 
     def _services(self) -> list[Service]:
         services: list[Service] = [self.listener, self.hub]
+        if self.client.waker is not None:
+            services.append(self.client.waker)
         self.listener.subscribe("ev", self.hub.hint)
         self.listener.on_reconnect(self.hub.catch_up)
         services.append(
@@ -195,6 +198,7 @@ class Engine:
         )
         await self.http.start()
         self._client = Client(self._pool, self.registry, task_pool=self._task_pool)
+        self._client.waker = Waker(self._pool)
         try:
             await self._declare_schedules()
         except BaseException:  # a bad declared schedule: nothing of the engine stays open

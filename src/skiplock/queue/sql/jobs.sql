@@ -5,11 +5,14 @@
 
 -- name: job_insert
 -- One job; a live job with the same unique_key is returned instead (created = false).
+-- $11: the caller wakes the workers itself after the commit (see _waker.py), so the insert
+-- trigger sends no NOTIFY from this transaction; set before the row goes in.
 WITH inserted AS (
     INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key, origin)
-    VALUES ($1, $2, $3, $4,
-            coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
-            $7, $8, $9, $10)
+    SELECT $1, $2, $3, $4,
+           coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
+           $7, $8, $9, $10
+    FROM (SELECT set_config('skiplock.wake', CASE WHEN $11::boolean THEN 'later' ELSE '' END, true)) AS wake
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
     RETURNING *
