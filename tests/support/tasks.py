@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -272,19 +273,19 @@ async def record_execution(ctx: Context, args: Recorded) -> dict[str, int]:
 
 
 async def _recorded_run(ctx: Context, args: Recorded, db: Any) -> dict[str, int]:
-    import os
-
     started = time.time()
-    row_id = await db.fetchval(
-        "INSERT INTO test_executions (job_id, attempt, pid, owner, started_at)"
-        " SELECT $1, $2, $3, (SELECT lease_owner FROM jobs WHERE id = $1), $4 RETURNING id",
-        ctx.job.id,
-        ctx.job.attempt,
-        os.getpid(),
-        started,
-    )
     last_work, outcome = started, "stopped"
     try:
+        # In the try: a start row that committed but whose reply was lost (a server crash) is
+        # ended too, at once, having done no work; else it looks like a run that never ended.
+        await db.execute(
+            "INSERT INTO test_executions (job_id, attempt, pid, owner, started_at)"
+            " SELECT $1, $2, $3, (SELECT lease_owner FROM jobs WHERE id = $1), $4",
+            ctx.job.id,
+            ctx.job.attempt,
+            os.getpid(),
+            started,
+        )
         until = started + args.seconds
         while (now := time.time()) < until:
             if args.report:
@@ -302,16 +303,24 @@ async def _recorded_run(ctx: Context, args: Recorded, db: Any) -> dict[str, int]
     finally:
         # Shielded: a fenced run's awaits are cut short once its cleanup time is over, but its
         # record's end (the end of its last step of work) is bookkeeping, written whatever happens.
-        await asyncio.shield(_record_end(ctx, db, row_id, last_work, outcome))
+        await asyncio.shield(_record_end(ctx, db, started, last_work, outcome))
 
 
-async def _record_end(ctx: Context, db: Any, row_id: int, ended: float, outcome: str) -> None:
-    # The database may be away (an outage test): keep trying for a while, on the pool if the
-    # held connection broke.
+async def _record_end(ctx: Context, db: Any, started: float, ended: float, outcome: str) -> None:
+    """The end of the execution that started at ``started`` (if its start row was written). The
+    database may be away (an outage test): keep trying for a while, on the pool if the held
+    connection broke."""
     for n in range(150):
         try:
             await (db if n % 2 == 0 else ctx.pool).execute(
-                "UPDATE test_executions SET ended_at = $2, outcome = $3 WHERE id = $1", row_id, ended, outcome
+                "UPDATE test_executions SET ended_at = $5, outcome = $6"
+                " WHERE job_id = $1 AND attempt = $2 AND pid = $3 AND started_at = $4",
+                ctx.job.id,
+                ctx.job.attempt,
+                os.getpid(),
+                started,
+                ended,
+                outcome,
             )
             return
         except Exception:
