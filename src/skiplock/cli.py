@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import math
 import signal
 import sys
@@ -136,10 +137,19 @@ async def _serve(settings: Settings) -> int:
     signals = ShutdownSignals(settings.shutdown_grace_s)
     with signals.installed():
         serving = asyncio.ensure_future(server.serve())
+        _freeze_startup_objects()
         failed = await _until_stopped(signals, engine, serving)
         server.should_exit = True
         await serving
     return 1 if failed or not server.started else 0
+
+
+def _freeze_startup_objects() -> None:
+    """Modules, settings and the engine live as long as the process: kept out of the garbage
+    collector's scans from now on, which each job's short-lived objects would otherwise trigger
+    over all of them (about 2 us of a no-op job's worker CPU)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _until_stopped(
@@ -172,6 +182,7 @@ async def _worker(settings: Settings) -> int:
     with signals.installed():
         registry = load_registry(settings.task_modules)
         async with Engine(settings, registry, settings.database_url or "") as engine:
+            _freeze_startup_objects()
             failed = await _until_stopped(signals, engine)  # a worker has no server
     return 1 if failed else 0
 
