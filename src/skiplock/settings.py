@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".skiplock"), description="Where the embedded server lives.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    concurrency: int = Field(default=50, ge=1, le=10_000, description="Jobs run at once.")
+    concurrency: int = Field(default=100, ge=1, le=10_000, description="Jobs run at once.")
     queues: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Queues served, 'name' or 'name:limit'; empty: 'default' and every task's queue.",

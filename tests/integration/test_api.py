@@ -226,7 +226,7 @@ async def test_pause_and_resume_a_queue(api: Client) -> None:
     assert queues["reports"]["paused"]
     assert queues["reports"]["counts"] == {"queued": 1}
     assert queues["reports"]["concurrency"] is None  # this process does not serve 'reports'
-    assert queues["default"]["concurrency"] == 50
+    assert queues["default"]["concurrency"] == 100  # the default
     resumed = await api.post("/queues/reports/resume")
     assert resumed.json()["paused"] is False
     assert_error(await api.post("/queues/bad name/pause"), 400)
