@@ -29,7 +29,14 @@ async def run(bench: Bench) -> None:
     plain = await drain(bench, count, 1, task="bench_noop")
     reporting = await drain(bench, count, 1, task="bench_progress")
     bench.record("drain-progress", "without progress", plain, "jobs/s")
-    bench.record("drain-progress", "with progress", reporting, "jobs/s")
+    bench.record(
+        "drain-progress",
+        "with progress",
+        reporting,
+        "jobs/s",
+        floor="drain-progress.without progress",
+        target=">= 70% of plain drain",
+    )
 
 
 async def fanout(bench: Bench) -> None:
