@@ -1,8 +1,9 @@
 """Listing jobs by state reads about a page of rows, however the table is mixed.
 
 The table is shaped as under a backlog: old finished jobs, a few running ones, and many newer
-queued ones. Only finished states have an index of their own (migration 0011); the others must
-still be found without walking the crowd of another state.
+queued ones; a page of one state must be found without walking the crowd of another. Running
+jobs may be read from the lease index (job_list says a running job holds a lease), so the state
+index is not the only way to them.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def rows_of_jobs(node: dict[str, Any]) -> int:
 
 
 #: Succeeded pages are read by the primary key, newest first: behind a crowd of newer queued jobs
-#: the planner (which takes states for evenly spread) walks them, with or without an index on
-#: (state, id), as it did before migration 0011. Mostly the succeeded jobs are the crowd.
+#: the planner (which takes states for evenly spread) walks them even with the (state, id DESC)
+#: index there. Mostly the succeeded jobs are the crowd.
 LISTED = sorted(set(COUNTS) - {"succeeded"})
 
 

@@ -197,3 +197,29 @@ async def test_seqs_follow_on_from_progress_events_through_a_whole_run(tx: async
         (5, "state", "succeeded"),
     ]
     assert await event_seq(tx, job_id) == 5
+
+
+async def test_a_state_change_by_a_previous_release_gets_its_event_from_the_compatibility_trigger(
+    tx: asyncpg.Connection,
+) -> None:
+    """In a rolling deploy, replicas of the previous release change states with statements that
+    do not take the seq: the trigger of migration 0011 writes their events."""
+    job_id = await job(tx, JobState.RUNNING)
+    await tx.execute(  # the previous release's retry outcome, in the shape it wrote it
+        """UPDATE jobs SET state = 'queued', errors = errors || '[{"type": "Boom"}]',
+                          lease_owner = NULL, lease_expires_at = NULL WHERE id = $1""",
+        job_id,
+    )
+    await tx.execute("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE id = $1", job_id)
+    assert await state_events(tx, job_id) == [
+        {"seq": 1, "state": "queued", "previous": "running", "attempt": 1, "error": {"type": "Boom"}},
+        {"seq": 2, "state": "cancelled", "previous": "queued", "attempt": 1},
+    ]
+    assert await event_seq(tx, job_id) == 2
+
+
+async def test_a_deleted_jobs_events_go_with_it(tx: asyncpg.Connection) -> None:
+    gone, kept = await job(tx), await job(tx)
+    await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [])
+    await tx.execute("DELETE FROM jobs WHERE id = $1", gone)
+    assert await tx.fetchval("SELECT array_agg(DISTINCT job_id) FROM job_events") == [kept]

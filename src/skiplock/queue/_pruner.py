@@ -42,9 +42,8 @@ class Pruner:
         """Delete every expired finished job now, batch by batch; returns how many."""
         total = 0
         while not self._stop.is_set:
-            deleted: int = await self.pool.fetchval(
-                JOBS.job_prune_finished, self.retention_s, self.batch, now
-            )
+            status = await self.pool.execute(JOBS.job_prune_finished, self.retention_s, self.batch, now)
+            deleted = int(status.split()[-1])
             total += deleted
             if deleted < self.batch:
                 break

@@ -326,22 +326,16 @@ SELECT pg_notify('skiplock', 'queued:' || queue) FROM unnest($1::text[]) AS queu
 
 -- name: job_prune_finished
 -- Finished jobs older than $1 seconds, oldest first, a batch at a time (served by
--- jobs_finished_at_idx), with their events; returns how many jobs went.
-WITH gone AS (
-    DELETE FROM jobs
-    WHERE id IN (
-        SELECT id FROM jobs
-        WHERE state IN ('succeeded', 'failed', 'cancelled')
-          AND finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)
-        ORDER BY finished_at
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING id
-), events AS (
-    DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone)
+-- jobs_finished_at_idx); their events go with them (jobs_deleted_events, migration 0011).
+DELETE FROM jobs
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE state IN ('succeeded', 'failed', 'cancelled')
+      AND finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)
+    ORDER BY finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
 )
-SELECT count(*) FROM gone
 
 -- name: job_reserve_ids
 -- Ids for a bulk enqueue, taken before the COPY so the caller learns them. The sequence is
