@@ -103,3 +103,13 @@ async def is_current(conn: AnyConnection) -> bool:
     except asyncpg.UndefinedTableError:
         return False
     return bool(latest == len(discover()))
+
+
+async def missing(conn: AnyConnection) -> list[int]:
+    """Versions of this release's migrations the database has not applied (empty also when the
+    database is ahead: a newer release's replica migrated it, and kept what this one runs on)."""
+    try:
+        done = {row["version"] for row in await conn.fetch(SQL.applied)}
+    except asyncpg.UndefinedTableError:
+        done = set()
+    return [m.version for m in discover() if m.version not in done]

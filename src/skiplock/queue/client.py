@@ -123,6 +123,7 @@ class Client:
     def __init__(
         self, pool: asyncpg.Pool, registry: TaskRegistry, *, task_pool: asyncpg.Pool | None = None
     ) -> None:
+        #: The engine's statements' pool (with the engine, not reset between uses: see Engine.pool).
         self.pool = pool
         #: What tasks get as ``ctx.pool`` (without the engine's statement limits).
         self.task_pool = task_pool or pool
@@ -195,10 +196,17 @@ class Client:
         self._enqueuing += 1
         try:
             job = await self._insert(self.pool, params, unique_key, wake_later=waker is not None)
+        except BaseException:
+            if waker is not None and waker.running:  # it may have committed, its reply lost
+                waker.wake(r.queue)
+            raise
         finally:
             self._enqueuing -= 1
         if waker is not None and job.created and job.run_at <= job.created_at:
-            waker.wake(job.queue)
+            if waker.running:
+                waker.wake(job.queue)
+            else:  # stopped meanwhile, its last wake-ups sent: this one goes now
+                await self.pool.execute(JOBS.notify_queued, [job.queue])
         return job
 
     async def _insert(

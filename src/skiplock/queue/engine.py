@@ -15,8 +15,9 @@ import structlog
 
 from skiplock import metrics
 from skiplock.db.migrate import migrate_database
+from skiplock.db.migrate import missing as missing_migrations
 from skiplock.db.pool import create_pool, engine_limits, task_limits
-from skiplock.errors import ConfigError, InvalidArgumentsError
+from skiplock.errors import ConfigError, InvalidArgumentsError, MigrationError
 from skiplock.fetcher import Fetcher, FetchPolicy
 from skiplock.queue._completer import Completer
 from skiplock.queue._event_writer import EventWriter
@@ -83,6 +84,9 @@ class Engine:
 
     @property
     def pool(self) -> asyncpg.Pool:
+        """The engine's own pool: its connections are not reset between uses, so run nothing on it
+        that leaves session state (SET without LOCAL, LISTEN, advisory locks); your own queries
+        belong on :attr:`Client.task_pool` (a task's ``ctx.pool``)."""
         assert self._pool is not None, "the engine is not started"
         return self._pool
 
@@ -175,6 +179,18 @@ class Engine:
             services += [completer, writer, keeper, registrar, producer]
         return services
 
+    @staticmethod
+    async def _require_schema(pool: asyncpg.Pool) -> None:
+        """This release's statements need its migrations: without them every claim would fail."""
+        async with pool.acquire() as conn:
+            lacking = await missing_migrations(conn)
+        if lacking:
+            await pool.close()
+            raise MigrationError(
+                f"the database lacks migration(s) {', '.join(f'{v:04d}' for v in lacking)} of this release;"
+                " run `skiplock migrate` first (SKIPLOCK_AUTO_MIGRATE is off)"
+            )
+
     async def start(self) -> None:
         s = self.settings
         if s.auto_migrate:
@@ -187,6 +203,8 @@ class Engine:
             limits=self.limits,
             reset_sessions=False,
         )
+        if not s.auto_migrate:
+            await self._require_schema(self._pool)
         # Tasks get a pool of their own: their long statements and COPYs are not cut by the
         # engine's limits, and a task holding connections cannot starve the engine's writes.
         self._task_pool = await create_pool(
