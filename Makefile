@@ -43,3 +43,6 @@ bench: install ## benchmark the engine against bare asyncpg (QUICK=1 for a short
 
 clean: ## remove the venv, tools and caches (keeps .skiplock, your local database)
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+
+graph: install ## print the import graph of src/skiplock, its cycles and private-module crossings
+	$(VENV)/bin/python tools/import_graph.py
