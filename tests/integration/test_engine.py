@@ -10,6 +10,7 @@ import pytest
 
 from skiplock.errors import InvalidArgumentsError, InvalidStateError, JobNotFound, UnknownTaskError
 from skiplock.queue import Engine, JobState
+from skiplock.queue._producer import Producer
 from tests.conftest import make_settings
 from tests.support.waiting import wait_until
 
@@ -21,6 +22,18 @@ async def finished(engine: Engine, job_id: int, timeout: float = 10.0) -> JobSta
 
     result: JobState = await wait_until(state, timeout)
     return result
+
+
+async def poll_round_ended(engine: Engine, timeout: float = 5.0) -> None:
+    """Return once the producer's poll has fired and a claim round that began after it has ended:
+    whatever was due by then and claimable would have been claimed."""
+    assert engine.supervisor is not None
+    (producer,) = (s for s in engine.supervisor.services if isinstance(s, Producer))
+    producer.polled.clear()
+    await asyncio.wait_for(producer.polled.wait(), timeout)
+    # The poll fires between rounds, so any round that ends from here on began after it.
+    producer.round_done.clear()
+    await asyncio.wait_for(producer.round_done.wait(), timeout)
 
 
 async def test_enqueued_job_runs_and_succeeds_with_its_result(engine: Engine) -> None:
@@ -122,7 +135,7 @@ async def test_jobs_run_in_priority_order(settings, registry, db: asyncpg.Connec
 async def test_delayed_job_does_not_start_before_run_at(engine: Engine) -> None:
     job = await engine.client.enqueue("noop", {}, delay_s=1.2)
     assert job.run_at > job.created_at + timedelta(seconds=1.1)
-    await asyncio.sleep(0.6)
+    await poll_round_ended(engine)
     assert (await engine.client.get(job.id)).state == "queued"
     assert await finished(engine, job.id) == "succeeded"
     done = await engine.client.get(job.id)
@@ -133,7 +146,7 @@ async def test_delayed_job_does_not_start_before_run_at(engine: Engine) -> None:
 async def test_paused_queue_is_not_claimed_until_resumed(engine: Engine) -> None:
     await engine.client.set_paused("default", True)
     job = await engine.client.enqueue("noop", {})
-    await asyncio.sleep(1.2)  # two poll periods: the poll, not only NOTIFY, must obey the pause
+    await poll_round_ended(engine)  # the poll, not only NOTIFY, must obey the pause
     assert (await engine.client.get(job.id)).state == "queued"
     overview = {q.name: q for q in await engine.client.queues()}
     assert overview["default"].paused
@@ -147,7 +160,8 @@ async def test_cancelled_queued_job_never_starts(engine: Engine) -> None:
     cancelled = await engine.client.cancel(job.id)
     assert cancelled.state == "cancelled"
     assert cancelled.finished_at is not None
-    await asyncio.sleep(1.2)
+    await wait_until(lambda: engine.client.pool.fetchval("SELECT now() >= $1", job.run_at))
+    await poll_round_ended(engine)  # claimed now, were it not cancelled
     assert (await engine.client.get(job.id)).state == "cancelled"
     assert await engine.client.pool.fetchval("SELECT count(*) FROM test_runs") == 0
 

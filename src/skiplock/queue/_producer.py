@@ -71,6 +71,9 @@ class Producer:
         #: When the last claim that returned jobs took them (the server's clock): a lost claim's
         #: jobs are the ones this process holds that were taken later.
         self._claimed_at: datetime | None = None
+        #: Test signals, waited on by tests only: the poll's timer fired; a claim round ended.
+        self.polled = asyncio.Event()
+        self.round_done = asyncio.Event()
 
     def wake(self, queue: str) -> None:
         """A hint that ``queue`` has due jobs (called from the listener callback)."""
@@ -113,6 +116,7 @@ class Producer:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
             except TimeoutError:
+                self.polled.set()
                 self.wake_all()
         self._wakeup.clear()
         # Let completions of the same moment free their slots, so one claim takes them all.
@@ -153,6 +157,7 @@ class Producer:
             valid_until = lease_deadline(sent_at, self.lease_s)
             for record in records:
                 self._start(jobs, ClaimedJob.from_record(record), valid_until)
+        self.round_done.set()
 
     def _start(self, jobs: asyncio.TaskGroup, job: ClaimedJob, valid_until: float) -> None:
         if time.monotonic() >= valid_until:  # the claim's reply took most of a lease: not ours to run
