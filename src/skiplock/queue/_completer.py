@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import asyncpg
@@ -34,16 +35,30 @@ from skiplock.service import Recovery, StopSignal, str_of
 
 log = structlog.get_logger("skiplock.completer")
 
-RELEASED = "released"  # not a job state: handed back to the queue at shutdown
-UNSTARTED = "unstarted"  # not a job state: never started here, handed back with its attempt unused
-_HANDED_BACK = {RELEASED: JOBS.job_release_many, UNSTARTED: JOBS.job_release_unstarted}
+
+class OutcomeKind(StrEnum):
+    """How a run ended, as the completer writes it. The first four are the job states they set;
+    the last two are not job states: the run is handed back to its queue."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRY = "queued"  # another attempt after its backoff
+    RELEASED = "released"  # stopped at shutdown; its attempt stays counted
+    UNSTARTED = "unstarted"  # never started here; its attempt is given back
+
+
+_HANDED_BACK = {
+    OutcomeKind.RELEASED: JOBS.job_release_many,
+    OutcomeKind.UNSTARTED: JOBS.job_release_unstarted,
+}
 _REASON_CHARS = 1000  # of the server's message, in the OutcomeNotStored error
 
 
 @dataclass(slots=True)
 class Outcome:
     job: ClaimedJob
-    state: str  # succeeded | failed | cancelled | queued (retry) | released | unstarted
+    kind: OutcomeKind
     result: Any = None
     error: dict[str, Any] | None = None
     retry_in_s: float = 0.0  # a retry's backoff; for a release, how long until it is due again
@@ -191,7 +206,7 @@ class Completer:
         events = [row for o in batch for row in o.event_rows()]
         # A transaction even for one statement: given up (stopping), it must not commit later.
         async with self.write_lock, self.pool.acquire() as conn, conn.transaction():
-            if events or any(o.state in _HANDED_BACK for o in batch):
+            if events or any(o.kind in _HANDED_BACK for o in batch):
                 # Every row this transaction will update, locked in id order before any of them
                 # (job_finish_many alone locks its own rows so).
                 await conn.execute(JOBS.job_lock_rows, sorted({o.job.id for o in batch}))
@@ -202,13 +217,13 @@ class Completer:
 
     async def _store(self, conn: AnyConnection, batch: Sequence[Outcome]) -> None:
         # Sorted by id: job_finish_many finds each row's values by binary search on the ids.
-        finished = sorted((o for o in batch if o.state not in _HANDED_BACK), key=lambda o: o.job.id)
+        finished = sorted((o for o in batch if o.kind not in _HANDED_BACK), key=lambda o: o.job.id)
         if finished:
             written = await conn.fetch(
                 JOBS.job_finish_many,
                 [o.job.id for o in finished],
                 [o.job.attempt for o in finished],
-                [o.state for o in finished],
+                [o.kind.value for o in finished],
                 [encode_json(o.result) for o in finished],
                 [encode_json(o.error) for o in finished],
                 [o.retry_in_s for o in finished],
@@ -219,12 +234,12 @@ class Completer:
                 done = {r["id"] for r in written}
                 lost = [o.job.id for o in finished if o.job.id not in done]
                 log.warning("job_outcomes_discarded", job_ids=lost, reason="lease lost")
-        for state, statement in _HANDED_BACK.items():
-            released = [o for o in batch if o.state == state]
+        for kind, statement in _HANDED_BACK.items():
+            released = [o for o in batch if o.kind == kind]
             if not released:
                 continue
             ids, attempts = [o.job.id for o in released], [o.job.attempt for o in released]
-            if state == RELEASED:
+            if kind == OutcomeKind.RELEASED:
                 rows = await conn.fetch(
                     statement, ids, self.owner, attempts, [o.retry_in_s for o in released]
                 )
@@ -235,7 +250,9 @@ class Completer:
             if requeued:
                 await conn.execute(JOBS.notify_queued, requeued)
             if rows:
-                log.info("jobs_released", job_ids=[r["id"] for r in rows], started=state == RELEASED)
+                log.info(
+                    "jobs_released", job_ids=[r["id"] for r in rows], started=kind == OutcomeKind.RELEASED
+                )
 
     async def _refused(self, outcome: Outcome, exc: Exception) -> None:
         """The server refused this outcome alone. Its events are written apart (a refused one is
@@ -256,8 +273,8 @@ class Completer:
         metrics.outcomes_not_stored.inc()
         # The server's primary message only: its DETAIL may quote the refused value itself.
         reason = (getattr(exc, "message", None) or str_of(exc))[:_REASON_CHARS]
-        fields = {"job_id": job.id, "attempt": job.attempt, "outcome": outcome.state, "error": reason}
-        if outcome.state not in _HANDED_BACK:  # a release carries no value: nothing to fail it for
+        fields = {"job_id": job.id, "attempt": job.attempt, "outcome": outcome.kind.value, "error": reason}
+        if outcome.kind not in _HANDED_BACK:  # a release carries no value: nothing to fail it for
             try:
                 async with conn.transaction():
                     await conn.fetch(

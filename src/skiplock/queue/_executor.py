@@ -17,7 +17,7 @@ from skiplock import metrics, tracing
 from skiplock.db.storable import storable_json
 from skiplock.errors import FetchError, InvalidArgumentsError, PermanentJobError, UnknownTaskError
 from skiplock.fetcher import Fetcher
-from skiplock.queue._completer import RELEASED, UNSTARTED, Completer, Outcome
+from skiplock.queue._completer import Completer, Outcome, OutcomeKind
 from skiplock.queue._running import RunningJob, RunningJobs, StopReason
 from skiplock.queue._threads import TaskThreads, ThreadExit
 from skiplock.queue.client import Client
@@ -30,7 +30,12 @@ from skiplock.service import str_of
 log = structlog.get_logger("skiplock.executor")
 
 _TRACEBACK_LINES = 30
-_OUTCOMES = {"queued": "retried", RELEASED: "released", UNSTARTED: "released"}
+#: The outcome label of skiplock_jobs_finished_total: the kinds that hand a run back are one.
+_OUTCOMES = {
+    OutcomeKind.RETRY: "retried",
+    OutcomeKind.RELEASED: "released",
+    OutcomeKind.UNSTARTED: "released",
+}
 #: A job whose thread still runs as the process leaves is due again only after this: past the
 #: CLI's exit watchdog (grace + 4 s after the signal; the release comes at the grace's end).
 THREAD_LEFT_RUNNING_DELAY_S = 10.0
@@ -120,7 +125,7 @@ class Executor:
 
     def hand_back(self, job: ClaimedJob) -> None:
         """A claimed job this process will not start: back to its queue, its attempt unused."""
-        self.completer.put(Outcome(job, UNSTARTED))
+        self.completer.put(Outcome(job, OutcomeKind.UNSTARTED))
 
     async def run(self, running: RunningJob) -> None:
         """Execute the job and hand its outcome on; never raises."""
@@ -147,21 +152,21 @@ class Executor:
                 duration_s = time.perf_counter() - started
                 measure.duration.observe(duration_s)
             # The outcome of a run that went on once fenced is void too (a hand-back is not one).
-            if outcome is None or (running.fenced and outcome.state != UNSTARTED):
+            if outcome is None or (running.fenced and outcome.kind != OutcomeKind.UNSTARTED):
                 job_log.warning("job_abandoned", reason="lease lost")
                 return
             outcome.progress = running.progress
             if running.pending or running.dropped_logs:  # written before the outcome, same transaction
                 outcome.events = running.take_events()
             self.completer.put(outcome)
-            state = outcome.state
-            metrics.finished(job.queue, job.task, _OUTCOMES.get(state, state)).inc()
+            kind = outcome.kind
+            metrics.finished(job.queue, job.task, _OUTCOMES.get(kind, kind.value)).inc()
             # Successes at debug: one line per job would be a tenth of a no-op job's cost, and the
             # job row keeps the outcome anyway. Everything else is worth a line at info.
-            emit = job_log.debug if state == "succeeded" else job_log.info
+            emit = job_log.debug if kind is OutcomeKind.SUCCEEDED else job_log.info
             emit(
                 "job_finished",
-                outcome=state,
+                outcome=kind.value,
                 duration_ms=round(duration_s * 1000, 2),
                 error=outcome.error["message"] if outcome.error else None,
             )
@@ -183,23 +188,25 @@ class Executor:
         with tracing.job_span(job.origin, job.task, attributes) as span:
             outcome = await self._execute(running)
             if outcome is not None:
-                tracing.mark_outcome(span, outcome.state, outcome.error["message"] if outcome.error else None)
+                tracing.mark_outcome(
+                    span, outcome.kind.value, outcome.error["message"] if outcome.error else None
+                )
             return outcome
 
     async def _execute(self, running: RunningJob) -> Outcome | None:
         job = running.job
         if not running.holds_lease():  # paused between the claim and now: never begun, handed back
-            return Outcome(job, UNSTARTED)
+            return Outcome(job, OutcomeKind.UNSTARTED)
         stopped = running.stop_reason  # stopped before its first step (see _lease.fenced): never begun
         if stopped is StopReason.CANCELLED:
-            return Outcome(job, "cancelled")
+            return Outcome(job, OutcomeKind.CANCELLED)
         if stopped is StopReason.SHUTDOWN:  # back to its queue, its attempt unused
-            return Outcome(job, UNSTARTED)
+            return Outcome(job, OutcomeKind.UNSTARTED)
         try:
             spec = self.registry.get(job.task)
             args = spec.validate_args(job.args)
         except (UnknownTaskError, InvalidArgumentsError) as exc:
-            return Outcome(job, "failed", error=error_record(job, exc))
+            return Outcome(job, OutcomeKind.FAILED, error=error_record(job, exc))
         ctx = Context(
             JobInfo(job.id, job.task, job.queue, job.attempt, job.max_attempts),
             client=self.client,
@@ -215,7 +222,7 @@ class Executor:
                 async with timeout:
                     result = await self._call(spec, ctx, args, running)
             # Plain JSON whatever the task returned (a lone surrogate makes pydantic raise).
-            return Outcome(job, "succeeded", result=storable_json(result))
+            return Outcome(job, OutcomeKind.SUCCEEDED, result=storable_json(result))
         except asyncio.CancelledError as exc:
             reason = running.stop_reason
             current = asyncio.current_task()
@@ -227,10 +234,10 @@ class Executor:
             if current is not None:
                 current.uncancel()
             if reason is StopReason.CANCELLED:
-                return Outcome(job, "cancelled")
+                return Outcome(job, OutcomeKind.CANCELLED)
             if reason is StopReason.SHUTDOWN:
                 delay = THREAD_LEFT_RUNNING_DELAY_S if running.thread_left_running else 0.0
-                return Outcome(job, RELEASED, retry_in_s=delay)
+                return Outcome(job, OutcomeKind.RELEASED, retry_in_s=delay)
             return None
         except TimeoutError as exc:
             # Only the job's own timeout is reported as such; a task's own TimeoutError is a failure.
@@ -238,12 +245,12 @@ class Executor:
             message = f"timed out after {job.timeout_s:g}s" if expired else None
             return self._failure(job, spec.backoff.delay(job.attempt), exc, message)
         except _NotStarted:
-            return Outcome(job, UNSTARTED)
+            return Outcome(job, OutcomeKind.UNSTARTED)
         except PermanentJobError as exc:
-            return Outcome(job, "failed", error=error_record(job, exc))
+            return Outcome(job, OutcomeKind.FAILED, error=error_record(job, exc))
         except FetchError as exc:
             if not exc.retryable:  # a 404, a refused address, a page too large: the same next time
-                return Outcome(job, "failed", error=error_record(job, exc))
+                return Outcome(job, OutcomeKind.FAILED, error=error_record(job, exc))
             return self._failure(job, spec.backoff.delay(job.attempt), exc)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit: the task's own
             return self._failure(job, spec.backoff.delay(job.attempt), exc)
@@ -291,5 +298,5 @@ class Executor:
     ) -> Outcome:
         error = error_record(job, exc, message)
         if job.attempt < job.max_attempts:
-            return Outcome(job, "queued", error=error, retry_in_s=retry_in_s)
-        return Outcome(job, "failed", error=error)
+            return Outcome(job, OutcomeKind.RETRY, error=error, retry_in_s=retry_in_s)
+        return Outcome(job, OutcomeKind.FAILED, error=error)
