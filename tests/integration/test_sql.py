@@ -2,35 +2,67 @@
 
 from __future__ import annotations
 
+import ast
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from skiplock.db.migrate import SQL as MIGRATE_SQL
+import skiplock
 from skiplock.db.migrate import discover, is_current, migrate
-from skiplock.db.sqlfile import all_statements
-from skiplock.db.stats import SQL as STATS_SQL
-from skiplock.queue._statements import EVENTS, JOBS, QUEUES, SCHEDULES
-from skiplock.tasks._statements import IMPORTS, PAGES, RECORDS
+from skiplock.db.sqlfile import parse_statements
+from skiplock.queue._statements import JOBS
 from tests.factories import job
 
-STATEMENTS = {
-    **{f"jobs.{k}": v for k, v in all_statements(JOBS).items()},
-    **{f"queues.{k}": v for k, v in all_statements(QUEUES).items()},
-    **{f"events.{k}": v for k, v in all_statements(EVENTS).items()},
-    **{f"schedules.{k}": v for k, v in all_statements(SCHEDULES).items()},
-    **{f"migrate.{k}": v for k, v in all_statements(MIGRATE_SQL).items()},
-    **{f"stats.{k}": v for k, v in all_statements(STATS_SQL).items()},
-    **{f"records.{k}": v for k, v in all_statements(RECORDS).items()},
-    **{f"pages.{k}": v for k, v in all_statements(PAGES).items()},
-    **{f"imports.{k}": v for k, v in all_statements(IMPORTS).items()},
-}
+SRC = Path(skiplock.__file__).parent
+#: Every ``.sql`` file under src/, found on disk: a new file is prepared without being listed here.
+SQL_FILES = sorted(SRC.rglob("*.sql"))
+#: Identifiers cannot be parameters: skiplock.db.admin fills these in after checking them.
+IDENTIFIERS = {"name": "skiplock_prepare_check", "template": "skiplock_prepare_template"}
+
+
+def _statements() -> dict[str, str]:
+    statements: dict[str, str] = {}
+    for path in SQL_FILES:
+        for name, text in parse_statements(path.read_text(encoding="utf-8")).items():
+            key = f"{path.stem}.{name}"
+            assert key not in statements, f"{key} is named in two .sql files"
+            statements[key] = text.format(**IDENTIFIERS) if path.stem == "admin" else text
+    return statements
+
+
+STATEMENTS = _statements()
 #: Statements that read a temporary table another statement creates first.
 NEEDS_FIRST = {
-    "records.records_upsert_staged": RECORDS.records_stage,
-    **{f"imports.{k}": IMPORTS.import_staging_create for k in all_statements(IMPORTS)},  # per session
+    "records.records_upsert_staged": STATEMENTS["records.records_stage"],
+    **{k: STATEMENTS["imports.import_staging_create"] for k in STATEMENTS if k.startswith("imports.")},
 }
+
+
+def _loaded_files() -> set[Path]:
+    """The files every ``load_statements(cls, package, filename)`` call under src/ reads."""
+    loaded: set[Path] = set()
+    for module in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "load_statements"
+            ):
+                package, filename = (ast.literal_eval(arg) for arg in node.args[1:3])
+                parts = package.split(".")
+                assert parts[0] == "skiplock", f"{module}: {package}"
+                loaded.add(SRC.joinpath(*parts[1:], filename))
+    return loaded
+
+
+def test_every_sql_file_the_code_loads_is_among_the_prepared() -> None:
+    loaded = _loaded_files()
+    assert loaded, "no load_statements call found under src/"
+    assert loaded <= set(SQL_FILES), sorted(str(p) for p in loaded - set(SQL_FILES))
+    for path in SQL_FILES:  # a file whose headers are mistyped would add nothing to the prepared
+        assert any(k.startswith(f"{path.stem}.") for k in STATEMENTS), f"{path} holds no named statement"
 
 
 @pytest.mark.parametrize("name", sorted(STATEMENTS))
