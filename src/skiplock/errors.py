@@ -3,12 +3,17 @@
     SkiplockError
     ├── ConfigError              a setting is missing or invalid
     ├── DatabaseError            PostgreSQL refused or dropped a statement (asyncpg errors are mapped here)
+    │   ├── DatabaseUnavailableError  unreachable, the connection broke, the server going away (503)
+    │   ├── StatementStoppedError     a time limit, a lock wait or a conflict stopped it; retry (503)
+    │   ├── StatementRefusedError     the server refused the statement for another reason (500)
     │   └── MigrationError       a migration file is missing, out of order or failed
     ├── NotFoundError            a job, queue or task that does not exist
     │   ├── JobNotFound
     │   ├── ImportNotFound
+    │   ├── ScheduleNotFound
     │   └── UnknownTaskError
     ├── InvalidArgumentsError    job arguments fail the task's model
+    ├── CsvFileError             a CSV file no row of which can load (no usable header, a line too long)
     ├── UploadError              an upload refused while it arrives; nothing of it is kept
     │   ├── InvalidUploadError        malformed multipart, no file part, an empty body (400)
     │   ├── UploadTooLargeError       over SKIPLOCK_IMPORT_MAX_BYTES (413)
@@ -24,7 +29,10 @@
     │   └── BadResponseError     the body is too large, or not what the task reads (JSON, HTML)
     ├── JobError                 raised by a task to steer its own outcome
     │   └── PermanentJobError    fail now, never retry
-    └── LeaseLostError           a run no longer holds its job's lease: what it writes is refused
+    ├── LeaseLostError           a run no longer holds its job's lease: what it writes is refused
+    └── SubscriptionError        an event subscriber is given nothing more
+        ├── SubscriptionClosed   the subscriber went away
+        └── EventsMissed         the subscriber may have missed events (``reason`` says why); it can resume
 
 Each subclass's docstring is its default message.
 """
@@ -51,6 +59,18 @@ class DatabaseError(SkiplockError):
     """The database failed the statement."""
 
 
+class DatabaseUnavailableError(DatabaseError):
+    """The database is unavailable; retry shortly."""
+
+
+class StatementStoppedError(DatabaseError):
+    """The statement was stopped before it finished; retry shortly."""
+
+
+class StatementRefusedError(DatabaseError):
+    """The database refused the statement."""
+
+
 class MigrationError(DatabaseError):
     """Migrations could not be applied."""
 
@@ -67,12 +87,20 @@ class ImportNotFound(NotFoundError):
     """No import has this id."""
 
 
+class ScheduleNotFound(NotFoundError):
+    """No schedule has this id."""
+
+
 class UnknownTaskError(NotFoundError):
     """No task is registered under this name."""
 
 
 class InvalidArgumentsError(SkiplockError):
     """The job's arguments do not match the task's model."""
+
+
+class CsvFileError(SkiplockError, ValueError):
+    """The file as a whole cannot be imported (no usable header row, a line too long): no row can load."""
 
 
 class UploadError(SkiplockError):
@@ -149,3 +177,19 @@ class PermanentJobError(JobError):
 
 class LeaseLostError(SkiplockError):
     """This run no longer holds its job's lease; it is being stopped and nothing it writes is kept."""
+
+
+class SubscriptionError(SkiplockError):
+    """The event subscription ended."""
+
+
+class SubscriptionClosed(SubscriptionError):
+    """The subscriber went away (``Subscription.close``): nothing more is given to it."""
+
+
+class EventsMissed(SubscriptionError):
+    """The subscriber may have missed events; it can resume (a job's from ``after=last_seq``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -16,6 +16,8 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
+from skiplock.errors import CsvFileError as CsvFileError
+
 #: The columns items are loaded from, in the staging table's order.
 COLUMNS = ("sku", "name", "category", "price", "quantity", "updated_at")
 REQUIRED = ("sku", "name", "price", "quantity")
@@ -36,10 +38,6 @@ _PLAIN_TIME = re.compile(
 
 #: One row for the staging table: line_no, raw, reason, the header's known columns, then plain.
 StagedRow = tuple[Any, ...]
-
-
-class CsvFileError(ValueError):
-    """The file as a whole cannot be imported (no usable header row, a line too long): no row can load."""
 
 
 @dataclass(frozen=True, slots=True)

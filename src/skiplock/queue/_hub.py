@@ -30,6 +30,8 @@ import orjson
 import structlog
 
 from skiplock import metrics
+from skiplock.errors import EventsMissed as EventsMissed
+from skiplock.errors import SubscriptionClosed as SubscriptionClosed
 from skiplock.queue._statements import EVENTS
 from skiplock.queue.models import FINAL_STATES
 from skiplock.service import Recovery, StopSignal
@@ -73,18 +75,6 @@ class JobEvent:
         job_id, seq, at, kind, data = (record[k] for k in ("job_id", "seq", "at", "kind", "data"))
         body = {"job_id": job_id, "seq": seq, "at": at, "kind": kind, "data": orjson.Fragment(data)}
         return cls(job_id, seq, at, kind, data, orjson.dumps(body).decode())
-
-
-class SubscriptionClosed(Exception):
-    """The subscriber went away (``Subscription.close``): nothing more is given to it."""
-
-
-class EventsMissed(Exception):
-    """The subscriber may have missed events; it can resume (a job's from ``after=last_seq``)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _nothing() -> None:

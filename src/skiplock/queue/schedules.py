@@ -10,7 +10,8 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from skiplock.db.pool import encode_json
-from skiplock.errors import ConflictError, InvalidArgumentsError, NotFoundError
+from skiplock.errors import ConflictError, InvalidArgumentsError
+from skiplock.errors import ScheduleNotFound as ScheduleNotFound
 from skiplock.queue._statements import JOBS, SCHEDULES
 from skiplock.queue.cron import Cron, CronError
 from skiplock.queue.models import Job
@@ -18,10 +19,6 @@ from skiplock.queue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PRIORI
 from skiplock.queue_names import QUEUE_NAME
 
 UPCOMING = 5
-
-
-class ScheduleNotFound(NotFoundError):
-    """No schedule has this id."""
 
 
 class ScheduleSpec(BaseModel):
