@@ -163,8 +163,11 @@ def cycles(edges: Iterable[Edge]) -> list[list[str]]:
     return sorted(found)
 
 
-def elementary_cycles(edges: Iterable[Edge]) -> list[tuple[str, ...]]:
-    """Every simple circle over the edges that run, each starting at its smallest module."""
+def elementary_cycles(edges: Iterable[Edge], limit: int = 10_000) -> list[tuple[str, ...]]:
+    """Every simple circle over the edges that run, each starting at its smallest module.
+
+    A tangle has exponentially many; past `limit` the search stops (the tangle is reported anyway).
+    """
     edges = list(edges)
     graph = runtime(edges)
     found: list[tuple[str, ...]] = []
@@ -176,6 +179,8 @@ def elementary_cycles(edges: Iterable[Edge]) -> list[tuple[str, ...]]:
 
             def extend(path: list[str], start: str = start, allowed: set[str] = allowed) -> None:
                 for succ in sorted(graph.get(path[-1], ())):
+                    if len(found) >= limit:
+                        return
                     if succ == start:
                         found.append(tuple(path))
                     elif succ in allowed and succ not in path:
