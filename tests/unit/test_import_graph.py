@@ -32,10 +32,7 @@ SRC_EDGES = [e for e in EDGES if e.source.startswith("skiplock")]
 
 # Circles between modules over the imports that run (top-level and function-local; a
 # TYPE_CHECKING import never runs), each written from its smallest module.
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-    # issue 16: Task.declared_schedules imports ScheduleSpec inside the function.
-    ("skiplock.queue.schedules", "skiplock.queue.tasks"),
-}
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 # Loops between folders (first level under skiplock; a top-level module is its own).
 KNOWN_FOLDER_LOOPS: set[tuple[str, ...]] = {

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from skiplock.db.pool import encode_json
 from skiplock.errors import ConflictError, InvalidArgumentsError
@@ -16,23 +16,9 @@ from skiplock.queue._statements import JOBS, SCHEDULES
 from skiplock.queue.cron import Cron, CronError
 from skiplock.queue.models import Job
 from skiplock.queue.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PRIORITY, TaskRegistry
-from skiplock.queue_names import QUEUE_NAME
+from skiplock.queue.tasks import ScheduleSpec as ScheduleSpec
 
 UPCOMING = 5
-
-
-class ScheduleSpec(BaseModel):
-    """What a schedule is made of; everything but ``name`` can change later."""
-
-    name: str = Field(min_length=1, max_length=200)
-    cron: str = Field(min_length=1, max_length=200, examples=["*/5 * * * *", "@daily", "*/10 * * * * *"])
-    timezone: str = Field(default="UTC", max_length=100, examples=["Europe/Berlin"])
-    task: str = Field(min_length=1, max_length=200)
-    args: dict[str, Any] = Field(default_factory=dict)
-    queue: str | None = Field(default=None, pattern=QUEUE_NAME)
-    priority: int | None = None
-    enabled: bool = True
-    misfire: Literal["skip", "catch_up"] = "skip"
 
 
 class Schedule(ScheduleSpec):

@@ -5,18 +5,17 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from skiplock.errors import ConfigError, InvalidArgumentsError, UnknownTaskError
 from skiplock.queue.backoff import Backoff
 from skiplock.queue.cron import Cron, CronError
-from skiplock.queue_names import check_queue_name
+from skiplock.queue_names import QUEUE_NAME, check_queue_name
 
 if TYPE_CHECKING:
     from skiplock.queue.context import Context
-    from skiplock.queue.schedules import ScheduleSpec
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 TaskFn = Callable[["Context", Any], Any]
@@ -24,6 +23,24 @@ TaskFn = Callable[["Context", Any], Any]
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_PRIORITY = 100  # priorities run from -MAX_PRIORITY to MAX_PRIORITY, higher first
+
+
+class ScheduleSpec(BaseModel):
+    """What a schedule is made of; everything but ``name`` can change later.
+
+    Kept here, beside the tasks that declare schedules, so the registry imports nothing from
+    ``schedules`` (which imports the registry); ``skiplock.queue.schedules`` re-exports it.
+    """
+
+    name: str = Field(min_length=1, max_length=200)
+    cron: str = Field(min_length=1, max_length=200, examples=["*/5 * * * *", "@daily", "*/10 * * * * *"])
+    timezone: str = Field(default="UTC", max_length=100, examples=["Europe/Berlin"])
+    task: str = Field(min_length=1, max_length=200)
+    args: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = Field(default=None, pattern=QUEUE_NAME)
+    priority: int | None = None
+    enabled: bool = True
+    misfire: Literal["skip", "catch_up"] = "skip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +82,6 @@ class Task(Generic[ArgsT]):
 
     def declared_schedules(self) -> list[ScheduleSpec]:
         """The task's code-declared schedules: named after the task (``name#2``… for more)."""
-        from skiplock.queue.schedules import ScheduleSpec
-
         return [
             ScheduleSpec(name=schedule_name(self.name, n), cron=cron, task=self.name)
             for n, cron in enumerate(self.schedules)
