@@ -21,7 +21,7 @@ from litestar.status_codes import (
     HTTP_504_GATEWAY_TIMEOUT,
 )
 
-from skiplock.db.pool import DB_UNAVAILABLE, is_unavailable
+from skiplock.db.pool import DB_UNAVAILABLE, database_error
 from skiplock.errors import (
     BusyError,
     ConflictError,
@@ -33,6 +33,8 @@ from skiplock.errors import (
     InvalidUploadError,
     NotFoundError,
     SkiplockError,
+    StatementRefusedError,
+    StatementStoppedError,
     UnknownTaskError,
     UnsupportedMediaTypeError,
     UploadTimeoutError,
@@ -50,7 +52,8 @@ _STATUS: list[tuple[type[SkiplockError], int]] = [
     (NotFoundError, HTTP_404_NOT_FOUND),
     (InvalidArgumentsError, HTTP_422_UNPROCESSABLE_ENTITY),
     (ConflictError, HTTP_409_CONFLICT),
-    (DatabaseError, HTTP_503_SERVICE_UNAVAILABLE),
+    (StatementRefusedError, HTTP_500_INTERNAL_SERVER_ERROR),  # a fault of ours: a retry fails again
+    (DatabaseError, HTTP_503_SERVICE_UNAVAILABLE),  # unavailable, or a statement stopped: retry
     (BusyError, HTTP_503_SERVICE_UNAVAILABLE),
     (FetchRefusedError, HTTP_422_UNPROCESSABLE_ENTITY),  # the URL given may not be fetched
     (FetchTimeoutError, HTTP_504_GATEWAY_TIMEOUT),
@@ -73,8 +76,11 @@ def skiplock_error_handler(
     _request: Request[Any, Any, Any], exc: SkiplockError
 ) -> Response[dict[str, object]]:
     status = status_for(exc)
+    extra = exc.extra or None
+    if isinstance(exc, DatabaseError):  # the id a client quotes to find the statement in the log
+        extra = {**exc.extra, "request_id": structlog.contextvars.get_contextvars().get("request_id")}
     return Response(
-        {"status_code": status, "detail": exc.message, "extra": exc.extra or None},
+        {"status_code": status, "detail": exc.message, "extra": extra},
         status_code=status,
         headers=_retry_after(status),
     )
@@ -91,20 +97,30 @@ DRIVER_ERRORS: tuple[type[Exception], ...] = DB_UNAVAILABLE
 
 
 def database_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
-    """A driver or socket error that escaped a handler: the database is away (unreachable, the
-    connection broke, the server shutting down, a limit reached) is a 503 with Retry-After, never
-    a 500; a statement the server refused for its values is a bug, a 500 without its details."""
-    if is_unavailable(exc):
-        log.warning("request_database_unavailable", path=request.url.path, error=str_of(exc))
-        status, detail = HTTP_503_SERVICE_UNAVAILABLE, "the database is unavailable; retry shortly"
+    """A driver or socket error that escaped a handler, translated by the db layer and answered as
+    that error: the database away (unreachable, the connection broke, the server shutting down, a
+    limit reached) or a statement stopped by a time limit, a lock wait or a conflict is a 503 with
+    Retry-After, never a 500; a statement the server refused for another reason is a fault of ours,
+    a 500. The body names the error class, the SQLSTATE and the request id, never the server's
+    message (it may quote values): that is logged, once."""
+    error = database_error(exc)
+    error_class, sqlstate = error.extra.get("error"), error.extra.get("sqlstate")
+    path = request.url.path
+    if isinstance(error, StatementRefusedError):
+        log.error(
+            "request_database_error", path=path, error_class=error_class, sqlstate=sqlstate, exc_info=exc
+        )
+    elif isinstance(error, StatementStoppedError):
+        log.warning(
+            "request_statement_stopped",
+            path=path,
+            error_class=error_class,
+            sqlstate=sqlstate,
+            error=str_of(exc),
+        )
     else:
-        log.error("request_database_error", path=request.url.path, exc_info=exc)
-        status, detail = HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error"
-    return Response(
-        {"status_code": status, "detail": detail, "extra": None},
-        status_code=status,
-        headers=_retry_after(status),
-    )
+        log.warning("request_database_unavailable", path=path, error_class=error_class, error=str_of(exc))
+    return skiplock_error_handler(request, error)
 
 
 def validation_as_422(_request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:

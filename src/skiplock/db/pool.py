@@ -12,7 +12,12 @@ import structlog
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from skiplock.db.storable import json_bytes, json_text, text_bytes
-from skiplock.errors import DatabaseError
+from skiplock.errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    StatementRefusedError,
+    StatementStoppedError,
+)
 
 log = structlog.get_logger("skiplock.db")
 
@@ -57,8 +62,39 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)):  # timeouts: OSError
         return True
     if isinstance(exc, DatabaseError):
-        return True  # connecting failed
+        return not isinstance(exc, StatementRefusedError)  # connecting failed, or a statement stopped
     return isinstance(exc, _TRANSIENT_SERVER_ERRORS)
+
+
+#: Server errors that stopped a statement of a server that is fine: the same statement may pass on
+#: a retry. Each with what the caller is told.
+_STOPPED_STATEMENTS: tuple[tuple[type[Exception], str], ...] = (
+    (asyncpg.QueryCanceledError, "the statement ran past its time limit; retry shortly"),  # 57014
+    (asyncpg.LockNotAvailableError, "the statement waited too long for a lock; retry shortly"),  # 55P03
+    (asyncpg.TransactionRollbackError, "the statement conflicted with another transaction; retry shortly"),
+    (asyncpg.IdleInTransactionSessionTimeoutError, "the server ended an idle transaction; retry shortly"),
+)
+
+
+def database_error(exc: BaseException) -> DatabaseError:
+    """The typed error for what the driver or the socket raised: the database unavailable
+    (:class:`DatabaseUnavailableError`), a statement stopped by a limit or a conflict that a retry
+    may pass (:class:`StatementStoppedError`), or a statement the server refused for any other
+    reason (:class:`StatementRefusedError`: a bug or the schema, not worth a retry). ``extra``
+    names the driver's error class and the SQLSTATE, never the server's message (it may quote
+    values). Raise it ``from exc``."""
+    if isinstance(exc, DatabaseError):
+        return exc
+    extra: dict[str, Any] = {"error": type(exc).__name__}
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        extra["sqlstate"] = sqlstate
+    for kind, message in _STOPPED_STATEMENTS:
+        if isinstance(exc, kind):
+            return StatementStoppedError(message, **extra)
+    if is_unavailable(exc):
+        return DatabaseUnavailableError("the database is unavailable; retry shortly", **extra)
+    return StatementRefusedError("the database refused the statement", **extra)
 
 
 _JSONB_VERSION = b"\x01"
