@@ -32,7 +32,7 @@ test: install ## run the whole suite against a real PostgreSQL
 lint: install ## ruff check, ruff format --check, mypy --strict
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy src tests bench
 
 format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests bench

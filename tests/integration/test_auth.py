@@ -28,7 +28,7 @@ Client = AsyncTestClient[Any]
 
 
 @pytest.fixture
-async def keys(dsn: str) -> AsyncIterator[dict[str, str]]:
+async def keys(dsn: str) -> dict[str, str]:
     """One key per scope, and one with every scope but admin."""
     pool = await create_pool(dsn, min_size=1, max_size=2)
     store = KeyStore(pool)
@@ -55,7 +55,7 @@ def bearer(key: str) -> dict[str, str]:
 
 def http_routes(app: Litestar) -> list[tuple[str, str, Any]]:
     """(method, concrete path, handler) for every HTTP route, path parameters set to 1."""
-    found = []
+    found: list[tuple[str, str, Any]] = []
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
@@ -76,6 +76,7 @@ async def test_the_key_is_shown_once_and_only_its_hash_is_kept(dsn: str, db: asy
     store = KeyStore(pool)
     row, key = await store.create("ci", [Scope.JOBS_READ])
     stored = await db.fetchrow("SELECT * FROM api_keys WHERE id = $1", row.id)
+    assert stored is not None
     assert key.startswith("sk_")
     assert key not in str(dict(stored))
     assert key.startswith(stored["prefix"])
@@ -110,7 +111,7 @@ async def test_every_route_is_401_without_a_key_403_without_its_scope(
         if is_public(path, handler):
             continue
         needed = handler.opt[SCOPE]
-        body = {"json": {}} if method in ("POST", "PATCH", "PUT") else {}
+        body: dict[str, Any] = {"json": {}} if method in ("POST", "PATCH", "PUT") else {}
         anonymous = await api.request(method, path, follow_redirects=False, **body)
         if path.startswith("/ui"):  # a page asks for the key instead
             assert anonymous.status_code in (302, 303), (method, path, anonymous.text)

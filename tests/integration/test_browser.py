@@ -19,8 +19,8 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from tests.support.live import free_port
@@ -62,9 +62,9 @@ def browser() -> Iterator[WebDriver]:
 def page(browser: WebDriver, server: httpx.Client) -> Iterator[WebDriver]:
     """The browser, failing the test if a page logged an error to the console (checked, and the
     page left, while the server still runs: its going away is not the page's error)."""
-    browser.get_log("browser")  # drop what earlier tests left
+    browser.get_log("browser")  # type: ignore[no-untyped-call]  # drop what earlier tests left
     yield browser
-    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]  # type: ignore[no-untyped-call]
     browser.get("about:blank")
     assert errors == []
 
@@ -152,7 +152,9 @@ def test_job_page_follows_progress_to_the_end(page: WebDriver, server: httpx.Cli
     page.get(f"{server.base_url}/ui/jobs/{job['id']}")
 
     def bar() -> float:
-        return float(page.find_element(By.ID, "bar").get_attribute("style").split(":")[1].strip(" %;"))
+        style = page.find_element(By.ID, "bar").get_attribute("style")
+        assert style is not None
+        return float(style.split(":")[1].strip(" %;"))
 
     eventually(lambda: page.find_element(By.ID, "job-state").text == "running")
     eventually(lambda: 0 < bar() < 100)

@@ -34,7 +34,7 @@ async def test_an_open_transaction_shows_as_the_oldest_transaction_age(api: Clie
         async def aged() -> float:
             return sample(await scrape(api), "skiplock_db_oldest_transaction_age_seconds")
 
-        held = await wait_until(aged, 15, 0.2)
+        held: float = await wait_until(aged, 15, 0.2)
         await holder.execute("COMMIT")
 
         async def younger() -> bool:

@@ -99,7 +99,9 @@ async def test_plain_def_task_runs_in_a_thread_without_blocking_the_loop(engine:
         await asyncio.sleep(0.02)
         assert ticks < 500
     assert ticks >= 5  # the loop kept turning while the thread slept
-    assert (await engine.client.get(job.id)).progress["message"] == "halfway"
+    progress = (await engine.client.get(job.id)).progress
+    assert progress is not None
+    assert progress["message"] == "halfway"
 
 
 async def test_unique_key_returns_the_live_job_then_allows_a_new_one(engine: Engine) -> None:
@@ -315,7 +317,9 @@ async def test_progress_reported_in_a_tight_loop_is_throttled_but_the_last_value
     assert 3 <= len(fractions) <= ran_s * 10 + 2  # at most 10 writes a second (+ the final one)
     assert fractions == sorted(fractions)
     assert fractions[-1] == 1.0
-    assert (await engine.client.get(job.id)).progress["current"] == 1000
+    progress = (await engine.client.get(job.id)).progress
+    assert progress is not None
+    assert progress["current"] == 1000
 
 
 async def test_every_log_line_is_kept_in_order_before_the_final_state(engine: Engine) -> None:

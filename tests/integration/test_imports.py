@@ -328,6 +328,7 @@ async def test_200000_rows_load_with_their_failures(api: Client, db: asyncpg.Con
     assert info["progress"]["fraction"] == 1.0
     assert await db.fetchval("SELECT count(*) FROM items") == 199_980
     row = await db.fetchrow("SELECT name, category, price, quantity FROM items WHERE sku = 'S123456'")
+    assert row is not None
     assert tuple(row) == ("Item 123456", "cat4", Decimal("456.56"), 6)
     failed = await failures(db, info["id"])
     assert [f[0] for f in failed] == [n + 2 for n in range(200_000) if n % 10_000 == 7]
@@ -488,6 +489,7 @@ async def test_import_killed_mid_way_and_run_again_ends_as_if_it_ran_once(
         with pytest.raises(Killed):
             await run(second["import_id"])
         partial = await db.fetchrow("SELECT state, rows FROM imports WHERE id = $1", second["import_id"])
+        assert partial is not None
         assert (partial["state"], partial["rows"]) == ("running", 35)
         monkeypatch.setattr(import_module, "_write_batch", real_write)
 
@@ -497,6 +499,7 @@ async def test_import_killed_mid_way_and_run_again_ends_as_if_it_ran_once(
         counters = await db.fetchrow(
             "SELECT state, rows, loaded, failed FROM imports WHERE id = $1", second["import_id"]
         )
+        assert counters is not None
         assert tuple(counters) == ("succeeded", clean["rows"], clean["loaded"], clean["failed"])
         # Run once more after success (the job's process died before the job was marked done).
         assert await run(second["import_id"]) == again

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from skiplock.errors import LeaseLostError
-from skiplock.queue import Engine
+from skiplock.queue import Engine, TaskRegistry
 from skiplock.queue._lease import LeaseKeeper, fenced
 from skiplock.queue._producer import Producer
 from skiplock.queue._running import StopReason
@@ -59,8 +59,8 @@ async def test_a_child_enqueue_commits_only_under_the_parents_lease(
 
 
 async def test_a_claim_whose_reply_was_lost_is_handed_back_at_once_without_using_an_attempt(
-    dsn: str, db: asyncpg.Connection, registry, pg_admin_dsn: str
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry, pg_admin_dsn: str
+) -> None:
     async with Engine(make_settings(dsn, lease_s=30), registry, dsn) as engine:
         # The row as a claim that committed but whose reply never arrived leaves it: ours, unrun.
         job_id = await job(db, JobState.RUNNING, task="noop", lease_owner=engine.owner)
@@ -71,12 +71,13 @@ async def test_a_claim_whose_reply_was_lost_is_handed_back_at_once_without_using
             lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 10
         )
     row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
+    assert row is not None
     assert (row["attempts"], row["errors"]) == (1, [])
 
 
 async def test_a_job_taken_from_a_run_slow_to_stop_is_not_claimed_again_until_that_run_returns(
-    dsn: str, db: asyncpg.Connection, registry
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
     await db.execute(EXECUTIONS_TABLE)
     async with Engine(make_settings(dsn, lease_s=5), registry, dsn):
         job_id = await db.fetchval(
@@ -99,6 +100,7 @@ async def test_a_job_taken_from_a_run_slow_to_stop_is_not_claimed_again_until_th
     assert found == []
     assert [run.attempt for run in runs] == [1, 2]
     row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
+    assert row is not None
     assert (row["attempts"], row["errors"]) == (2, [])  # no second rescue of a dropped claim
 
 
@@ -108,8 +110,8 @@ def _service(engine: Engine, kind: type[T]) -> T:
 
 
 async def test_a_worker_cut_off_alone_fences_its_run_before_another_runs_it(
-    dsn: str, db: asyncpg.Connection, registry, pg_admin_dsn: str
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry, pg_admin_dsn: str
+) -> None:
     await db.execute(EXECUTIONS_TABLE)
     settings = make_settings(dsn, lease_s=1, rescue_interval_s=0.2)
     database = await db.fetchval("SELECT current_database()")
@@ -137,8 +139,8 @@ async def test_a_worker_cut_off_alone_fences_its_run_before_another_runs_it(
 
 @pytest.mark.parametrize("swallow", [1, 1_000_000])
 async def test_a_fenced_run_stays_stopped_whatever_it_swallows(
-    dsn: str, db: asyncpg.Connection, registry, swallow: int
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry, swallow: int
+) -> None:
     async with Engine(make_settings(dsn, lease_s=1), registry, dsn) as engine:
         job_id = await db.fetchval(
             "INSERT INTO jobs (task, args) VALUES ('stubborn_steps', $1) RETURNING id",
@@ -163,7 +165,9 @@ async def test_a_fenced_run_stays_stopped_whatever_it_swallows(
 async def _claimed(db: asyncpg.Connection, engine: Engine, task: str, args: dict[str, Any]) -> ClaimedJob:
     """A job as this engine's claim leaves it (running, attempt 1, ours), in a queue nobody serves."""
     job_id = await job(db, JobState.RUNNING, task=task, args=args, queue="nobody", lease_owner=engine.owner)
-    return ClaimedJob.from_record(await db.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id))
+    row = await db.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+    assert row is not None
+    return ClaimedJob.from_record(row)
 
 
 async def _handed_back_unused(db: asyncpg.Connection, job_id: int) -> bool:
@@ -175,8 +179,8 @@ async def _handed_back_unused(db: asyncpg.Connection, job_id: int) -> bool:
 
 
 async def test_a_run_whose_lease_lapsed_before_its_first_step_never_begins_and_is_handed_back(
-    dsn: str, db: asyncpg.Connection, registry
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
     await db.execute(EXECUTIONS_TABLE)
     async with Engine(make_settings(dsn, lease_s=1), registry, dsn) as engine:
         executor = _service(engine, Producer).executor
@@ -195,8 +199,8 @@ async def test_a_run_whose_lease_lapsed_before_its_first_step_never_begins_and_i
 
 
 async def test_a_claim_too_late_to_start_is_handed_back_at_once_with_its_attempt_unused(
-    dsn: str, db: asyncpg.Connection, registry
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
     async with Engine(make_settings(dsn, lease_s=30), registry, dsn) as engine:
         claimed = await _claimed(db, engine, "noop", {})
         # Its reply took most of a lease: not started (without a hand-back, stuck for its lease).
@@ -205,8 +209,8 @@ async def test_a_claim_too_late_to_start_is_handed_back_at_once_with_its_attempt
 
 
 async def test_a_task_enqueueing_in_its_own_open_transaction_does_not_block_its_heartbeat(
-    dsn: str, db: asyncpg.Connection, registry
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
     async with Engine(make_settings(dsn, lease_s=30), registry, dsn) as engine:
         job_id = await db.fetchval(
             "INSERT INTO jobs (task, args) VALUES ('enqueue_in_transaction', $1) RETURNING id", {"seconds": 5}
@@ -232,8 +236,8 @@ async def test_a_task_enqueueing_in_its_own_open_transaction_does_not_block_its_
 
 
 async def test_an_outcome_waiting_to_be_written_keeps_its_lease_and_its_job_is_not_run_again(
-    dsn: str, db: asyncpg.Connection, registry
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
     await db.execute(EXECUTIONS_TABLE)
     async with (
         Engine(make_settings(dsn, lease_s=1, rescue_interval_s=0.2), registry, dsn) as engine,
@@ -260,12 +264,13 @@ async def test_an_outcome_waiting_to_be_written_keeps_its_lease_and_its_job_is_n
     print(f"\noutcome held back 8 s: {len(runs)} executions")
     assert len(runs) == 1
     row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
+    assert row is not None
     assert (row["attempts"], row["errors"]) == (1, [])
 
 
 async def test_a_row_this_process_holds_but_no_longer_runs_is_handed_back_before_any_rescue(
-    dsn: str, db: asyncpg.Connection, registry
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
     async with Engine(make_settings(dsn, lease_s=3, rescue_interval_s=0.2), registry, dsn) as engine:
         # Ours, running, run by nobody (a fenced run that returned), its lease out for 2 s: the
         # rescuers may take it only 5 s after its lease ran out, the heartbeat's sweep at 1.5 s.
@@ -280,12 +285,13 @@ async def test_a_row_this_process_holds_but_no_longer_runs_is_handed_back_before
             lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 10
         )
     row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
+    assert row is not None
     assert (row["attempts"], row["errors"]) == (2, [])  # handed back, not rescued as LeaseLost
 
 
 async def test_a_job_whose_thread_outlives_the_shutdown_grace_is_not_due_again_while_it_may_run(
-    dsn: str, db: asyncpg.Connection, registry
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
     async with Engine(make_settings(dsn, shutdown_grace_s=0.5), registry, dsn) as engine:
         job_id = await db.fetchval(
             "INSERT INTO jobs (task, args) VALUES ('recorded_thread', $1) RETURNING id", {"seconds": 3}
@@ -295,6 +301,7 @@ async def test_a_job_whose_thread_outlives_the_shutdown_grace_is_not_due_again_w
     row = await db.fetchrow(
         "SELECT state, extract(epoch FROM run_at - now()) AS due_in_s FROM jobs WHERE id = $1", job_id
     )
+    assert row is not None
     assert row["state"] == "queued"
     assert row["due_in_s"] > 5  # past the exit watchdog (grace + 4 s), not at once
 
@@ -312,8 +319,8 @@ async def test_a_future_completing_with_generator_exit_fails_the_job_and_nothing
 
 
 async def test_a_fenced_thread_writes_nothing_its_progress_logs_enqueue_and_outcome_refused(
-    dsn: str, db: asyncpg.Connection, registry
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
     async with Engine(make_settings(dsn, lease_s=1), registry, dsn) as engine:
         job_id = await db.fetchval(
             "INSERT INTO jobs (task, args) VALUES ('late_reporting_thread', $1) RETURNING id",
@@ -328,6 +335,7 @@ async def test_a_fenced_thread_writes_nothing_its_progress_logs_enqueue_and_outc
     assert await db.fetchval(late, job_id) == 0
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE queue = 'nobody'") == 0
     row = await db.fetchrow("SELECT state, lease_owner, result FROM jobs WHERE id = $1", job_id)
+    assert row is not None
     assert tuple(row) == ("running", "someone else", None)
 
 
@@ -335,8 +343,8 @@ async def test_a_fenced_thread_writes_nothing_its_progress_logs_enqueue_and_outc
     ("reason", "final"), [(StopReason.CANCELLED, "cancelled"), (StopReason.SHUTDOWN, "queued")]
 )
 async def test_a_run_stopped_before_its_first_step_still_leaves_and_gets_its_outcome(
-    dsn: str, db: asyncpg.Connection, registry, reason: StopReason, final: str
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry, reason: StopReason, final: str
+) -> None:
     # A cancel (NOTIFY or poll) or the shutdown's stop can land between a claim starting a job's
     # task and that task's first step: the run never began, so its own cleanup never ran.
     async with Engine(make_settings(dsn, lease_s=30), registry, dsn) as engine:

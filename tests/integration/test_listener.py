@@ -14,7 +14,8 @@ from tests.support.waiting import wait_until
 
 
 def listener_errors() -> float:
-    return metrics.loop_errors.labels("listener")._value.get()
+    errors: float = metrics.loop_errors.labels("listener")._value.get()
+    return errors
 
 
 async def test_raising_handlers_and_callbacks_neither_stop_the_listener_nor_the_other_handlers(

@@ -87,6 +87,7 @@ async def test_poison_outcome_among_a_thousand_good_ones_fails_alone_and_the_res
     job = await db.fetchrow(
         "SELECT state::text, attempts, result, errors FROM jobs WHERE id = $1", poisoned.id
     )
+    assert job is not None
     assert job["state"] == "failed"
     assert job["attempts"] == 1  # ended at once, not re-run by a rescue
     assert job["result"] is None

@@ -7,7 +7,7 @@ import signal
 import asyncpg
 import pytest
 
-from skiplock.queue import Engine
+from skiplock.queue import Engine, TaskRegistry
 from tests.conftest import make_settings
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker, stop_worker
@@ -20,8 +20,8 @@ async def state_of(db: asyncpg.Connection, job_id: int) -> str:
 
 
 async def test_job_of_a_worker_killed_mid_run_is_rerun_elsewhere_and_succeeds(
-    dsn: str, db: asyncpg.Connection, registry
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
     victim = start_worker(dsn, lease_s="2")
     try:
         job_id = await db.fetchval(
@@ -39,6 +39,7 @@ async def test_job_of_a_worker_killed_mid_run_is_rerun_elsewhere_and_succeeds(
             lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 15
         )
     row = await db.fetchrow("SELECT attempts, errors, result FROM jobs WHERE id = $1", job_id)
+    assert row is not None
     assert row["attempts"] == 2
     assert row["result"] == {"attempt": 2}
     assert [e["type"] for e in row["errors"]] == ["LeaseLost"]
@@ -79,14 +80,15 @@ async def test_running_job_cancelled_through_another_process_ends_cancelled_with
     finally:
         stop_worker(worker)
     row = await db.fetchrow("SELECT attempts, finished_at, lease_owner FROM jobs WHERE id = $1", job.id)
+    assert row is not None
     assert row["attempts"] == 1
     assert row["finished_at"] is not None
     assert row["lease_owner"] is None
 
 
 async def test_shutdown_releases_a_running_job_at_once_for_another_process(
-    dsn: str, db: asyncpg.Connection, registry
-) -> None:  # type: ignore[no-untyped-def]
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
     worker = start_worker(dsn, shutdown_grace_s="0.5", lease_s="600")
     try:
         job_id = await db.fetchval(
@@ -97,6 +99,7 @@ async def test_shutdown_releases_a_running_job_at_once_for_another_process(
         assert stop_worker(worker, signal.SIGTERM) == 0
     # Released, not left to a 600 s lease: queued again, the attempt kept (numbers never repeat).
     row = await db.fetchrow("SELECT state, attempts, lease_owner FROM jobs WHERE id = $1", job_id)
+    assert row is not None
     assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 1, None)
     async with Engine(make_settings(dsn), registry, dsn):
         await wait_until(

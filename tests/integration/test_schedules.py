@@ -31,7 +31,7 @@ Client = AsyncTestClient[Any]
 
 @pytest.fixture
 async def api(settings: Settings, registry: Any) -> AsyncIterator[Client]:
-    async with app_client(make_settings(settings.database_url, scheduler=False), registry) as client:
+    async with app_client(make_settings(settings.database_url or "", scheduler=False), registry) as client:
         yield client
 
 
@@ -137,7 +137,7 @@ async def insert_due(db: asyncpg.Connection, cron: str, next_run_at: datetime, m
 @pytest.fixture
 async def quiet_engine(settings: Settings, registry: Any) -> AsyncIterator[Engine]:
     """An engine whose own scheduler is off: the test fires schedules itself, with a pinned clock."""
-    no_scheduler = make_settings(settings.database_url, scheduler=False)
+    no_scheduler = make_settings(settings.database_url or "", scheduler=False)
     async with Engine(no_scheduler, registry, settings.database_url or "") as running:
         yield running
 

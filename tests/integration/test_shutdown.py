@@ -33,7 +33,7 @@ def skiplock(dsn: str, command: str, **settings: str) -> Iterator[subprocess.Pop
     """``skiplock worker`` or ``serve`` (on a free port, open), killed if a test leaves it behind."""
     if command == "serve":
         settings = {"port": str(free_port()), "auth": "off", **settings}
-    process = spawn(dsn, command, lease_s="600", **settings)
+    process = spawn(dsn, command, stderr_to=None, lease_s="600", **settings)
     try:
         yield process
     finally:
@@ -58,9 +58,10 @@ async def exit_after(process: subprocess.Popen[bytes], sig: int, limit_s: float)
 
 
 async def job_row(db: asyncpg.Connection, job_id: int) -> asyncpg.Record:
-    row: asyncpg.Record = await db.fetchrow(
+    row = await db.fetchrow(
         "SELECT state, attempts, lease_owner, result, errors FROM jobs WHERE id = $1", job_id
     )
+    assert row is not None
     return row
 
 

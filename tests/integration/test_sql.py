@@ -177,6 +177,7 @@ async def test_a_cancel_asked_while_the_attempt_failed_wins_over_the_retry(tx: a
     )
     assert [r["id"] for r in written] == [job_id]
     row = await tx.fetchrow("SELECT state, finished_at, errors FROM jobs WHERE id = $1", job_id)
+    assert row is not None
     assert row["state"] == "cancelled"
     assert row["finished_at"] is not None
     assert row["errors"][0]["message"] == "boom"
@@ -192,4 +193,5 @@ async def test_release_at_shutdown_requeues_or_cancels_as_asked(tx: asyncpg.Conn
     assert rows == {plain: "queued", asked: "cancelled"}
     # The attempt stays counted (attempt numbers never repeat); the interrupted run gets one more.
     row = await tx.fetchrow("SELECT attempts, max_attempts FROM jobs WHERE id = $1", plain)
+    assert row is not None
     assert (row["attempts"], row["max_attempts"]) == (1, 3)

@@ -135,7 +135,9 @@ async def release_unrun(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any
 
 async def cancel_queued(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx)
-    assert (await tx.fetchrow(JOBS.job_cancel, job_id))["state"] == "cancelled"
+    row = await tx.fetchrow(JOBS.job_cancel, job_id)
+    assert row is not None
+    assert row["state"] == "cancelled"
     return job_id, [{"state": "cancelled", "previous": "queued", "attempt": 0}]
 
 
@@ -143,6 +145,7 @@ async def cancel_running(tx: asyncpg.Connection) -> tuple[int, list[dict[str, An
     """Only a flag for its worker: no state change, no event."""
     job_id = await job(tx, JobState.RUNNING)
     row = await tx.fetchrow(JOBS.job_cancel, job_id)
+    assert row is not None
     assert (row["state"], row["cancel_requested"]) == ("running", True)
     return job_id, []
 
@@ -150,6 +153,7 @@ async def cancel_running(tx: asyncpg.Connection) -> tuple[int, list[dict[str, An
 async def retry_failed(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.FAILED)
     row = await tx.fetchrow(JOBS.job_retry, job_id)
+    assert row is not None
     assert (row["state"], row["max_attempts"]) == ("queued", 4)
     return job_id, [{"state": "queued", "previous": "failed", "attempt": 3}]
 
@@ -181,7 +185,7 @@ async def test_a_state_change_writes_its_event_at_the_next_seq(tx: asyncpg.Conne
 async def test_seqs_follow_on_from_progress_events_through_a_whole_run(tx: asyncpg.Connection) -> None:
     """Claim, a progress report, a retry, a claim, success: one gapless stream."""
     job_id = await job(tx)
-    claims = [JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], []]
+    claims: list[Any] = [JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], []]
     await tx.fetch(*claims)
     await tx.fetch(EVENTS.event_write_many, [job_id], ["progress"], ['{"fraction": 0.5}'], [1], "me")
     await tx.fetch(JOBS.job_finish_many, [job_id], [1], ["queued"], [None], [None], [0.0], [None], "me")

@@ -63,7 +63,11 @@ async def test_request_job_and_its_fetch_form_one_trace(
         await wait_for_state(api, response.json()["id"], "succeeded")
     spans = list(exporter.get_finished_spans())
     request = next(
-        s for s in spans if s.kind == SpanKind.SERVER and s.attributes.get("http.method") == "POST"
+        s
+        for s in spans
+        if s.kind == SpanKind.SERVER
+        and s.attributes is not None
+        and s.attributes.get("http.method") == "POST"
     )
     job = next(s for s in spans if s.name == "job scrape")
     fetch = next(s for s in spans if s.kind == SpanKind.CLIENT and s.name.startswith("GET"))

@@ -17,7 +17,7 @@ from skiplock.queue._statements import JOBS
 from tests.conftest import make_settings
 from tests.support.waiting import wait_until
 
-ARGS = ("default", "noop", {}, 0, None, None, 3, None, None, None)  # job_insert's $1 … $10
+ARGS: tuple[Any, ...] = ("default", "noop", {}, 0, None, None, 3, None, None, None)  # job_insert's $1 … $10
 
 
 async def listening(dsn: str) -> tuple[asyncpg.Connection, list[str]]:

@@ -56,7 +56,6 @@ async def serve(app: Litestar) -> AsyncIterator[str]:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     serving = asyncio.ensure_future(server.serve())
     try:
         while not server.started:

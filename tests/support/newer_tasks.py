@@ -12,4 +12,5 @@ from tests.support.tasks import Marker, record_run
 @task("newer_task", args=Marker)
 async def newer_task(ctx: Context, args: Marker) -> dict[str, str]:
     """``record_run`` under a name only newer workers know: each execution recorded in test_runs."""
-    return await record_run(ctx, args)
+    result: dict[str, str] = await record_run(ctx, args)
+    return result

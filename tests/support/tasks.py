@@ -246,7 +246,8 @@ async def hostile(ctx: Context, args: Hostile) -> object:
     PostgreSQL cannot store as they are."""
     text = "".join(map(chr, args.codepoints)) + bytes.fromhex(args.raw).decode("utf-8", "surrogateescape")
     await ctx.progress(0.5, text)
-    await ctx.log(text, value=text, **{"k" + text: 1})
+    fields: dict[str, Any] = {"k" + text: 1}
+    await ctx.log(text, value=text, **fields)
     if args.raises:
         raise ValueError("boom:" + text)
     return [text, args.echo, {text: text}]

@@ -10,7 +10,7 @@ from typing import Any
 
 
 async def wait_until(
-    predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0, interval: float = 0.02
+    predicate: Callable[..., Any | Awaitable[Any]], timeout: float = 10.0, interval: float = 0.02
 ) -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

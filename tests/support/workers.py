@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def start_worker(dsn: str, **settings: str) -> subprocess.Popen[bytes]:
     """``skiplock worker`` on ``dsn`` with the test tasks loaded."""
-    return spawn(dsn, "worker", **settings)
+    return spawn(dsn, "worker", stderr_to=None, **settings)
 
 
 def spawn(dsn: str, *command: str, stderr_to: Path | None = None, **settings: str) -> subprocess.Popen[bytes]:

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from skiplock.queue.cron import Cron, CronError, Misfire, decide
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, microsecond: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=UTC)
 
 
 def test_ordinary_alias_and_seconds_expressions() -> None:
