@@ -69,7 +69,10 @@ def is_unavailable(exc: BaseException) -> bool:
 #: Server errors that stopped a statement of a server that is fine: the same statement may pass on
 #: a retry. Each with what the caller is told.
 _STOPPED_STATEMENTS: tuple[tuple[type[Exception], str], ...] = (
-    (asyncpg.QueryCanceledError, "the statement ran past its time limit; retry shortly"),  # 57014
+    (
+        asyncpg.QueryCanceledError,
+        "the statement was cancelled (its time limit, or an operator); retry shortly",
+    ),
     (asyncpg.LockNotAvailableError, "the statement waited too long for a lock; retry shortly"),  # 55P03
     (asyncpg.TransactionRollbackError, "the statement conflicted with another transaction; retry shortly"),
     (asyncpg.IdleInTransactionSessionTimeoutError, "the server ended an idle transaction; retry shortly"),
