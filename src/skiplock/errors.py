@@ -34,7 +34,8 @@
         ├── SubscriptionClosed   the subscriber went away
         └── EventsMissed         the subscriber may have missed events (``reason`` says why); it can resume
 
-Each subclass's docstring is its default message.
+Each subclass's docstring is its default message. Raised by a task, an error whose ``retryable``
+is False fails its job at once, whatever attempts are left (the engine knows no error by name).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from typing import Any
 
 class SkiplockError(Exception):
     """skiplock failed."""
+
+    #: Raised by a task: whether another attempt may succeed. False fails the job at once.
+    retryable: bool = True
 
     def __init__(self, message: str | None = None, **extra: Any) -> None:
         self.message = message or (self.__doc__ or "").strip()
@@ -173,6 +177,8 @@ class JobError(SkiplockError):
 
 class PermanentJobError(JobError):
     """The job failed and must not be retried."""
+
+    retryable = False
 
 
 class LeaseLostError(SkiplockError):

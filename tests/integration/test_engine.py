@@ -83,6 +83,17 @@ async def test_permanent_error_fails_at_once_without_retry(engine: Engine) -> No
     assert done.errors[0].type == "PermanentJobError"
 
 
+@pytest.mark.parametrize(("retryable", "attempts"), [(False, 1), (True, 3)])
+async def test_a_tasks_own_error_is_retried_as_its_retryable_says(
+    engine: Engine, retryable: bool, attempts: int
+) -> None:
+    job = await engine.client.enqueue("fails_by_domain_error", {"retryable": retryable}, max_attempts=3)
+    assert await finished(engine, job.id) == "failed"
+    done = await engine.client.get(job.id)
+    assert done.attempts == attempts
+    assert [e.type for e in done.errors] == ["DomainFailure"] * attempts
+
+
 async def test_job_exceeding_its_timeout_fails_with_a_timeout_error(engine: Engine) -> None:
     job = await engine.client.enqueue("wait", {"seconds": 30}, timeout_s=0.2, max_attempts=1)
     assert await finished(engine, job.id) == "failed"

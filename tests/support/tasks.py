@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from skiplock import Backoff, Context, PermanentJobError, task
+from skiplock.errors import SkiplockError
 
 FAST = Backoff(base_s=0.05, max_s=0.2, jitter=0.0)
 
@@ -52,6 +53,21 @@ async def always_fails(ctx: Context, args: NoArgs) -> None:
 @task("fails_permanently", args=NoArgs, backoff=FAST)
 async def fails_permanently(ctx: Context, args: NoArgs) -> None:
     raise PermanentJobError("this input can never work")
+
+
+class DomainFailure(SkiplockError):
+    """A task's own error; whether a retry may cure it is all the engine reads of it."""
+
+
+class DomainChoice(BaseModel):
+    retryable: bool
+
+
+@task("fails_by_domain_error", args=DomainChoice, backoff=FAST)
+async def fails_by_domain_error(ctx: Context, args: DomainChoice) -> None:
+    error = DomainFailure(f"attempt {ctx.job.attempt}")
+    error.retryable = args.retryable
+    raise error
 
 
 @task("fails_once", args=NoArgs, backoff=FAST)

@@ -15,7 +15,7 @@ from structlog.contextvars import STRUCTLOG_KEY_PREFIX, bind_contextvars
 
 from skiplock import metrics, tracing
 from skiplock.db.storable import storable_json
-from skiplock.errors import FetchError, InvalidArgumentsError, PermanentJobError, UnknownTaskError
+from skiplock.errors import InvalidArgumentsError, SkiplockError, UnknownTaskError
 from skiplock.fetcher import Fetcher
 from skiplock.queue._completer import Completer, Outcome, OutcomeKind
 from skiplock.queue._running import RunningJob, RunningJobs, StopReason
@@ -246,10 +246,8 @@ class Executor:
             return self._failure(job, spec.backoff.delay(job.attempt), exc, message)
         except _NotStarted:
             return Outcome(job, OutcomeKind.UNSTARTED)
-        except PermanentJobError as exc:
-            return Outcome(job, OutcomeKind.FAILED, error=error_record(job, exc))
-        except FetchError as exc:
-            if not exc.retryable:  # a 404, a refused address, a page too large: the same next time
+        except SkiplockError as exc:
+            if not exc.retryable:  # PermanentJobError, a 404, a refused address: the same next time
                 return Outcome(job, OutcomeKind.FAILED, error=error_record(job, exc))
             return self._failure(job, spec.backoff.delay(job.attempt), exc)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit: the task's own
