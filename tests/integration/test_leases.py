@@ -58,6 +58,13 @@ async def test_a_child_enqueue_commits_only_under_the_parents_lease(
     assert child.created
 
 
+async def _attempts_and_errors(db: asyncpg.Connection, job_id: int) -> tuple[int, list[Any]]:
+    """The job's attempts so far and the errors its attempts recorded."""
+    row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
+    assert row is not None
+    return row["attempts"], row["errors"]
+
+
 async def test_a_claim_whose_reply_was_lost_is_handed_back_at_once_without_using_an_attempt(
     dsn: str, db: asyncpg.Connection, registry: TaskRegistry, pg_admin_dsn: str
 ) -> None:
@@ -70,9 +77,7 @@ async def test_a_claim_whose_reply_was_lost_is_handed_back_at_once_without_using
         await wait_until(
             lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 10
         )
-    row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
-    assert row is not None
-    assert (row["attempts"], row["errors"]) == (1, [])
+    assert await _attempts_and_errors(db, job_id) == (1, [])
 
 
 async def test_a_job_taken_from_a_run_slow_to_stop_is_not_claimed_again_until_that_run_returns(
@@ -99,9 +104,7 @@ async def test_a_job_taken_from_a_run_slow_to_stop_is_not_claimed_again_until_th
     print(f"\nre-claim by the same process: {len(runs)} executions; {summary(found)}")
     assert found == []
     assert [run.attempt for run in runs] == [1, 2]
-    row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
-    assert row is not None
-    assert (row["attempts"], row["errors"]) == (2, [])  # no second rescue of a dropped claim
+    assert await _attempts_and_errors(db, job_id) == (2, [])  # no second rescue of a dropped claim
 
 
 def _service(engine: Engine, kind: type[T]) -> T:
@@ -263,9 +266,7 @@ async def test_an_outcome_waiting_to_be_written_keeps_its_lease_and_its_job_is_n
     runs = await executions(db)
     print(f"\noutcome held back 8 s: {len(runs)} executions")
     assert len(runs) == 1
-    row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
-    assert row is not None
-    assert (row["attempts"], row["errors"]) == (1, [])
+    assert await _attempts_and_errors(db, job_id) == (1, [])
 
 
 async def test_a_row_this_process_holds_but_no_longer_runs_is_handed_back_before_any_rescue(
@@ -284,9 +285,7 @@ async def test_a_row_this_process_holds_but_no_longer_runs_is_handed_back_before
         await wait_until(
             lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 10
         )
-    row = await db.fetchrow("SELECT attempts, errors FROM jobs WHERE id = $1", job_id)
-    assert row is not None
-    assert (row["attempts"], row["errors"]) == (2, [])  # handed back, not rescued as LeaseLost
+    assert await _attempts_and_errors(db, job_id) == (2, [])  # handed back, not rescued as LeaseLost
 
 
 async def test_a_job_whose_thread_outlives_the_shutdown_grace_is_not_due_again_while_it_may_run(
