@@ -29,7 +29,7 @@ from skiplock.queue._isolation import (
     write_isolating,
 )
 from skiplock.queue._running import JobEvent
-from skiplock.queue._statements import JOBS
+from skiplock.queue._statements import JOBS, notify_requeued
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import Recovery, StopSignal, str_of
 
@@ -246,9 +246,7 @@ class Completer:
             else:
                 rows = await conn.fetch(statement, ids, self.owner, attempts)
             later = {o.job.id for o in released if o.retry_in_s > 0}  # due later: no wake-up now
-            requeued = sorted({r["queue"] for r in rows if r["state"] == "queued" and r["id"] not in later})
-            if requeued:
-                await conn.execute(JOBS.notify_queued, requeued)
+            await notify_requeued(conn, [r for r in rows if r["id"] not in later])
             if rows:
                 log.info(
                     "jobs_released", job_ids=[r["id"] for r in rows], started=kind == OutcomeKind.RELEASED
