@@ -39,3 +39,18 @@ async def test_ready_answers_503_within_its_limit_while_the_database_hangs_then_
 
 async def _is(value: Any, expected: int) -> bool:
     return bool(await value == expected)
+
+
+async def test_ready_on_a_schema_a_newer_release_migrated_further_and_not_on_one_that_lacks_its_own(
+    dsn: str, db: Any
+) -> None:
+    """In a rolling deploy the previous release's replicas stay ready once the first new one has
+    migrated; a schema behind this release is not ready."""
+    settings = make_settings(dsn, worker=False, scheduler=False)
+    async with app_client(settings) as api:
+        await db.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'next_release')")
+        ready = await api.get("/ready")
+        assert (ready.status_code, ready.json()["checks"]["migrations"]) == (200, True)
+        await db.execute("DELETE FROM schema_migrations WHERE version = 1")
+        behind = await api.get("/ready")
+        assert (behind.status_code, behind.json()["checks"]["migrations"]) == (503, False)

@@ -26,7 +26,6 @@ class MigrateStatements:
     create_table: str
     applied: str
     record: str
-    latest: str
 
 
 SQL = load_statements(MigrateStatements, "skiplock.db.sql", "migrate.sql")
@@ -97,12 +96,9 @@ async def migrate_database(dsn: str) -> list[int]:
 
 
 async def is_current(conn: AnyConnection) -> bool:
-    """True when every migration file has been applied."""
-    try:
-        latest = await conn.fetchval(SQL.latest)
-    except asyncpg.UndefinedTableError:
-        return False
-    return bool(latest == len(discover()))
+    """True when every migration file of this release has been applied (a database a newer
+    release migrated further is current for this one too: see :func:`missing`)."""
+    return not await missing(conn)
 
 
 async def missing(conn: AnyConnection) -> list[int]:

@@ -17,5 +17,3 @@ SELECT version, name FROM schema_migrations ORDER BY version
 -- name: record
 INSERT INTO schema_migrations (version, name) VALUES ($1, $2)
 
--- name: latest
-SELECT coalesce(max(version), 0) FROM schema_migrations
