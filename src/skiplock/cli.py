@@ -258,12 +258,12 @@ def main(argv: list[str] | None = None) -> int:
                     code = int(runner.run(call))
             finally:
                 signal.signal(signal.SIGTERM, _exit_on_sigterm)  # closing the loop reset it
-        from skiplock.queue._threads import busy_threads
+        from skiplock.queue.engine import busy_task_threads
 
-        if busy_threads():
+        if busy_task_threads():
             # Their jobs were handed back; the interpreter would join their threads (a def task
             # cannot be interrupted), so the exit would wait for them: leave without joining.
-            log.warning("exiting_with_task_threads_running", threads=busy_threads())
+            log.warning("exiting_with_task_threads_running", threads=busy_task_threads())
             exit_now(code)
         return code
     except SkiplockError as exc:

@@ -36,11 +36,21 @@
 
 Each subclass's docstring is its default message. Raised by a task, an error whose ``retryable``
 is False fails its job at once, whatever attempts are left (the engine knows no error by name).
+:func:`str_of` reads any exception's text safely (the db layer and the services log with it).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def str_of(exc: BaseException) -> str:
+    """``str(exc)`` that never raises (an exception's own ``__str__`` may), never empty."""
+    try:
+        text = str(exc)
+    except BaseException:  # user code: whatever it raises must not escape
+        text = ""
+    return text or type(exc).__name__
 
 
 class SkiplockError(Exception):

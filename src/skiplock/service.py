@@ -16,6 +16,7 @@ import structlog
 
 from skiplock import metrics
 from skiplock.db.pool import is_unavailable
+from skiplock.errors import str_of as str_of  # re-exported: every service logs with it
 
 log = structlog.get_logger("skiplock.service")
 
@@ -94,15 +95,6 @@ class Recovery:
                 **fields,
             )
         return await self.stop.sleep(wait_s)
-
-
-def str_of(exc: BaseException) -> str:
-    """``str(exc)`` that never raises (an exception's own ``__str__`` may), never empty."""
-    try:
-        text = str(exc)
-    except BaseException:  # user code: whatever it raises must not escape
-        text = ""
-    return text or type(exc).__name__
 
 
 class Supervisor:

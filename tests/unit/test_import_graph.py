@@ -38,8 +38,6 @@ KNOWN_CYCLES: set[tuple[str, ...]] = set()
 KNOWN_FOLDER_LOOPS: set[tuple[str, ...]] = {
     # issue 16: api/app.py mounts ui/, whose pages import api/plugin, api/schemas, api/security.
     ("skiplock.api", "skiplock.ui"),
-    # issue 16: db/stats.py imports service.py, which imports db/pool.py.
-    ("skiplock.db", "skiplock.service"),
     # issue 16: imports/reads.py and upload.py use tasks/_statements.py,
     # tasks/import_csv.py uses imports/rows.py.
     ("skiplock.imports", "skiplock.tasks"),
@@ -51,8 +49,6 @@ KNOWN_PRIVATE_QUEUE_IMPORTS: set[tuple[str, str]] = {
     ("skiplock.api.events", "skiplock.queue._hub"),
     # issue 16: the API reads event history through the engine's statements.
     ("skiplock.api.events", "skiplock.queue._statements"),
-    # issue 16: the CLI reaches the engine's thread helper (a function-local import).
-    ("skiplock.cli", "skiplock.queue._threads"),
 }
 
 

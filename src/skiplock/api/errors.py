@@ -39,8 +39,8 @@ from skiplock.errors import (
     UnsupportedMediaTypeError,
     UploadTimeoutError,
     UploadTooLargeError,
+    str_of,
 )
-from skiplock.service import str_of
 
 log = structlog.get_logger("skiplock.api")
 

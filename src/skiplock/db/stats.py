@@ -12,7 +12,7 @@ import structlog
 
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
 from skiplock.db.sqlfile import load_statements
-from skiplock.service import str_of
+from skiplock.errors import str_of
 
 log = structlog.get_logger("skiplock.db")
 

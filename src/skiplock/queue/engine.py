@@ -31,7 +31,7 @@ from skiplock.queue._registrations import TaskRegistrar
 from skiplock.queue._rescuer import Rescuer
 from skiplock.queue._running import RunningJobs
 from skiplock.queue._scheduler import Scheduler
-from skiplock.queue._threads import TaskThreads
+from skiplock.queue._threads import TaskThreads, busy_threads
 from skiplock.queue._waker import Waker
 from skiplock.queue.client import Client
 from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
@@ -39,6 +39,12 @@ from skiplock.service import Service, Supervisor
 from skiplock.settings import Settings, parse_queue_spec
 
 log = structlog.get_logger("skiplock.engine")
+
+
+def busy_task_threads() -> int:
+    """Threads of this process still running a ``def`` task, engines closed or not: a thread cannot
+    be interrupted, so a process that waited for them on exit would outlive its shutdown grace."""
+    return busy_threads()
 
 
 def worker_id() -> str:
