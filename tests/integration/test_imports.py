@@ -17,16 +17,16 @@ from litestar.testing import AsyncTestClient
 
 from skiplock.api import create_app
 from skiplock.db import create_pool
-from skiplock.imports.rows import Header
 from skiplock.queue import Client as EngineClient
 from skiplock.queue import Context, JobInfo
 from skiplock.tasks import ImportArgs, import_csv
+from skiplock.tasks.import_csv.rows import Header
 from tests.conftest import make_settings
 from tests.support.live import app_client, live_server, serve
 from tests.support.waiting import wait_until
 
 Client = AsyncTestClient[Any]
-import_module = importlib.import_module("skiplock.tasks.import_csv")  # the package attribute is the task
+import_module = importlib.import_module("skiplock.tasks.import_csv.task")
 HEADER = "sku,name,category,price,quantity,updated_at\n"
 CSV = {"content-type": "text/csv"}
 

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skiplock.imports.rows import CsvFileError, Header, LineSplitter, RecordParser, StagedRow, clean_raw
+from skiplock.tasks.import_csv.rows import (
+    CsvFileError,
+    Header,
+    LineSplitter,
+    RecordParser,
+    StagedRow,
+    clean_raw,
+)
 
 
 def parse(data: bytes, cuts: list[int] | None = None) -> tuple[RecordParser, list[StagedRow]]:

@@ -6,7 +6,14 @@ import importlib
 
 import pytest
 
-PACKAGES = ["skiplock", "skiplock.queue", "skiplock.db", "skiplock.api", "skiplock.tasks", "skiplock.imports"]
+PACKAGES = [
+    "skiplock",
+    "skiplock.queue",
+    "skiplock.db",
+    "skiplock.api",
+    "skiplock.tasks",
+    "skiplock.tasks.import_csv",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

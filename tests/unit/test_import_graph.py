@@ -38,9 +38,6 @@ KNOWN_CYCLES: set[tuple[str, ...]] = set()
 KNOWN_FOLDER_LOOPS: set[tuple[str, ...]] = {
     # issue 16: api/app.py mounts ui/, whose pages import api/plugin, api/schemas, api/security.
     ("skiplock.api", "skiplock.ui"),
-    # issue 16: imports/reads.py and upload.py use tasks/_statements.py,
-    # tasks/import_csv.py uses imports/rows.py.
-    ("skiplock.imports", "skiplock.tasks"),
 }
 
 # Private engine modules (skiplock.queue._...) imported from outside skiplock/queue/, bench/ included.

@@ -16,7 +16,7 @@ from skiplock.api.schemas import parse_cursor
 from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.errors import BusyError
-from skiplock.imports import (
+from skiplock.tasks.import_csv import (
     FailedRowPage,
     ImportCreated,
     ImportInfo,

@@ -1,4 +1,4 @@
-"""The built-in tasks' SQL, loaded from ``sql/*.sql`` into typed constants."""
+"""The SQL of fetch_api and scrape, loaded from ``sql/*.sql`` into typed constants."""
 
 from __future__ import annotations
 
@@ -20,23 +20,5 @@ class PageStatements:
     page_get: str
 
 
-@dataclass(frozen=True, slots=True)
-class ImportStatements:
-    import_insert: str
-    import_set_job: str
-    import_list: str
-    import_exists: str
-    import_failed_rows: str
-    import_run_state: str
-    import_begin_run: str
-    import_chunk_batch: str
-    import_staging_create: str
-    import_staging_drop: str
-    import_batch_settings: str
-    import_load_batch: str
-    import_finish: str
-
-
 RECORDS = load_statements(RecordStatements, "skiplock.tasks.sql", "records.sql")
 PAGES = load_statements(PageStatements, "skiplock.tasks.sql", "pages.sql")
-IMPORTS = load_statements(ImportStatements, "skiplock.tasks.sql", "imports.sql")

@@ -21,8 +21,8 @@ from skiplock.api.schemas import QUEUE_NAME
 from skiplock.api.security import KEY_COOKIE, PUBLIC_ROUTE, AuthState, needs
 from skiplock.auth import Scope
 from skiplock.errors import ImportNotFound, JobNotFound
-from skiplock.imports import failed_rows, get_import, list_imports
 from skiplock.queue.models import JobState
+from skiplock.tasks.import_csv import failed_rows, get_import, list_imports
 
 #: The overview may show counts up to this old (counting a large jobs table is a scan).
 OVERVIEW_MAX_AGE_S = 2.0

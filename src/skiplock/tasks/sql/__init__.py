@@ -1,1 +1,1 @@
-"""SQL of the built-in tasks, one file per task."""
+"""SQL of fetch_api and scrape, one file per task (import_csv keeps its own in its package)."""

@@ -26,9 +26,9 @@ from skiplock.errors import (
     UploadTimeoutError,
     UploadTooLargeError,
 )
-from skiplock.imports.models import ImportCreated
 from skiplock.queue.client import Client
-from skiplock.tasks._statements import IMPORTS
+from skiplock.tasks.import_csv._statements import IMPORTS
+from skiplock.tasks.import_csv.models import ImportCreated
 
 #: Size of the rows in import_chunks: few enough round trips, small enough to stream.
 CHUNK_BYTES = 1 << 20

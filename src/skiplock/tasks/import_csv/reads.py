@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from skiplock.errors import ImportNotFound
-from skiplock.imports.models import FailedRow, FailedRowPage, ImportInfo, ImportPage
-from skiplock.tasks._statements import IMPORTS
+from skiplock.tasks.import_csv._statements import IMPORTS
+from skiplock.tasks.import_csv.models import FailedRow, FailedRowPage, ImportInfo, ImportPage
 
 
 async def get_import(pool: asyncpg.Pool, import_id: int) -> ImportInfo:

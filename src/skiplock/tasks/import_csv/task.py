@@ -26,10 +26,10 @@ from pydantic import BaseModel, Field
 from skiplock.db.copy import copy_rows
 from skiplock.db.pool import DB_UNAVAILABLE, AnyConnection
 from skiplock.errors import PermanentJobError
-from skiplock.imports.rows import CsvFileError, LineSplitter, RecordParser, StagedRow
 from skiplock.queue.context import Context
 from skiplock.queue.tasks import task
-from skiplock.tasks._statements import IMPORTS
+from skiplock.tasks.import_csv._statements import IMPORTS
+from skiplock.tasks.import_csv.rows import CsvFileError, LineSplitter, RecordParser, StagedRow
 
 #: Rows staged and checked per transaction: large enough that per-statement costs vanish, small
 #: enough to bound memory and the work a killed run repeats.
