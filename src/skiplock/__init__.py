@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from skiplock._version import __version__
-from skiplock.api import create_app
+from skiplock.app import create_app
 from skiplock.errors import PermanentJobError, SkiplockError
 from skiplock.queue import Backoff, Client, Context, Job, JobState, Task, task
 from skiplock.settings import Settings

@@ -110,9 +110,9 @@ async def _check_auth(settings: Settings) -> None:
 async def _serve(settings: Settings) -> int:
     import uvicorn
 
-    from skiplock.api import create_app
-    from skiplock.api.plugin import SkiplockPlugin
+    from skiplock.api import SkiplockPlugin
     from skiplock.api.serving import OneWriteHttpToolsProtocol
+    from skiplock.app import create_app
 
     class Server(uvicorn.Server):
         @contextmanager

@@ -16,8 +16,8 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute, WebSocketRoute
 from litestar.testing import AsyncTestClient
 
-from skiplock.api import create_app
 from skiplock.api.security import PUBLIC, SCOPE
+from skiplock.app import create_app
 from skiplock.auth import KeyStore, Scope
 from skiplock.db.pool import create_pool
 from tests.conftest import make_settings

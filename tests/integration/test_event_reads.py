@@ -19,9 +19,9 @@ import asyncpg
 import orjson
 import pytest
 
-from skiplock.api import create_app
 from skiplock.api.events import follow
 from skiplock.api.plugin import SkiplockPlugin
+from skiplock.app import create_app
 from skiplock.db.pool import create_pool
 from skiplock.queue._hub import EventHub, EventsMissed
 from skiplock.queue.engine import Engine

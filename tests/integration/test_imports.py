@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from skiplock.api import create_app
+from skiplock.app import create_app
 from skiplock.db import create_pool
 from skiplock.queue import Client as EngineClient
 from skiplock.queue import Context, JobInfo

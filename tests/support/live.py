@@ -13,7 +13,7 @@ import uvicorn
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from skiplock.api import create_app
+from skiplock.app import create_app
 from skiplock.settings import Settings
 
 

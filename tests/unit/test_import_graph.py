@@ -35,10 +35,7 @@ SRC_EDGES = [e for e in EDGES if e.source.startswith("skiplock")]
 KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 # Loops between folders (first level under skiplock; a top-level module is its own).
-KNOWN_FOLDER_LOOPS: set[tuple[str, ...]] = {
-    # issue 16: api/app.py mounts ui/, whose pages import api/plugin, api/schemas, api/security.
-    ("skiplock.api", "skiplock.ui"),
-}
+KNOWN_FOLDER_LOOPS: set[tuple[str, ...]] = set()
 
 # Private engine modules (skiplock.queue._...) imported from outside skiplock/queue/, bench/ included.
 KNOWN_PRIVATE_QUEUE_IMPORTS: set[tuple[str, str]] = {
@@ -86,6 +83,32 @@ def test_no_loop_between_folders_beyond_the_known_ones() -> None:
 def test_every_known_loop_between_folders_still_occurs() -> None:
     gone = KNOWN_FOLDER_LOOPS - set(graph.elementary_cycles(graph.folder_edges(SRC_EDGES)))
     assert not gone, f"no longer a loop, remove from KNOWN_FOLDER_LOOPS: {sorted(gone)}"
+
+
+def test_only_the_entry_points_import_the_composition_root() -> None:
+    # skiplock/app.py assembles the app from the API, the dashboard and the tasks: a part that
+    # imported it back would depend on every other part.
+    importers = {e.source for e in EDGES if e.target == "skiplock.app"}
+    assert importers <= {"skiplock", "skiplock.cli"}, f"skiplock.app imported by {sorted(importers)}"
+
+
+def test_the_api_does_not_import_the_dashboard() -> None:
+    # The dashboard builds on the API's public pieces; the composition root mounts both.
+    found = {
+        (e.source, e.target)
+        for e in SRC_EDGES
+        if graph.folder_of(e.source) == "skiplock.api" and graph.folder_of(e.target) == "skiplock.ui"
+    }
+    assert not found, f"the API imports the dashboard: {sorted(found)}"
+
+
+def test_the_dashboard_uses_only_the_apis_public_names() -> None:
+    found = {
+        (e.source, e.target)
+        for e in SRC_EDGES
+        if graph.folder_of(e.source) == "skiplock.ui" and e.target.startswith("skiplock.api.")
+    }
+    assert not found, f"the dashboard imports API modules, not skiplock.api: {sorted(found)}"
 
 
 def test_no_private_queue_module_imported_from_outside_beyond_the_known_ones() -> None:

@@ -16,12 +16,11 @@ from litestar.params import Body, FromPath, Parameter, QueryParameter
 from litestar.response import Redirect, Template
 from pydantic import BaseModel, Field
 
-from skiplock.api.plugin import ClientDep, EngineDep
-from skiplock.api.schemas import QUEUE_NAME
-from skiplock.api.security import KEY_COOKIE, PUBLIC_ROUTE, AuthState, needs
+from skiplock.api import KEY_COOKIE, PUBLIC_ROUTE, AuthState, ClientDep, EngineDep, needs
 from skiplock.auth import Scope
 from skiplock.errors import ImportNotFound, JobNotFound
 from skiplock.queue.models import JobState
+from skiplock.queue_names import QUEUE_NAME
 from skiplock.tasks.import_csv import failed_rows, get_import, list_imports
 
 #: The overview may show counts up to this old (counting a large jobs table is a scan).

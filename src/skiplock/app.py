@@ -1,4 +1,6 @@
-"""The Litestar application: routes, OpenAPI, error handling, and the engine in its lifespan."""
+"""The composition root: the Litestar application assembled from the JSON API (``api/``), the
+dashboard (``ui/``) and the tasks (``tasks/`` and ``SKIPLOCK_TASK_MODULES``), the engine in its
+lifespan, with the app-wide middleware, error handling and OpenAPI. No part imports this module."""
 
 from __future__ import annotations
 
@@ -14,20 +16,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from skiplock import tracing
 from skiplock._version import __version__
+from skiplock.api import SkiplockPlugin, api_routes
 from skiplock.api.bounds import BoundedRequest, url_nul_middleware
 from skiplock.api.errors import DRIVER_ERRORS, database_error_handler, skiplock_error_handler
-from skiplock.api.events import EventController, all_events_ws, job_events_ws
-from skiplock.api.fetch import FetchController, RecordController
-from skiplock.api.health import health, ready
-from skiplock.api.imports import ImportController
-from skiplock.api.jobs import JobController
-from skiplock.api.metrics import MetricsController, prometheus
+from skiplock.api.metrics import prometheus
 from skiplock.api.middleware import request_id_middleware
-from skiplock.api.pages import page
-from skiplock.api.plugin import SkiplockPlugin
 from skiplock.api.protection import compression, cors, rate_limit
-from skiplock.api.queues import QueueController, TaskController, failures
-from skiplock.api.schedules import ScheduleController
 from skiplock.api.security import auth_middleware, csrf_config, scope_guard
 from skiplock.errors import ConfigError, SkiplockError
 from skiplock.queue.engine import Engine
@@ -65,7 +59,7 @@ def create_app(
     tasks: Iterable[Task[Any]] | None = None,
     tracer_provider: TracerProvider | None = None,
 ) -> Litestar:
-    """The HTTP API with the engine (workers included unless ``settings.worker`` is off).
+    """The HTTP API and the dashboard with the engine (workers included unless ``settings.worker`` is off).
 
     ``settings.database_url`` must be set (the CLI sets it to the embedded server when unset).
     ``tasks`` replaces the ``@task``-registered tasks (the built-ins are always there).
@@ -75,23 +69,7 @@ def create_app(
     if not settings.database_url:
         raise ConfigError("create_app needs settings.database_url (or DATABASE_URL)")
     engine = Engine(settings, load_registry(settings.task_modules, tasks), settings.database_url)
-    api: list[ControllerRouterHandler] = [
-        JobController,
-        ScheduleController,
-        ImportController,
-        EventController,
-        QueueController,
-        TaskController,
-        failures,
-        FetchController,
-        RecordController,
-        page,
-        job_events_ws,
-        all_events_ws,
-        health,
-        ready,
-        MetricsController,
-    ]
+    api = api_routes()
     csrf = csrf_config(_paths(api))
     return Litestar(
         route_handlers=[*api, *dashboard_routes()],
