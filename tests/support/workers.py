@@ -23,7 +23,8 @@ def spawn(dsn: str, *command: str, stderr_to: Path | None = None, **settings: st
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
-        "PYTHONPATH": str(ROOT),
+        # This checkout's sources first: the installed package may be another checkout's.
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
         "SKIPLOCK_TASK_MODULES": "tests.support.tasks",
         "SKIPLOCK_LOG_FORMAT": "json",
         "SKIPLOCK_LOG_LEVEL": "warning",
