@@ -30,6 +30,9 @@
     ├── JobError                 raised by a task to steer its own outcome
     │   └── PermanentJobError    fail now, never retry
     ├── LeaseLostError           a run no longer holds its job's lease: what it writes is refused
+    ├── JobFailed                a waited-for job ended without a result (``state``, ``error``)
+    │   └── JobCancelled         … because it was cancelled
+    ├── ResultTimeout            a waited-for job was not final in time (also a TimeoutError)
     └── SubscriptionError        an event subscriber is given nothing more
         ├── SubscriptionClosed   the subscriber went away
         └── EventsMissed         the subscriber may have missed events (``reason`` says why); it can resume
@@ -193,6 +196,35 @@ class PermanentJobError(JobError):
 
 class LeaseLostError(SkiplockError):
     """This run no longer holds its job's lease; it is being stopped and nothing it writes is kept."""
+
+
+class JobFailed(SkiplockError):
+    """The job failed."""
+
+    #: Raised in a task that waited for another job: that job is final, another attempt would
+    #: be told the same (retry the job it waited for instead).
+    retryable = False
+
+    def __init__(self, message: str | None = None, *, job_id: int, state: str, error: Any = None) -> None:
+        super().__init__(message, job_id=job_id, state=state)
+        self.job_id = job_id
+        self.state = state
+        #: The last attempt's error (an ``AttemptError``), or None (a job cancelled before it ran).
+        self.error = error
+
+
+class JobCancelled(JobFailed):
+    """The job was cancelled."""
+
+
+class ResultTimeout(SkiplockError, TimeoutError):
+    """The job did not finish in time."""
+
+    def __init__(self, message: str | None = None, *, job_id: int, state: str) -> None:
+        super().__init__(message, job_id=job_id, state=state)
+        self.job_id = job_id
+        #: Where the job was when the wait ended.
+        self.state = state
 
 
 class SubscriptionError(SkiplockError):

@@ -12,6 +12,7 @@ from skiplock.api.jobs import JobController
 from skiplock.api.metrics import MetricsController
 from skiplock.api.pages import page
 from skiplock.api.queues import QueueController, TaskController, failures
+from skiplock.api.results import JobResultController
 from skiplock.api.schedules import ScheduleController
 
 
@@ -19,6 +20,7 @@ def api_routes() -> list[ControllerRouterHandler]:
     """Every handler of the JSON API, websockets, health and metrics included (not the dashboard)."""
     return [
         JobController,
+        JobResultController,
         ScheduleController,
         ImportController,
         EventController,

@@ -16,6 +16,7 @@ from skiplock import metrics, tracing
 from skiplock.db.copy import copy_rows
 from skiplock.db.pool import AnyConnection
 from skiplock.errors import (
+    ConfigError,
     ConflictError,
     InvalidArgumentsError,
     InvalidStateError,
@@ -27,6 +28,7 @@ from skiplock.queue._statements import JOBS, QUEUES
 from skiplock.queue._waker import Waker
 from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo
 from skiplock.queue.origin import current_origin
+from skiplock.queue.results import ResultWaiter
 from skiplock.queue.schedules import Schedules
 from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry
 from skiplock.queue_names import check_queue_name
@@ -133,6 +135,8 @@ class Client:
         #: Set by the engine: wakes workers for enqueues made side by side (see _waker.py).
         self.waker: Waker | None = None
         self._enqueuing = 0  # enqueues of this client under way, on its pool
+        #: Set by the engine: the waits of :meth:`wait_for_result` (see results.py).
+        self.results: ResultWaiter | None = None
 
     def _resolve(self, request: EnqueueRequest) -> _Resolved:
         """Validate one job against its task and fill in the task's defaults."""
@@ -293,6 +297,15 @@ class Client:
         if record is None:
             raise JobNotFound(f"no job with id {job_id}")
         return Job.from_record(record)
+
+    async def wait_for_result(self, job_id: int, timeout_s: float | None = 30) -> Any:
+        """The job's result once it has succeeded, waiting up to ``timeout_s`` seconds (None: no
+        limit) on the engine's notifications. Raises JobFailed (JobCancelled when cancelled) with
+        the job's state and last error if it ended otherwise, ResultTimeout (a TimeoutError) if it
+        is not final in time, JobNotFound for an unknown job."""
+        if self.results is None:
+            raise ConfigError("wait_for_result needs a started engine (its LISTEN connection)")
+        return await self.results.result(job_id, timeout_s)
 
     async def list_jobs(
         self,

@@ -34,6 +34,7 @@ from skiplock.queue._scheduler import Scheduler
 from skiplock.queue._threads import TaskThreads, busy_threads
 from skiplock.queue._waker import Waker
 from skiplock.queue.client import Client
+from skiplock.queue.results import ResultWaiter
 from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
 from skiplock.service import Service, Supervisor
 from skiplock.settings import Settings, parse_queue_spec
@@ -86,6 +87,8 @@ class Engine:
         #: Set when a background service died (ended or raised without being asked).
         self.failed = asyncio.Event()
         self.hub: EventHub
+        #: Waits for jobs' results, in every role (an API-only process answers long polls too).
+        self.results: ResultWaiter
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -117,16 +120,19 @@ class Engine:
 
     async def quiesce(self) -> None:
         """The first step of a shutdown, at once: no schedule fires and no job is claimed any
-        more; running jobs go on until :meth:`stop` (at most the grace period from now)."""
+        more; running jobs go on until :meth:`stop` (at most the grace period from now). Waits
+        for results end at once with where their jobs are, so no long poll holds the shutdown."""
         if self.supervisor is not None:
-            await self.supervisor.stop_now("scheduler", "producer")
+            await self.supervisor.stop_now("scheduler", "producer", "results")
 
     def _services(self) -> list[Service]:
-        services: list[Service] = [self.listener, self.hub]
+        services: list[Service] = [self.listener, self.hub, self.results]
         if self.client.waker is not None:
             services.append(self.client.waker)
         self.listener.subscribe("ev", self.hub.hint)
         self.listener.on_reconnect(self.hub.catch_up)
+        self.listener.subscribe("ev", self.results.hint)
+        self.listener.on_reconnect(self.results.read_all)
         services.append(
             Rescuer(
                 self.pool,
@@ -229,6 +235,7 @@ class Engine:
             await self.stop()
             raise
         self.hub = EventHub(self._pool, buffer=s.subscriber_buffer)
+        self.results = self._client.results = ResultWaiter(self._pool)
         self.supervisor = Supervisor(self._services(), self.failed)
         ready = asyncio.Event()
         self._task = asyncio.create_task(self.supervisor.run(ready), name="skiplock:supervisor")

@@ -1,0 +1,12 @@
+-- Waiting for jobs to finish (queue/results.py).
+
+-- name: job_outcome_many
+-- Where each of these jobs is: its state and, once final, its result and its last attempt's error
+-- (null when that attempt succeeded). A waiter's round reads every watched job it was told about
+-- in this one statement, found by id alone.
+SELECT id, state,
+       CASE WHEN state IN ('succeeded', 'failed', 'cancelled') THEN result END AS result,
+       CASE WHEN state IN ('failed', 'cancelled') AND (errors -> -1 ->> 'attempt')::int = attempts
+            THEN errors -> -1 END AS error
+FROM jobs
+WHERE id = ANY($1::bigint[])

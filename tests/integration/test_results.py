@@ -1,0 +1,212 @@
+"""Waiting for a job's result: Client.wait_for_result and GET /jobs/{id}/result?wait=S, answered
+from the engine's notifications (one read a round, no connection held while waiting)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from skiplock.errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
+from skiplock.queue import Engine, JobState
+from tests.conftest import make_settings
+from tests.factories import job
+from tests.support.live import live_server
+from tests.support.waiting import wait_until
+
+Client = AsyncTestClient[Any]
+
+
+async def test_wait_for_result_returns_what_the_task_returned(engine: Engine) -> None:
+    queued = await engine.client.enqueue("wait", {"seconds": 0.2})
+    started = time.monotonic()
+    assert await engine.client.wait_for_result(queued.id, timeout_s=10) == {"slept": 0.2}
+    assert time.monotonic() - started < 5
+    assert (await engine.client.get(queued.id)).state == JobState.SUCCEEDED
+
+
+async def test_wait_for_result_raises_the_failure_with_its_last_error(engine: Engine) -> None:
+    queued = await engine.client.enqueue("fails_permanently")
+    with pytest.raises(JobFailed) as raised:
+        await engine.client.wait_for_result(queued.id, timeout_s=10)
+    assert not isinstance(raised.value, JobCancelled)
+    assert raised.value.job_id == queued.id
+    assert raised.value.state == JobState.FAILED
+    assert raised.value.error is not None
+    assert raised.value.error.type == "PermanentJobError"
+    assert raised.value.error.attempt == 1
+    assert "this input can never work" in str(raised.value)
+
+
+async def test_wait_for_result_of_a_cancelled_job_raises_job_cancelled(engine: Engine) -> None:
+    queued = await engine.client.enqueue("wait", {"seconds": 30})
+    waiting = asyncio.ensure_future(engine.client.wait_for_result(queued.id, timeout_s=20))
+    await wait_until(lambda: engine.results.waiting == 1, 5)
+    await wait_until(lambda: _state(engine, queued.id, JobState.RUNNING), 10)
+    await engine.client.cancel(queued.id)
+    with pytest.raises(JobCancelled) as raised:
+        await asyncio.wait_for(waiting, 10)
+    assert raised.value.state == JobState.CANCELLED
+
+
+async def _state(engine: Engine, job_id: int, state: JobState) -> bool:
+    return (await engine.client.get(job_id)).state == state
+
+
+async def test_wait_for_result_times_out_with_the_state_the_job_is_in(engine: Engine) -> None:
+    later = await engine.client.enqueue("noop", delay_s=3600)
+    started = time.monotonic()
+    with pytest.raises(ResultTimeout) as raised:
+        await engine.client.wait_for_result(later.id, timeout_s=0.3)
+    assert 0.25 <= time.monotonic() - started < 3
+    assert isinstance(raised.value, TimeoutError)
+    assert raised.value.state == JobState.QUEUED
+    assert engine.results.waiting == 0
+
+
+async def test_wait_for_result_of_an_unknown_job_raises_job_not_found(engine: Engine) -> None:
+    with pytest.raises(JobNotFound):
+        await engine.client.wait_for_result(987654321, timeout_s=5)
+    with pytest.raises(JobNotFound):
+        await engine.client.wait_for_result(987654321, timeout_s=0)
+
+
+async def test_waiters_of_one_job_share_each_read(engine: Engine, db: asyncpg.Connection) -> None:
+    later = await engine.client.enqueue("noop", delay_s=3600)
+    waits = [asyncio.ensure_future(engine.client.wait_for_result(later.id, timeout_s=20)) for _ in range(50)]
+    await wait_until(lambda: engine.results.waiting == 50, 5)
+    await wait_until(lambda: engine.results.reads >= 1, 5)
+    reads_before = engine.results.reads
+    await db.execute("UPDATE jobs SET run_at = now() WHERE id = $1", later.id)
+    await db.execute("SELECT pg_notify('skiplock', 'queued:default')")
+    results = await asyncio.wait_for(asyncio.gather(*waits), 10)
+    assert results == [None] * 50
+    # queued → running → succeeded: a read per notified change, each shared by all 50 waiters.
+    assert engine.results.reads - reads_before <= 3, engine.results.reads - reads_before
+
+
+async def test_a_job_final_before_the_wait_answers_at_once(engine: Engine, db: asyncpg.Connection) -> None:
+    done = await job(db, JobState.SUCCEEDED, result={"n": 1})
+    started = time.monotonic()
+    assert await engine.client.wait_for_result(done, timeout_s=30) == {"n": 1}
+    assert time.monotonic() - started < 2
+
+
+async def test_a_finish_missed_during_a_listener_reconnect_is_read_after_it(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    later = await engine.client.enqueue("noop", delay_s=3600)
+    waiting = asyncio.ensure_future(engine.client.wait_for_result(later.id, timeout_s=30))
+    await wait_until(lambda: engine.results.waiting == 1 and engine.results.reads >= 1, 5)
+    # Finished without an event or a notification (triggers off): as if its NOTIFY had been lost.
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")
+        await db.execute(
+            "UPDATE jobs SET state = 'succeeded', result = $2, finished_at = now() WHERE id = $1",
+            later.id,
+            {"quiet": True},
+        )
+    assert not waiting.done()
+    reconnects = engine.listener.signals.reconnects
+    await db.execute("SELECT pg_terminate_backend($1)", engine.listener.connection_pid)
+    await wait_until(lambda: engine.listener.signals.reconnects > reconnects, 10)
+    assert await asyncio.wait_for(waiting, 10) == {"quiet": True}
+
+
+async def test_a_job_pruned_while_waited_for_ends_the_wait_with_not_found(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    later = await engine.client.enqueue("noop", delay_s=3600)
+    waiting = asyncio.ensure_future(engine.client.wait_for_result(later.id, timeout_s=30))
+    await wait_until(lambda: engine.results.waiting == 1 and engine.results.reads >= 1, 5)
+    await db.execute("DELETE FROM jobs WHERE id = $1", later.id)
+    engine.results.read_all()  # a delete writes no event: as a reconnect would, read again
+    with pytest.raises(JobNotFound):
+        await asyncio.wait_for(waiting, 10)
+
+
+async def test_a_shutdown_ends_waits_at_once_with_the_current_state(settings: Any, registry: Any) -> None:
+    async with Engine(settings, registry, settings.database_url or "") as engine:
+        later = await engine.client.enqueue("noop", delay_s=3600)
+        waiting = asyncio.ensure_future(engine.results.wait(later.id, 30))
+        await wait_until(lambda: engine.results.waiting == 1 and engine.results.reads >= 1, 5)
+        started = time.monotonic()
+        await engine.quiesce()
+        outcome = await asyncio.wait_for(waiting, 5)
+        assert time.monotonic() - started < 1
+        assert outcome.state == JobState.QUEUED
+        assert not outcome.final
+        # Waits that come after answer at once too.
+        assert (await engine.results.wait(later.id, 30)).state == JobState.QUEUED
+
+
+async def test_result_route_answers_200_with_the_outcome_once_final(api: Client) -> None:
+    created = (await api.post("/jobs", json={"task": "wait", "args": {"seconds": 0.2}})).json()
+    response = await api.get(f"/jobs/{created['id']}/result", params={"wait": "10"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"state": "succeeded", "result": {"slept": 0.2}, "error": None}
+
+
+async def test_result_route_gives_a_failed_jobs_last_error(api: Client) -> None:
+    created = (await api.post("/jobs", json={"task": "fails_permanently", "args": {}})).json()
+    response = await api.get(f"/jobs/{created['id']}/result", params={"wait": "10"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["state"] == "failed"
+    assert body["result"] is None
+    assert body["error"]["type"] == "PermanentJobError"
+    assert body["error"]["attempt"] == 1
+
+
+async def test_result_route_answers_202_with_the_current_state_after_the_wait(api: Client) -> None:
+    created = (await api.post("/jobs", json={"task": "noop", "args": {}, "delay_s": 3600})).json()
+    started = time.monotonic()
+    response = await api.get(f"/jobs/{created['id']}/result", params={"wait": "0.3"})
+    assert 0.25 <= time.monotonic() - started < 3
+    assert response.status_code == 202, response.text
+    assert response.json() == {"state": "queued", "result": None, "error": None}
+    at_once = await api.get(f"/jobs/{created['id']}/result")  # wait defaults to 0
+    assert at_once.status_code == 202
+    assert at_once.json()["state"] == "queued"
+
+
+async def test_result_route_of_an_unknown_job_is_a_404(api: Client) -> None:
+    for wait in ("0", "1"):
+        response = await api.get("/jobs/987654321/result", params={"wait": wait})
+        assert response.status_code == 404, response.text
+        assert "987654321" in response.json()["detail"]
+    assert (await api.get("/jobs/abc/result")).status_code == 400
+
+
+@pytest.mark.parametrize("wait", ["-1", "60.5", "61", "abc", "nan", "inf", "1e9", "0x10", "x" * 100])
+async def test_result_route_refuses_a_bad_wait_with_a_422(api: Client, wait: str) -> None:
+    response = await api.get("/jobs/1/result", params={"wait": wait})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert "wait" in body["detail"]
+    assert body["extra"]["errors"][0]["field"] == "wait"
+
+
+async def test_an_api_only_process_answers_waits_for_jobs_another_runs(
+    dsn: str, registry: Any, engine: Engine
+) -> None:
+    api_only = make_settings(dsn, worker=False, scheduler=False)
+    async with live_server(api_only, list(registry)) as base, httpx.AsyncClient(base_url=base) as http:
+        created = (await http.post("/jobs", json={"task": "wait", "args": {"seconds": 0.1}})).json()
+        response = await http.get(f"/jobs/{created['id']}/result", params={"wait": "10"}, timeout=20)
+        assert response.status_code == 200, response.text
+        assert response.json()["result"] == {"slept": 0.1}
+    assert (await engine.client.get(created["id"])).finished_at is not None
+
+
+async def test_the_result_route_is_in_the_openapi_schema(api: Client) -> None:
+    schema = (await api.get("/schema/openapi.json")).json()
+    operation = schema["paths"]["/jobs/{job_id}/result"]["get"]
+    assert operation["operationId"] == "GetJobResult"
+    assert {"200", "202"} <= set(operation["responses"])
+    assert any(p["name"] == "wait" for p in operation["parameters"])
