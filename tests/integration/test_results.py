@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import httpx
+import orjson
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -17,7 +20,9 @@ from skiplock.queue import Engine, JobState
 from tests.conftest import make_settings
 from tests.factories import job
 from tests.support.live import live_server
+from tests.support.serving import served
 from tests.support.waiting import wait_until
+from tests.support.workers import start_worker, stop_worker
 
 Client = AsyncTestClient[Any]
 
@@ -210,3 +215,99 @@ async def test_the_result_route_is_in_the_openapi_schema(api: Client) -> None:
     assert operation["operationId"] == "GetJobResult"
     assert {"200", "202"} <= set(operation["responses"])
     assert any(p["name"] == "wait" for p in operation["parameters"])
+
+
+#: Every answer within this of the job being final (the issue's figure) ...
+ANSWER_WITHIN_MS = 50.0
+#: ... or, on a machine so loaded that the server's HTTP stack alone takes longer to answer 200
+#: requests (GET /health, no database), within that time and this much more: what a wait adds to
+#: an answer (the notification, one read, the wake-up) and the jitter of a shared machine.
+WAIT_ADDS_MS = 15.0
+
+_POOL_CONNECTIONS = """
+SELECT count(*) AS open, count(*) FILTER (WHERE state <> 'idle') AS in_use
+FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = 'skiplock' AND pid <> pg_backend_pid()
+"""
+
+
+async def test_200_long_polls_hold_no_connection_beyond_the_pools_minimum_and_answer_within_50_ms(
+    dsn: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """200 clients wait on ``/jobs/{id}/result?wait=30`` of a real ``skiplock serve`` (API-only, so
+    the job is run by a worker process that starts once they all wait). While they wait, the
+    server's pool (application_name 'skiplock'; the listener and the task pool have their own
+    names) has no more connections open than its minimum. Each answer is timed, on this host's
+    clock, from when the job was final for everyone: the moment this test's own LISTEN connection
+    is told of its final state event (after the commit). Also printed: the time from the job's
+    finished_at, the completing transaction's start, which adds that transaction's commit."""
+    settings = {"WORKER": "false", "SCHEDULER": "false", "POOL_MIN_SIZE": "2", "POOL_MAX_SIZE": "10"}
+    async with served(dsn, tmp_path, **settings) as app:
+        created = (await app.http.post("/jobs", json={"task": "noop", "args": {}})).json()
+        url = f"{app.url}/jobs/{created['id']}/result"
+        told: dict[str, float] = {}  # event reference → when this test heard of it
+
+        def heard(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            now = time.time()
+            kind, _, refs = str(payload).partition(":")
+            if kind == "ev":
+                told.update(dict.fromkeys(refs.split(","), now))
+
+        await db.add_listener("skiplock", heard)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def wait_for_it() -> tuple[int, dict[str, Any], float]:
+                async with session.get(url, params={"wait": "30"}) as response:
+                    body = await response.read()
+                    return response.status, orjson.loads(body), time.time()
+
+            waits = [asyncio.ensure_future(wait_for_it()) for _ in range(200)]
+            try:
+
+                async def all_waiting() -> bool:
+                    return await app.metric("skiplock_result_waiters") == 200
+
+                await wait_until(all_waiting, 30, 0.1)
+                samples = []
+                for _ in range(20):  # over a second of waiting
+                    sample = await db.fetchrow(_POOL_CONNECTIONS)
+                    assert sample is not None
+                    samples.append((sample["open"], sample["in_use"]))
+                    await asyncio.sleep(0.05)
+                worker = start_worker(dsn)
+                try:
+                    answers = await asyncio.wait_for(asyncio.gather(*waits), 60)
+                finally:
+                    await asyncio.to_thread(stop_worker, worker)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+
+            async def health() -> float:
+                async with session.get(f"{app.url}/health") as response:
+                    await response.read()
+                    return time.time()
+
+            started = time.time()  # the same 200 connections, kept alive
+            health_ms = (max(await asyncio.gather(*(health() for _ in range(200)))) - started) * 1000
+    row = await db.fetchrow("SELECT finished_at, event_seq FROM jobs WHERE id = $1", created["id"])
+    assert row is not None
+    final_at = told[f"{created['id']}.{row['event_seq']}"]
+    late_ms = sorted((at - final_at) * 1000 for _, _, at in answers)
+    after_start_ms = sorted((at - row["finished_at"].timestamp()) * 1000 for _, _, at in answers)
+    print(
+        f"\n200 long polls: pool connections open while waiting (min 2) {sorted({s[0] for s in samples})}, "
+        f"in use {sorted({s[1] for s in samples})}\n"
+        f"answers after the final event's notification, ms: {_spread(late_ms)}\n"
+        f"answers after finished_at (commit included), ms: {_spread(after_start_ms)}\n"
+        f"the same server answering 200 GET /health at once: last after {health_ms:.1f} ms"
+    )
+    assert {(status, body["state"]) for status, body, _ in answers} == {(200, "succeeded")}
+    assert max(open_ for open_, _ in samples) <= 2, samples
+    assert max(in_use for _, in_use in samples) <= 1, samples  # a housekeeping statement, at most
+    assert late_ms[-1] <= max(ANSWER_WITHIN_MS, health_ms + WAIT_ADDS_MS), (late_ms, health_ms)
+
+
+def _spread(ms: list[float]) -> str:
+    p95 = ms[int(len(ms) * 0.95) - 1]
+    return f"min {ms[0]:.1f} median {ms[len(ms) // 2]:.1f} p95 {p95:.1f} max {ms[-1]:.1f}"
