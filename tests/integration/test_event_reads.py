@@ -23,8 +23,8 @@ from skiplock.api.events import follow
 from skiplock.api.plugin import SkiplockPlugin
 from skiplock.app import create_app
 from skiplock.db.pool import create_pool
-from skiplock.queue._hub import EventHub, EventsMissed
 from skiplock.queue.engine import Engine
+from skiplock.queue.events import EventHub, EventsMissed
 from skiplock.queue.models import JobState
 from skiplock.settings import Settings
 from tests.factories import job
@@ -401,3 +401,22 @@ async def test_a_page_read_scans_only_its_page_of_a_long_history(
     print(f"\n{plan_cache_mode}: reads after 0 and after 19,800, 500 each: {rows} rows scanned by {kinds}")
     assert rows <= 700  # 500 + 200: never the 20,000 a read without a limit scans
     assert kinds == {"Index Scan"}
+
+
+async def test_a_jobs_history_reads_in_pages_through_the_client(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    job_id = await long_history(db, 250)
+    other = await long_history(db, 3)  # another job's events never come with this one's
+    seqs: list[int] = []
+    after, pages = 0, 0
+    while page := await engine.client.events(job_id, after=after, limit=100):
+        assert {e.job_id for e in page} == {job_id}
+        seqs += [e.seq for e in page]
+        after, pages = page[-1].seq, pages + 1
+    assert (seqs, pages) == (list(range(1, 251)), 3)
+    last = (await engine.client.events(job_id, after=249, limit=100))[0]
+    assert (last.kind, last.data["state"], last.is_final) == ("state", "succeeded", True)
+    assert orjson.loads(last.json)["data"] == last.data
+    assert [e.seq for e in await engine.client.events(other)] == [1, 2, 3]
+    assert await engine.client.events(987654321) == []

@@ -232,7 +232,7 @@ async def test_all_events_stream_filters_by_queue(
 async def test_a_subscriber_joining_during_a_read_still_gets_every_earlier_event(
     engine: Any, db: asyncpg.Connection
 ) -> None:
-    from skiplock.queue._hub import EventHub
+    from skiplock.queue.events import EventHub
     from skiplock.queue.models import JobState
     from tests.factories import job
 

@@ -38,12 +38,7 @@ KNOWN_CYCLES: set[tuple[str, ...]] = set()
 KNOWN_FOLDER_LOOPS: set[tuple[str, ...]] = set()
 
 # Private engine modules (skiplock.queue._...) imported from outside skiplock/queue/, bench/ included.
-KNOWN_PRIVATE_QUEUE_IMPORTS: set[tuple[str, str]] = {
-    # issue 16: the event stream is not yet a public part of the engine.
-    ("skiplock.api.events", "skiplock.queue._hub"),
-    # issue 16: the API reads event history through the engine's statements.
-    ("skiplock.api.events", "skiplock.queue._statements"),
-}
+KNOWN_PRIVATE_QUEUE_IMPORTS: set[tuple[str, str]] = set()
 
 
 def _shown(circles: set[tuple[str, ...]]) -> str:

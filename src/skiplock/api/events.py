@@ -23,15 +23,7 @@ from skiplock.api.schemas import QUEUE_NAME
 from skiplock.api.security import BEARER_PROTOCOL, needs
 from skiplock.auth import Scope
 from skiplock.errors import JobNotFound
-from skiplock.queue._hub import (
-    EventHub,
-    EventsMissed,
-    JobEvent,
-    Subscription,
-    SubscriptionClosed,
-    decode_data,
-)
-from skiplock.queue._statements import EVENTS
+from skiplock.queue.events import EventHub, EventsMissed, JobEvent, Subscription, SubscriptionClosed
 from skiplock.queue.models import FINAL_STATES, Job
 
 After = Annotated[int, QueryParameter(ge=0, le=2**31 - 1, description="Only events with a greater seq.")]
@@ -104,8 +96,8 @@ class EventController(Controller):
     ) -> EventPage:
         """A job's state, progress and log events, oldest first; page with ``after=next_after``."""
         await client.get(int(job_id))  # 404 for an unknown job
-        rows = await client.pool.fetch(EVENTS.event_list, int(job_id), after, limit)
-        items = [EventOut.model_validate({**r, "data": decode_data(r["data"])}) for r in rows]
+        events = await client.events(int(job_id), after=after, limit=limit)
+        items = [EventOut(job_id=e.job_id, seq=e.seq, at=e.at, kind=e.kind, data=e.data) for e in events]
         return EventPage(items=items, next_after=items[-1].seq if len(items) == limit else None)
 
     @get("/{job_id:str}/stream", operation_id="StreamJobEvents")

@@ -24,7 +24,8 @@ from skiplock.errors import (
     LeaseLostError,
     SkiplockError,
 )
-from skiplock.queue._statements import JOBS, QUEUES
+from skiplock.queue._hub import JobEvent
+from skiplock.queue._statements import EVENTS, JOBS, QUEUES
 from skiplock.queue._waker import Waker
 from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo
 from skiplock.queue.origin import current_origin
@@ -306,6 +307,12 @@ class Client:
         if self.results is None:
             raise ConfigError("wait_for_result needs a started engine (its LISTEN connection)")
         return await self.results.result(job_id, timeout_s)
+
+    async def events(self, job_id: int, *, after: int = 0, limit: int = 200) -> list[JobEvent]:
+        """A page of a job's events (state, progress, log), oldest first: at most ``limit`` with
+        seq > ``after``; the next page starts after the last one's seq. Empty for an unknown job."""
+        rows = await self.pool.fetch(EVENTS.event_list, job_id, after, limit)
+        return [JobEvent.from_record(r) for r in rows]
 
     async def list_jobs(
         self,
