@@ -10,6 +10,8 @@ import pytest
 
 from skiplock.errors import InvalidArgumentsError, InvalidStateError, JobNotFound, UnknownTaskError
 from skiplock.queue import Engine, JobState
+from skiplock.queue._completer import Completer
+from skiplock.queue._event_writer import EventWriter
 from skiplock.queue._producer import Producer
 from tests.conftest import make_settings
 from tests.support.waiting import wait_until
@@ -348,3 +350,18 @@ async def test_every_log_line_is_kept_in_order_before_the_final_state(engine: En
         assert [r["data"]["fields"]["n"] for r in rows if r["kind"] == "log"] == [0, 1, 2, 3, 4]
         assert rows[-1]["kind"] == "state"
         assert rows[-1]["data"]["state"] == "succeeded"
+
+
+async def test_the_event_writer_and_the_completer_write_only_in_their_shared_turns(engine: Engine) -> None:
+    # The turn orders a run's events before its outcome: while it is held, neither writes anything.
+    assert engine.supervisor is not None
+    (completer,) = (s for s in engine.supervisor.services if isinstance(s, Completer))
+    (writer,) = (s for s in engine.supervisor.services if isinstance(s, EventWriter))
+    events = "SELECT kind, data->>'state' AS state FROM job_events WHERE job_id = $1 ORDER BY seq"
+    async with completer.order.turn:
+        job = await engine.client.enqueue("chatty", {"lines": 5, "size": 10, "pause_s": 0.05})
+        await wait_until(lambda: completer.pending == 1, 10)  # it ran to its end
+        await asyncio.sleep(0.3)  # three of the event writer's intervals: it would have written
+        assert [tuple(r) for r in await engine.client.pool.fetch(events, job.id)] == [("state", "running")]
+    assert writer.order is completer.order
+    assert await finished(engine, job.id) == "succeeded"

@@ -30,6 +30,7 @@ from skiplock.queue._isolation import (
 )
 from skiplock.queue._running import JobEvent
 from skiplock.queue._statements import JOBS, notify_requeued
+from skiplock.queue._write_order import EventsBeforeOutcomes
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import Recovery, StopSignal, str_of
 
@@ -82,6 +83,7 @@ class Completer:
         max_batch: int = 1000,
         linger_s: float = 0.002,
         stop_flush_s: float = STOP_FLUSH_S,
+        order: EventsBeforeOutcomes | None = None,
     ) -> None:
         self.pool = pool
         self.owner = owner
@@ -89,9 +91,10 @@ class Completer:
         self.linger_s = linger_s
         self.stop_flush_s = stop_flush_s
         self._pending: list[Outcome] = []
-        #: Held around every write; the event writer takes it too, so a job's earlier events
-        #: always commit before its outcome (whose state change would make them be refused).
-        self.write_lock = asyncio.Lock()
+        #: Every write is made in its turn, shared with the event writer: a run's earlier events
+        #: commit before its outcome (whose state change would make them be refused).
+        self.order = order or EventsBeforeOutcomes()
+        self.order.to_outcome = self.add_earlier_events
         self._arrived = asyncio.Event()
         self._stop = StopSignal()
         # Outcomes wait while the database is away and their leases run out meanwhile: retry soon.
@@ -205,7 +208,7 @@ class Completer:
     async def _write(self, batch: Sequence[Outcome]) -> None:
         events = [row for o in batch for row in o.event_rows()]
         # A transaction even for one statement: given up (stopping), it must not commit later.
-        async with self.write_lock, self.pool.acquire() as conn, conn.transaction():
+        async with self.order.turn, self.pool.acquire() as conn, conn.transaction():
             if events or any(o.kind in _HANDED_BACK for o in batch):
                 # Every row this transaction will update, locked in id order before any of them
                 # (job_finish_many alone locks its own rows so).
@@ -255,7 +258,7 @@ class Completer:
     async def _refused(self, outcome: Outcome, exc: Exception) -> None:
         """The server refused this outcome alone. Its events are written apart (a refused one is
         dropped), then the outcome again; if that is refused too, the job fails with the reason."""
-        async with self.write_lock, self.pool.acquire() as conn, conn.transaction():
+        async with self.order.turn, self.pool.acquire() as conn, conn.transaction():
             await write_events_isolating(conn, outcome.event_rows(), self.owner)
             try:
                 async with conn.transaction():  # a savepoint: a refusal keeps the events

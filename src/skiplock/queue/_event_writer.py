@@ -21,9 +21,9 @@ import time
 import asyncpg
 import structlog
 
-from skiplock.queue._completer import Completer
 from skiplock.queue._isolation import write_events_isolating
 from skiplock.queue._running import MAX_PENDING_EVENTS, JobEvent, PendingEvent, RunningJob, RunningJobs
+from skiplock.queue._write_order import EventsBeforeOutcomes
 from skiplock.service import Recovery, StopSignal, str_of
 
 log = structlog.get_logger("skiplock.events")
@@ -35,12 +35,18 @@ class EventWriter:
     name = "event_writer"
 
     def __init__(
-        self, pool: asyncpg.Pool, *, running: RunningJobs, interval_s: float, completer: Completer
+        self,
+        pool: asyncpg.Pool,
+        *,
+        owner: str,
+        running: RunningJobs,
+        interval_s: float,
+        order: EventsBeforeOutcomes,
     ) -> None:
         self.pool = pool
-        #: Its write_lock is taken around every write (see Completer.write_lock); the events of a
-        #: job that finished while they could not be written go to its pending outcome.
-        self.completer = completer
+        self.owner = owner
+        #: Its turn is taken around every write, shared with the completer (see _write_order).
+        self.order = order
         self.running = running
         self.interval_s = interval_s
         self._stop = StopSignal()
@@ -79,27 +85,28 @@ class EventWriter:
         self.running.events_pending.set()
 
     async def _write_due(self, now: float | None) -> None:
-        events: list[JobEvent] = []
         try:
-            # The lock is waited for under the stop deadline too: the completer may hold it in a
+            # The turn is waited for under the stop deadline too: the completer may hold it in a
             # write that waits on the database.
             async with asyncio.timeout_at(self._deadline) as self._writing:
-                async with self.completer.write_lock:  # before taking the events: see Completer.write_lock
+                async with self.order.turn:  # before taking the events: see _write_order
                     events = self.running.take_due_events(now, self.interval_s)
-                    if events:
-                        async with self.pool.acquire() as conn:
-                            async with conn.transaction():
-                                await write_events_isolating(conn, events, self.completer.owner)
-                            events = []  # committed
-        except BaseException:
-            self._hand_back(events)  # none of these was written: their transaction rolled back
-            raise
+                    try:
+                        if events:
+                            async with self.pool.acquire() as conn:
+                                async with conn.transaction():
+                                    await write_events_isolating(conn, events, self.owner)
+                                events = []  # committed
+                    except BaseException:
+                        self._hand_back(events)  # none of these was written: rolled back
+                        raise
         finally:
             self._writing = None
 
     def _hand_back(self, events: list[JobEvent]) -> None:
         """Events that could not be written go back to their job, ahead of its newer ones (or to
-        its outcome if it finished meanwhile: the completer writes them first)."""
+        its outcome if it finished meanwhile: the completer writes them first). Called in the
+        turn, so no outcome is written before they are where they belong."""
         jobs = {r.job.id: r for r in self.running}
         for (job_id, attempt), group in itertools.groupby(events, key=lambda e: (e[0], e[1])):
             taken = [(kind, data) for _, _, kind, data in group]
@@ -107,7 +114,7 @@ class EventWriter:
             if running is not None and running.job.attempt == attempt:
                 if not running.fenced:  # a run that lost its lease writes nothing more
                     _put_back(running, taken)
-            elif not self.completer.add_earlier_events(job_id, attempt, taken):
+            elif not self.order.to_outcome(job_id, attempt, taken):
                 log.warning("job_events_not_written", job_id=job_id, count=len(taken), reason="job gone")
 
 

@@ -33,6 +33,7 @@ from skiplock.queue._running import RunningJobs
 from skiplock.queue._scheduler import Scheduler
 from skiplock.queue._threads import TaskThreads, busy_threads
 from skiplock.queue._waker import Waker
+from skiplock.queue._write_order import EventsBeforeOutcomes
 from skiplock.queue.client import Client
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
@@ -154,7 +155,8 @@ class Engine:
             self.listener.on_reconnect(scheduler.wake)
             services.append(scheduler)
         if self.settings.worker:
-            completer = Completer(self.pool, self.owner)
+            order = EventsBeforeOutcomes()  # the completer's and the event writer's turns
+            completer = Completer(self.pool, self.owner, order=order)
             keeper = LeaseKeeper(  # its own connection: nothing the pool serves can starve it
                 self.dsn,
                 owner=self.owner,
@@ -165,9 +167,10 @@ class Engine:
             )
             writer = EventWriter(
                 self.pool,
+                owner=self.owner,
                 running=self.running,
                 interval_s=self.settings.progress_interval_s,
-                completer=completer,
+                order=order,
             )
             producer = Producer(
                 self.dsn,
