@@ -284,7 +284,8 @@ async def record_execution(ctx: Context, args: Recorded) -> dict[str, int]:
     """Works in steps for ``seconds``, recording this execution in test_executions (see
     tests/support/executions.py): its end is the end of its last step, also when stopped."""
     if args.hold_connection:
-        async with ctx.client.pool.acquire() as conn:
+        # Fault injection: a task is never given the engine's pool; this one reaches it on purpose.
+        async with ctx._client.pool.acquire() as conn:
             return await _recorded_run(ctx, args, conn)
     return await _recorded_run(ctx, args, ctx.pool)
 

@@ -35,7 +35,10 @@ class JobInfo:
 
 
 class Context:
-    """Handed to every task as its first argument."""
+    """Handed to every task as its first argument: its job (``job``), progress and log events,
+    enqueueing of follow-up jobs, the shared HTTP session (``http``) and a pool for its own
+    statements (``pool``). Nothing else of the engine: a task cannot cancel, retry or pause
+    other jobs or queues through it."""
 
     def __init__(
         self,
@@ -47,7 +50,8 @@ class Context:
         lease: RunningJob | None = None,
     ) -> None:
         self.job = job
-        self.client = client
+        #: Private: a task reaches only its pool and its enqueues through it (see ``pool``).
+        self._client = client
         #: The run this context belongs to: what it enqueues is guarded by its lease.
         self._lease = lease
         #: The process's shared outbound HTTP session, with its size, redirect and address limits.
@@ -64,7 +68,11 @@ class Context:
 
     @property
     def pool(self) -> asyncpg.Pool:
-        return self.client.task_pool
+        """The tasks' pool (``Client.task_pool``), not the engine's: its connections are reset
+        between uses, so session state a task leaves (SET, LISTEN, advisory locks) goes with it;
+        its statements are bounded by the task statement timeout, not the engine's; and a task
+        holding its connections cannot starve the engine's writes."""
+        return self._client.task_pool
 
     def report_progress(
         self,
@@ -114,11 +122,11 @@ class Context:
         this raises :class:`LeaseLostError`, nothing is written, and the run is being stopped."""
         lease = self._lease
         if lease is None:
-            return await self.client.enqueue(task, args, **options)
+            return await self._client.enqueue(task, args, **options)
         if not lease.holds_lease():
             raise LeaseLostError(f"job {self.job.id} attempt {self.job.attempt} no longer holds its lease")
         try:
-            return await self.client.enqueue_from(
+            return await self._client.enqueue_from(
                 self.job.id, self.job.attempt, lease.owner, task, args, **options
             )
         except LeaseLostError:
