@@ -102,6 +102,36 @@ async def test_a_job_final_before_the_wait_answers_at_once(engine: Engine, db: a
     assert time.monotonic() - started < 2
 
 
+async def test_an_error_object_not_as_written_ends_its_wait_without_holding_back_the_others(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    good = await engine.client.enqueue("noop", delay_s=3600)
+    odd_types = await engine.client.enqueue("noop", delay_s=3600)
+    odd_attempt = await engine.client.enqueue("noop", delay_s=3600)
+    ids = [good.id, odd_types.id, odd_attempt.id]
+    waits = [asyncio.ensure_future(engine.results.wait(job_id, 20)) for job_id in ids]
+    await wait_until(lambda: engine.results.waiting == 3 and engine.results.reads >= 1, 5)
+    errors = [
+        [{"attempt": 1, "type": "Boom", "message": "m", "at": "2026-01-01T00:00:00Z"}],
+        [{"attempt": 1, "type": 5, "message": None}],
+        [{"attempt": "one", "type": "Boom"}],
+    ]
+    await db.executemany(  # one statement per job, each writing its event as the engine's do
+        """WITH changed AS (
+               UPDATE jobs SET state = 'failed', attempts = 1, errors = $2, finished_at = now(),
+                               event_seq = event_seq + 1
+               WHERE id = $1 RETURNING id, event_seq)
+           INSERT INTO job_events (job_id, seq, kind, data)
+           SELECT id, event_seq, 'state', '{"state": "failed"}' FROM changed""",
+        list(zip(ids, errors, strict=True)),
+    )
+    outcomes = await asyncio.wait_for(asyncio.gather(*waits), 10)
+    assert [o.state for o in outcomes] == [JobState.FAILED] * 3
+    assert outcomes[0].error is not None
+    assert outcomes[0].error.type == "Boom"
+    assert [o.error for o in outcomes[1:]] == [None, None]
+
+
 async def test_a_finish_missed_during_a_listener_reconnect_is_read_after_it(
     engine: Engine, db: asyncpg.Connection
 ) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from skiplock import metrics
 from skiplock.db.sqlfile import load_statements
@@ -52,13 +53,14 @@ class JobOutcome:
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> JobOutcome:
-        error = record["error"]
-        return cls(
-            record["id"],
-            JobState(record["state"]),
-            record["result"],
-            AttemptError.model_validate(error) if isinstance(error, dict) else None,
-        )
+        stored = record["error"]
+        error = None
+        if isinstance(stored, dict):
+            # Not as this release writes it (by hand, say): the outcome stands without it, and the
+            # other jobs of the round are not held back by it.
+            with contextlib.suppress(ValidationError):
+                error = AttemptError.model_validate(stored)
+        return cls(record["id"], JobState(record["state"]), record["result"], error)
 
     def value(self) -> Any:
         """The result of a job that succeeded; JobFailed or JobCancelled for one that did not,

@@ -6,7 +6,9 @@
 -- in this one statement, found by id alone.
 SELECT id, state,
        CASE WHEN state IN ('succeeded', 'failed', 'cancelled') THEN result END AS result,
-       CASE WHEN state IN ('failed', 'cancelled') AND (errors -> -1 ->> 'attempt')::int = attempts
+       -- Compared as JSON, not cast: an error object that is not as expected must not fail the read
+       -- (every waiter of the round shares it).
+       CASE WHEN state IN ('failed', 'cancelled') AND errors -> -1 -> 'attempt' = to_jsonb(attempts)
             THEN errors -> -1 END AS error
 FROM jobs
 WHERE id = ANY($1::bigint[])
