@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from skiplock.fetcher.session import Fetched
+from skiplock.fetcher import Fetched
 from skiplock.queue import Engine
 from skiplock.settings import Settings
 from skiplock.tasks.fetch_api import keyed_items, list_records, store_records

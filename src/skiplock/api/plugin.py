@@ -14,8 +14,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.plugins import InitPluginProtocol
 
 from skiplock.api.security import AuthState
-from skiplock.auth import KeyStore, decide_for
-from skiplock.auth.tokens import TokenVerifier
+from skiplock.auth import KeyStore, TokenVerifier, decide_for
 from skiplock.queue.client import Client
 from skiplock.queue.engine import Engine
 

@@ -16,9 +16,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
 
-from skiplock.auth import ANONYMOUS, AuthMode, KeyStore, Principal, Scope
-from skiplock.auth.keys import KEY_PREFIX
-from skiplock.auth.tokens import TokenVerifier
+from skiplock.auth import ANONYMOUS, KEY_PREFIX, AuthMode, KeyStore, Principal, Scope, TokenVerifier
 
 #: Route option naming the scope a route needs.
 SCOPE = "scope"
