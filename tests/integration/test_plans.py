@@ -18,6 +18,7 @@ import pytest
 
 from skiplock.db import connect
 from skiplock.db.admin import create_database, drop_database
+from skiplock.db.sqlfile import Statement
 from skiplock.queue._statements import EVENTS, JOBS
 from skiplock.queue.models import JobState
 from tests.conftest import TEMPLATE
@@ -126,7 +127,7 @@ def _whole_batch(n: int) -> int:
 
 @dataclass(frozen=True)
 class Hot:
-    sql: str
+    sql: Statement
     args: Callable[[list[int], Crowd], list[Any]]  # for a batch of ids among the crowd's `mine`
     rows: Callable[[int], int] | None  # what it returns for a batch of n: proof it did its work
 

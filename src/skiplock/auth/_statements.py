@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from skiplock.db.sqlfile import load_statements
+from skiplock.db.sqlfile import Statement, load_statements
 
 
 @dataclass(frozen=True, slots=True)
 class KeyStatements:
-    key_insert: str
-    key_list: str
-    key_find: str
-    key_revoke: str
-    key_touch: str
-    key_live_count: str
-    instance_secret: str
+    key_insert: Statement
+    key_list: Statement
+    key_find: Statement
+    key_revoke: Statement
+    key_touch: Statement
+    key_live_count: Statement
+    instance_secret: Statement
 
 
 KEYS = load_statements(KeyStatements, "skiplock.auth.sql", "keys.sql")

@@ -10,16 +10,16 @@ import asyncpg
 
 from skiplock.db.migrate import migrate_database
 from skiplock.db.pool import close_quietly
-from skiplock.db.sqlfile import load_statements
+from skiplock.db.sqlfile import Statement, load_statements
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 @dataclass(frozen=True, slots=True)
 class AdminStatements:
-    drop_database: str
-    create_database: str
-    create_database_from: str
+    drop_database: Statement
+    create_database: Statement
+    create_database_from: Statement
 
 
 SQL = load_statements(AdminStatements, "skiplock.db.sql", "admin.sql")

@@ -11,7 +11,7 @@ import asyncpg
 import structlog
 
 from skiplock.db.pool import AnyConnection, close_quietly, connect
-from skiplock.db.sqlfile import load_statements
+from skiplock.db.sqlfile import Statement, load_statements
 from skiplock.errors import MigrationError
 
 log = structlog.get_logger("skiplock.migrate")
@@ -21,11 +21,11 @@ _FILENAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 @dataclass(frozen=True, slots=True)
 class MigrateStatements:
-    lock: str
-    unlock: str
-    create_table: str
-    applied: str
-    record: str
+    lock: Statement
+    unlock: Statement
+    create_table: Statement
+    applied: Statement
+    record: Statement
 
 
 SQL = load_statements(MigrateStatements, "skiplock.db.sql", "migrate.sql")

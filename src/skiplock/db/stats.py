@@ -11,7 +11,7 @@ import asyncpg
 import structlog
 
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
-from skiplock.db.sqlfile import load_statements
+from skiplock.db.sqlfile import Statement, load_statements
 from skiplock.errors import str_of
 
 log = structlog.get_logger("skiplock.db")
@@ -19,8 +19,8 @@ log = structlog.get_logger("skiplock.db")
 
 @dataclass(frozen=True, slots=True)
 class StatsStatements:
-    db_oldest_transaction_age: str
-    db_table_tuples: str
+    db_oldest_transaction_age: Statement
+    db_table_tuples: Statement
 
 
 SQL = load_statements(StatsStatements, "skiplock.db.sql", "stats.sql")

@@ -22,6 +22,7 @@ import structlog
 
 from skiplock import metrics
 from skiplock.db.pool import AnyConnection, encode_json
+from skiplock.db.sqlfile import Statement
 from skiplock.queue._isolation import (
     refused_for_values,
     write_events,
@@ -49,7 +50,7 @@ class OutcomeKind(StrEnum):
     UNSTARTED = "unstarted"  # never started here; its attempt is given back
 
 
-_HANDED_BACK = {
+_HANDED_BACK: dict[OutcomeKind, Statement] = {
     OutcomeKind.RELEASED: JOBS.job_release_many,
     OutcomeKind.UNSTARTED: JOBS.job_release_unstarted,
 }

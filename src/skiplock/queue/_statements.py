@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from skiplock.db.sqlfile import load_statements
+from skiplock.db.sqlfile import Statement, load_statements
 
 if TYPE_CHECKING:
     import asyncpg
@@ -16,61 +16,61 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class JobStatements:
-    job_insert: str
-    job_get: str
-    job_list: str
-    job_claim_many: str
-    job_finish_many: str
-    job_fail_outcome_not_stored: str
-    job_heartbeat: str
-    job_lock_rows: str
-    job_cancel_requested: str
-    job_rescue_pick: str
-    job_rescue_expired: str
-    job_release_many: str
-    job_release_unstarted: str
-    job_release_untracked: str
-    job_release_unrun: str
-    job_lock_owned: str
-    job_cancel: str
-    job_retry: str
-    notify_cancel: str
-    notify_queued: str
-    job_prune_finished: str
-    job_reserve_ids: str
-    job_failures: str
+    job_insert: Statement
+    job_get: Statement
+    job_list: Statement
+    job_claim_many: Statement
+    job_finish_many: Statement
+    job_fail_outcome_not_stored: Statement
+    job_heartbeat: Statement
+    job_lock_rows: Statement
+    job_cancel_requested: Statement
+    job_rescue_pick: Statement
+    job_rescue_expired: Statement
+    job_release_many: Statement
+    job_release_unstarted: Statement
+    job_release_untracked: Statement
+    job_release_unrun: Statement
+    job_lock_owned: Statement
+    job_cancel: Statement
+    job_retry: Statement
+    notify_cancel: Statement
+    notify_queued: Statement
+    job_prune_finished: Statement
+    job_reserve_ids: Statement
+    job_failures: Statement
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStatements:
-    queue_set_paused: str
-    queue_overview: str
-    task_register: str
-    task_unregister: str
+    queue_set_paused: Statement
+    queue_overview: Statement
+    task_register: Statement
+    task_unregister: Statement
 
 
 @dataclass(frozen=True, slots=True)
 class EventStatements:
-    event_list: str
-    event_since_many: str
-    event_get_many: str
-    event_write_many: str
+    event_list: Statement
+    event_since_many: Statement
+    event_get_many: Statement
+    event_write_many: Statement
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleStatements:
-    schedule_insert: str
-    schedule_upsert_declared: str
-    schedule_get: str
-    schedule_list: str
-    schedule_update: str
-    schedule_delete: str
-    schedule_claim_due: str
-    schedule_claim_one: str
-    schedule_advance: str
-    schedule_next_due: str
-    job_insert_scheduled_many: str
-    schedule_advance_many: str
+    schedule_insert: Statement
+    schedule_upsert_declared: Statement
+    schedule_get: Statement
+    schedule_list: Statement
+    schedule_update: Statement
+    schedule_delete: Statement
+    schedule_claim_due: Statement
+    schedule_claim_one: Statement
+    schedule_advance: Statement
+    schedule_next_due: Statement
+    job_insert_scheduled_many: Statement
+    schedule_advance_many: Statement
 
 
 JOBS = load_statements(JobStatements, "skiplock.queue.sql", "jobs.sql")

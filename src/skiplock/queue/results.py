@@ -24,7 +24,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from skiplock import metrics
-from skiplock.db.sqlfile import load_statements
+from skiplock.db.sqlfile import Statement, load_statements
 from skiplock.errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
 from skiplock.queue.models import FINAL_STATES, AttemptError, JobState
 from skiplock.service import Recovery, StopSignal
@@ -32,7 +32,7 @@ from skiplock.service import Recovery, StopSignal
 
 @dataclass(frozen=True, slots=True)
 class ResultStatements:
-    job_outcome_many: str
+    job_outcome_many: Statement
 
 
 RESULTS = load_statements(ResultStatements, "skiplock.queue.sql", "results.sql")

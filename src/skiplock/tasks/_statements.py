@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from skiplock.db.sqlfile import load_statements
+from skiplock.db.sqlfile import Statement, load_statements
 
 
 @dataclass(frozen=True, slots=True)
 class RecordStatements:
-    records_stage: str
-    records_upsert_staged: str
-    records_page: str
+    records_stage: Statement
+    records_upsert_staged: Statement
+    records_page: Statement
 
 
 @dataclass(frozen=True, slots=True)
 class PageStatements:
-    page_upsert: str
-    page_get: str
+    page_upsert: Statement
+    page_get: Statement
 
 
 RECORDS = load_statements(RecordStatements, "skiplock.tasks.sql", "records.sql")
