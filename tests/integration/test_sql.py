@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import typing
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -12,7 +15,17 @@ import pytest
 import skiplock
 from skiplock.db.migrate import discover, is_current, migrate
 from skiplock.db.sqlfile import parse_statements
-from skiplock.queue._statements import JOBS
+from skiplock.queue._statements import (
+    JOBS,
+    JobClaim,
+    JobFinish,
+    JobHeartbeat,
+    JobInsert,
+    claim_jobs,
+    finish_jobs,
+    insert_job,
+    renew_leases,
+)
 from tests.factories import job
 
 SRC = Path(skiplock.__file__).parent
@@ -70,6 +83,78 @@ async def test_statement_prepares_against_the_migrated_schema(tx: asyncpg.Connec
     if name in NEEDS_FIRST:
         await tx.execute(NEEDS_FIRST[name])
     await tx.prepare(STATEMENTS[name])
+
+
+#: Each hot statement and its typed parameters.
+TYPED_PARAMETERS: dict[str, Any] = {
+    "job_insert": JobInsert,
+    "job_claim_many": JobClaim,
+    "job_finish_many": JobFinish,
+    "job_heartbeat": JobHeartbeat,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TYPED_PARAMETERS))
+async def test_typed_parameters_match_their_statement_place_by_place(
+    tx: asyncpg.Connection, name: str
+) -> None:
+    params = TYPED_PARAMETERS[name]
+    prepared = await tx.prepare(getattr(JOBS, name))
+    kinds = [p.kind for p in prepared.get_parameters()]
+    assert len(kinds) == len(params._fields), f"{name} has {len(kinds)} parameters"
+    # An array parameter is a Sequence field, a scalar one is not: a shifted field fails here.
+    hints = typing.get_type_hints(params)
+    sequences = [typing.get_origin(hints[f]) is Sequence for f in params._fields]
+    assert sequences == [kind == "array" for kind in kinds], list(zip(params._fields, kinds, strict=True))
+
+
+async def test_a_job_inserted_claimed_renewed_and_finished_through_the_typed_calls(
+    tx: asyncpg.Connection,
+) -> None:
+    inserted = await insert_job(
+        tx,
+        JobInsert(
+            queue="default",
+            task="noop",
+            args={"n": 1},
+            priority=3,
+            run_at=None,
+            delay_s=None,
+            max_attempts=2,
+            timeout_s=5.0,
+            unique_key="typed-1",
+            origin=None,
+            wake_later=True,
+        ),
+    )
+    assert inserted is not None
+    assert inserted["created"]
+    assert inserted["priority"] == 3
+    job_id = inserted["id"]
+    claim = JobClaim(
+        queue="default", limit=5, owner="me", lease_s=30.0, now=None, tasks=["noop"], excluded=[]
+    )
+    assert await claim_jobs(tx, claim._replace(excluded=[job_id])) == []
+    claimed = await claim_jobs(tx, claim)
+    assert [(r["id"], r["attempts"], r["timeout_s"]) for r in claimed] == [(job_id, 1, 5.0)]
+    renew = JobHeartbeat(ids=[job_id], owner="me", lease_s=60.0, attempts=[1])
+    assert await renew_leases(tx, renew._replace(owner="other"), statement_timeout_s=None) == set()
+    assert await renew_leases(tx, renew, statement_timeout_s=None) == {job_id}
+    finish = JobFinish(
+        ids=[job_id],
+        attempts=[1],
+        states=["succeeded"],
+        results=['{"ok": true}'],
+        errors=[None],
+        retry_in_s=[None],
+        progress=[None],
+        owner="me",
+    )
+    assert await finish_jobs(tx, finish._replace(attempts=[2])) == []
+    assert await finish_jobs(tx, finish) == [job_id]
+    row = await tx.fetchrow("SELECT state, result FROM jobs WHERE id = $1", job_id)
+    assert row is not None
+    assert (row["state"], row["result"]) == ("succeeded", {"ok": True})
 
 
 async def test_migrations_are_current_and_rerunning_applies_nothing(db: asyncpg.Connection) -> None:

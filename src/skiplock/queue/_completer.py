@@ -30,7 +30,7 @@ from skiplock.queue._isolation import (
     write_isolating,
 )
 from skiplock.queue._running import JobEvent
-from skiplock.queue._statements import JOBS, notify_requeued
+from skiplock.queue._statements import JOBS, JobFinish, finish_jobs, notify_requeued
 from skiplock.queue._write_order import EventsBeforeOutcomes
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import Recovery, StopSignal, str_of
@@ -223,19 +223,21 @@ class Completer:
         # Sorted by id: job_finish_many finds each row's values by binary search on the ids.
         finished = sorted((o for o in batch if o.kind not in _HANDED_BACK), key=lambda o: o.job.id)
         if finished:
-            written = await conn.fetch(
-                JOBS.job_finish_many,
-                [o.job.id for o in finished],
-                [o.job.attempt for o in finished],
-                [o.kind.value for o in finished],
-                [encode_json(o.result) for o in finished],
-                [encode_json(o.error) for o in finished],
-                [o.retry_in_s for o in finished],
-                [encode_json(o.progress) for o in finished],
-                self.owner,
+            written = await finish_jobs(
+                conn,
+                JobFinish(
+                    ids=[o.job.id for o in finished],
+                    attempts=[o.job.attempt for o in finished],
+                    states=[o.kind.value for o in finished],
+                    results=[encode_json(o.result) for o in finished],
+                    errors=[encode_json(o.error) for o in finished],
+                    retry_in_s=[o.retry_in_s for o in finished],
+                    progress=[encode_json(o.progress) for o in finished],
+                    owner=self.owner,
+                ),
             )
             if len(written) != len(finished):
-                done = {r["id"] for r in written}
+                done = set(written)
                 lost = [o.job.id for o in finished if o.job.id not in done]
                 log.warning("job_outcomes_discarded", job_ids=lost, reason="lease lost")
         for kind, statement in _HANDED_BACK.items():

@@ -37,7 +37,7 @@ import structlog
 
 from skiplock.db.pool import Limits, close_quietly, connect
 from skiplock.queue._running import RunningJob, RunningJobs, StopReason
-from skiplock.queue._statements import JOBS, notify_requeued
+from skiplock.queue._statements import JOBS, JobHeartbeat, notify_requeued, renew_leases
 from skiplock.queue._threads import ThreadExit
 from skiplock.service import Recovery, StopSignal
 
@@ -255,13 +255,12 @@ class LeaseKeeper:
             return
         try:
             conn = await self._connection()
-            records = await conn.fetch(
-                JOBS.job_heartbeat,
-                list(sent),
-                self.owner,
-                self.lease_s,
-                list(sent.values()),
-                timeout=self.statement_timeout_s,
+            kept = await renew_leases(
+                conn,
+                JobHeartbeat(
+                    ids=list(sent), owner=self.owner, lease_s=self.lease_s, attempts=list(sent.values())
+                ),
+                statement_timeout_s=self.statement_timeout_s,
             )
         except Exception:
             # No rescuer takes a lease before it has been expired for the hold: the runs still ours
@@ -271,7 +270,6 @@ class LeaseKeeper:
                 {i: a for i, a in leases.items() if held.get(i) == a}, self._deadline(sent_at), self.hold_s
             )
             raise
-        kept = {r["id"] for r in records}
         self.running.renew({i: a for i, a in leases.items() if i in kept}, self._deadline(sent_at))
         current = self.running.attempts()
         for job_id, attempt in leases.items():

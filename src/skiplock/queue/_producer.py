@@ -24,7 +24,7 @@ from skiplock.db.pool import AnyConnection, Limits, close_quietly, connect
 from skiplock.queue._executor import Executor
 from skiplock.queue._lease import fenced, lease_deadline, lease_margin
 from skiplock.queue._running import RunningJobs, StopReason
-from skiplock.queue._statements import JOBS, notify_requeued
+from skiplock.queue._statements import JOBS, JobClaim, claim_jobs, notify_requeued
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import Recovery, StopSignal
 
@@ -134,15 +134,18 @@ class Producer:
                 continue
             self._claim_unsure = True
             sent_at = time.monotonic()  # before sending: the lease is written later than this
-            records = await conn.fetch(
-                JOBS.job_claim_many,
-                queue,
-                free,
-                self.owner,
-                self.lease_s,
-                None,
-                self.tasks,
-                self.running.ids(),  # never a job this process still runs (a stopped run not yet returned)
+            records = await claim_jobs(
+                conn,
+                JobClaim(
+                    queue=queue,
+                    limit=free,
+                    owner=self.owner,
+                    lease_s=self.lease_s,
+                    now=None,
+                    tasks=self.tasks,
+                    # Never a job this process still runs (a stopped run not yet returned).
+                    excluded=self.running.ids(),
+                ),
             )
             self._claim_unsure = False
             if len(records) == free:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from skiplock.db.sqlfile import Statement, load_statements
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from skiplock.db.pool import AnyConnection
+    from skiplock.db.pool import AnyConnection, PoolOrConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +87,89 @@ async def notify_requeued(conn: AnyConnection, rows: Sequence[asyncpg.Record]) -
     requeued = sorted({r["queue"] for r in rows if r["state"] == "queued"})
     if requeued:
         await conn.execute(JOBS.notify_queued, requeued)
+
+
+# The hot statements' parameters, one typed tuple each, fields in the order of $1, $2, …: built
+# by keyword, so a caller cannot misorder them, and sent as ``*params`` at a tuple's cost
+# (tests/integration/test_sql.py checks each has as many fields as its statement has parameters).
+
+
+class JobInsert(NamedTuple):
+    """``job_insert``: one job; ``run_at`` or ``delay_s`` (neither: now)."""
+
+    queue: str
+    task: str
+    args: dict[str, Any]
+    priority: int
+    run_at: datetime | None
+    delay_s: float | None
+    max_attempts: int
+    timeout_s: float | None
+    unique_key: str | None
+    origin: dict[str, Any] | None
+    wake_later: bool  # the caller wakes the workers after its commit: the insert sends no NOTIFY
+
+
+class JobClaim(NamedTuple):
+    """``job_claim_many``: up to ``limit`` due jobs of ``queue`` for ``owner``."""
+
+    queue: str
+    limit: int
+    owner: str
+    lease_s: float
+    now: datetime | None  # None: the server's clock (tests pin it)
+    tasks: Sequence[str]  # only jobs of these tasks (the ones this process registered)
+    excluded: Sequence[int]  # never these jobs (the ones this process still runs)
+
+
+class JobFinish(NamedTuple):
+    """``job_finish_many``: outcomes of jobs ``owner`` runs, one per place in the columns; ``ids``
+    sorted and distinct. ``results``, ``errors`` and ``progress`` are JSON text."""
+
+    ids: Sequence[int]
+    attempts: Sequence[int]
+    states: Sequence[str]
+    results: Sequence[str | None]
+    errors: Sequence[str | None]
+    retry_in_s: Sequence[float | None]
+    progress: Sequence[str | None]
+    owner: str
+
+
+class JobHeartbeat(NamedTuple):
+    """``job_heartbeat``: extend ``owner``'s leases on ``ids``, each at its attempt beside it."""
+
+    ids: Sequence[int]
+    owner: str
+    lease_s: float
+    attempts: Sequence[int]
+
+
+async def insert_job(target: PoolOrConnection, params: JobInsert) -> asyncpg.Record | None:
+    """The new job's row (``created`` true), the live job holding its ``unique_key`` (false), or
+    None when that job finished in between (insert again)."""
+    return await target.fetchrow(JOBS.job_insert, *params)
+
+
+async def reserve_job_ids(conn: AnyConnection, count: int) -> tuple[datetime, list[int]]:
+    """The transaction's clock and ``count`` new job ids, in order (for a bulk COPY)."""
+    reserved = await conn.fetchrow(JOBS.job_reserve_ids, count)
+    assert reserved is not None  # one row, always
+    return reserved["now"], reserved["ids"]
+
+
+async def claim_jobs(conn: AnyConnection, params: JobClaim) -> list[asyncpg.Record]:
+    """The claimed rows, now running under the lease (``ClaimedJob.from_record`` reads them)."""
+    return await conn.fetch(JOBS.job_claim_many, *params)
+
+
+async def finish_jobs(conn: AnyConnection, params: JobFinish) -> list[int]:
+    """The ids whose outcome was written; the others were no longer the owner's at their attempt."""
+    return [r[0] for r in await conn.fetch(JOBS.job_finish_many, *params)]
+
+
+async def renew_leases(
+    conn: AnyConnection, params: JobHeartbeat, *, statement_timeout_s: float | None
+) -> set[int]:
+    """The ids whose lease was extended: the ones still the owner's at their attempt."""
+    return {r[0] for r in await conn.fetch(JOBS.job_heartbeat, *params, timeout=statement_timeout_s)}
