@@ -52,9 +52,7 @@ def batch_request(index: int, item: Any) -> EnqueueRequest:
         raise InvalidArgumentsError(f"job {index}: {summary}", index=index, errors=errors) from exc
     if job.unique_key is not None:
         raise InvalidArgumentsError(f"job {index}: unique_key needs POST /jobs", index=index)
-    return EnqueueRequest(
-        job.task, job.args, job.queue, job.priority, job.run_at, job.delay_s, job.max_attempts, job.timeout_s
-    )
+    return job.request()
 
 
 class JobController(Controller):
@@ -72,17 +70,7 @@ class JobController(Controller):
     )
     async def enqueue(self, data: JSONBody[JobCreate], client: ClientDep) -> Response[Job]:
         """Enqueue a job; its args are validated against the task's model first."""
-        job = await client.enqueue(
-            data.task,
-            data.args,
-            queue=data.queue,
-            priority=data.priority,
-            run_at=data.run_at,
-            delay_s=data.delay_s,
-            max_attempts=data.max_attempts,
-            timeout_s=data.timeout_s,
-            unique_key=data.unique_key,
-        )
+        job = await client.enqueue_request(data.request())
         return Response(job, status_code=HTTP_201_CREATED if job.created else HTTP_200_OK)
 
     @post(

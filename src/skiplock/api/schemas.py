@@ -7,6 +7,7 @@ from typing import Any
 from litestar.exceptions import ValidationException
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from skiplock.queue.client import EnqueueRequest
 from skiplock.queue.models import Job, QueueInfo
 from skiplock.queue.tasks import MAX_PRIORITY
 from skiplock.queue_names import QUEUE_NAME as QUEUE_NAME  # re-exported: routes validate with it
@@ -49,6 +50,20 @@ class JobCreate(BaseModel):
         if self.run_at is not None and self.delay_s is not None:
             raise ValueError("give run_at or delay_s, not both")
         return self
+
+    def request(self) -> EnqueueRequest:
+        """The engine's request for this job: the same fields, checked as the API's contract says."""
+        return EnqueueRequest(
+            self.task,
+            self.args,
+            self.queue,
+            self.priority,
+            self.run_at,
+            self.delay_s,
+            self.max_attempts,
+            self.timeout_s,
+            self.unique_key,
+        )
 
 
 class BatchCreated(BaseModel):

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 #: A standalone connection or one borrowed from the pool.
 AnyConnection = asyncpg.Connection | PoolConnectionProxy
+#: Where a single statement can be sent: the pool (which lends a connection for it) or a connection.
+PoolOrConnection = asyncpg.Pool | AnyConnection
 
 #: What a background loop survives and retries: the server unreachable, a connection dropped (the
 #: driver's own state errors after a restart included), a statement refused.

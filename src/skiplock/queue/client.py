@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from skiplock import metrics, tracing
 from skiplock.db.copy import copy_rows
-from skiplock.db.pool import AnyConnection
+from skiplock.db.pool import AnyConnection, PoolOrConnection
 from skiplock.errors import (
     ConfigError,
     ConflictError,
@@ -25,7 +25,7 @@ from skiplock.errors import (
     SkiplockError,
 )
 from skiplock.queue._hub import JobEvent
-from skiplock.queue._statements import EVENTS, JOBS, QUEUES
+from skiplock.queue._statements import EVENTS, JOBS, QUEUES, JobInsert, insert_job, reserve_job_ids
 from skiplock.queue._waker import Waker
 from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo
 from skiplock.queue.origin import current_origin
@@ -34,14 +34,15 @@ from skiplock.queue.schedules import Schedules
 from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry
 from skiplock.queue_names import check_queue_name
 
-Executor = asyncpg.Pool | AnyConnection
-
 _UNIQUE_RACE_RETRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
 class EnqueueRequest:
-    """One job for :meth:`Client.enqueue_many` (``unique_key`` needs :meth:`Client.enqueue`)."""
+    """A job on its way in: what the API, :meth:`Client.enqueue` and a task's ``ctx.enqueue`` hand
+    to :meth:`Client.enqueue_request`, and :meth:`Client.enqueue_many` takes a list of. Options
+    left None take the task's defaults; ``run_at`` or ``delay_s`` (neither: now). ``unique_key``
+    is for one job at a time (a bulk enqueue refuses it)."""
 
     task: str
     args: Any = None
@@ -51,6 +52,7 @@ class EnqueueRequest:
     delay_s: float | None = None
     max_attempts: int | None = None
     timeout_s: float | None = None
+    unique_key: str | None = None
 
     @property
     def overrides_defaults(self) -> bool:
@@ -63,7 +65,10 @@ class EnqueueRequest:
         )
 
 
-class _Resolved(NamedTuple):  # a tuple: built once per job of a bulk enqueue, so it must be cheap
+class _ResolvedJob(NamedTuple):
+    """A request validated against its task, the task's defaults filled in. A tuple: built once per
+    job of a bulk enqueue, so it must be cheap."""
+
     queue: str
     task: str
     args: dict[str, Any]
@@ -139,14 +144,14 @@ class Client:
         #: Set by the engine: the waits of :meth:`wait_for_result` (see results.py).
         self.results: ResultWaiter | None = None
 
-    def _resolve(self, request: EnqueueRequest) -> _Resolved:
+    def _resolve(self, request: EnqueueRequest) -> _ResolvedJob:
         """Validate one job against its task and fill in the task's defaults."""
         spec = self.registry.get(request.task)
         args = request.args
         if isinstance(args, BaseModel) and not isinstance(args, spec.args):
             args = args.model_dump()  # another model: validate its fields like any input
         model = args if isinstance(args, spec.args) else spec.validate_args(args or {})
-        resolved = _Resolved(
+        resolved = _ResolvedJob(
             queue=request.queue or spec.queue,
             task=request.task,
             args=spec.dump_args(model),
@@ -176,31 +181,27 @@ class Client:
         unique_key: str | None = None,
         conn: AnyConnection | None = None,
     ) -> Job:
-        """Validate ``args`` against the task's model and insert the job (waking a worker on commit).
+        """:meth:`enqueue_request` for a request written out as arguments:
+        ``await client.enqueue("thumbnail", {"url": u}, delay_s=10)``."""
+        request = EnqueueRequest(
+            task, args, queue, priority, run_at, delay_s, max_attempts, timeout_s, unique_key
+        )
+        return await self.enqueue_request(request, conn=conn)
+
+    async def enqueue_request(self, request: EnqueueRequest, *, conn: AnyConnection | None = None) -> Job:
+        """Validate the request's ``args`` against its task's model and insert the job (waking a
+        worker on commit).
 
         With a live job of the same ``unique_key``, that job is returned with ``created=False``.
         """
-        request = EnqueueRequest(task, args, queue, priority, run_at, delay_s, max_attempts, timeout_s)
         r = self._resolve(request)
-        params = (
-            r.queue,
-            r.task,
-            r.args,
-            r.priority,
-            run_at,
-            delay_s,
-            r.max_attempts,
-            r.timeout_s,
-            unique_key,
-            _origin(),
-        )
         if conn is not None:  # the caller's transaction: the insert's own NOTIFY goes at its commit
-            return await self._insert(conn, params, unique_key, wake_later=False)
+            return await self._insert(conn, request, r, wake_later=False)
         # Beside another enqueue, the insert does not notify: one NOTIFY after both commits does.
         waker = self.waker if self.waker is not None and self.waker.running and self._enqueuing else None
         self._enqueuing += 1
         try:
-            job = await self._insert(self.pool, params, unique_key, wake_later=waker is not None)
+            job = await self._insert(self.pool, request, r, wake_later=waker is not None)
         except BaseException:
             if waker is not None and waker.running:  # it may have committed, its reply lost
                 waker.wake(r.queue)
@@ -215,17 +216,30 @@ class Client:
         return job
 
     async def _insert(
-        self, target: Executor, params: tuple[Any, ...], unique_key: str | None, *, wake_later: bool
+        self, target: PoolOrConnection, request: EnqueueRequest, r: _ResolvedJob, *, wake_later: bool
     ) -> Job:
+        params = JobInsert(
+            queue=r.queue,
+            task=r.task,
+            args=r.args,
+            priority=r.priority,
+            run_at=request.run_at,
+            delay_s=request.delay_s,
+            max_attempts=r.max_attempts,
+            timeout_s=r.timeout_s,
+            unique_key=request.unique_key,
+            origin=_origin(),
+            wake_later=wake_later,
+        )
         for _ in range(_UNIQUE_RACE_RETRIES):
-            record = await target.fetchrow(JOBS.job_insert, *params, wake_later)
+            record = await insert_job(target, params)
             if record is not None:
                 job = Job.from_record(record)
                 if job.created:
                     metrics.for_job(job.queue, job.task).enqueued.inc()
                 return job
             # The live job holding the key finished between our insert and read: insert again.
-        raise ConflictError(f"unique_key {unique_key!r} is contended; try again")
+        raise ConflictError(f"unique_key {request.unique_key!r} is contended; try again")
 
     async def enqueue_from(
         self,
@@ -241,11 +255,12 @@ class Client:
         """:meth:`enqueue` on behalf of a running job, in one transaction with its row locked while
         the run still holds its lease (running, at ``attempt``, under ``owner``); else
         :class:`LeaseLostError` and nothing is written. What a task's ``ctx.enqueue`` calls."""
+        request = EnqueueRequest(task, args, **options)
 
         async def guarded(target: AnyConnection) -> Job:
             if await target.fetchval(JOBS.job_lock_owned, job_id, attempt, owner) is None:
                 raise LeaseLostError(f"job {job_id} attempt {attempt} no longer holds its lease")
-            return await self.enqueue(task, args, conn=target, **options)
+            return await self.enqueue_request(request, conn=target)
 
         if conn is not None:
             async with conn.transaction():
@@ -257,7 +272,8 @@ class Client:
         self, requests: Sequence[EnqueueRequest], *, conn: AnyConnection | None = None
     ) -> list[int]:
         """Validate every job first (the first bad one raises, naming its index, and nothing is
-        written), then write them all with one COPY. Returns the new ids in order."""
+        written), then write them all with one COPY. Returns the new ids in order. A ``unique_key``
+        needs :meth:`enqueue_request`, one job at a time."""
         resolved = self._resolve_many(requests)
         if not resolved:
             return []
@@ -268,12 +284,10 @@ class Client:
             return await self._copy_jobs(conn, requests, resolved)
 
     async def _copy_jobs(
-        self, conn: AnyConnection, requests: Sequence[EnqueueRequest], resolved: list[_Resolved]
+        self, conn: AnyConnection, requests: Sequence[EnqueueRequest], resolved: list[_ResolvedJob]
     ) -> list[int]:
-        reserved = await conn.fetchrow(JOBS.job_reserve_ids, len(resolved))
-        assert reserved is not None
-        now: datetime = reserved["now"]  # the transaction's clock, as the column default would be
-        ids: list[int] = reserved["ids"]
+        # The transaction's clock, as the column default would be, and the ids, in order.
+        now, ids = await reserve_job_ids(conn, len(resolved))
         origin = _origin()
         rows = (
             (job_id, r.queue, r.task, r.args, r.priority, _start(now, q), r.max_attempts, r.timeout_s, origin)
@@ -284,9 +298,16 @@ class Client:
             metrics.for_job(queue, task).enqueued.inc(count)
         return ids
 
-    def _resolve_many(self, requests: Sequence[EnqueueRequest]) -> list[_Resolved]:
+    def _resolve_many(self, requests: Sequence[EnqueueRequest]) -> list[_ResolvedJob]:
         resolved = []
         for index, request in enumerate(requests):
+            if request.unique_key is not None:
+                message = "unique_key needs one job at a time"
+                raise InvalidArgumentsError(
+                    f"job {index}: {message}",
+                    index=index,
+                    errors=[{"field": "unique_key", "message": message}],
+                )
             try:
                 resolved.append(self._resolve(request))
             except SkiplockError as exc:
@@ -334,9 +355,10 @@ class Client:
             record = await conn.fetchrow(JOBS.job_cancel, job_id)
             if record is None:
                 raise await self._not_allowed(conn, job_id, "cancel", "it has finished")
-            if record["state"] == JobState.RUNNING:
+            job = Job.from_record(record)
+            if job.state == JobState.RUNNING:
                 await conn.execute(JOBS.notify_cancel, job_id)
-        return Job.from_record(record)
+        return job
 
     async def retry(self, job_id: int) -> Job:
         """Put a failed or cancelled job back in its queue."""
@@ -349,8 +371,9 @@ class Client:
                 ) from exc
             if record is None:
                 raise await self._not_allowed(conn, job_id, "retry", "only failed or cancelled jobs can be")
-            await conn.execute(JOBS.notify_queued, [record["queue"]])
-        return Job.from_record(record)
+            job = Job.from_record(record)
+            await conn.execute(JOBS.notify_queued, [job.queue])
+        return job
 
     async def set_paused(self, queue: str, paused: bool) -> QueueInfo:
         """Pause or resume a queue for every process; a resume wakes its workers."""
@@ -380,6 +403,5 @@ class Client:
         record = await conn.fetchrow(JOBS.job_get, job_id)
         if record is None:
             return JobNotFound(f"no job with id {job_id}")
-        return InvalidStateError(
-            f"cannot {action} job {job_id} in state {record['state']}: {why}", state=record["state"]
-        )
+        state = Job.from_record(record).state
+        return InvalidStateError(f"cannot {action} job {job_id} in state {state}: {why}", state=state)
