@@ -276,6 +276,29 @@ async def test_bulk_enqueue_with_one_bad_job_names_it_and_writes_nothing(engine:
     assert await engine.client.pool.fetchval("SELECT count(*) FROM jobs") == 0
 
 
+async def test_a_bulk_enqueue_refuses_a_unique_key_and_writes_nothing(engine: Engine) -> None:
+    from skiplock.queue import EnqueueRequest
+
+    requests = [EnqueueRequest("noop", {}), EnqueueRequest("noop", {}, unique_key="one")]
+    with pytest.raises(InvalidArgumentsError) as error:
+        await engine.client.enqueue_many(requests)
+    assert error.value.extra["index"] == 1
+    assert error.value.extra["errors"][0]["field"] == "unique_key"
+    assert await engine.client.pool.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+async def test_one_request_enqueued_as_a_request_or_as_arguments_is_the_same_job(engine: Engine) -> None:
+    from skiplock.queue import EnqueueRequest
+
+    request = EnqueueRequest("noop", {}, "media", 7, None, 30.0, 4, 9.0, "same")
+    first = await engine.client.enqueue_request(request)
+    again = await engine.client.enqueue("noop", {}, queue="media", delay_s=30.0, unique_key="same")
+    assert (first.created, again.created, again.id) == (True, False, first.id)
+    assert (first.queue, first.priority, first.max_attempts, first.timeout_s) == ("media", 7, 4, 9.0)
+    assert first.unique_key == "same"
+    assert first.run_at > first.created_at
+
+
 async def test_args_given_as_a_model_are_stored_and_another_model_is_validated(engine: Engine) -> None:
     from pydantic import BaseModel
 
