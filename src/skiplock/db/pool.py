@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,14 @@ def database_error(exc: BaseException) -> DatabaseError:
     values). Raise it ``from exc``."""
     if isinstance(exc, DatabaseError):
         return exc
+    # Cleaning up after a connection the server closed (a transaction's exit, a release) raises the
+    # driver's InterfaceError, the server's error as its context: that one says what happened.
+    while (
+        isinstance(exc, asyncpg.InterfaceError)
+        and exc.__context__ is not None
+        and is_unavailable(exc.__context__)
+    ):
+        exc = exc.__context__
     extra: dict[str, Any] = {"error": type(exc).__name__}
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
@@ -238,7 +247,10 @@ class _Acquire(PoolAcquireContext):
             and self.connection is not None
             and (isinstance(error, asyncio.CancelledError) or is_broken_connection(error))
         ):
-            self.connection.terminate()
+            # Closed by the server (a backend terminated), it is let go by the pool already: the
+            # block's own error, the one that says what happened, propagates.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                self.connection.terminate()
         try:
             await super().__aexit__(*exc)
         except DB_UNAVAILABLE_OR_TIMEOUT as release_error:
