@@ -17,7 +17,8 @@ def env_for(dsn: str, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKIPLOCK_")}
     env.update(
         DATABASE_URL=dsn,
-        PYTHONPATH=str(ROOT),
+        # This checkout's sources first: the venv's editable install points at another checkout.
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
         SKIPLOCK_TASK_MODULES="bench.tasks",
         SKIPLOCK_AUTO_MIGRATE="false",
         SKIPLOCK_RATE_LIMIT="off",  # one client address sends it all: measure the service, not the limiter
