@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -29,6 +30,7 @@ FINISHED = 10_000
 BATCHES = (8, 500)  # a small batch, and one as big as the completer's when it falls behind
 MINE = max(BATCHES)  # running jobs of 'me' (and as many queued ones for the claim)
 SLACK = 20  # rows of jobs a plan may read or discard beyond what its batch needs
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,11 @@ HOT: dict[str, Hot] = {
     "job_claim_many": Hot(
         JOBS.job_claim_many,
         lambda ids, c: ["default", len(ids), "me", 30.0, None, ["noop"], []],
+        _whole_batch,
+    ),
+    "job_claim_after": Hot(  # going on after a job placed before every queued one
+        JOBS.job_claim_after,
+        lambda ids, c: ["default", len(ids), "me", 30.0, None, ["noop"], [], 0, EPOCH, 0],
         _whole_batch,
     ),
     "job_finish_many": Hot(JOBS.job_finish_many, lambda ids, c: _finish_args(ids), _whole_batch),

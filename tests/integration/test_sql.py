@@ -18,6 +18,7 @@ from skiplock.db.sqlfile import parse_statements
 from skiplock.queue._statements import (
     JOBS,
     JobClaim,
+    JobClaimAfter,
     JobFinish,
     JobHeartbeat,
     JobInsert,
@@ -89,6 +90,7 @@ async def test_statement_prepares_against_the_migrated_schema(tx: asyncpg.Connec
 TYPED_PARAMETERS: dict[str, Any] = {
     "job_insert": JobInsert,
     "job_claim_many": JobClaim,
+    "job_claim_after": JobClaimAfter,
     "job_finish_many": JobFinish,
     "job_heartbeat": JobHeartbeat,
 }
@@ -173,6 +175,25 @@ async def test_claim_takes_only_due_jobs_by_the_pinned_clock(tx: asyncpg.Connect
     on_time = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, run_at, ["noop"], [])
     assert [r["id"] for r in on_time] == [job_id]
     assert on_time[0]["attempts"] == 1
+
+
+async def test_claim_after_takes_the_jobs_of_the_hints_priority_after_it_in_claim_order(
+    tx: asyncpg.Connection,
+) -> None:
+    t0 = await tx.fetchval("SELECT now() - interval '1 minute'")
+    at = [t0, t0 + timedelta(seconds=1), t0 + timedelta(seconds=1), t0 + timedelta(seconds=2)]
+    same = [await job(tx, run_at=run_at) for run_at in at]  # priority 0; two share a run_at
+    higher = await job(tx, run_at=t0, priority=5)
+    lower = await job(tx, run_at=t0, priority=-1)
+    hint = [0, at[1], same[1]]  # where a claim that took same[0] and same[1] ended
+    after = await tx.fetch(JOBS.job_claim_after, "default", 10, "me", 30.0, None, ["noop"], [], *hint)
+    assert [r["id"] for r in after] == same[2:]  # neither the hint's job nor another priority's
+    rest = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [])
+    assert [r["id"] for r in sorted(rest, key=lambda r: (-r["priority"], r["run_at"], r["id"]))] == [
+        higher,
+        *same[:2],
+        lower,
+    ]
 
 
 async def test_claim_uses_the_partial_claim_index(tx: asyncpg.Connection) -> None:

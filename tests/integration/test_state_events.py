@@ -67,6 +67,16 @@ async def claim(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     return job_id, [{"state": "running", "previous": "queued", "attempt": 1}]
 
 
+async def claim_after(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
+    before = await job(tx)
+    job_id = await job(tx)
+    hint = await tx.fetchrow("SELECT priority, run_at, id FROM jobs WHERE id = $1", before)
+    assert hint is not None
+    rows = await tx.fetch(JOBS.job_claim_after, "default", 10, "me", 30.0, None, ["noop"], [], *hint)
+    assert [r["id"] for r in rows] == [job_id]  # the job after the hint, not the one it names
+    return job_id, [{"state": "running", "previous": "queued", "attempt": 1}]
+
+
 async def finish_succeeded(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING)
     args = [[job_id], [1], ["succeeded"], ['{"ok": 1}'], [None], [0.0], [None], OWNER]
@@ -161,6 +171,7 @@ async def retry_failed(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]
 #: Statement name → the cases that run it.
 CASES: dict[str, list[Case]] = {
     "job_claim_many": [claim],
+    "job_claim_after": [claim_after],
     "job_finish_many": [finish_succeeded, finish_retried_with_error, finish_not_ours],
     "job_fail_outcome_not_stored": [fail_outcome_not_stored],
     "job_rescue_expired": [rescue_expired],

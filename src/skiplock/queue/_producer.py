@@ -4,6 +4,9 @@ Wakes on a queue's notification, on freed capacity while a queue still has work,
 jittered poll (the truth: notifications are only hints). Stopping stops claiming, lets running
 jobs finish within the grace period, then hands the rest back to their queues.
 
+A queue's claims go on where the last one ended (see ClaimHint) rather than from the head of
+its index, whose first entries, once claimed, stay dead while a snapshot is open elsewhere.
+
 Claims commit durably: one lost in a server crash would put the job back in its queue while
 this process runs it, and another would run it too. Each run starts with its lease's deadline
 read from the clock before the claim was sent, and runs fenced (see _lease.py). A claim whose
@@ -16,19 +19,54 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
 import structlog
 
 from skiplock.db.pool import AnyConnection, Limits, close_quietly, connect
 from skiplock.queue._executor import Executor
 from skiplock.queue._lease import fenced, lease_deadline, lease_margin
 from skiplock.queue._running import RunningJobs, StopReason
-from skiplock.queue._statements import JOBS, JobClaim, claim_jobs, notify_requeued
+from skiplock.queue._statements import (
+    JOBS,
+    JobClaim,
+    JobClaimAfter,
+    claim_jobs,
+    claim_jobs_after,
+    notify_requeued,
+)
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.producer")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimHint:
+    """Where a queue's claims ended: the last claimed job's place in claim order (priority DESC,
+    run_at, id). The next claim of that priority starts after it (job_claim_after) instead of
+    walking again every entry that earlier claims left dead in the claim index (while a snapshot
+    is held open elsewhere vacuum cannot remove them, and each claim would walk them all).
+
+    A job placed before the hint since (a higher priority, an earlier run_at: an enqueue, a
+    rescue, a release, a retry come due) is found by a full claim (job_claim_many): the one after
+    a notification of its queue, after the poll, after a hinted claim that found fewer jobs than
+    it asked for, and at the latest ``poll_interval_s`` after the full claim the hint continues,
+    however busy the producer is."""
+
+    priority: int
+    run_at: datetime
+    id: int
+    since: float  # monotonic: when the full claim this hint continues was sent
+
+    @classmethod
+    def after(cls, records: Sequence[asyncpg.Record], since: float) -> ClaimHint:
+        last = max(records, key=lambda r: (-r["priority"], r["run_at"], r["id"]))
+        return cls(last["priority"], last["run_at"], last["id"], since)
 
 
 class Producer:
@@ -63,6 +101,9 @@ class Producer:
         self.tasks = sorted(task.name for task in executor.registry)
         self._woken: set[str] = set()
         self._hungry: set[str] = set()
+        self._hints: dict[str, ClaimHint] = {}
+        #: Wake-ups per queue (notifications, polls): one during a claim voids the hint it would leave.
+        self._wakes: Counter[str] = Counter()
         self._wakeup = asyncio.Event()
         self._stop = StopSignal()
         self._stopped_at: float | None = None  # monotonic: the grace period counts from here
@@ -78,12 +119,19 @@ class Producer:
     def wake(self, queue: str) -> None:
         """A hint that ``queue`` has due jobs (called from the listener callback)."""
         if queue in self.queue_limits:
+            self._forget_hint(queue)  # what it announces may lie before the hint
             self._woken.add(queue)
             self._wakeup.set()
 
     def wake_all(self) -> None:
+        for queue in self.queue_limits:
+            self._forget_hint(queue)
         self._woken.update(self.queue_limits)
         self._wakeup.set()
+
+    def _forget_hint(self, queue: str) -> None:
+        self._hints.pop(queue, None)
+        self._wakes[queue] += 1
 
     async def run(self, ready: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as jobs:
@@ -132,35 +180,56 @@ class Producer:
             if free <= 0:
                 self._hungry.add(queue)
                 continue
-            self._claim_unsure = True
-            sent_at = time.monotonic()  # before sending: the lease is written later than this
-            records = await claim_jobs(
-                conn,
-                JobClaim(
-                    queue=queue,
-                    limit=free,
-                    owner=self.owner,
-                    lease_s=self.lease_s,
-                    now=None,
-                    tasks=self.tasks,
-                    # Never a job this process still runs (a stopped run not yet returned).
-                    excluded=self.running.ids(),
-                ),
-            )
-            self._claim_unsure = False
-            if len(records) == free:
+            hint = self._fresh_hint(queue)
+            claimed = await self._claim(conn, jobs, queue, free, hint)
+            if hint is not None and claimed < free:  # the rest of its priority came short: look everywhere
+                claimed += await self._claim(conn, jobs, queue, free - claimed, None)
+            if claimed == free:
                 self._hungry.add(queue)
             else:
                 self._hungry.discard(queue)
-            if records:  # the latest claim time: one claim's rows share it
-                claimed_at = records[0]["started_at"]
-                self._claimed_at = (
-                    claimed_at if self._claimed_at is None else max(self._claimed_at, claimed_at)
-                )
-            valid_until = lease_deadline(sent_at, self.lease_s)
-            for record in records:
-                self._start(jobs, ClaimedJob.from_record(record), valid_until)
         self.round_done.set()
+
+    def _fresh_hint(self, queue: str) -> ClaimHint | None:
+        """The queue's hint, unless a poll interval has passed since its full claim (then none)."""
+        hint = self._hints.pop(queue, None)
+        if hint is not None and time.monotonic() - hint.since < self.poll_interval_s:
+            return hint
+        return None
+
+    async def _claim(
+        self, conn: AnyConnection, jobs: asyncio.TaskGroup, queue: str, n: int, hint: ClaimHint | None
+    ) -> int:
+        """Claim up to ``n`` jobs of ``queue`` and start them: after ``hint``, or from the head of
+        the queue without one. A claim that got all it asked for leaves the hint where it ended."""
+        wakes = self._wakes[queue]
+        self._claim_unsure = True
+        sent_at = time.monotonic()  # before sending: the lease is written later than this
+        claim = JobClaim(
+            queue=queue,
+            limit=n,
+            owner=self.owner,
+            lease_s=self.lease_s,
+            now=None,
+            tasks=self.tasks,
+            # Never a job this process still runs (a stopped run not yet returned).
+            excluded=self.running.ids(),
+        )
+        if hint is None:
+            records = await claim_jobs(conn, claim)
+        else:
+            after = JobClaimAfter(**claim._asdict(), priority=hint.priority, run_at=hint.run_at, id=hint.id)
+            records = await claim_jobs_after(conn, after)
+        self._claim_unsure = False
+        if len(records) == n and self._wakes[queue] == wakes:
+            self._hints[queue] = ClaimHint.after(records, hint.since if hint is not None else sent_at)
+        if records:  # the latest claim time: one claim's rows share it
+            claimed_at = records[0]["started_at"]
+            self._claimed_at = claimed_at if self._claimed_at is None else max(self._claimed_at, claimed_at)
+        valid_until = lease_deadline(sent_at, self.lease_s)
+        for record in records:
+            self._start(jobs, ClaimedJob.from_record(record), valid_until)
+        return len(records)
 
     def _start(self, jobs: asyncio.TaskGroup, job: ClaimedJob, valid_until: float) -> None:
         if time.monotonic() >= valid_until:  # the claim's reply took most of a lease: not ours to run

@@ -21,6 +21,7 @@ class JobStatements:
     job_get: Statement
     job_list: Statement
     job_claim_many: Statement
+    job_claim_after: Statement
     job_finish_many: Statement
     job_fail_outcome_not_stored: Statement
     job_heartbeat: Statement
@@ -122,6 +123,22 @@ class JobClaim(NamedTuple):
     excluded: Sequence[int]  # never these jobs (the ones this process still runs)
 
 
+class JobClaimAfter(NamedTuple):
+    """``job_claim_after``: a :class:`JobClaim` going on after a place in claim order (the job of
+    ``priority`` at ``run_at`` with ``id``), within that priority."""
+
+    queue: str
+    limit: int
+    owner: str
+    lease_s: float
+    now: datetime | None
+    tasks: Sequence[str]
+    excluded: Sequence[int]
+    priority: int
+    run_at: datetime
+    id: int
+
+
 class JobFinish(NamedTuple):
     """``job_finish_many``: outcomes of jobs ``owner`` runs, one per place in the columns; ``ids``
     sorted and distinct. ``results``, ``errors`` and ``progress`` are JSON text."""
@@ -161,6 +178,11 @@ async def reserve_job_ids(conn: AnyConnection, count: int) -> tuple[datetime, li
 async def claim_jobs(conn: AnyConnection, params: JobClaim) -> list[asyncpg.Record]:
     """The claimed rows, now running under the lease (``ClaimedJob.from_record`` reads them)."""
     return await conn.fetch(JOBS.job_claim_many, *params)
+
+
+async def claim_jobs_after(conn: AnyConnection, params: JobClaimAfter) -> list[asyncpg.Record]:
+    """As :func:`claim_jobs`, the index scan starting at the given place."""
+    return await conn.fetch(JOBS.job_claim_after, *params)
 
 
 async def finish_jobs(conn: AnyConnection, params: JobFinish) -> list[int]:

@@ -69,6 +69,35 @@ WITH picked AS (
 SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at
 FROM claimed
 
+-- name: job_claim_after
+-- job_claim_many continued where the producer's last claim of queue $1 ended: jobs of its priority
+-- $8 after ($9, $10), its last job's run_at and id, in claim order. The index scan starts there:
+-- the entries before it (claimed jobs, dead but kept while any snapshot is open elsewhere) are not
+-- walked again by every claim. What it cannot see (a job of another priority, or placed earlier,
+-- since) the producer's next full claim finds (see _producer.py's ClaimHint).
+WITH picked AS (
+    SELECT id FROM jobs
+    WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
+      AND priority = $8 AND (run_at, id) > ($9::timestamptz, $10::bigint)
+      AND task = ANY($6::text[]) AND id <> ALL($7::bigint[])
+      AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
+    ORDER BY priority DESC, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs AS j
+    SET state = 'running', attempts = j.attempts + 1, started_at = now(), finished_at = NULL,
+        lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
+              j.run_at, j.started_at, j.event_seq
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) FROM claimed
+)
+SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at
+FROM claimed
+
 -- name: job_finish_many
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).
 -- A 'queued' outcome is a retry after retry_in_s seconds, unless a cancel was asked meanwhile.
