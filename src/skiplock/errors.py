@@ -11,8 +11,10 @@
     │   ├── JobNotFound
     │   ├── ImportNotFound
     │   ├── ScheduleNotFound
+    │   ├── WorkflowNotFound
     │   └── UnknownTaskError
     ├── InvalidArgumentsError    job arguments fail the task's model
+    │   └── WorkflowInvalid      a workflow's steps cannot run: a cycle, an unknown or repeated name, bad args
     ├── CsvFileError             a CSV file no row of which can load (no usable header, a line too long)
     ├── UploadError              an upload refused while it arrives; nothing of it is kept
     │   ├── InvalidUploadError        malformed multipart, no file part, an empty body (400)
@@ -108,12 +110,20 @@ class ScheduleNotFound(NotFoundError):
     """No schedule has this id."""
 
 
+class WorkflowNotFound(NotFoundError):
+    """No workflow has this id."""
+
+
 class UnknownTaskError(NotFoundError):
     """No task is registered under this name."""
 
 
 class InvalidArgumentsError(SkiplockError):
     """The job's arguments do not match the task's model."""
+
+
+class WorkflowInvalid(InvalidArgumentsError):
+    """The workflow cannot be started: the message names the step (and field) at fault."""
 
 
 class CsvFileError(SkiplockError, ValueError):

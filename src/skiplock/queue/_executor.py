@@ -17,6 +17,7 @@ from skiplock import metrics, tracing
 from skiplock.db.storable import storable_json
 from skiplock.errors import InvalidArgumentsError, SkiplockError, UnknownTaskError
 from skiplock.fetcher import Fetcher
+from skiplock.queue import _workflow_store as workflow_store
 from skiplock.queue._completer import Completer, Outcome, OutcomeKind
 from skiplock.queue._running import RunningJob, RunningJobs, StopReason
 from skiplock.queue._threads import TaskThreads, ThreadExit
@@ -216,6 +217,8 @@ class Executor:
         )
         timeout = None if job.timeout_s is None else asyncio.timeout(job.timeout_s)
         try:
+            if job.workflow_id is not None:
+                ctx.upstream = await workflow_store.upstream(self.client.pool, job.id)
             if timeout is None:  # most jobs: no Timeout (and its current_task lookups) per job
                 result = await self._call(spec, ctx, args, running)
             else:

@@ -195,3 +195,17 @@ async def renew_leases(
 ) -> set[int]:
     """The ids whose lease was extended: the ones still the owner's at their attempt."""
     return {r[0] for r in await conn.fetch(JOBS.job_heartbeat, *params, timeout=statement_timeout_s)}
+@dataclass(frozen=True, slots=True)
+class WorkflowStatements:
+    workflow_insert: Statement
+    workflow_get: Statement
+    workflow_list: Statement
+    workflow_steps: Statement
+    workflow_lock_steps: Statement
+    workflow_cancel: Statement
+    workflow_retry: Statement
+    workflow_upstream: Statement
+    workflow_leaves: Statement
+
+
+WORKFLOWS = load_statements(WorkflowStatements, "skiplock.queue.sql", "workflows.sql")

@@ -24,6 +24,7 @@ from skiplock.errors import (
     LeaseLostError,
     SkiplockError,
 )
+from skiplock.queue import _workflow_store as workflow_store
 from skiplock.queue._hub import JobEvent
 from skiplock.queue._statements import EVENTS, JOBS, QUEUES, JobInsert, insert_job, reserve_job_ids
 from skiplock.queue._waker import Waker
@@ -32,6 +33,7 @@ from skiplock.queue.origin import current_origin
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.schedules import Schedules
 from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry
+from skiplock.queue.workflows import Step, Workflow, WorkflowInfo
 from skiplock.queue_names import check_queue_name
 
 _UNIQUE_RACE_RETRIES = 5
@@ -398,6 +400,59 @@ class Client:
         """Failed jobs grouped by task and error type, biggest groups first (at most 100)."""
         records = await self.pool.fetch(JOBS.job_failures, ids_per_group)
         return [FailureGroup.model_validate(dict(r)) for r in records]
+
+    # --- workflows -------------------------------------------------------------------------------
+
+    def _resolve_step(self, step: Step) -> workflow_store.ResolvedStep:
+        request = EnqueueRequest(
+            step.task,
+            step.args,
+            queue=step.queue,
+            priority=step.priority,
+            max_attempts=step.max_attempts,
+            timeout_s=step.timeout_s,
+        )
+        return workflow_store.ResolvedStep(*self._resolve(request))
+
+    async def start(self, workflow: Workflow, *, conn: AnyConnection | None = None) -> WorkflowInfo:
+        """Check every step (names, dependencies, cycles, each task's args: the first problem raises
+        :class:`WorkflowInvalid` naming the step, and nothing is written), then write the workflow
+        with its steps; in ``conn``'s transaction when given. Steps without dependencies are queued
+        at once, the others wait for theirs."""
+        ordered = workflow.ordered()
+        resolved = workflow_store.resolve_steps(ordered, self._resolve_step)
+        origin = _origin()
+        if conn is None:
+            async with self.pool.acquire() as own, own.transaction():
+                row, _ = await workflow_store.insert(own, workflow, ordered, resolved, origin)
+                return await workflow_store.get(own, row["id"])
+        async with conn.transaction():
+            row, _ = await workflow_store.insert(conn, workflow, ordered, resolved, origin)
+            return await workflow_store.get(conn, row["id"])
+
+    async def workflow(self, workflow_id: int) -> WorkflowInfo:
+        """A workflow with its steps (:class:`WorkflowNotFound` if there is none)."""
+        return await workflow_store.get(self.pool, workflow_id)
+
+    async def list_workflows(
+        self, *, state: str | None = None, before_id: int | None = None, limit: int = 50
+    ) -> list[WorkflowInfo]:
+        """Newest first, without their steps; ``before_id`` is the keyset cursor."""
+        return await workflow_store.list_workflows(self.pool, state=state, before_id=before_id, limit=limit)
+
+    async def cancel_workflow(self, workflow_id: int) -> WorkflowInfo:
+        """Cancel every step not yet finished (running ones as a job's cancel)."""
+        await workflow_store.cancel(self.pool, workflow_id)
+        return await self.workflow(workflow_id)
+
+    async def retry_workflow(self, workflow_id: int) -> WorkflowInfo:
+        """Run the failed and cancelled steps again, and everything downstream of them."""
+        await workflow_store.retry(self.pool, workflow_id)
+        return await self.workflow(workflow_id)
+
+    async def workflow_result(self, workflow_id: int) -> dict[str, Any]:
+        """The results of the steps nothing depends on, by name."""
+        return await workflow_store.leaves(self.pool, workflow_id)
 
     async def _not_allowed(self, conn: AnyConnection, job_id: int, action: str, why: str) -> Exception:
         record = await conn.fetchrow(JOBS.job_get, job_id)

@@ -57,6 +57,10 @@ class Context:
         #: The process's shared outbound HTTP session, with its size, redirect and address limits.
         self.http = http
         self._on_event = on_event
+        #: A workflow step's direct dependencies: step name -> result, in the order of its
+        #: ``after`` (a dependency that did not succeed, under ``on_failure="continue"``, as an
+        #: :class:`~skiplock.queue.workflows.UpstreamFailure`). Empty for a job outside a workflow.
+        self.upstream: dict[str, Any] = {}
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
 

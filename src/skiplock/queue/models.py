@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobState(enum.StrEnum):
+    WAITING = "waiting"  # a workflow step whose dependencies have not all ended: never claimed
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -59,6 +60,8 @@ class Job(BaseModel):
     origin: dict[str, Any] | None = Field(
         default=None, description="The request that enqueued it: request_id (and trace context)."
     )
+    workflow_id: int | None = Field(default=None, description="The workflow it is a step of, if any.")
+    step: str | None = Field(default=None, description="Its step's name in that workflow.")
     created: bool = Field(default=True, exclude=True, description="False when a live unique_key matched.")
 
     @classmethod
@@ -108,6 +111,7 @@ class ClaimedJob(NamedTuple):
     priority: int
     origin: dict[str, Any] | None = None
     run_at: datetime | None = None  # when it was due (the wait metric starts there)
+    workflow_id: int | None = None  # a workflow's step: it reads its dependencies' results first
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> ClaimedJob:
@@ -122,4 +126,5 @@ class ClaimedJob(NamedTuple):
             record["priority"],
             record["origin"],
             record["run_at"],
+            record["workflow_id"],
         )

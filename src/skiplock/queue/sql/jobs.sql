@@ -61,12 +61,13 @@ WITH picked AS (
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))  -- not a join: no plan can hash the whole table
     RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
-              j.run_at, j.started_at, j.event_seq
+              j.run_at, j.started_at, j.event_seq, j.workflow_id
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
     SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) FROM claimed
 )
-SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at
+SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at,
+       workflow_id
 FROM claimed
 
 -- name: job_claim_after
@@ -90,12 +91,13 @@ WITH picked AS (
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
-              j.run_at, j.started_at, j.event_seq
+              j.run_at, j.started_at, j.event_seq, j.workflow_id
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
     SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) FROM claimed
 )
-SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at
+SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at,
+       workflow_id
 FROM claimed
 
 -- name: job_finish_many
