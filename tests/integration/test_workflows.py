@@ -69,6 +69,16 @@ async def test_a_chord_callback_gets_the_group_in_order_once_all_of_it_succeeded
     assert [m["previous"] for m in moves] == ["waiting"]
 
 
+async def test_a_step_sees_its_dependencies_in_the_order_of_its_after(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    names = ["zeta", "alpha", "mid", "b", "aa"]
+    flow = chord(group(*(echo(n) for n in names)), Step("join", "upstream_order"))
+    started = await engine.client.start(flow)
+    assert (await ended(engine, started.id)).state == "succeeded"
+    assert (await results(db, started.id))["join"][1] == names
+
+
 async def test_a_diamond_runs_its_join_after_both_branches(engine: Engine, db: asyncpg.Connection) -> None:
     flow = Workflow(
         steps=(

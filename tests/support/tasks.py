@@ -429,3 +429,9 @@ def late_reporting_thread(ctx: Context, args: Seconds) -> dict[str, bool]:
     except Exception as exc:
         LATE_THREADS[ctx.job.id] = type(exc).__name__
     return {"late": True}
+
+
+@task("upstream_order", args=NoArgs)
+async def upstream_order(ctx: Context, args: NoArgs) -> list[str]:
+    """The names of a workflow step's dependencies as its task sees them (a list keeps order)."""
+    return list(ctx.upstream)

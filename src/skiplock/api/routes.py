@@ -14,6 +14,7 @@ from skiplock.api.pages import page
 from skiplock.api.queues import QueueController, TaskController, failures
 from skiplock.api.results import JobResultController
 from skiplock.api.schedules import ScheduleController
+from skiplock.api.workflows import WorkflowController
 
 
 def api_routes() -> list[ControllerRouterHandler]:
@@ -21,6 +22,7 @@ def api_routes() -> list[ControllerRouterHandler]:
     return [
         JobController,
         JobResultController,
+        WorkflowController,
         ScheduleController,
         ImportController,
         EventController,
