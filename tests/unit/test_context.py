@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from skiplock.queue import Context, JobInfo
 
-SURFACE = {"enqueue", "http", "job", "log", "log_nowait", "pool", "progress", "report_progress"}
+SURFACE = {"enqueue", "http", "job", "log", "log_nowait", "pool", "progress", "report_progress", "upstream"}
 
 
 async def test_a_tasks_context_offers_only_its_own_job_and_tools() -> None:

@@ -195,6 +195,8 @@ async def renew_leases(
 ) -> set[int]:
     """The ids whose lease was extended: the ones still the owner's at their attempt."""
     return {r[0] for r in await conn.fetch(JOBS.job_heartbeat, *params, timeout=statement_timeout_s)}
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowStatements:
     workflow_insert: Statement
