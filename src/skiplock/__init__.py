@@ -4,8 +4,22 @@ from __future__ import annotations
 
 from skiplock._version import __version__
 from skiplock.app import create_app
-from skiplock.errors import PermanentJobError, SkiplockError
-from skiplock.queue import Backoff, Client, Context, Job, JobState, Task, task
+from skiplock.errors import JobFailed, PermanentJobError, ResultTimeout, SkiplockError
+from skiplock.queue import (
+    Backoff,
+    Client,
+    Context,
+    Job,
+    JobHandle,
+    JobState,
+    Step,
+    Task,
+    Workflow,
+    chain,
+    chord,
+    group,
+    task,
+)
 from skiplock.settings import Settings
 
 __all__ = [
@@ -13,12 +27,20 @@ __all__ = [
     "Client",
     "Context",
     "Job",
+    "JobFailed",
+    "JobHandle",
     "JobState",
     "PermanentJobError",
+    "ResultTimeout",
     "Settings",
     "SkiplockError",
+    "Step",
     "Task",
+    "Workflow",
     "__version__",
+    "chain",
+    "chord",
     "create_app",
+    "group",
     "task",
 ]

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import asyncpg
 from pydantic import BaseModel
 
 from skiplock import metrics, tracing
 from skiplock.db.copy import copy_rows
-from skiplock.db.pool import AnyConnection, PoolOrConnection
+from skiplock.db.pool import AnyConnection, PoolOrConnection, create_pool
 from skiplock.errors import (
     ConfigError,
     ConflictError,
@@ -26,13 +27,15 @@ from skiplock.errors import (
 )
 from skiplock.queue import _workflow_store as workflow_store
 from skiplock.queue._hub import JobEvent
+from skiplock.queue._listener import Listener
 from skiplock.queue._statements import EVENTS, JOBS, QUEUES, JobInsert, insert_job, reserve_job_ids
 from skiplock.queue._waker import Waker
+from skiplock.queue.handles import default_client_or_none, set_default_client
 from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo
 from skiplock.queue.origin import current_origin
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.schedules import Schedules
-from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry
+from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry, registered
 from skiplock.queue.workflows import Step, Workflow, WorkflowInfo
 from skiplock.queue_names import check_queue_name
 
@@ -145,6 +148,66 @@ class Client:
         self._enqueuing = 0  # enqueues of this client under way, on its pool
         #: Set by the engine: the waits of :meth:`wait_for_result` (see results.py).
         self.results: ResultWaiter | None = None
+        self._dsn: str | None = None  # set by connect(): the client owns its pool
+        self._replaced: Client | None = None  # the default client before connect()
+        self._services: list[Listener | ResultWaiter] = []
+        self._service_tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        registry: TaskRegistry | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> Client:
+        """A client outside a running skiplock process (a web app enqueueing, a script): its own
+        pool on ``dsn``; the tasks it checks args against are ``registry``, else every ``@task``
+        imported so far (built-ins included). It becomes the client ``task.enqueue(...)`` uses.
+        Close it with ``await client.close()``, or use ``async with await Client.connect(dsn)``."""
+        pool = await create_pool(
+            dsn, min_size=min_size, max_size=max_size, application_name="skiplock-client"
+        )
+        client = cls(pool, registry if registry is not None else registered)
+        client._dsn = dsn
+        client._replaced = set_default_client(client)
+        return client
+
+    async def close(self) -> None:
+        """Close what :meth:`connect` opened: its pool, and the LISTEN connection its first wait
+        for a result started (a client of an engine is closed with the engine)."""
+        if default_client_or_none() is self:
+            set_default_client(self._replaced)
+        if self._dsn is None:
+            return
+        for service in self._services:
+            await service.stop()
+        if self._service_tasks:
+            await asyncio.gather(*self._service_tasks, return_exceptions=True)
+        self._services, self._service_tasks = [], []
+        await self.pool.close()
+
+    async def _listen_for_results(self) -> ResultWaiter:
+        """A connected client's own result waits: a listener and a waiter, as an engine runs them."""
+        assert self._dsn is not None
+        listener = Listener(self._dsn)
+        waiter = ResultWaiter(self.pool)
+        listener.subscribe("ev", waiter.hint)
+        listener.on_reconnect(waiter.read_all)
+        for service in (listener, waiter):
+            ready = asyncio.Event()
+            task = asyncio.create_task(service.run(ready), name=f"skiplock-client:{service.name}")
+            self._services.append(service)
+            self._service_tasks.append(task)
+            await ready.wait()
+        return waiter
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     def _resolve(self, request: EnqueueRequest) -> _ResolvedJob:
         """Validate one job against its task and fill in the task's defaults."""
@@ -328,7 +391,9 @@ class Client:
         the job's state and last error if it ended otherwise, ResultTimeout (a TimeoutError) if it
         is not final in time, JobNotFound for an unknown job."""
         if self.results is None:
-            raise ConfigError("wait_for_result needs a started engine (its LISTEN connection)")
+            if self._dsn is None:
+                raise ConfigError("wait_for_result needs a started engine or Client.connect (to LISTEN)")
+            self.results = await self._listen_for_results()
         return await self.results.result(job_id, timeout_s)
 
     async def events(self, job_id: int, *, after: int = 0, limit: int = 200) -> list[JobEvent]:

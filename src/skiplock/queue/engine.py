@@ -35,6 +35,7 @@ from skiplock.queue._threads import TaskThreads, busy_threads
 from skiplock.queue._waker import Waker
 from skiplock.queue._write_order import EventsBeforeOutcomes
 from skiplock.queue.client import Client
+from skiplock.queue.handles import default_client_or_none, set_default_client
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
 from skiplock.service import Service, Supervisor
@@ -250,6 +251,7 @@ class Engine:
             waiter.cancel()
             await self.stop()
             raise RuntimeError("skiplock services failed to start")
+        set_default_client(self._client)  # what task.enqueue(...) uses when given no client
         log.info("engine_started", owner=self.owner, worker=s.worker, queues=self.queues)
 
     async def _declare_schedules(self) -> None:
@@ -269,6 +271,8 @@ class Engine:
         """Shut down in order: schedules and claiming at once, running jobs within the grace
         period (the rest handed back), outcomes flushed, then connections closed."""
         await self.quiesce()
+        if self._client is not None and default_client_or_none() is self._client:
+            set_default_client(None)
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self._task is not None:

@@ -12,9 +12,15 @@ from pydantic import BaseModel, Field, ValidationError
 from skiplock.errors import ConfigError, InvalidArgumentsError, UnknownTaskError
 from skiplock.queue.backoff import Backoff
 from skiplock.queue.cron import Cron, CronError
+from skiplock.queue.handles import JobHandle, default_client
+from skiplock.queue.workflows import Step
 from skiplock.queue_names import QUEUE_NAME, check_queue_name
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from skiplock.db.pool import AnyConnection
+    from skiplock.queue.client import Client
     from skiplock.queue.context import Context
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
@@ -99,6 +105,62 @@ class Task(Generic[ArgsT]):
         """Call the function directly (tests, composition)."""
         result = self.fn(ctx, args)
         return await result if inspect.isawaitable(result) else result
+
+    def step(
+        self,
+        args: ArgsT | dict[str, Any] | None = None,
+        *,
+        name: str = "",
+        after: Iterable[str] = (),
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+    ) -> Step:
+        """A workflow step running this task (for ``chain``, ``group``, ``chord``, ``Workflow``):
+        Celery's signature. ``name`` defaults to the step's place in the chain or group."""
+        return Step(
+            name=name,
+            task=self.name,
+            args=args,
+            after=tuple(after),
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+        )
+
+    async def enqueue(
+        self,
+        args: ArgsT | dict[str, Any] | None = None,
+        *,
+        client: Client | None = None,
+        conn: AnyConnection | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        delay_s: float | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        unique_key: str | None = None,
+    ) -> JobHandle:
+        """Enqueue a job of this task (in ``conn``'s transaction when given) and return a handle
+        to wait on: ``await (await thumbnail.enqueue(args)).result(timeout=30)``. The client is
+        ``client``, else the process's (see :func:`skiplock.queue.handles.default_client`)."""
+        using = client or default_client()
+        job = await using.enqueue(
+            self.name,
+            args,
+            conn=conn,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            delay_s=delay_s,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            unique_key=unique_key,
+        )
+        return JobHandle(job, using)
 
 
 class TaskRegistry:
