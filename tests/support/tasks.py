@@ -435,3 +435,36 @@ def late_reporting_thread(ctx: Context, args: Seconds) -> dict[str, bool]:
 async def upstream_order(ctx: Context, args: NoArgs) -> list[str]:
     """The names of a workflow step's dependencies as its task sees them (a list keeps order)."""
     return list(ctx.upstream)
+
+
+class MarkerAndSeconds(BaseModel):
+    marker: str = "x"
+    seconds: float = Field(default=0.0, ge=0)
+
+
+@task("record_slowly", args=MarkerAndSeconds)
+async def record_slowly(ctx: Context, args: MarkerAndSeconds) -> dict[str, str]:
+    """record_run, then a short wait: long enough for a worker to be killed among many of them."""
+    await ctx.pool.execute(
+        "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, $2, $3)",
+        ctx.job.id,
+        args.marker,
+        ctx.job.attempt,
+    )
+    await asyncio.sleep(args.seconds)
+    return {"marker": args.marker}
+
+
+@task("count_upstream", args=Marker)
+async def count_upstream(ctx: Context, args: Marker) -> dict[str, int]:
+    """A chord's callback: records its run (a unique row per job and attempt) and counts its inputs."""
+    await ctx.pool.execute(
+        "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, $2, $3)",
+        ctx.job.id,
+        args.marker,
+        ctx.job.attempt,
+    )
+    return {
+        "count": len(ctx.upstream),
+        "succeeded": sum(1 for v in ctx.upstream.values() if v == {"marker": "g"}),
+    }
