@@ -18,6 +18,7 @@ from bench import (
     latency,
     scheduler,
     websocket_fanout,
+    workflows,
 )
 from bench.runner import ROOT, Bench, as_json, environment, postgres, prepare_template, render
 from skiplock.logging import configure_logging
@@ -34,6 +35,7 @@ WORKLOADS = {
     "scheduler": scheduler.run,
     "dashboard": dashboard.run,
     "import-csv": import_csv.run,
+    "workflows": workflows.run,
 }
 
 

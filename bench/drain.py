@@ -25,11 +25,16 @@ async def run(bench: Bench) -> None:
     bench.record("drain", "3 processes", three, "jobs/s", floor="floor.drain")
 
 
-async def drain(bench: Bench, count: int, workers: int, task: str = "bench_noop") -> float:
+async def drain(
+    bench: Bench, count: int, workers: int, task: str = "bench_noop", setup: str | None = None
+) -> float:
+    """Jobs per second; ``setup``, a statement run before the workers start (a comparison's change)."""
     async with bench.database() as dsn:
         conn = await connect(dsn)
         try:
             await fill_noop_jobs(conn, count, task)
+            if setup is not None:
+                await conn.execute(setup)
             with skiplock(dsn, "worker", count=workers):
                 deadline = time.monotonic() + TIMEOUT_S
                 while await conn.fetchval("SELECT count(*) FROM jobs WHERE state <> 'succeeded'"):
