@@ -90,6 +90,7 @@ class Completer:
         self.owner = owner
         self.max_batch = max_batch
         self.linger_s = linger_s
+        self._step_waiting = False  # a workflow step's outcome is pending: no linger
         self.stop_flush_s = stop_flush_s
         self._pending: list[Outcome] = []
         #: Every write is made in its turn, shared with the event writer: a run's earlier events
@@ -119,6 +120,8 @@ class Completer:
 
     def put(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
+        if outcome.job.workflow_id is not None:
+            self._step_waiting = True
         self._arrived.set()
 
     def add_earlier_events(self, job_id: int, attempt: int, events: list[tuple[str, dict[str, Any]]]) -> bool:
@@ -137,8 +140,11 @@ class Completer:
             if not self._pending:
                 await self._arrived.wait()
                 continue
-            if len(self._pending) < self.max_batch:
-                await asyncio.sleep(self.linger_s)  # let a burst of completions share one write
+            # Let a burst of completions share one write; not when a workflow step's outcome waits,
+            # as the steps after it start only once it is written (a chain's pace is set here).
+            if len(self._pending) < self.max_batch and not self._step_waiting:
+                await asyncio.sleep(self.linger_s)
+            self._step_waiting = False
             try:
                 await self._flush_bounded()
             except Exception as exc:  # unavailable (the others are isolated in flush), or a bug
