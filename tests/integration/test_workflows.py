@@ -241,3 +241,34 @@ async def test_a_workflow_started_in_a_rolled_back_transaction_leaves_nothing(
 
 async def _state(db: asyncpg.Connection, job_id: int, state: str) -> bool | None:
     return (await db.fetchval("SELECT state::text FROM jobs WHERE id = $1", job_id)) == state or None
+
+
+async def test_the_pruner_keeps_a_running_workflows_steps_and_prunes_a_finished_one_whole(
+    engine: Engine, dsn: str, db: asyncpg.Connection
+) -> None:
+    from skiplock.db.pool import create_pool
+    from skiplock.queue._pruner import Pruner
+
+    done = await engine.client.start(chain(echo(), echo()))
+    assert (await ended(engine, done.id)).state == "succeeded"
+    running = await engine.client.start(
+        Workflow(
+            steps=(echo("first"), Step("slow", "sleep", {"seconds": 30, "steps": 300}, after=("first",)))
+        )
+    )
+    first_id = next(s.job_id for s in running.steps or [] if s.name == "first")
+    await wait_until(lambda: _state(db, first_id, "succeeded"), 10)
+    await db.execute("UPDATE jobs SET finished_at = now() - interval '2 hours' WHERE finished_at IS NOT NULL")
+    await db.execute("UPDATE workflows SET finished_at = now() - interval '2 hours' WHERE id = $1", done.id)
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        assert await Pruner(pool, retention_s=3600, interval_s=60, batch=1).prune_once() == 2
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE workflow_id = $1", done.id) == 0
+    assert await db.fetchval("SELECT count(*) FROM workflows WHERE id = $1", done.id) == 0
+    assert await db.fetchval("SELECT count(*) FROM job_deps WHERE job_id IN (SELECT id FROM jobs)") == 1
+    assert await db.fetchval("SELECT count(*) FROM job_deps") == 1  # the finished one's edge went too
+    # the running workflow's finished step stays, for its dependents and a retry
+    assert await db.fetchval("SELECT state::text FROM jobs WHERE id = $1", first_id) == "succeeded"
+    await engine.client.cancel_workflow(running.id)

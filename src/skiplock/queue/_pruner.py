@@ -1,4 +1,4 @@
-"""Deletes finished jobs older than the retention period, in small batches so it never holds
+"""Deletes finished jobs (then finished workflows whose steps are gone) older than the retention period, in small batches so it never holds
 long locks or bloats one transaction. Every process runs it; SKIP LOCKED shares the work."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import asyncio
 import asyncpg
 import structlog
 
-from skiplock.queue._statements import JOBS
+from skiplock.queue._statements import JOBS, WORKFLOWS
 from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.pruner")
@@ -49,6 +49,17 @@ class Pruner:
                 break
         if total:
             log.info("jobs_pruned", count=total)
+        workflows = 0
+        while not self._stop.is_set:  # after their steps, which go first
+            status = await self.pool.execute(
+                WORKFLOWS.workflow_prune_finished, self.retention_s, self.batch, now
+            )
+            deleted = int(status.split()[-1])
+            workflows += deleted
+            if deleted < self.batch:
+                break
+        if workflows:
+            log.info("workflows_pruned", count=workflows)
         return total
 
     async def stop(self) -> None:

@@ -208,6 +208,7 @@ class WorkflowStatements:
     workflow_retry: Statement
     workflow_upstream: Statement
     workflow_leaves: Statement
+    workflow_prune_finished: Statement
 
 
 WORKFLOWS = load_statements(WorkflowStatements, "skiplock.queue.sql", "workflows.sql")

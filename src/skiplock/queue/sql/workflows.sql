@@ -111,3 +111,15 @@ SELECT j.step, j.state::text AS state, j.result, j.errors -> -1 AS error
 FROM jobs AS j
 WHERE j.workflow_id = $1 AND NOT EXISTS (SELECT 1 FROM job_deps AS d WHERE d.upstream_id = j.id)
 ORDER BY j.id
+
+-- name: workflow_prune_finished
+-- Finished workflows older than $1 seconds whose steps the pruner has deleted, a batch at a time.
+DELETE FROM workflows
+WHERE id IN (
+    SELECT w.id FROM workflows AS w
+    WHERE w.finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)
+      AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.workflow_id = w.id)
+    ORDER BY w.finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
