@@ -1,5 +1,6 @@
-"""Deletes finished jobs (then finished workflows whose steps are gone) older than the retention period, in small batches so it never holds
-long locks or bloats one transaction. Every process runs it; SKIP LOCKED shares the work."""
+"""Deletes finished jobs older than the retention period (then finished workflows whose steps are
+gone), in small batches so it never holds long locks or bloats one transaction. Every process
+runs it; SKIP LOCKED shares the work."""
 
 from __future__ import annotations
 
