@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from skiplock._version import __version__
 from skiplock.app import create_app
-from skiplock.errors import JobFailed, PermanentJobError, ResultTimeout, SkiplockError
+from skiplock.errors import JobFailed, PermanentJobError, ResultTimeout, SkiplockError, Snooze
 from skiplock.queue import (
     Backoff,
     Client,
@@ -34,6 +34,7 @@ __all__ = [
     "ResultTimeout",
     "Settings",
     "SkiplockError",
+    "Snooze",
     "Step",
     "Task",
     "Workflow",

@@ -31,6 +31,7 @@
     │   └── BadResponseError     the body is too large, or not what the task reads (JSON, HTML)
     ├── JobError                 raised by a task to steer its own outcome
     │   └── PermanentJobError    fail now, never retry
+    ├── Snooze                   raised by a task: back to its queue for ``seconds``, no attempt used
     ├── LeaseLostError           a run no longer holds its job's lease: what it writes is refused
     ├── JobFailed                a waited-for job ended without a result (``state``, ``error``)
     │   └── JobCancelled         … because it was cancelled
@@ -46,6 +47,7 @@ is False fails its job at once, whatever attempts are left (the engine knows no 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -202,6 +204,17 @@ class PermanentJobError(JobError):
     """The job failed and must not be retried."""
 
     retryable = False
+
+
+class Snooze(SkiplockError):
+    """The job is put back in its queue for a while."""
+
+    def __init__(self, seconds: float, message: str | None = None) -> None:
+        if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"Snooze needs a finite number of seconds >= 0, not {seconds!r}")
+        super().__init__(message, seconds=seconds)
+        #: How long until the job is due again.
+        self.seconds = float(seconds)
 
 
 class LeaseLostError(SkiplockError):

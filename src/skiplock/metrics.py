@@ -137,7 +137,8 @@ jobs_started = LockFreeCounter("skiplock_jobs_started_total", "Job attempts star
 jobs_finished = LockFreeCounter(
     "skiplock_jobs_finished_total",
     "Job attempts ended by this process: succeeded, failed, cancelled, retried (failed, will run "
-    "again) or released (handed back at shutdown).",
+    "again), snoozed (raised Snooze: queued again, no attempt used) or released (handed back at "
+    "shutdown).",
     (*_JOB, "outcome"),
 )
 job_duration = LockFreeHistogram(

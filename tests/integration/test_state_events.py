@@ -92,6 +92,30 @@ async def finish_retried_with_error(tx: asyncpg.Connection) -> tuple[int, list[d
     return job_id, [{"state": "queued", "previous": "running", "attempt": 1, "error": error}]
 
 
+async def finish_snoozed(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
+    job_id = await job(tx, JobState.RUNNING, max_attempts=1)
+    args = [[job_id], [1], ["snoozed"], [None], [None], [5.0], [None], OWNER]
+    assert len(await tx.fetch(JOBS.job_finish_many, *args)) == 1
+    row = await tx.fetchrow(
+        "SELECT attempts, max_attempts, errors, run_at - now() AS wait FROM jobs WHERE id = $1", job_id
+    )
+    assert row is not None
+    assert (row["attempts"], row["max_attempts"], row["errors"]) == (1, 2, [])
+    assert row["wait"].total_seconds() == 5.0
+    return job_id, [{"state": "queued", "previous": "running", "attempt": 1}]
+
+
+async def finish_snoozed_after_a_cancel_request(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
+    job_id = await job(tx, JobState.RUNNING, cancel_requested=True)
+    args = [[job_id], [1], ["snoozed"], [None], [None], [5.0], [None], OWNER]
+    assert len(await tx.fetch(JOBS.job_finish_many, *args)) == 1
+    row = await tx.fetchrow("SELECT max_attempts, finished_at FROM jobs WHERE id = $1", job_id)
+    assert row is not None
+    assert row["max_attempts"] == 3  # the factory's default, not one more
+    assert row["finished_at"] is not None
+    return job_id, [{"state": "cancelled", "previous": "running", "attempt": 1}]
+
+
 async def finish_not_ours(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING)
     args = [[job_id], [1], ["succeeded"], [None], [None], [0.0], [None], "someone else"]
@@ -172,7 +196,13 @@ async def retry_failed(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]
 CASES: dict[str, list[Case]] = {
     "job_claim_many": [claim],
     "job_claim_after": [claim_after],
-    "job_finish_many": [finish_succeeded, finish_retried_with_error, finish_not_ours],
+    "job_finish_many": [
+        finish_succeeded,
+        finish_retried_with_error,
+        finish_snoozed,
+        finish_snoozed_after_a_cancel_request,
+        finish_not_ours,
+    ],
     "job_fail_outcome_not_stored": [fail_outcome_not_stored],
     "job_rescue_expired": [rescue_expired],
     "job_release_many": [release_many],

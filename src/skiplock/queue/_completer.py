@@ -40,12 +40,13 @@ log = structlog.get_logger("skiplock.completer")
 
 class OutcomeKind(StrEnum):
     """How a run ended, as the completer writes it. The first four are the job states they set;
-    the last two are not job states: the run is handed back to its queue."""
+    the last three are not job states: the run is handed back to its queue."""
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
     RETRY = "queued"  # another attempt after its backoff
+    SNOOZED = "snoozed"  # queued again after retry_in_s, its attempt not held against max_attempts
     RELEASED = "released"  # stopped at shutdown; its attempt stays counted
     UNSTARTED = "unstarted"  # never started here; its attempt is given back
 
@@ -63,7 +64,7 @@ class Outcome:
     kind: OutcomeKind
     result: Any = None
     error: dict[str, Any] | None = None
-    retry_in_s: float = 0.0  # a retry's backoff; for a release, how long until it is due again
+    retry_in_s: float = 0.0  # a retry's backoff, a snooze's seconds; for a release, until due again
     progress: dict[str, Any] | None = None
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, data) not yet written
 

@@ -15,7 +15,7 @@ from structlog.contextvars import STRUCTLOG_KEY_PREFIX, bind_contextvars
 
 from skiplock import metrics, tracing
 from skiplock.db.storable import storable_json
-from skiplock.errors import InvalidArgumentsError, SkiplockError, UnknownTaskError
+from skiplock.errors import InvalidArgumentsError, SkiplockError, Snooze, UnknownTaskError
 from skiplock.fetcher import Fetcher
 from skiplock.queue import _workflow_store as workflow_store
 from skiplock.queue._completer import Completer, Outcome, OutcomeKind
@@ -34,6 +34,7 @@ _TRACEBACK_LINES = 30
 #: The outcome label of skiplock_jobs_finished_total: the kinds that hand a run back are one.
 _OUTCOMES = {
     OutcomeKind.RETRY: "retried",
+    OutcomeKind.SNOOZED: "snoozed",
     OutcomeKind.RELEASED: "released",
     OutcomeKind.UNSTARTED: "released",
 }
@@ -249,6 +250,8 @@ class Executor:
             return self._failure(job, spec.backoff.delay(job.attempt), exc, message)
         except _NotStarted:
             return Outcome(job, OutcomeKind.UNSTARTED)
+        except Snooze as snooze:  # no error: the job waits, and this attempt is not held against it
+            return Outcome(job, OutcomeKind.SNOOZED, retry_in_s=snooze.seconds)
         except SkiplockError as exc:
             if not exc.retryable:  # PermanentJobError, a 404, a refused address: the same next time
                 return Outcome(job, OutcomeKind.FAILED, error=error_record(job, exc))

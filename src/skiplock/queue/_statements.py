@@ -141,7 +141,8 @@ class JobClaimAfter(NamedTuple):
 
 class JobFinish(NamedTuple):
     """``job_finish_many``: outcomes of jobs ``owner`` runs, one per place in the columns; ``ids``
-    sorted and distinct. ``results``, ``errors`` and ``progress`` are JSON text."""
+    sorted and distinct. ``states``: a job state each, or ``snoozed`` (queued again, the attempt
+    not held against it). ``results``, ``errors`` and ``progress`` are JSON text."""
 
     ids: Sequence[int]
     attempts: Sequence[int]

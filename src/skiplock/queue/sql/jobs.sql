@@ -103,6 +103,9 @@ FROM claimed
 -- name: job_finish_many
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).
 -- A 'queued' outcome is a retry after retry_in_s seconds, unless a cancel was asked meanwhile.
+-- A 'snoozed' one (the task raised Snooze) is queued the same way, with no error, and its attempt
+-- is not held against the job: the attempt stays counted (attempt numbers fence leases, so they
+-- never repeat) and max_attempts grows by one.
 -- Values arrive as JSON text: asyncpg would read a list inside a jsonb[] as a sub-array.
 -- No join: the rows are found by `id = ANY($1)` alone, so no plan can read more rows than the
 -- batch has (joined to unnest(...), a generic plan with statistics older than a surge of running
@@ -115,14 +118,16 @@ WITH locked AS (
     SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
 ), finished AS (
 UPDATE jobs AS j
-SET (state, result, errors, progress, run_at, finished_at) = (
-    SELECT (CASE WHEN o.state = 'queued' AND j.cancel_requested THEN 'cancelled' ELSE o.state END)::job_state,
+SET (state, result, errors, progress, run_at, finished_at, max_attempts) = (
+    SELECT (CASE WHEN o.state IN ('queued', 'snoozed') AND j.cancel_requested THEN 'cancelled'
+                 WHEN o.state = 'snoozed' THEN 'queued' ELSE o.state END)::job_state,
            o.result::jsonb,
            CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
            coalesce(o.progress::jsonb, j.progress),
-           CASE WHEN o.state = 'queued' AND NOT j.cancel_requested
+           CASE WHEN o.state IN ('queued', 'snoozed') AND NOT j.cancel_requested
                 THEN now() + make_interval(secs => o.retry_in_s) ELSE j.run_at END,
-           CASE WHEN o.state = 'queued' AND NOT j.cancel_requested THEN NULL ELSE now() END
+           CASE WHEN o.state IN ('queued', 'snoozed') AND NOT j.cancel_requested THEN NULL ELSE now() END,
+           j.max_attempts + (o.state = 'snoozed' AND NOT j.cancel_requested)::int
     FROM (SELECT ($3::text[])[i] AS state, ($4::text[])[i] AS result, ($5::text[])[i] AS error,
                  ($6::float8[])[i] AS retry_in_s, ($7::text[])[i] AS progress
           FROM (SELECT width_bucket(j.id, $1::bigint[]) AS i) AS place) AS o
