@@ -7,11 +7,14 @@ import re
 from typing import Any
 
 import asyncpg
+import pytest
 from litestar.testing import AsyncTestClient
 
 from skiplock.queue.models import JobState
+from skiplock.ui import dag, pages
 from tests.factories import job
 from tests.integration.test_api import wait_for_state
+from tests.support.waiting import wait_until
 
 Client = AsyncTestClient[Any]
 
@@ -170,3 +173,121 @@ async def test_imports_with_failed_rows_are_listed_with_their_rows(api: Client) 
         response = await api.get("/imports", params=bad)
         assert response.status_code == 400, bad
         assert response.json()["status_code"] == 400
+
+
+DIAMOND: list[dict[str, Any]] = [
+    {"name": "fetch", "task": "echo"},
+    {"name": "small", "task": "echo", "after": ["fetch"]},
+    {"name": "large", "task": "echo", "after": ["fetch"]},
+    {"name": "publish", "task": "echo", "after": ["small", "large"]},
+]
+
+
+async def start_workflow(api: Client, steps: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    response = await api.post("/workflows", json={"steps": steps, **fields})
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def workflow_ended(api: Client, workflow_id: int) -> dict[str, Any]:
+    async def ended() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await api.get(f"/workflows/{workflow_id}")).json()
+        return body if body["finished_at"] else None
+
+    found: dict[str, Any] = await wait_until(ended, 15)
+    return found
+
+
+def workflow_rows(html: str) -> list[tuple[int, str]]:
+    """(id, state) of each row of the workflows table, in order."""
+    rows = re.findall(r'<tr data-workflow="(\d+)">.*?<span class="state (\w+)">', html, re.S)
+    return [(int(i), state) for i, state in rows]
+
+
+async def test_workflows_page_lists_newest_first_with_progress_filters_and_pages(
+    api: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = [await start_workflow(api, DIAMOND, name=f"diamond {n}") for n in range(2)]
+    bad = await start_workflow(
+        api,
+        [
+            {"name": "boom", "task": "sleep", "args": {"seconds": 0, "fail": True}, "max_attempts": 1},
+            {"name": "after", "task": "echo", "after": ["boom"]},
+            {"name": "aside", "task": "echo"},
+        ],
+        name="doomed",
+    )
+    for created in (*good, bad):
+        await workflow_ended(api, created["id"])
+    page = await api.get("/ui/workflows")
+    assert page.status_code == 200
+    assert workflow_rows(page.text) == [
+        (bad["id"], "failed"),
+        (good[1]["id"], "succeeded"),
+        (good[0]["id"], "succeeded"),
+    ]
+    assert f'href="/ui/workflows/{bad["id"]}"' in page.text
+    row = re.search(rf'<tr data-workflow="{bad["id"]}">.*?</tr>', page.text, re.S)
+    assert row is not None
+    assert "doomed" in row.group(0)
+    assert '<td class="num" data-progress>3/3</td>' in row.group(0)  # boom failed, after cancelled, aside ran
+    assert 'href="/ui/workflows"' in page.text  # the nav entry
+    failed = await api.get("/ui/workflows", params={"state": "failed"})
+    assert workflow_rows(failed.text) == [(bad["id"], "failed")]
+    assert "<option selected>failed</option>" in failed.text
+    assert workflow_rows((await api.get("/ui/workflows", params={"state": "running"})).text) == []
+    assert (await api.get("/ui/workflows", params={"state": "bogus"})).status_code == 400
+
+    monkeypatch.setattr(pages, "WORKFLOWS_PER_PAGE", 2)
+    first = await api.get("/ui/workflows")
+    assert [i for i, _ in workflow_rows(first.text)] == [bad["id"], good[1]["id"]]
+    cursor = re.search(r'class="next" href="/ui/workflows\?state=&cursor=(\d+)"', first.text)
+    assert cursor is not None
+    second = await api.get("/ui/workflows", params={"cursor": cursor.group(1)})
+    assert [i for i, _ in workflow_rows(second.text)] == [good[0]["id"]]
+    assert 'class="next"' not in second.text
+
+
+async def test_workflow_page_draws_the_dag_with_links_to_the_steps_jobs(api: Client) -> None:
+    created = await start_workflow(api, DIAMOND, name="thumbnails")
+    done = await workflow_ended(api, created["id"])
+    page = await api.get(f"/ui/workflows/{created['id']}")
+    assert page.status_code == 200
+    text = text_of(page.text)
+    assert f"Workflow {created['id']} · thumbnails succeeded" in text
+    assert "4 of 4 steps finished (4 succeeded, 0 failed, 0 cancelled)" in text
+    nodes = re.findall(
+        r'<a class="node" href="/ui/jobs/(\d+)" data-job="\d+" data-step="(\w+)"'
+        r' data-state="(\w+)" data-layer="(\d)"',
+        page.text,
+    )
+    assert sorted((s, int(j), state, int(layer)) for j, s, state, layer in nodes) == sorted(
+        (s["name"], s["job_id"], "succeeded", {"fetch": 0, "publish": 2}.get(s["name"], 1))
+        for s in done["steps"]
+    )
+    edges = re.findall(r'<path class="edge" d="[^"]+" data-from="(\w+)" data-to="(\w+)"', page.text)
+    assert sorted(edges) == sorted(
+        [("fetch", "small"), ("fetch", "large"), ("small", "publish"), ("large", "publish")]
+    )
+    assert re.search(r'<button id="wf-cancel" disabled>', page.text)
+    assert re.search(r'<button id="wf-retry" disabled>', page.text)  # succeeded: nothing to retry
+    step_page = await api.get(f"/ui/jobs/{done['steps'][0]['job_id']}")
+    assert f'href="/ui/workflows/{created["id"]}"' in step_page.text
+    missing = await api.get("/ui/workflows/999999")
+    assert missing.status_code == 404
+    assert "No workflow 999999" in missing.text
+    assert (await api.get("/ui/workflows/abc")).status_code in (400, 404)
+
+
+async def test_a_workflow_too_large_to_draw_lists_its_steps_by_layer(api: Client) -> None:
+    count = dag.MAX_DRAWN_STEPS + 1
+    steps: list[dict[str, Any]] = [{"name": f"s{i}", "task": "echo"} for i in range(count - 1)]
+    steps.append({"name": "callback", "task": "echo", "after": [f"s{i}" for i in range(count - 1)]})
+    created = await start_workflow(api, steps)
+    page = await api.get(f"/ui/workflows/{created['id']}")
+    assert page.status_code == 200
+    assert "<svg" not in page.text
+    layers = re.findall(r'<tr data-layer="(\d+)"><td class="num">\d+ \((\d+)\)</td>', page.text)
+    assert layers == [("0", str(count - 1)), ("1", "1")]
+    assert len(re.findall(r'<a class="step" href="/ui/jobs/\d+" data-job=', page.text)) == count

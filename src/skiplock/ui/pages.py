@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from html import escape
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 from urllib.parse import quote
 
 from cron_descriptor import get_description
@@ -18,14 +18,18 @@ from pydantic import BaseModel, Field
 
 from skiplock.api import KEY_COOKIE, PUBLIC_ROUTE, AuthState, ClientDep, EngineDep, needs
 from skiplock.auth import Scope
-from skiplock.errors import ImportNotFound, JobNotFound
+from skiplock.errors import ImportNotFound, JobNotFound, WorkflowNotFound
 from skiplock.queue.models import JobState
+from skiplock.queue.workflows import WorkflowInfo, WorkflowState
 from skiplock.queue_names import QUEUE_NAME
 from skiplock.tasks.import_csv import failed_rows, get_import, list_imports
+from skiplock.ui.dag import MAX_DRAWN_STEPS, NODE_HEIGHT, NODE_WIDTH, layout
 
 #: The overview may show counts up to this old (counting a large jobs table is a scan).
 OVERVIEW_MAX_AGE_S = 2.0
 JOBS_PER_PAGE = 50
+WORKFLOWS_PER_PAGE = 50
+WORKFLOW_STATES: tuple[str, ...] = get_args(WorkflowState)
 
 
 def cron_in_words(cron: str) -> str:
@@ -45,6 +49,11 @@ def age(moment: datetime | None, now: datetime | None = None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def finished(workflow: WorkflowInfo) -> int:
+    """Its steps that have ended, whichever way."""
+    return workflow.succeeded + workflow.failed + workflow.cancelled
 
 
 class LoginForm(BaseModel):
@@ -125,6 +134,42 @@ class DashboardController(Controller):
         except JobNotFound:
             return _not_found(f"No job {job_id}.")
         return Template(template_name="job.html.j2", context={"job": found, "age": age})
+
+    @get("/workflows")
+    async def workflows(
+        self,
+        client: ClientDep,
+        workflow_state: Annotated[WorkflowState | None, QueryParameter(name="state")] = None,
+        cursor: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,
+    ) -> Template:
+        """Workflows newest first, filtered by state, a page at a time (the API's keyset pages)."""
+        found = await client.list_workflows(state=workflow_state, before_id=cursor, limit=WORKFLOWS_PER_PAGE)
+        context = {
+            "workflows": found,
+            "state": workflow_state or "",
+            "next_cursor": found[-1].id if len(found) == WORKFLOWS_PER_PAGE else None,
+            "states": WORKFLOW_STATES,
+            "finished": finished,
+            "age": age,
+        }
+        return Template(template_name="workflows.html.j2", context=context)
+
+    @get("/workflows/{workflow_id:int}")
+    async def workflow(self, workflow_id: FromPath[int], client: ClientDep) -> Template | Response[str]:
+        """A workflow's DAG (or, past a few hundred steps, its steps by layer), live; cancel, retry."""
+        try:
+            found = await client.workflow(workflow_id)
+        except WorkflowNotFound:
+            return _not_found(f"No workflow {workflow_id}.")
+        context = {
+            "workflow": found,
+            "dag": layout(found.steps or []),
+            "node": {"width": NODE_WIDTH, "height": NODE_HEIGHT},
+            "max_drawn": MAX_DRAWN_STEPS,
+            "finished": finished,
+            "age": age,
+        }
+        return Template(template_name="workflow.html.j2", context=context)
 
     @get("/schedules")
     async def schedules(self, client: ClientDep) -> Template:

@@ -33,11 +33,14 @@ async function api(method, path, body) {
   return data;
 }
 
-function socket(path, onMessage, onClose) {
+function socket(path, onMessage, onClose, onOpen) {
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
   const ws = new WebSocket(scheme + location.host + path);
   const live = document.getElementById("live");
-  ws.onopen = () => live.classList.add("on");
+  ws.onopen = () => {
+    live.classList.add("on");
+    if (onOpen) onOpen();
+  };
   ws.onmessage = (message) => onMessage(JSON.parse(message.data));
   ws.onclose = (event) => {
     live.classList.remove("on");
@@ -178,6 +181,78 @@ function jobPage() {
   }));
 }
 
+// Workflow: each step's node (or, for a large workflow, its entry in the by-layer list) recoloured
+// as its state events arrive on /ws/events; the workflow itself re-read shortly after, for its own
+// state and the buttons.
+const FINISHED = ["succeeded", "failed", "cancelled"];
+
+function workflowPage() {
+  const id = document.getElementById("workflow").dataset.workflow;
+  const steps = new Map(); // job id -> its elements; their data-state is the step's state
+  for (const element of document.querySelectorAll("[data-job]")) {
+    steps.set(element.dataset.job, [...(steps.get(element.dataset.job) || []), element]);
+  }
+  const setStep = (jobId, state) => {
+    for (const element of steps.get(jobId) || []) {
+      element.dataset.state = state;
+      const title = element.querySelector("title");
+      if (title) title.textContent = title.textContent.replace(/: \w+$/, `: ${state}`);
+    }
+  };
+  const showCounts = () => {
+    const counts = { succeeded: 0, failed: 0, cancelled: 0 };
+    for (const [first] of steps.values()) {
+      if (first.dataset.state in counts) counts[first.dataset.state] += 1;
+    }
+    const done = counts.succeeded + counts.failed + counts.cancelled;
+    document.getElementById("bar").style.width = `${((done / Math.max(steps.size, 1)) * 100).toFixed(1)}%`;
+    document.getElementById("wf-progress").textContent =
+      `${done} of ${steps.size} steps finished ` +
+      `(${counts.succeeded} succeeded, ${counts.failed} failed, ${counts.cancelled} cancelled)`;
+  };
+  const showWorkflow = (workflow) => {
+    const state = document.getElementById("wf-state");
+    state.textContent = workflow.state;
+    state.className = `state ${workflow.state}`;
+    document.getElementById("wf-finished").textContent = workflow.finished_at || "–";
+    for (const step of workflow.steps || []) setStep(String(step.job_id), step.state);
+    showCounts();
+    document.getElementById("wf-cancel").disabled = workflow.state !== "running";
+    document.getElementById("wf-retry").disabled =
+      !(["failed", "cancelled"].includes(workflow.state) && workflow.finished_at);
+  };
+  // A large workflow's steps are many: its re-reads are fewer.
+  const delay = steps.size > 300 ? 3000 : 300;
+  let pending = null;
+  const reload = () => {
+    pending = null;
+    api("GET", `/workflows/${id}`).then(showWorkflow, (error) => flash(error.message, true));
+  };
+  const soon = () => {
+    if (!pending) pending = setTimeout(reload, delay);
+  };
+  // The server filters by workflow where it can; the step ids filter here either way.
+  const connect = () => socket(`/ws/events?workflow_id=${id}`, (event) => {
+    const jobId = String(event.job_id);
+    if (event.kind !== "state" || !steps.has(jobId)) return;
+    setStep(jobId, event.data.state);
+    showCounts();
+    if (FINISHED.includes(event.data.state)) soon();
+  }, (event) => {
+    if (event.code === 4409) soon(); // may have missed events: re-read, then listen again
+    setTimeout(connect, event.code === 4409 ? 500 : 2000);
+  }, soon); // what changed between the page's rendering and the socket's opening
+  connect();
+  onClick("#wf-cancel", guarded(async () => {
+    showWorkflow(await api("POST", `/workflows/${id}/cancel`));
+    flash("Cancel requested.");
+  }));
+  onClick("#wf-retry", guarded(async () => {
+    showWorkflow(await api("POST", `/workflows/${id}/retry`));
+    flash("Running again.");
+  }));
+}
+
 function schedulesPage() {
   document.addEventListener("change", guarded(async (event) => {
     const box = event.target.closest("input[data-action=toggle]");
@@ -276,6 +351,7 @@ function enqueuePage() {
 const PAGES = {
   overview,
   job: jobPage,
+  workflow: workflowPage,
   schedules: schedulesPage,
   failures: failuresPage,
   enqueue: enqueuePage,
