@@ -7,6 +7,7 @@ the run's header says so (``.ci/run`` installs both, so CI always runs them). Sc
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from selenium import webdriver
@@ -195,3 +197,157 @@ def test_enqueue_form_creates_a_job(page: WebDriver, server: httpx.Client) -> No
     assert (created["task"], created["args"]["seconds"], created["args"]["steps"]) == ("sleep", 0.2, 2)
     link.click()
     eventually(lambda: page.find_element(By.ID, "job-state").text == "succeeded")
+
+
+# The dashboard's state colours as a browser computes a node's fill (app.css).
+FILLS = {
+    "waiting": "rgb(255, 255, 255)",
+    "running": "rgb(219, 234, 254)",
+    "succeeded": "rgb(220, 252, 231)",
+    "failed": "rgb(254, 226, 226)",
+    "cancelled": "rgb(243, 244, 246)",
+}
+
+
+def start_workflow(server: httpx.Client, steps: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    response = server.post("/workflows", json={"steps": steps, **fields})
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def step_states(server: httpx.Client, workflow_id: int) -> dict[str, str]:
+    return {s["name"]: s["state"] for s in server.get(f"/workflows/{workflow_id}").json()["steps"]}
+
+
+def fill(driver: WebDriver, step: str) -> str:
+    """The computed fill of a step's node in the drawn DAG."""
+    script = "return getComputedStyle(document.querySelector(arguments[0])).fill"
+    value: str = driver.execute_script(script, f'#dag a.node[data-step="{step}"] rect')
+    return value
+
+
+def fills(driver: WebDriver, *steps: str) -> tuple[str, ...]:
+    return tuple(fill(driver, step) for step in steps)
+
+
+def test_workflow_page_draws_its_dag_coloured_by_state_with_nodes_linked_to_jobs(
+    page: WebDriver, server: httpx.Client, shots: Path
+) -> None:
+    created = start_workflow(
+        server,
+        [
+            {"name": "fetch", "task": "echo"},
+            {"name": "resize", "task": "sleep", "args": {"seconds": 60, "steps": 60}, "after": ["fetch"]},
+            {"name": "scan", "task": "echo", "after": ["fetch"]},
+            {"name": "publish", "task": "echo", "after": ["resize", "scan"]},
+        ],
+        name="thumbnails",
+    )
+    jobs = {s["name"]: s["job_id"] for s in created["steps"]}
+    eventually(lambda: step_states(server, created["id"])["resize"] == "running")
+    eventually(lambda: step_states(server, created["id"])["scan"] == "succeeded")
+    page.get(f"{server.base_url}/ui/workflows/{created['id']}")
+    nodes = page.find_elements(By.CSS_SELECTOR, "#dag a.node")
+    assert sorted(n.get_dom_attribute("data-step") for n in nodes) == sorted(jobs)
+    edges = page.find_elements(By.CSS_SELECTOR, "#dag path.edge")
+    assert sorted((e.get_dom_attribute("data-from"), e.get_dom_attribute("data-to")) for e in edges) == [
+        ("fetch", "resize"),
+        ("fetch", "scan"),
+        ("resize", "publish"),
+        ("scan", "publish"),
+    ]
+    assert all(e.get_dom_attribute("marker-end") == "url(#arrow)" for e in edges)
+    assert fills(page, "fetch", "resize", "scan", "publish") == (
+        FILLS["succeeded"],
+        FILLS["running"],
+        FILLS["succeeded"],
+        FILLS["waiting"],
+    )
+    # Left to right by layer: fetch, then resize and scan side by side, then publish.
+    x = {n.get_dom_attribute("data-step"): n.find_element(By.TAG_NAME, "rect").rect["x"] for n in nodes}
+    assert x["fetch"] < x["resize"] == x["scan"] < x["publish"]
+    assert page.find_element(By.ID, "wf-progress").text.startswith("2 of 4 steps finished")
+    assert page.find_element(By.ID, "wf-cancel").is_enabled()
+    assert not page.find_element(By.ID, "wf-retry").is_enabled()
+    screenshot(page, shots / "workflow.png")
+    link = page.find_element(By.CSS_SELECTOR, '#dag a.node[data-step="resize"]')
+    assert link.get_dom_attribute("href") == f"/ui/jobs/{jobs['resize']}"
+    link.click()
+    eventually(lambda: page.find_element(By.TAG_NAME, "h1").text.startswith(f"Job {jobs['resize']} running"))
+    assert (
+        page.find_element(By.ID, "workflow-link").get_dom_attribute("href")
+        == f"/ui/workflows/{created['id']}"
+    )
+
+
+def test_a_node_is_recoloured_live_when_its_step_finishes(page: WebDriver, server: httpx.Client) -> None:
+    created = start_workflow(
+        server,
+        [
+            {"name": "first", "task": "sleep", "args": {"seconds": 2, "steps": 4}},
+            {"name": "second", "task": "echo", "after": ["first"]},
+        ],
+    )
+    page.get(f"{server.base_url}/ui/workflows/{created['id']}")
+    eventually(lambda: page.find_element(By.ID, "live").get_attribute("class") == "live on")
+    page.execute_script("window.notReloaded = true")
+    assert fill(page, "first") in (FILLS["running"], "rgb(229, 231, 235)")  # running, or still queued
+    assert fill(page, "second") == FILLS["waiting"]
+    eventually(lambda: fill(page, "first") == FILLS["running"])
+    eventually(lambda: fills(page, "first", "second") == (FILLS["succeeded"],) * 2, timeout=20)
+    eventually(lambda: page.find_element(By.ID, "wf-state").text == "succeeded")
+    assert page.find_element(By.ID, "wf-progress").text.startswith("2 of 2 steps finished (2 succeeded")
+    assert page.execute_script("return window.notReloaded") is True
+
+
+def test_cancel_button_cancels_a_running_workflow(page: WebDriver, server: httpx.Client) -> None:
+    created = start_workflow(
+        server,
+        [
+            {"name": "wait", "task": "sleep", "args": {"seconds": 60, "steps": 60}},
+            {"name": "then", "task": "echo", "after": ["wait"]},
+        ],
+    )
+    page.get(f"{server.base_url}/ui/workflows/{created['id']}")
+    eventually(lambda: fill(page, "wait") == FILLS["running"])
+    page.find_element(By.ID, "wf-cancel").click()
+    eventually(lambda: page.find_element(By.ID, "wf-state").text == "cancelled")
+    eventually(lambda: fills(page, "wait", "then") == (FILLS["cancelled"],) * 2, timeout=20)
+    assert server.get(f"/workflows/{created['id']}").json()["state"] == "cancelled"
+    assert step_states(server, created["id"]) == {"wait": "cancelled", "then": "cancelled"}
+    eventually(lambda: page.find_element(By.ID, "wf-retry").is_enabled())
+    assert not page.find_element(By.ID, "wf-cancel").is_enabled()
+
+
+async def _set_args(dsn: str, workflow_id: int, step: str, args: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "UPDATE jobs SET args = $3::jsonb WHERE workflow_id = $1 AND step = $2", workflow_id, step, args
+        )
+    finally:
+        await conn.close()
+
+
+def test_retry_button_runs_a_failed_workflow_again(page: WebDriver, server: httpx.Client, dsn: str) -> None:
+    created = start_workflow(
+        server,
+        [
+            {"name": "boom", "task": "sleep", "args": {"seconds": 0, "fail": True}, "max_attempts": 1},
+            {"name": "after", "task": "echo", "after": ["boom"]},
+        ],
+    )
+    eventually(lambda: server.get(f"/workflows/{created['id']}").json()["finished_at"])
+    page.get(f"{server.base_url}/ui/workflows/{created['id']}")
+    assert page.find_element(By.ID, "wf-state").text == "failed"
+    assert fills(page, "boom", "after") == (FILLS["failed"], FILLS["cancelled"])
+    assert not page.find_element(By.ID, "wf-cancel").is_enabled()
+    eventually(lambda: page.find_element(By.ID, "live").get_attribute("class") == "live on")
+    asyncio.run(_set_args(dsn, created["id"], "boom", '{"seconds": 0.5}'))  # it succeeds this time
+    page.find_element(By.ID, "wf-retry").click()
+    eventually(lambda: fills(page, "boom", "after") == (FILLS["succeeded"],) * 2, timeout=20)
+    eventually(lambda: page.find_element(By.ID, "wf-state").text == "succeeded")
+    assert page.find_element(By.ID, "wf-progress").text.startswith("2 of 2 steps finished (2 succeeded")
+    assert step_states(server, created["id"]) == {"boom": "succeeded", "after": "succeeded"}
+    assert not page.find_element(By.ID, "wf-retry").is_enabled()
