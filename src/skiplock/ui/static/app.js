@@ -188,27 +188,34 @@ const FINISHED = ["succeeded", "failed", "cancelled"];
 
 function workflowPage() {
   const id = document.getElementById("workflow").dataset.workflow;
-  const steps = new Map(); // job id -> its elements; their data-state is the step's state
-  for (const element of document.querySelectorAll("[data-job]")) {
-    steps.set(element.dataset.job, [...(steps.get(element.dataset.job) || []), element]);
+  const steps = new Map(); // job id -> its node (or list entry), whose data-state is the step's state
+  for (const element of document.querySelectorAll("[data-job]")) steps.set(element.dataset.job, element);
+  // Kept as states change, so that an event costs the same in a 10,000-step workflow as in a small one.
+  const counts = { succeeded: 0, failed: 0, cancelled: 0 };
+  for (const element of steps.values()) {
+    if (element.dataset.state in counts) counts[element.dataset.state] += 1;
   }
   const setStep = (jobId, state) => {
-    for (const element of steps.get(jobId) || []) {
-      element.dataset.state = state;
-      const title = element.querySelector("title");
-      if (title) title.textContent = title.textContent.replace(/: \w+$/, `: ${state}`);
-    }
+    const element = steps.get(jobId);
+    if (!element || element.dataset.state === state) return;
+    if (element.dataset.state in counts) counts[element.dataset.state] -= 1;
+    if (state in counts) counts[state] += 1;
+    element.dataset.state = state;
+    const title = element.querySelector("title");
+    if (title) title.textContent = title.textContent.replace(/: \w+$/, `: ${state}`);
   };
+  let painting = false;
   const showCounts = () => {
-    const counts = { succeeded: 0, failed: 0, cancelled: 0 };
-    for (const [first] of steps.values()) {
-      if (first.dataset.state in counts) counts[first.dataset.state] += 1;
-    }
-    const done = counts.succeeded + counts.failed + counts.cancelled;
-    document.getElementById("bar").style.width = `${((done / Math.max(steps.size, 1)) * 100).toFixed(1)}%`;
-    document.getElementById("wf-progress").textContent =
-      `${done} of ${steps.size} steps finished ` +
-      `(${counts.succeeded} succeeded, ${counts.failed} failed, ${counts.cancelled} cancelled)`;
+    if (painting) return;
+    painting = true;
+    requestAnimationFrame(() => {
+      painting = false;
+      const done = counts.succeeded + counts.failed + counts.cancelled;
+      document.getElementById("bar").style.width = `${((done / Math.max(steps.size, 1)) * 100).toFixed(1)}%`;
+      document.getElementById("wf-progress").textContent =
+        `${done} of ${steps.size} steps finished ` +
+        `(${counts.succeeded} succeeded, ${counts.failed} failed, ${counts.cancelled} cancelled)`;
+    });
   };
   const showWorkflow = (workflow) => {
     const state = document.getElementById("wf-state");
