@@ -38,6 +38,7 @@ class Crowd:
     dsn: str
     mine: list[int]  # running, owned by 'me', attempt 1; the first one asked to cancel
     expired: list[int]  # running, their lease expired (owner 'gone')
+    past_expiry: list[int]  # queued in 'expiring', never started, their expiry passed
 
 
 @pytest.fixture(scope="module", params=["analyzed", "stale"])
@@ -78,6 +79,16 @@ async def crowd(request: pytest.FixtureRequest, pg_admin_dsn: str, template_dsn:
                 """
             )
         ]
+        past_expiry = [
+            r["id"]
+            for r in await conn.fetch(
+                """
+                INSERT INTO jobs (task, queue, expires_at)
+                SELECT 'noop', 'expiring', now() - interval '1 minute' FROM generate_series(1, 3)
+                RETURNING id
+                """
+            )
+        ]
         mine = [
             r["id"]
             for r in await conn.fetch(
@@ -94,7 +105,7 @@ async def crowd(request: pytest.FixtureRequest, pg_admin_dsn: str, template_dsn:
             await conn.execute("ANALYZE jobs; ANALYZE job_events")
     finally:
         await conn.close()
-    yield Crowd(dsn, mine, expired)
+    yield Crowd(dsn, mine, expired, past_expiry)
     await drop_database(pg_admin_dsn, name)
 
 
@@ -156,6 +167,7 @@ HOT: dict[str, Hot] = {
     "job_rescue_expired": Hot(
         JOBS.job_rescue_expired, lambda ids, c: [c.expired, [0.5] * len(c.expired)], lambda n: 3
     ),
+    "job_expire_queued": Hot(JOBS.job_expire_queued, lambda ids, c: [len(ids), None], lambda n: 3),
     "job_release_many": Hot(
         JOBS.job_release_many, lambda ids, c: [ids, "me", [1] * len(ids), [0.0] * len(ids)], _whole_batch
     ),

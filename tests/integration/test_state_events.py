@@ -141,6 +141,15 @@ async def rescue_expired(tx: asyncpg.Connection) -> tuple[int, list[dict[str, An
     return job_id, [{"state": "queued", "previous": "running", "attempt": 1, "error": error}]
 
 
+async def expire_queued(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
+    job_id = await job(tx, expires_at=None)
+    await tx.execute("UPDATE jobs SET expires_at = now() - interval '1 second' WHERE id = $1", job_id)
+    assert [r["id"] for r in await tx.fetch(JOBS.job_expire_queued, 10, None)] == [job_id]
+    error = await tx.fetchval("SELECT errors -> -1 FROM jobs WHERE id = $1", job_id)
+    assert error["type"] == "expired"
+    return job_id, [{"state": "cancelled", "previous": "queued", "attempt": 0, "error": error}]
+
+
 async def release_many(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING, cancel_requested=True)
     rows = await tx.fetch(JOBS.job_release_many, [job_id], OWNER, [1], [0.0])
@@ -205,6 +214,7 @@ CASES: dict[str, list[Case]] = {
     ],
     "job_fail_outcome_not_stored": [fail_outcome_not_stored],
     "job_rescue_expired": [rescue_expired],
+    "job_expire_queued": [expire_queued],
     "job_release_many": [release_many],
     "job_release_unstarted": [release_unstarted],
     "job_release_untracked": [release_untracked],

@@ -18,6 +18,7 @@ from tests.conftest import make_settings
 from tests.support.waiting import wait_until
 
 ARGS: tuple[Any, ...] = ("default", "noop", {}, 0, None, None, 3, None, None, None)  # job_insert's $1 … $10
+NO_EXPIRY = (None, None)  # $12, $13 (after $11, whether the caller wakes later)
 
 
 async def listening(dsn: str) -> tuple[asyncpg.Connection, list[str]]:
@@ -32,14 +33,14 @@ async def test_an_insert_told_its_caller_wakes_later_sends_no_notify(
 ) -> None:
     listener, heard = await listening(dsn)
     try:
-        await db.fetchrow(JOBS.job_insert, *ARGS, True)
+        await db.fetchrow(JOBS.job_insert, *ARGS, True, *NO_EXPIRY)
         await db.execute("SELECT pg_sleep(0.2)")  # a notification is delivered by then
         assert heard == []
-        await db.fetchrow(JOBS.job_insert, *ARGS, False)
+        await db.fetchrow(JOBS.job_insert, *ARGS, False, *NO_EXPIRY)
         await wait_until(lambda: heard == ["queued:default"], 5)
         async with db.transaction():  # the setting is the transaction's: the next one notifies
-            await db.fetchrow(JOBS.job_insert, *ARGS, True)
-        await db.fetchrow(JOBS.job_insert, *ARGS, False)
+            await db.fetchrow(JOBS.job_insert, *ARGS, True, *NO_EXPIRY)
+        await db.fetchrow(JOBS.job_insert, *ARGS, False, *NO_EXPIRY)
         await wait_until(lambda: heard == ["queued:default"] * 2, 5)
     finally:
         await listener.close()

@@ -44,6 +44,15 @@ class JobCreate(BaseModel):
         max_length=200,
         description="While a job with this key is queued or running, that job is returned instead.",
     )
+    # Their values are checked by the engine (a 422, as for args): positive, not both, not past.
+    expires_in_s: float | None = Field(
+        default=None,
+        description="Not started within this many seconds (> 0): never started, it ends cancelled "
+        "with an error of type 'expired'.",
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="Not started by this instant (not already past): as expires_in_s."
+    )
 
     @model_validator(mode="after")
     def _one_start_time(self) -> JobCreate:
@@ -63,6 +72,8 @@ class JobCreate(BaseModel):
             self.max_attempts,
             self.timeout_s,
             self.unique_key,
+            self.expires_in_s,
+            self.expires_at,
         )
 
 

@@ -7,6 +7,9 @@ its runs that long at most past their deadline, then fences them (see _lease.py)
 never overlaps a run, whatever cut that worker off and whatever the server's clock says. Nor
 within a lease of this rescuer's own failed round (it may have been cut off while the workers
 were not).
+
+Each round also cancels the queued jobs whose expiry passed before they started (error type
+``expired``), a batch at a time, in every process alike.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class Rescuer:
                 continue
             try:
                 await self.rescue_once()
+                await self.expire_once()
                 recovery.succeeded()
             except Exception as exc:
                 self._hold_until = time.monotonic() + self.lease_s
@@ -84,6 +88,17 @@ class Rescuer:
                 log.warning("jobs_rescued", job_ids=[r["id"] for r in rows])
             total += len(rows)
             if len(picked) < self.batch:
+                return total
+
+    async def expire_once(self) -> int:
+        """Cancel every queued job past its expiry that never started; returns how many."""
+        total = 0
+        while True:
+            expired = [r["id"] for r in await self.pool.fetch(JOBS.job_expire_queued, self.batch, None)]
+            if expired:
+                log.info("jobs_expired", job_ids=expired)
+            total += len(expired)
+            if len(expired) < self.batch:
                 return total
 
     async def stop(self) -> None:

@@ -29,6 +29,7 @@ class JobStatements:
     job_cancel_requested: Statement
     job_rescue_pick: Statement
     job_rescue_expired: Statement
+    job_expire_queued: Statement
     job_release_many: Statement
     job_release_unstarted: Statement
     job_release_untracked: Statement
@@ -96,7 +97,8 @@ async def notify_requeued(conn: AnyConnection, rows: Sequence[asyncpg.Record]) -
 
 
 class JobInsert(NamedTuple):
-    """``job_insert``: one job; ``run_at`` or ``delay_s`` (neither: now)."""
+    """``job_insert``: one job; ``run_at`` or ``delay_s`` (neither: now); ``expires_at`` or
+    ``expires_in_s`` (neither: no expiry)."""
 
     queue: str
     task: str
@@ -109,6 +111,8 @@ class JobInsert(NamedTuple):
     unique_key: str | None
     origin: dict[str, Any] | None
     wake_later: bool  # the caller wakes the workers after its commit: the insert sends no NOTIFY
+    expires_at: datetime | None = None  # or expires_in_s (neither: it never expires)
+    expires_in_s: float | None = None
 
 
 class JobClaim(NamedTuple):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Self
 
 import asyncpg
@@ -28,7 +29,14 @@ from skiplock.errors import (
 from skiplock.queue import _workflow_store as workflow_store
 from skiplock.queue._hub import JobEvent
 from skiplock.queue._listener import Listener
-from skiplock.queue._statements import EVENTS, JOBS, QUEUES, JobInsert, insert_job, reserve_job_ids
+from skiplock.queue._statements import (
+    EVENTS,
+    JOBS,
+    QUEUES,
+    JobInsert,
+    insert_job,
+    reserve_job_ids,
+)
 from skiplock.queue._waker import Waker
 from skiplock.queue.handles import default_client_or_none, set_default_client
 from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo
@@ -40,6 +48,7 @@ from skiplock.queue.workflows import Step, Workflow, WorkflowInfo
 from skiplock.queue_names import check_queue_name
 
 _UNIQUE_RACE_RETRIES = 5
+_MAX_EXPIRY_S = 366 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +56,9 @@ class EnqueueRequest:
     """A job on its way in: what the API, :meth:`Client.enqueue` and a task's ``ctx.enqueue`` hand
     to :meth:`Client.enqueue_request`, and :meth:`Client.enqueue_many` takes a list of. Options
     left None take the task's defaults; ``run_at`` or ``delay_s`` (neither: now). ``unique_key``
-    is for one job at a time (a bulk enqueue refuses it)."""
+    is for one job at a time (a bulk enqueue refuses it). ``expires_at`` or ``expires_in_s``
+    (neither: never): not started by then, the job is never claimed and ends cancelled, with an
+    error of type ``expired``; one already past at enqueue is refused."""
 
     task: str
     args: Any = None
@@ -58,6 +69,8 @@ class EnqueueRequest:
     max_attempts: int | None = None
     timeout_s: float | None = None
     unique_key: str | None = None
+    expires_in_s: float | None = None
+    expires_at: datetime | None = None
 
     @property
     def overrides_defaults(self) -> bool:
@@ -82,7 +95,9 @@ class _ResolvedJob(NamedTuple):
     timeout_s: float | None
 
 
-_COPY_COLUMNS = ("id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s", "origin")
+_COPY_COLUMNS = (
+    "id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s", "origin", "expires_at"
+)  # fmt: skip
 
 
 def _origin() -> dict[str, Any] | None:
@@ -97,6 +112,30 @@ def _start(now: datetime, request: EnqueueRequest) -> datetime:
     if request.delay_s:
         return now + timedelta(seconds=request.delay_s)
     return now
+
+
+def _expiry(now: datetime, request: EnqueueRequest) -> datetime | None:
+    if request.expires_in_s is not None:
+        return now + timedelta(seconds=request.expires_in_s)
+    return request.expires_at
+
+
+def _check_expiry(expires_in_s: float | None, expires_at: datetime | None) -> None:
+    """An expiry already past at enqueue is refused, not accepted for a job that could never run:
+    it is a mistake (a unit, a clock, a stale value), better told at once than as a 201 for a job
+    cancelled unseen a moment later."""
+    problems = []
+    if expires_in_s is not None and expires_at is not None:
+        problems.append("give expires_at or expires_in_s, not both")
+    if expires_in_s is not None and not (math.isfinite(expires_in_s) and 0 < expires_in_s <= _MAX_EXPIRY_S):
+        problems.append("expires_in_s must be positive, at most 366 days")
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            problems.append("expires_at needs a timezone")
+        elif expires_at <= datetime.now(UTC):
+            problems.append("expires_at is already past")
+    if problems:
+        raise InvalidArgumentsError("; ".join(problems), errors=problems)
 
 
 def _check_queue(queue: str) -> None:
@@ -230,6 +269,8 @@ class Client:
             _check_options(
                 resolved.priority, resolved.max_attempts, resolved.timeout_s, request.delay_s, request.run_at
             )
+        if request.expires_in_s is not None or request.expires_at is not None:
+            _check_expiry(request.expires_in_s, request.expires_at)
         return resolved
 
     async def enqueue(
@@ -244,12 +285,24 @@ class Client:
         max_attempts: int | None = None,
         timeout_s: float | None = None,
         unique_key: str | None = None,
+        expires_in_s: float | None = None,
+        expires_at: datetime | None = None,
         conn: AnyConnection | None = None,
     ) -> Job:
         """:meth:`enqueue_request` for a request written out as arguments:
         ``await client.enqueue("thumbnail", {"url": u}, delay_s=10)``."""
         request = EnqueueRequest(
-            task, args, queue, priority, run_at, delay_s, max_attempts, timeout_s, unique_key
+            task,
+            args,
+            queue,
+            priority,
+            run_at,
+            delay_s,
+            max_attempts,
+            timeout_s,
+            unique_key,
+            expires_in_s,
+            expires_at,
         )
         return await self.enqueue_request(request, conn=conn)
 
@@ -281,8 +334,14 @@ class Client:
         return job
 
     async def _insert(
-        self, target: PoolOrConnection, request: EnqueueRequest, r: _ResolvedJob, *, wake_later: bool
+        self,
+        target: PoolOrConnection,
+        request: EnqueueRequest,
+        r: _ResolvedJob,
+        *,
+        wake_later: bool,
     ) -> Job:
+        """The job inserted, or the live job holding its ``unique_key``."""
         params = JobInsert(
             queue=r.queue,
             task=r.task,
@@ -295,6 +354,8 @@ class Client:
             unique_key=request.unique_key,
             origin=_origin(),
             wake_later=wake_later,
+            expires_at=request.expires_at,
+            expires_in_s=request.expires_in_s,
         )
         for _ in range(_UNIQUE_RACE_RETRIES):
             record = await insert_job(target, params)
@@ -355,7 +416,18 @@ class Client:
         now, ids = await reserve_job_ids(conn, len(resolved))
         origin = _origin()
         rows = (
-            (job_id, r.queue, r.task, r.args, r.priority, _start(now, q), r.max_attempts, r.timeout_s, origin)
+            (
+                job_id,
+                r.queue,
+                r.task,
+                r.args,
+                r.priority,
+                _start(now, q),
+                r.max_attempts,
+                r.timeout_s,
+                origin,
+                _expiry(now, q),
+            )
             for job_id, q, r in zip(ids, requests, resolved, strict=True)
         )
         await copy_rows(conn, "jobs", _COPY_COLUMNS, rows)

@@ -62,6 +62,9 @@ class Job(BaseModel):
     )
     workflow_id: int | None = Field(default=None, description="The workflow it is a step of, if any.")
     step: str | None = Field(default=None, description="Its step's name in that workflow.")
+    expires_at: datetime | None = Field(
+        default=None, description="Not started by then, it is cancelled (error type 'expired')."
+    )
     created: bool = Field(default=True, exclude=True, description="False when a live unique_key matched.")
 
     @classmethod

@@ -143,6 +143,8 @@ class Task(Generic[ArgsT]):
         max_attempts: int | None = None,
         timeout_s: float | None = None,
         unique_key: str | None = None,
+        expires_in_s: float | None = None,
+        expires_at: datetime | None = None,
     ) -> JobHandle:
         """Enqueue a job of this task (in ``conn``'s transaction when given) and return a handle
         to wait on: ``await (await thumbnail.enqueue(args)).result(timeout=30)``. The client is
@@ -159,6 +161,8 @@ class Task(Generic[ArgsT]):
             max_attempts=max_attempts,
             timeout_s=timeout_s,
             unique_key=unique_key,
+            expires_in_s=expires_in_s,
+            expires_at=expires_at,
         )
         return JobHandle(job, using)
 

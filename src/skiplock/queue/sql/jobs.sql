@@ -7,11 +7,14 @@
 -- One job; a live job with the same unique_key is returned instead (created = false).
 -- $11: the caller wakes the workers itself after the commit (see _waker.py), so the insert
 -- trigger sends no NOTIFY from this transaction; set before the row goes in.
+-- $12 or $13: its expiry, an instant or seconds from now (neither: none).
 WITH inserted AS (
-    INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key, origin)
+    INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key, origin,
+                      expires_at)
     SELECT $1, $2, $3, $4,
            coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
-           $7, $8, $9, $10
+           $7, $8, $9, $10,
+           coalesce($12::timestamptz, now() + make_interval(secs => $13::float8))
     FROM (SELECT set_config('skiplock.wake', CASE WHEN $11::boolean THEN 'later' ELSE '' END, true)) AS wake
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -47,10 +50,12 @@ LIMIT $5
 -- A filter on jobs_claim_idx: unknown tasks' jobs ahead of known ones are walked, not claimed.
 -- Never a job in $7, the ones this process still runs (a rescued job whose stopped run has not
 -- returned yet): one process never holds the same job twice.
+-- Never a job past its expiry that has not started (a filter: job_expire_queued cancels it soon).
 WITH picked AS (
     SELECT id FROM jobs
     WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
       AND task = ANY($6::text[]) AND id <> ALL($7::bigint[])
+      AND (expires_at IS NULL OR expires_at > coalesce($5::timestamptz, now()) OR attempts > 0)
       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
     ORDER BY priority DESC, run_at, id
     LIMIT $2
@@ -81,6 +86,7 @@ WITH picked AS (
     WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
       AND priority = $8 AND (run_at, id) > ($9::timestamptz, $10::bigint)
       AND task = ANY($6::text[]) AND id <> ALL($7::bigint[])
+      AND (expires_at IS NULL OR expires_at > coalesce($5::timestamptz, now()) OR attempts > 0)
       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
     ORDER BY priority DESC, run_at, id
     LIMIT $2
@@ -217,6 +223,32 @@ WITH rescued AS (
     SELECT id, event_seq, 'state', skiplock_state_event(state, 'running', attempts, error) FROM rescued
 )
 SELECT id, queue, state::text AS state FROM rescued
+
+-- name: job_expire_queued
+-- Up to $1 queued jobs never started whose expiry has passed ($2 pins the clock in tests):
+-- cancelled, with an error of type 'expired'. Served by jobs_expiry_idx alone (its predicate is
+-- this WHERE's); SKIP LOCKED lets every process's rescuer share the sweep.
+WITH picked AS (
+    SELECT id FROM jobs
+    WHERE expires_at <= coalesce($2::timestamptz, now()) AND state = 'queued' AND attempts = 0
+    ORDER BY expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), expired AS (
+    UPDATE jobs AS j
+    SET state = 'cancelled', finished_at = now(), event_seq = j.event_seq + 1,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts, 'type', 'expired', 'at', now(),
+            'message', 'not started by its expiry, ' || j.expires_at))
+    -- No state guard: picked locked them queued, and state = 'queued' would let jobs_claim_idx
+    -- serve the ids (a scan of every queued job), not the primary key.
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.id, j.event_seq, j.attempts, j.errors -> -1 AS error
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event('cancelled', 'queued', attempts, error) FROM expired
+)
+SELECT id FROM expired
 
 -- name: job_release_many
 -- Shutdown: hand running jobs back at once (cancelled if that was asked), each only at the
