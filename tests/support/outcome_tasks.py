@@ -33,6 +33,8 @@ def snoozes_in_thread(ctx: Context, args: Snoozes) -> dict[str, int]:
 class Children(BaseModel):
     keys: list[str | None]  # one ctx.enqueue per item: its key=, or none
     fail_attempts: int = 1  # fail after enqueueing on each of the first runs
+    unique_key: str | None = None  # of every child
+    in_transaction: bool = False  # each enqueue in a transaction of the task's own (conn=)
 
 
 @task("enqueues_children", args=Children, backoff=FAST, max_attempts=5)
@@ -40,7 +42,13 @@ async def enqueues_children(ctx: Context, args: Children) -> list[list[int | boo
     """Enqueues a noop child (queue 'nobody': never run) per key, then fails on early attempts."""
     made = []
     for key in args.keys:
-        child = await ctx.enqueue("noop", queue="nobody", key=key)
+        if args.in_transaction:
+            async with ctx.pool.acquire() as conn, conn.transaction():
+                child = await ctx.enqueue(
+                    "noop", queue="nobody", key=key, unique_key=args.unique_key, conn=conn
+                )
+        else:
+            child = await ctx.enqueue("noop", queue="nobody", key=key, unique_key=args.unique_key)
         made.append([child.id, child.created])
     if ctx.job.attempt <= args.fail_attempts:
         raise RuntimeError(f"failed after enqueueing, attempt {ctx.job.attempt}")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class JobStatements:
     job_insert: Statement
+    job_insert_child: Statement
     job_get: Statement
     job_list: Statement
     job_claim_many: Statement
@@ -171,6 +172,14 @@ async def insert_job(target: PoolOrConnection, params: JobInsert) -> asyncpg.Rec
     """The new job's row (``created`` true), the live job holding its ``unique_key`` (false), or
     None when that job finished in between (insert again)."""
     return await target.fetchrow(JOBS.job_insert, *params)
+
+
+async def insert_child_job(
+    target: PoolOrConnection, params: JobInsert, parent_id: int, child_key: str
+) -> asyncpg.Record | None:
+    """As :func:`insert_job`, for a job that running job ``parent_id`` enqueues under ``child_key``:
+    the child it already made under that key (``created`` false) comes first."""
+    return await target.fetchrow(JOBS.job_insert_child, *params, parent_id, child_key)
 
 
 async def reserve_job_ids(conn: AnyConnection, count: int) -> tuple[datetime, list[int]]:

@@ -34,6 +34,7 @@ from skiplock.queue._statements import (
     JOBS,
     QUEUES,
     JobInsert,
+    insert_child_job,
     insert_job,
     reserve_job_ids,
 )
@@ -340,8 +341,10 @@ class Client:
         r: _ResolvedJob,
         *,
         wake_later: bool,
+        child: tuple[int, str] | None = None,
     ) -> Job:
-        """The job inserted, or the live job holding its ``unique_key``."""
+        """The job inserted, or the live job holding its ``unique_key``; with ``child`` (the
+        parent's id and the child key), the child that parent already made under that key first."""
         params = JobInsert(
             queue=r.queue,
             task=r.task,
@@ -358,7 +361,10 @@ class Client:
             expires_in_s=request.expires_in_s,
         )
         for _ in range(_UNIQUE_RACE_RETRIES):
-            record = await insert_job(target, params)
+            if child is None:
+                record = await insert_job(target, params)
+            else:
+                record = await insert_child_job(target, params, *child)
             if record is not None:
                 job = Job.from_record(record)
                 if job.created:
@@ -376,17 +382,25 @@ class Client:
         args: Any = None,
         *,
         conn: AnyConnection | None = None,
+        child_key: str | None = None,
         **options: Any,
     ) -> Job:
         """:meth:`enqueue` on behalf of a running job, in one transaction with its row locked while
         the run still holds its lease (running, at ``attempt``, under ``owner``); else
-        :class:`LeaseLostError` and nothing is written. What a task's ``ctx.enqueue`` calls."""
+        :class:`LeaseLostError` and nothing is written. What a task's ``ctx.enqueue`` calls.
+
+        With ``child_key``, the job is the parent's child under that key, made once: a later run of
+        the parent (a retry, a rescue) asking for the same key gets that child back (``created``
+        False), whatever its state; its ``unique_key`` counts only when the child is new."""
         request = EnqueueRequest(task, args, **options)
 
         async def guarded(target: AnyConnection) -> Job:
             if await target.fetchval(JOBS.job_lock_owned, job_id, attempt, owner) is None:
                 raise LeaseLostError(f"job {job_id} attempt {attempt} no longer holds its lease")
-            return await self.enqueue_request(request, conn=target)
+            if child_key is None:
+                return await self.enqueue_request(request, conn=target)
+            resolved = self._resolve(request)
+            return await self._insert(target, request, resolved, wake_later=False, child=(job_id, child_key))
 
         if conn is not None:
             async with conn.transaction():

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 
 _LEVELS = frozenset({"debug", "info", "warning", "error"})
+_MAX_KEY_CHARS = 200  # of a child's key (ctx.enqueue(key=…))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class Context:
         self.upstream: dict[str, Any] = {}
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._unkeyed = 0  # this run's ctx.enqueue calls without a key so far: the next one's place
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         if threading.get_ident() == self._loop_thread:
@@ -120,18 +122,31 @@ class Context:
         """A log line kept with the job and streamed to its subscribers: ``ctx.log("parsed", url=u)``."""
         self.log_nowait(message, level=level, **fields)
 
-    async def enqueue(self, task: str, args: Any = None, **options: Any) -> Job:
-        """Enqueue a follow-up job (see :meth:`Client.enqueue`). It commits only while this run
-        holds its job's lease (running, at its attempt, under this process); once the lease is lost
-        this raises :class:`LeaseLostError`, nothing is written, and the run is being stopped."""
+    async def enqueue(self, task: str, args: Any = None, *, key: str | None = None, **options: Any) -> Job:
+        """Enqueue a follow-up job, this job's child (options as for :meth:`Client.enqueue`). It
+        commits only while this run holds its job's lease (running, at its attempt, under this
+        process); once the lease is lost this raises :class:`LeaseLostError`, nothing is written,
+        and the run is being stopped.
+
+        Made once per parent: the child is known by ``key`` if given, else by this call's place
+        among the run's calls without a key (1st, 2nd, …). A later run of this job (a retry, a run
+        after a lost lease) that asks for the same child gets the one made before back, with
+        ``created`` False, in whatever state it is, instead of a second one."""
+        if key is not None and not (isinstance(key, str) and 1 <= len(key) <= _MAX_KEY_CHARS):
+            raise ValueError(f"key must be a string of 1 to {_MAX_KEY_CHARS} characters")
         lease = self._lease
         if lease is None:
             return await self._client.enqueue(task, args, **options)
+        if key is None:
+            self._unkeyed += 1
+            child_key = f"call:{self._unkeyed}"
+        else:
+            child_key = f"key:{key}"
         if not lease.holds_lease():
             raise LeaseLostError(f"job {self.job.id} attempt {self.job.attempt} no longer holds its lease")
         try:
             return await self._client.enqueue_from(
-                self.job.id, self.job.attempt, lease.owner, task, args, **options
+                self.job.id, self.job.attempt, lease.owner, task, args, child_key=child_key, **options
             )
         except LeaseLostError:
             lease.stop(StopReason.LEASE_LOST)

@@ -62,6 +62,9 @@ class Job(BaseModel):
     )
     workflow_id: int | None = Field(default=None, description="The workflow it is a step of, if any.")
     step: str | None = Field(default=None, description="Its step's name in that workflow.")
+    parent_id: int | None = Field(
+        default=None, description="The job whose run enqueued it (ctx.enqueue), if any."
+    )
     expires_at: datetime | None = Field(
         default=None, description="Not started by then, it is cancelled (error type 'expired')."
     )

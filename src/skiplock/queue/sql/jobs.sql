@@ -26,6 +26,36 @@ SELECT jobs.*, false AS created FROM jobs
 WHERE $9::text IS NOT NULL AND jobs.unique_key = $9 AND jobs.state IN ('queued', 'running')
   AND NOT EXISTS (SELECT 1 FROM inserted)
 
+-- name: job_insert_child
+-- job_insert's job ($1 … $13) for running job $14, under its child key $15: once per (parent,
+-- key). Always in the parent's lease-guarded transaction ($11 false: it notifies at its commit,
+-- as any insert does). The child this parent already made under that key is returned instead
+-- (created = false), whatever its state and its unique_key; else a live job holding unique_key $9
+-- is, as for job_insert (not recorded as the parent's child). No row: the job holding the
+-- conflict is not visible yet (insert again).
+WITH inserted AS (
+    INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key, origin,
+                      expires_at, parent_id, child_key)
+    SELECT $1, $2, $3, $4,
+           coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
+           $7, $8, $9, $10,
+           coalesce($12::timestamptz, now() + make_interval(secs => $13::float8)),
+           $14, $15
+    FROM (SELECT set_config('skiplock.wake', CASE WHEN $11::boolean THEN 'later' ELSE '' END, true)) AS wake
+    ON CONFLICT DO NOTHING
+    RETURNING *
+)
+SELECT * FROM (
+    SELECT inserted.*, true AS created, 0 AS found_as FROM inserted
+    UNION ALL
+    SELECT jobs.*, false, 1 FROM jobs WHERE jobs.parent_id = $14 AND jobs.child_key = $15
+    UNION ALL
+    SELECT jobs.*, false, 2 FROM jobs
+    WHERE $9::text IS NOT NULL AND jobs.unique_key = $9 AND jobs.state IN ('queued', 'running')
+) AS found
+ORDER BY found_as
+LIMIT 1
+
 -- name: job_get
 SELECT * FROM jobs WHERE id = $1
 
