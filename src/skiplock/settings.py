@@ -107,7 +107,8 @@ class Settings(BaseSettings):
         default=60.0,
         ge=0,
         le=86_400,
-        description="A transaction left idle this long is ended (it holds back vacuum); 0: never.",
+        description="A transaction left idle this long is ended (it holds back vacuum); 0: never. The "
+        "engine's own are ended after lease_s at most (see db.pool.engine_limits).",
     )
     task_statement_timeout_s: float = Field(
         default=0.0, ge=0, le=86_400, description="statement_timeout of tasks' statements (0: none)."

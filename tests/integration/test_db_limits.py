@@ -136,3 +136,29 @@ async def test_a_backend_terminated_mid_statement_fails_as_unavailable_and_the_p
     finally:
         await admin.close()
         await pool.close()
+
+
+async def test_a_process_stopped_inside_an_engine_transaction_keeps_no_job_from_the_rescuer(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    """An engine transaction holding a running job's row, left idle as by a SIGSTOPped process:
+    the server ends it within a lease, and the rescuer (SKIP LOCKED) then takes the job."""
+    from skiplock.queue._statements import JOBS
+    from skiplock.queue.models import JobState
+    from tests.factories import job
+
+    settings = make_settings(dsn, lease_s=1)
+    expired = await db.fetchval("SELECT now() - interval '10 seconds'")
+    job_id = await job(db, JobState.RUNNING, lease_expires_at=expired)
+    stopped = await connect(dsn, limits=engine_limits(settings))
+    try:
+        await stopped.execute("BEGIN")
+        await stopped.execute(JOBS.job_lock_rows, [job_id])  # as the event writer or completer would
+        assert await db.fetch(JOBS.job_rescue_pick, 10, None, 0.0) == []  # skipped while it is held
+        started = time.monotonic()
+        while not await db.fetch(JOBS.job_rescue_pick, 10, None, 0.0):
+            assert time.monotonic() - started < 5, "the idle transaction still holds the job's row"
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - started < 2.5
+    finally:
+        await stopped.close()

@@ -24,6 +24,15 @@ def test_engine_connections_are_bounded_and_the_tasks_pool_cuts_no_statement() -
     settings = Settings(database_url="postgresql://x/y")
     engine, tasks = engine_limits(settings), task_limits(settings)
     assert (engine.connect_s, engine.acquire_s, engine.statement_s, engine.lock_s) == (10, 10, 30, 10)
-    assert engine.idle_in_transaction_s == 60
+    assert engine.idle_in_transaction_s == 30  # a lease at most (lease_s), the setting being 60
     assert (tasks.statement_s, tasks.lock_s, tasks.acquire_s) == (0, 0, 0)
     assert tasks.idle_in_transaction_s == 60
+
+
+def test_an_engine_transaction_is_ended_within_a_lease_whatever_the_setting() -> None:
+    for idle, lease, expected in ((60, 30, 30), (5, 30, 5), (0, 12, 12)):
+        settings = Settings(
+            database_url="postgresql://x/y", db_idle_in_transaction_timeout_s=idle, lease_s=lease
+        )
+        assert engine_limits(settings).idle_in_transaction_s == expected
+        assert task_limits(settings).idle_in_transaction_s == idle

@@ -189,13 +189,20 @@ class Limits:
 
 
 def engine_limits(settings: Settings) -> Limits:
-    """The limits of the engine's own connections: its pool, the listener, the claim connection."""
+    """The limits of the engine's own connections: its pool, the listener, the claim connection.
+
+    Their transactions last a few round trips, and some hold running jobs' rows (events, then
+    outcomes): a process stopped inside one (SIGSTOP, a frozen VM) would keep those jobs from every
+    rescuer, whose SKIP LOCKED passes them by, however long ago their leases ran out. So the server
+    ends such a transaction after a lease at most, whatever SKIPLOCK_DB_IDLE_IN_TRANSACTION_TIMEOUT_S
+    says (which still bounds the tasks' own)."""
+    idle = settings.db_idle_in_transaction_timeout_s
     return Limits(
         connect_s=settings.db_connect_timeout_s,
         acquire_s=settings.db_acquire_timeout_s,
         statement_s=settings.db_statement_timeout_s,
         lock_s=settings.db_lock_timeout_s,
-        idle_in_transaction_s=settings.db_idle_in_transaction_timeout_s,
+        idle_in_transaction_s=min(idle, settings.lease_s) if idle > 0 else settings.lease_s,
     )
 
 
