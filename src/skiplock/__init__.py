@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from skiplock._version import __version__
 from skiplock.app import create_app
-from skiplock.errors import JobFailed, PermanentJobError, ResultTimeout, SkiplockError, Snooze
+from skiplock.errors import JobFailed, PermanentJobError, ResultTimeout, SkiplockError, Snooze, WorkflowFailed
 from skiplock.queue import (
     Backoff,
     Client,
@@ -38,6 +38,7 @@ __all__ = [
     "Step",
     "Task",
     "Workflow",
+    "WorkflowFailed",
     "__version__",
     "chain",
     "chord",

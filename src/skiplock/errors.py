@@ -35,7 +35,8 @@
     ├── LeaseLostError           a run no longer holds its job's lease: what it writes is refused
     ├── JobFailed                a waited-for job ended without a result (``state``, ``error``)
     │   └── JobCancelled         … because it was cancelled
-    ├── ResultTimeout            a waited-for job was not final in time (also a TimeoutError)
+    ├── WorkflowFailed           a waited-for workflow failed or was cancelled (``state``, ``error``)
+    ├── ResultTimeout            a waited-for job or workflow was not final in time (also a TimeoutError)
     └── SubscriptionError        an event subscriber is given nothing more
         ├── SubscriptionClosed   the subscriber went away
         └── EventsMissed         the subscriber may have missed events (``reason`` says why); it can resume
@@ -240,13 +241,48 @@ class JobCancelled(JobFailed):
     """The job was cancelled."""
 
 
+class WorkflowFailed(SkiplockError):
+    """The workflow failed."""
+
+    #: As JobFailed: the workflow is final, waiting again would be told the same (retry it instead).
+    retryable = False
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        workflow_id: int,
+        state: str,
+        error: Any = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, workflow_id=workflow_id, state=state)
+        self.workflow_id = workflow_id
+        #: 'failed' or 'cancelled'.
+        self.state = state
+        #: The step that failed (a ``FailedStep``: its name, job id, state and last error), or None.
+        self.error = error
+        #: The last steps' results by name, a step that did not succeed as {state, error}.
+        self.result = result or {}
+
+
 class ResultTimeout(SkiplockError, TimeoutError):
     """The job did not finish in time."""
 
-    def __init__(self, message: str | None = None, *, job_id: int, state: str) -> None:
-        super().__init__(message, job_id=job_id, state=state)
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        job_id: int | None = None,
+        state: str,
+        workflow_id: int | None = None,
+    ) -> None:
+        super().__init__(message, job_id=job_id, state=state, workflow_id=workflow_id)
+        #: The job waited for (None for a workflow's wait).
         self.job_id = job_id
-        #: Where the job was when the wait ended.
+        #: The workflow waited for (None for a job's wait).
+        self.workflow_id = workflow_id
+        #: Where the job (or workflow) was when the wait ended.
         self.state = state
 
 

@@ -12,7 +12,7 @@ from skiplock.api.jobs import JobController
 from skiplock.api.metrics import MetricsController
 from skiplock.api.pages import page
 from skiplock.api.queues import QueueController, TaskController, failures
-from skiplock.api.results import JobResultController
+from skiplock.api.results import JobResultController, WorkflowResultController
 from skiplock.api.schedules import ScheduleController
 from skiplock.api.workflows import WorkflowController
 
@@ -23,6 +23,7 @@ def api_routes() -> list[ControllerRouterHandler]:
         JobController,
         JobResultController,
         WorkflowController,
+        WorkflowResultController,
         ScheduleController,
         ImportController,
         EventController,

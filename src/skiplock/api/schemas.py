@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar.exceptions import ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from skiplock.queue.client import EnqueueRequest
@@ -110,3 +111,19 @@ class QueueOut(QueueInfo):
 class Health(BaseModel):
     status: str
     checks: dict[str, bool] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: the status, what went wrong, and details (``errors``: the fields at fault)."""
+
+    status_code: int
+    detail: str
+    extra: dict[str, Any] | None = None
+
+
+def error_responses(**described: str) -> dict[int, ResponseSpec]:
+    """OpenAPI responses for a route's error answers: ``error_responses(e404="unknown job")``."""
+    return {
+        int(code.removeprefix("e")): ResponseSpec(ErrorBody, description=text, generate_examples=False)
+        for code, text in described.items()
+    }

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skiplock.api.bounds import decode_json_body
 from skiplock.api.plugin import ClientDep
-from skiplock.api.schemas import parse_cursor
+from skiplock.api.schemas import error_responses, parse_cursor
 from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.errors import WorkflowInvalid
@@ -114,6 +114,7 @@ class WorkflowController(Controller):
         operation_id="StartWorkflow",
         status_code=HTTP_201_CREATED,
         request_body_description="WorkflowCreate: {name?, on_failure?, steps: [StepCreate, ...]}",
+        responses=error_responses(e422="A cycle, an unknown or repeated step, an unknown task, bad args."),
     )
     async def start(self, request: Request[Any, Any, Any], client: ClientDep) -> WorkflowInfo:
         """Start a workflow: 201 with it and each step's job id and state. Checked before anything
@@ -123,7 +124,11 @@ class WorkflowController(Controller):
         workflow = parse_workflow(decode_json_body(await request.body()))
         return await client.start(workflow)
 
-    @get("/{workflow_id:str}", operation_id="GetWorkflow")
+    @get(
+        "/{workflow_id:str}",
+        operation_id="GetWorkflow",
+        responses=error_responses(e404="No workflow has this id."),
+    )
     async def get_workflow(self, workflow_id: WorkflowId, client: ClientDep) -> WorkflowInfo:
         """A workflow: state and progress (from its own row), and its steps with states and edges."""
         return await client.workflow(int(workflow_id))
@@ -149,6 +154,7 @@ class WorkflowController(Controller):
         operation_id="CancelWorkflow",
         status_code=HTTP_202_ACCEPTED,
         opt=needs(Scope.JOBS_WRITE),
+        responses=error_responses(e404="No workflow has this id.", e409="The workflow has finished."),
     )
     async def cancel(self, workflow_id: WorkflowId, client: ClientDep) -> WorkflowInfo:
         """Cancel every step not finished (running ones stop within about a second); 409 once the
@@ -160,6 +166,10 @@ class WorkflowController(Controller):
         operation_id="RetryWorkflow",
         status_code=HTTP_202_ACCEPTED,
         opt=needs(Scope.JOBS_WRITE),
+        responses=error_responses(
+            e404="No workflow has this id.",
+            e409="Not failed or cancelled, or some of its steps have not ended yet.",
+        ),
     )
     async def retry(self, workflow_id: WorkflowId, client: ClientDep) -> WorkflowInfo:
         """Run the failed and cancelled steps again with everything downstream of them (succeeded

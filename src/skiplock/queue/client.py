@@ -234,6 +234,7 @@ class Client:
         listener = Listener(self._dsn)
         waiter = ResultWaiter(self.pool)
         listener.subscribe("ev", waiter.hint)
+        listener.subscribe("wf", waiter.workflow_hint)
         listener.on_reconnect(waiter.read_all)
         for service in (listener, waiter):
             ready = asyncio.Event()
@@ -476,11 +477,14 @@ class Client:
         limit) on the engine's notifications. Raises JobFailed (JobCancelled when cancelled) with
         the job's state and last error if it ended otherwise, ResultTimeout (a TimeoutError) if it
         is not final in time, JobNotFound for an unknown job."""
+        return await (await self._waiter("wait_for_result")).result(job_id, timeout_s)
+
+    async def _waiter(self, what: str) -> ResultWaiter:
         if self.results is None:
             if self._dsn is None:
-                raise ConfigError("wait_for_result needs a started engine or Client.connect (to LISTEN)")
+                raise ConfigError(f"{what} needs a started engine or Client.connect (to LISTEN)")
             self.results = await self._listen_for_results()
-        return await self.results.result(job_id, timeout_s)
+        return self.results
 
     async def events(self, job_id: int, *, after: int = 0, limit: int = 200) -> list[JobEvent]:
         """A page of a job's events (state, progress, log), oldest first: at most ``limit`` with
@@ -604,6 +608,15 @@ class Client:
     async def workflow_result(self, workflow_id: int) -> dict[str, Any]:
         """The results of the steps nothing depends on, by name."""
         return await workflow_store.leaves(self.pool, workflow_id)
+
+    async def wait_for_workflow(self, workflow_id: int, timeout_s: float | None = 30) -> dict[str, Any]:
+        """The workflow's result (its last steps' results by name, as :meth:`workflow_result`)
+        once it has succeeded, waiting up to ``timeout_s`` seconds (None: no limit) on the
+        engine's notifications, with no connection held meanwhile. Raises WorkflowFailed (its
+        ``state``, the failed step as ``error``, and ``result``) if it failed or was cancelled,
+        ResultTimeout (a TimeoutError) if it is not final in time, WorkflowNotFound."""
+        waiter = await self._waiter("wait_for_workflow")
+        return await waiter.workflow_result(workflow_id, timeout_s)
 
     async def _not_allowed(self, conn: AnyConnection, job_id: int, action: str, why: str) -> Exception:
         record = await conn.fetchrow(JOBS.job_get, job_id)

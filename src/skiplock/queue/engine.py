@@ -134,6 +134,7 @@ class Engine:
         self.listener.subscribe("ev", self.hub.hint)
         self.listener.on_reconnect(self.hub.catch_up)
         self.listener.subscribe("ev", self.results.hint)
+        self.listener.subscribe("wf", self.results.workflow_hint)
         self.listener.on_reconnect(self.results.read_all)
         services.append(
             Rescuer(

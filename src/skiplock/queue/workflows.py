@@ -19,7 +19,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from skiplock.errors import WorkflowInvalid
-from skiplock.queue.models import JobState
+from skiplock.queue.models import AttemptError, JobState
 
 #: Steps a workflow may have at most.
 MAX_STEPS = 10_000
@@ -239,6 +239,18 @@ class WorkflowInfo(BaseModel):
     @property
     def is_final(self) -> bool:
         return self.state != "running" and self.finished_at is not None
+
+
+class FailedStep(BaseModel):
+    """Why a workflow did not succeed: its first step that failed (else its first cancelled one),
+    with that step's last error (null for a step cancelled before it ran)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: str
+    job_id: int
+    state: JobState
+    error: AttemptError | None
 
 
 @dataclass(frozen=True, slots=True)
