@@ -69,7 +69,7 @@ LISTED = sorted(set(COUNTS) - {"succeeded"})
 
 @pytest.mark.parametrize("state", LISTED)
 async def test_a_page_of_any_state_reads_about_a_page(mixed: asyncpg.Connection, state: str) -> None:
-    args = (state, None, None, None, PAGE, None)
+    args = (state, None, None, None, PAGE, None, None)
     page = await mixed.fetch(JOBS.job_list, *args)
     assert len(page) == min(PAGE, COUNTS[state])
     assert all(r["state"] == state for r in page)
@@ -78,3 +78,35 @@ async def test_a_page_of_any_state_reads_about_a_page(mixed: asyncpg.Connection,
     read = rows_of_jobs(plan["Plan"])
     # A state with fewer rows than a page may be read whole from its own index; never the crowd.
     assert read <= max(PAGE, COUNTS[state] if COUNTS[state] < 1_000 else 0) + SLACK, json.dumps(plan)
+
+
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+async def test_a_page_of_one_workflows_steps_reads_about_a_page(mixed: asyncpg.Connection, mode: str) -> None:
+    """An old workflow's steps behind 20,000 newer steps of another and the whole mixed table: read
+    from jobs_workflow_idx, under a generic plan too (what a prepared statement switches to)."""
+    transaction = mixed.transaction()
+    await transaction.start()
+    try:
+        await mixed.execute(
+            """
+            INSERT INTO jobs (task, state, workflow_id, step)
+            SELECT 'noop', 'succeeded', 900001, 's' || n FROM generate_series(1, 200) AS n;
+            INSERT INTO jobs (task, state, workflow_id, step)
+            SELECT 'noop', 'waiting', 900002, 's' || n FROM generate_series(1, 20000) AS n;
+            ANALYZE jobs;
+            """
+        )
+        await mixed.execute(f"SET LOCAL plan_cache_mode = {mode}")
+        await mixed.execute("PREPARE listed AS " + JOBS.job_list)
+        args = "NULL, NULL, NULL, NULL, 50, NULL, 900001"
+        page = await mixed.fetch(f"EXECUTE listed({args})")
+        assert len(page) == PAGE
+        assert {r["workflow_id"] for r in page} == {900001}
+        assert [r["id"] for r in page] == sorted((r["id"] for r in page), reverse=True)
+        plan = (await mixed.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE listed({args})"))[0]
+        await mixed.execute("DEALLOCATE listed")
+    finally:
+        await transaction.rollback()
+    read = rows_of_jobs(plan["Plan"])
+    assert read <= PAGE + SLACK, json.dumps(plan)
+    assert "jobs_workflow_idx" in json.dumps(plan)

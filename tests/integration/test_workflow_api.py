@@ -3,13 +3,18 @@ a 422 naming the step and field with nothing written."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
+from tests.conftest import make_settings
 from tests.integration.test_api import assert_error
+from tests.integration.test_events import read_ws, ws_url
+from tests.support.live import live_server
 from tests.support.waiting import wait_until
 
 Client = AsyncTestClient[Any]
@@ -124,3 +129,208 @@ async def test_an_unknown_or_bad_workflow_id(api: Client, path: str, status: int
     if status == 404:
         assert_error(await api.post(f"{path}/cancel"), 404)
         assert_error(await api.post(f"{path}/retry"), 404)
+
+
+async def test_jobs_can_be_listed_by_workflow(api: Client) -> None:
+    def two_steps(tag: str) -> dict[str, Any]:
+        return {
+            "steps": [
+                {"name": f"{tag}-a", "task": "echo"},
+                {"name": f"{tag}-b", "task": "echo", "after": [f"{tag}-a"]},
+            ]
+        }
+
+    first = (await api.post("/workflows", json=two_steps("one"))).json()
+    second = (await api.post("/workflows", json=two_steps("two"))).json()
+    await api.post("/jobs", json={"task": "noop"})  # a job of no workflow
+    await ended(api, first["id"])
+    await ended(api, second["id"])
+    page = (await api.get("/jobs", params={"workflow_id": first["id"]})).json()
+    assert [j["step"] for j in page["items"]] == ["one-b", "one-a"]  # newest first
+    assert {j["workflow_id"] for j in page["items"]} == {first["id"]}
+    ids = [s["job_id"] for s in first["steps"]]
+    assert [j["id"] for j in page["items"]] == sorted(ids, reverse=True)
+    paged = (await api.get("/jobs", params={"workflow_id": first["id"], "limit": 1})).json()
+    assert [j["step"] for j in paged["items"]] == ["one-b"]
+    rest = await api.get(
+        "/jobs", params={"workflow_id": first["id"], "limit": 1, "cursor": paged["next_cursor"]}
+    )
+    assert [j["step"] for j in rest.json()["items"]] == ["one-a"]
+    assert (await api.get("/jobs", params={"workflow_id": first["id"], "state": "failed"})).json()[
+        "items"
+    ] == []
+    assert (await api.get("/jobs", params={"workflow_id": 987654})).json()["items"] == []
+    assert len((await api.get("/jobs")).json()["items"]) == 5  # no filter: every job
+    assert (await api.get("/jobs", params={"workflow_id": 0})).status_code == 400
+
+
+@pytest.mark.parametrize("on_failure", ["cancel", "continue"])
+async def test_cancelling_a_waiting_step_cancels_or_lets_go_what_depends_on_it(
+    api: Client, db: asyncpg.Connection, on_failure: str
+) -> None:
+    body = {
+        "on_failure": on_failure,
+        "steps": [
+            {"name": "gate", "task": "sleep", "args": {"seconds": 1, "steps": 10}},
+            {"name": "middle", "task": "echo", "after": ["gate"]},
+            {"name": "last", "task": "echo", "after": ["middle"]},
+        ],
+    }
+    started = (await api.post("/workflows", json=body)).json()
+    steps = {s["name"]: s["job_id"] for s in started["steps"]}
+    cancelled = await api.post(f"/jobs/{steps['middle']}/cancel")
+    assert cancelled.status_code == 202, cancelled.text
+    assert cancelled.json()["state"] == "cancelled"
+    event = await db.fetchrow(
+        "SELECT data FROM job_events WHERE job_id = $1 AND data->>'state' = 'cancelled'", steps["middle"]
+    )
+    assert event is not None
+    assert event["data"]["previous"] == "waiting"
+    done = await ended(api, started["id"])
+    states = {s["name"]: s["state"] for s in done["steps"]}
+    assert done["state"] == "failed"
+    assert (done["succeeded"], done["cancelled"]) == ((1, 2) if on_failure == "cancel" else (2, 1))
+    if on_failure == "cancel":
+        assert states == {"gate": "succeeded", "middle": "cancelled", "last": "cancelled"}
+        last = (await api.get(f"/jobs/{steps['last']}")).json()
+        assert last["errors"][-1]["type"] == "UpstreamFailed"
+        assert "middle" in last["errors"][-1]["message"]
+    else:
+        assert states == {"gate": "succeeded", "middle": "cancelled", "last": "succeeded"}
+        last = (await api.get(f"/jobs/{steps['last']}")).json()
+        assert last["result"]["upstream"]["middle"]["state"] == "cancelled"
+    assert_error(await api.post(f"/jobs/{steps['middle']}/cancel"), 409, "finished")
+
+
+async def test_a_cancelled_queued_job_still_says_it_left_queued(api: Client, db: asyncpg.Connection) -> None:
+    later = (await api.post("/jobs", json={"task": "noop", "delay_s": 3600})).json()
+    assert (await api.post(f"/jobs/{later['id']}/cancel")).json()["state"] == "cancelled"
+    previous = await db.fetchval(
+        "SELECT data->>'previous' FROM job_events WHERE job_id = $1 AND data->>'state' = 'cancelled'",
+        later["id"],
+    )
+    assert previous == "queued"
+
+
+async def test_retrying_a_step_alone_is_a_409_saying_to_retry_the_workflow(
+    api: Client, db: asyncpg.Connection
+) -> None:
+    body = {
+        "steps": [
+            {"name": "boom", "task": "fails_permanently"},
+            {"name": "then", "task": "echo", "after": ["boom"]},
+        ]
+    }
+    started = (await api.post("/workflows", json=body)).json()
+    done = await ended(api, started["id"])
+    assert done["state"] == "failed"
+    for step in done["steps"]:  # failed, and cancelled below it: neither may be retried alone
+        response = await api.post(f"/jobs/{step['job_id']}/retry")
+        assert_error(response, 409, f"workflow {started['id']}", f"/workflows/{started['id']}/retry")
+        assert response.json()["extra"]["workflow_id"] == started["id"]
+        assert response.json()["extra"]["step"] == step["name"]
+    row = await db.fetchrow("SELECT failed, cancelled, state FROM workflows WHERE id = $1", started["id"])
+    assert row is not None
+    assert dict(row) == {"failed": 1, "cancelled": 1, "state": "failed"}  # counts untouched
+    # a job of no workflow is retried as ever
+    plain = (await api.post("/jobs", json={"task": "fails_permanently"})).json()
+
+    async def failed() -> bool:
+        return bool((await api.get(f"/jobs/{plain['id']}")).json()["state"] == "failed")
+
+    await wait_until(failed, 15)
+    assert (await api.post(f"/jobs/{plain['id']}/retry")).status_code == 202
+
+
+async def test_the_events_socket_streams_every_event_of_one_workflows_steps(dsn: str, registry: Any) -> None:
+    def diamond(tag: str) -> dict[str, Any]:
+        gated = {"queue": "gated"}
+        return {
+            "name": tag,
+            "steps": [
+                {"name": "top", "task": "echo", **gated},
+                {
+                    "name": "left",
+                    "task": "chatty",
+                    "args": {"lines": 2, "size": 10},
+                    "after": ["top"],
+                    **gated,
+                },
+                {"name": "right", "task": "echo", "after": ["top"], **gated},
+                {"name": "bottom", "task": "echo", "after": ["left", "right"], **gated},
+            ],
+        }
+
+    two_queues = make_settings(dsn, queues=["default", "gated"])
+    async with live_server(two_queues, list(registry)) as base, aiohttp.ClientSession() as http:
+
+        async def start(tag: str) -> dict[str, Any]:
+            async with http.post(f"{base}/workflows", json=diamond(tag)) as response:
+                assert response.status == 201, await response.text()
+                started: dict[str, Any] = await response.json()
+                return started
+
+        async def final(workflow_id: int) -> bool:
+            async with http.get(f"{base}/workflows/{workflow_id}") as response:
+                return bool((await response.json())["finished_at"])
+
+        async with http.post(f"{base}/queues/gated/pause") as paused:
+            assert paused.status == 200, await paused.text()
+        wanted, noise = await start("wanted"), await start("noise")
+        ids = {s["job_id"] for s in wanted["steps"]}
+        events: list[dict[str, Any]] = []
+        async with http.ws_connect(ws_url(base, f"/ws/events?workflow_id={wanted['id']}")) as ws:
+            snapshot = (await read_ws(ws, limit=1))[0]
+            async with http.post(f"{base}/queues/gated/resume") as resumed:
+                assert resumed.status == 200, await resumed.text()
+            finals: set[int] = set()
+            async with asyncio.timeout(20):
+                while not ids <= finals:
+                    (event,) = await read_ws(ws, limit=1)
+                    events.append(event)
+                    if event["kind"] == "state" and event["data"]["state"] in (
+                        "succeeded",
+                        "failed",
+                        "cancelled",
+                    ):
+                        finals.add(event["job_id"])
+        await wait_until(lambda: final(noise["id"]), 15)
+        async with http.get(f"{base}/jobs", params={"workflow_id": noise["id"]}) as response:
+            noise_steps = (await response.json())["items"]
+        async with http.ws_connect(ws_url(base, "/ws/events?workflow_id=987654321")) as ws:
+            await read_ws(ws)
+            unknown = ws.close_code
+        async with http.ws_connect(ws_url(base, "/ws/events?workflow_id=abc")) as ws:
+            await read_ws(ws)
+            bad_filter = ws.close_code
+    assert snapshot["kind"] == "snapshot"
+    assert snapshot["workflow"]["id"] == wanted["id"]
+    assert {s["job_id"] for s in snapshot["workflow"]["steps"]} == ids
+    assert {e["job_id"] for e in events} == ids, "an event of another workflow's step"
+    by_job: dict[int, list[str]] = {}
+    for event in events:
+        if event["kind"] == "state":
+            by_job.setdefault(event["job_id"], []).append(event["data"]["state"])
+    step_of = {s["job_id"]: s["name"] for s in wanted["steps"]}
+    for job_id in ids:  # every step's moves, in order (top was queued before the socket opened)
+        expected = (
+            ["running", "succeeded"] if step_of[job_id] == "top" else ["queued", "running", "succeeded"]
+        )
+        assert by_job[job_id] == expected, (step_of[job_id], by_job)
+    left = next(s["job_id"] for s in wanted["steps"] if s["name"] == "left")
+    assert sum(1 for e in events if e["job_id"] == left and e["kind"] == "log") == 2
+    assert len(noise_steps) == 4
+    assert all(s["state"] == "succeeded" for s in noise_steps), "the other workflow ran meanwhile"
+    assert unknown == 4404
+    assert bad_filter == 4400
+
+
+async def test_the_job_routes_document_steps_and_their_answers(api: Client) -> None:
+    paths = (await api.get("/schema/openapi.json")).json()["paths"]
+    cancel = paths["/jobs/{job_id}/cancel"]["post"]
+    assert {"202", "404", "409"} <= set(cancel["responses"])
+    assert "waiting" in cancel["description"]
+    retry = paths["/jobs/{job_id}/retry"]["post"]
+    assert {"202", "404", "409"} <= set(retry["responses"])
+    assert "workflow" in retry["description"]
+    assert any(p["name"] == "workflow_id" for p in paths["/jobs"]["get"]["parameters"])

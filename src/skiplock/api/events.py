@@ -1,5 +1,6 @@
 """Job events: history (GET /jobs/{id}/events), server-sent events (/jobs/{id}/stream), and
-websockets (/ws/jobs/{id}, /ws/events). All three read the same table through the event hub."""
+websockets (/ws/jobs/{id}, /ws/events, of a workflow's steps with ?workflow_id=). All three read
+the same table through the event hub."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.schemas import QUEUE_NAME
 from skiplock.api.security import BEARER_PROTOCOL, needs
 from skiplock.auth import Scope
-from skiplock.errors import JobNotFound
+from skiplock.errors import JobNotFound, WorkflowNotFound
 from skiplock.queue.events import EventHub, EventsMissed, JobEvent, Subscription, SubscriptionClosed
 from skiplock.queue.models import FINAL_STATES, Job
 
@@ -193,21 +194,38 @@ async def job_events_ws(socket: WebSocket[Any, Any, Any], job_id: FromPath[str],
 async def all_events_ws(socket: WebSocket[Any, Any, Any], engine: EngineDep) -> None:
     """Every new event of every job, optionally of one ``queue`` and/or ``task``; closes with 4409
     when events may have been missed (listener reconnected, a read failed, too slow): reload the
-    state you show, then reconnect."""
+    state you show, then reconnect. With ``workflow_id``: every new event of that workflow's
+    steps only, after a first message, the workflow as read once subscribed (``{"kind":
+    "snapshot", "workflow": …}``, its steps' states included); 4404 for an unknown workflow."""
     await accept(socket)
     queue, task = socket.query_params.get("queue"), socket.query_params.get("task")
-    if (queue is not None and not _QUEUE_NAME.match(queue)) or (
-        task is not None and not 0 < len(task) <= 200
+    workflow = socket.query_params.get("workflow_id")
+    if (
+        (queue is not None and not _QUEUE_NAME.match(queue))
+        or (task is not None and not 0 < len(task) <= 200)
+        or (workflow is not None and not (workflow.isdigit() and 0 < int(workflow) < 2**63))
     ):
-        await socket.close(CLOSE_BAD_REQUEST, "bad queue or task filter")
+        await socket.close(CLOSE_BAD_REQUEST, "bad queue, task or workflow_id filter")
         return
-    sub = engine.hub.subscribe_all(queue=queue, task=task)
+    steps: frozenset[int] | None = None
+    if workflow is not None:
+        try:  # a workflow's steps never change: its step ids, known now, are the filter
+            info = await engine.client.workflow(int(workflow))
+        except WorkflowNotFound:
+            await socket.close(CLOSE_NOT_FOUND, f"no workflow with id {workflow}")
+            return
+        steps = frozenset(step.job_id for step in info.steps or [])
+    sub = engine.hub.subscribe_all(queue=queue, task=task, job_ids=steps)
 
     async def forever() -> AsyncIterator[JobEvent]:
         while True:
             yield await sub.get()
 
     try:
+        if workflow is not None:  # read once subscribed: what changes after it arrives as events
+            info = await engine.client.workflow(int(workflow))
+            snapshot = {"kind": "snapshot", "workflow": info.model_dump(mode="json")}
+            await socket.send_text(orjson.dumps(snapshot).decode())
         await _send_until_done(socket, sub, forever())
     except EventsMissed as missed:
         await socket.close(CLOSE_RESUME, f"may have missed events ({missed.reason}); reload and reconnect")

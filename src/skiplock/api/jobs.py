@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from skiplock.api.bounds import decode_json_body
 from skiplock.api.plugin import ClientDep
-from skiplock.api.schemas import QUEUE_NAME, BatchCreated, JobCreate, JobPage, parse_cursor
+from skiplock.api.schemas import QUEUE_NAME, BatchCreated, JobCreate, JobPage, error_responses, parse_cursor
 from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.errors import InvalidArgumentsError
@@ -105,8 +105,11 @@ class JobController(Controller):
         ] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
         schedule_id: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,
+        workflow_id: Annotated[
+            int | None, QueryParameter(ge=1, le=2**63 - 1, description="Only this workflow's steps.")
+        ] = None,
     ) -> JobPage:
-        """Jobs newest first, filtered by state, queue and task, a page at a time."""
+        """Jobs newest first, filtered by state, queue, task, schedule and workflow, a page at a time."""
         jobs = await client.list_jobs(
             state=job_state,
             queue=queue,
@@ -114,6 +117,7 @@ class JobController(Controller):
             before_id=parse_cursor(cursor, below=2**63),
             limit=limit,
             schedule_id=schedule_id,
+            workflow_id=workflow_id,
         )
         next_cursor = str(jobs[-1].id) if len(jobs) == limit else None
         return JobPage(items=jobs, next_cursor=next_cursor)
@@ -123,9 +127,16 @@ class JobController(Controller):
         operation_id="CancelJob",
         status_code=HTTP_202_ACCEPTED,
         opt=needs(Scope.JOBS_WRITE),
+        responses=error_responses(e404="No job has this id.", e409="The job has finished."),
+        description=(
+            "202 with the job: a waiting or queued job is cancelled at once, a running one stops "
+            "within about a second (its state says cancelled once it has). A workflow's step "
+            "cancelled so cancels the steps that depend on it (under on_failure continue they run "
+            "and see it cancelled). 409 once the job has finished, 404 for an unknown job."
+        ),
     )
     async def cancel(self, job_id: JobId, client: ClientDep) -> Job:
-        """Cancel a queued job, or stop a running one within about a second; 409 once finished."""
+        """Cancel a waiting or queued job, or stop a running one within about a second."""
         return await client.cancel(int(job_id))
 
     @post(
@@ -133,7 +144,17 @@ class JobController(Controller):
         operation_id="RetryJob",
         status_code=HTTP_202_ACCEPTED,
         opt=needs(Scope.JOBS_WRITE),
+        responses=error_responses(
+            e404="No job has this id.",
+            e409="Not failed or cancelled, or a workflow's step (retry its workflow instead).",
+        ),
+        description=(
+            "202 with the job back in its queue with at least one more attempt. 409 unless it "
+            "failed or was cancelled, and for a workflow's step: POST /workflows/{id}/retry runs "
+            "the workflow's failed and cancelled steps again with what depends on them. 404 for "
+            "an unknown job."
+        ),
     )
     async def retry(self, job_id: JobId, client: ClientDep) -> Job:
-        """Put a failed or cancelled job back in its queue; 409 in any other state."""
+        """Put a failed or cancelled job back in its queue; 409 in any other state or for a step."""
         return await client.retry(int(job_id))

@@ -85,10 +85,12 @@ def _nothing() -> None:
 class Subscription:
     """One subscriber's view: a bounded buffer of events, in order."""
 
-    job_id: int | None  # None: every job (optionally filtered by queue and task)
+    job_id: int | None  # None: every job (optionally filtered by queue, task and job ids)
     last_seq: int = 0  # a job's subscriber: the seq of the last event it was given
     queue: str | None = None
     task: str | None = None
+    #: An all-jobs subscriber of these jobs only (a workflow's steps), or None.
+    job_ids: frozenset[int] | None = None
     capacity: int = 1000
     #: Called when a subscriber that is behind has room for another read (the hub's wake-up).
     on_room: Callable[[], None] = _nothing
@@ -188,9 +190,11 @@ class EventHub:
         self._count_subscribers()
         return sub
 
-    def subscribe_all(self, *, queue: str | None = None, task: str | None = None) -> Subscription:
-        """Every new event of every job (of one queue/task if given)."""
-        sub = Subscription(None, queue=queue, task=task, capacity=self.buffer)
+    def subscribe_all(
+        self, *, queue: str | None = None, task: str | None = None, job_ids: frozenset[int] | None = None
+    ) -> Subscription:
+        """Every new event of every job (of one queue/task, of the jobs in ``job_ids``, if given)."""
+        sub = Subscription(None, queue=queue, task=task, job_ids=job_ids, capacity=self.buffer)
         self._everything.add(sub)
         self._count_subscribers()
         return sub
@@ -281,7 +285,11 @@ class EventHub:
         for record in records:
             event = JobEvent.from_record(record)
             for sub in list(self._everything):
-                if sub.queue in (None, record["queue"]) and sub.task in (None, record["task"]):
+                if (
+                    sub.queue in (None, record["queue"])
+                    and sub.task in (None, record["task"])
+                    and (sub.job_ids is None or event.job_id in sub.job_ids)
+                ):
                     sub.offer(event)
                 if sub.missed is not None:
                     self.unsubscribe(sub)  # its lag must not hold back the next read

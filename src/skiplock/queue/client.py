@@ -501,13 +501,18 @@ class Client:
         before_id: int | None = None,
         limit: int = 50,
         schedule_id: int | None = None,
+        workflow_id: int | None = None,
     ) -> list[Job]:
-        """Newest first; ``before_id`` is the keyset cursor."""
-        records = await self.pool.fetch(JOBS.job_list, state, queue, task, before_id, limit, schedule_id)
+        """Newest first; ``before_id`` is the keyset cursor. ``workflow_id``: that workflow's steps."""
+        records = await self.pool.fetch(
+            JOBS.job_list, state, queue, task, before_id, limit, schedule_id, workflow_id
+        )
         return [Job.from_record(r) for r in records]
 
     async def cancel(self, job_id: int) -> Job:
-        """Cancel a queued job now, or ask the process running it to stop it."""
+        """Cancel a waiting or queued job now, or ask the process running it to stop it. A
+        workflow's step cancelled so cancels what depends on it (or, under ``on_failure=
+        "continue"``, lets it run)."""
         async with self.pool.acquire() as conn, conn.transaction():
             record = await conn.fetchrow(JOBS.job_cancel, job_id)
             if record is None:
@@ -518,7 +523,8 @@ class Client:
         return job
 
     async def retry(self, job_id: int) -> Job:
-        """Put a failed or cancelled job back in its queue."""
+        """Put a failed or cancelled job back in its queue. Never a workflow's step
+        (:class:`InvalidStateError`): :meth:`retry_workflow` runs it again with what depends on it."""
         async with self.pool.acquire() as conn, conn.transaction():
             try:
                 record = await conn.fetchrow(JOBS.job_retry, job_id)
@@ -622,5 +628,14 @@ class Client:
         record = await conn.fetchrow(JOBS.job_get, job_id)
         if record is None:
             return JobNotFound(f"no job with id {job_id}")
-        state = Job.from_record(record).state
-        return InvalidStateError(f"cannot {action} job {job_id} in state {state}: {why}", state=state)
+        job = Job.from_record(record)
+        if action == "retry" and job.workflow_id is not None:
+            return InvalidStateError(
+                f"cannot retry job {job_id} alone: it is step {job.step!r} of workflow {job.workflow_id};"
+                f" retry the workflow (POST /workflows/{job.workflow_id}/retry), which runs its failed"
+                " and cancelled steps again with what depends on them",
+                state=job.state,
+                workflow_id=job.workflow_id,
+                step=job.step,
+            )
+        return InvalidStateError(f"cannot {action} job {job_id} in state {job.state}: {why}", state=job.state)

@@ -6,7 +6,8 @@ History is read in pages with :meth:`Client.events`; live events come from the e
 
 - ``hub.subscribe_job(job_id, after)``: that job's events with seq > after, history first, then
   live, in order, with no gaps and no duplicates;
-- ``hub.subscribe_all(queue=, task=)``: every new event of every job (optionally filtered);
+- ``hub.subscribe_all(queue=, task=, job_ids=)``: every new event of every job (optionally
+  filtered: of one queue, one task, a set of jobs such as a workflow's steps);
 - ``await sub.get()`` gives the next :class:`JobEvent`; it raises :class:`EventsMissed` when events
   may have been missed (resume a job's stream from ``sub.last_seq``; an all-jobs subscriber
   reloads what it shows) and :class:`SubscriptionClosed` once ``sub.close()`` was called;

@@ -63,15 +63,34 @@ SELECT * FROM jobs WHERE id = $1
 -- Newest first; $4 is the keyset cursor (the last id of the previous page). A running job holds
 -- a lease: said here, running jobs are read from jobs_lease_expiry_idx, not found among every
 -- newer queued one by the primary key.
-SELECT * FROM jobs
-WHERE ($1::job_state IS NULL OR state = $1)
-  AND ($1::job_state IS DISTINCT FROM 'running' OR lease_expires_at IS NOT NULL)
-  AND ($2::text IS NULL OR queue = $2)
-  AND ($3::text IS NULL OR task = $3)
-  AND ($4::bigint IS NULL OR id < $4)
-  AND ($6::bigint IS NULL OR schedule_id = $6)
+-- $7, a workflow's steps: a branch of its own, read from jobs_workflow_idx under a generic plan
+-- too (one branch's gate, `$7 IS [NOT] NULL`, is decided before it reads a row: the other is
+-- never run). The filters are the same in both.
+(
+    SELECT * FROM jobs
+    WHERE $7::bigint IS NULL
+      AND ($1::job_state IS NULL OR state = $1)
+      AND ($1::job_state IS DISTINCT FROM 'running' OR lease_expires_at IS NOT NULL)
+      AND ($2::text IS NULL OR queue = $2)
+      AND ($3::text IS NULL OR task = $3)
+      AND ($4::bigint IS NULL OR id < $4)
+      AND ($6::bigint IS NULL OR schedule_id = $6)
+    ORDER BY id DESC
+    LIMIT $5
+)
+UNION ALL
+(
+    SELECT * FROM jobs
+    WHERE $7::bigint IS NOT NULL AND workflow_id = $7
+      AND ($1::job_state IS NULL OR state = $1)
+      AND ($2::text IS NULL OR queue = $2)
+      AND ($3::text IS NULL OR task = $3)
+      AND ($4::bigint IS NULL OR id < $4)
+      AND ($6::bigint IS NULL OR schedule_id = $6)
+    ORDER BY id DESC
+    LIMIT $5
+)
 ORDER BY id DESC
-LIMIT $5
 
 -- name: job_claim_many
 -- Up to $2 due jobs of queue $1 for owner $3, unless the queue is paused. $5 pins the clock in tests.
@@ -380,28 +399,37 @@ WHERE id = $1 AND attempts = $2 AND state = 'running' AND lease_owner = $3
 FOR KEY SHARE
 
 -- name: job_cancel
--- A queued job is cancelled outright; a running one is flagged for its worker.
--- Only the first is a state change, with its event.
-WITH changed AS (
-    UPDATE jobs
-    SET state = CASE WHEN state = 'queued' THEN 'cancelled'::job_state ELSE state END,
-        cancel_requested = (state = 'running'),
-        finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
-        event_seq = event_seq + (state = 'queued')::int
-    WHERE id = $1 AND state IN ('queued', 'running')
-    RETURNING *
+-- A waiting or queued job is cancelled outright; a running one is flagged for its worker.
+-- Only the first is a state change, with its event naming the state it left (read under the row
+-- lock). A workflow's step cancelled so is counted by the step-ended trigger, which then cancels
+-- what depends on it (or lets it run, under on_failure 'continue').
+WITH previous AS (
+    SELECT id, state FROM jobs WHERE id = $1 AND state IN ('waiting', 'queued', 'running') FOR NO KEY UPDATE
+), changed AS (
+    UPDATE jobs AS j
+    SET state = CASE WHEN j.state = 'running' THEN j.state ELSE 'cancelled'::job_state END,
+        cancel_requested = (j.state = 'running'),
+        finished_at = CASE WHEN j.state = 'running' THEN j.finished_at ELSE now() END,
+        event_seq = j.event_seq + (j.state <> 'running')::int
+    FROM previous AS p
+    WHERE j.id = p.id AND j.state IN ('waiting', 'queued', 'running')
+    RETURNING j.*
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
-    SELECT id, event_seq, 'state', skiplock_state_event(state, 'queued', attempts, NULL) FROM changed
-    WHERE state = 'cancelled'
+    SELECT c.id, c.event_seq, 'state', skiplock_state_event(c.state, p.state, c.attempts, NULL)
+    FROM changed AS c JOIN previous AS p ON p.id = c.id
+    WHERE c.state = 'cancelled'
 )
 SELECT * FROM changed
 
 -- name: job_retry
--- A failed or cancelled job goes back to the queue with at least one more attempt.
+-- A failed or cancelled job goes back to the queue with at least one more attempt; never a
+-- workflow's step (its workflow's retry runs it again, with its counts and what depends on it).
 -- The state it leaves is read under the row lock, for its event.
 WITH previous AS (
-    SELECT id, state FROM jobs WHERE id = $1 AND state IN ('failed', 'cancelled') FOR NO KEY UPDATE
+    SELECT id, state FROM jobs
+    WHERE id = $1 AND state IN ('failed', 'cancelled') AND workflow_id IS NULL
+    FOR NO KEY UPDATE
 ), changed AS (
     UPDATE jobs AS j
     SET state = 'queued', run_at = now(), finished_at = NULL, result = NULL, cancel_requested = false,
