@@ -9,6 +9,7 @@ import asyncpg
 from skiplock.queue.models import JobState
 
 _DEFAULTS: dict[JobState, dict[str, Any]] = {
+    JobState.WAITING: {},
     JobState.QUEUED: {},
     JobState.RUNNING: {
         "attempts": "1",

@@ -184,6 +184,15 @@ async def cancel_queued(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any
     return job_id, [{"state": "cancelled", "previous": "queued", "attempt": 0}]
 
 
+async def cancel_waiting(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
+    """A workflow's step not yet let go: cancelled outright, its event saying it left waiting."""
+    job_id = await job(tx, JobState.WAITING)
+    row = await tx.fetchrow(JOBS.job_cancel, job_id)
+    assert row is not None
+    assert (row["state"], row["cancel_requested"]) == ("cancelled", False)
+    return job_id, [{"state": "cancelled", "previous": "waiting", "attempt": 0}]
+
+
 async def cancel_running(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     """Only a flag for its worker: no state change, no event."""
     job_id = await job(tx, JobState.RUNNING)
@@ -219,7 +228,7 @@ CASES: dict[str, list[Case]] = {
     "job_release_unstarted": [release_unstarted],
     "job_release_untracked": [release_untracked],
     "job_release_unrun": [release_unrun],
-    "job_cancel": [cancel_queued, cancel_running],
+    "job_cancel": [cancel_queued, cancel_waiting, cancel_running],
     "job_retry": [retry_failed],
 }
 
