@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from skiplock.queue import Engine, TaskRegistry, registered
+from skiplock.queue import Engine, Task, TaskRegistry, registered
 from tests.conftest import make_settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -27,13 +27,20 @@ def celery_example() -> str:
 @pytest.fixture
 def example() -> Iterator[dict[str, Any]]:
     namespace: dict[str, Any] = {"__name__": "readme_celery"}
-    exec(compile(celery_example(), "README.md (Coming from Celery)", "exec"), namespace)  # noqa: S102
+    exec(compile(celery_example(), "README.md (Coming from Celery)", "exec"), namespace)
     yield namespace
-    for name in ("add", "total"):  # the example's @task lines registered these: gone with it
-        registered._tasks.pop(name, None)
+    for declared in tasks_of(namespace):  # the example's @task lines registered these: gone with it
+        registered._tasks.pop(declared.name, None)
+
+
+def tasks_of(namespace: dict[str, Any]) -> list[Task[Any]]:
+    return [value for value in namespace.values() if isinstance(value, Task)]
 
 
 async def test_the_celery_example_runs_as_written(dsn: str, example: dict[str, Any]) -> None:
-    tasks = TaskRegistry([example["add"], example["total"]])
+    # The service the example's client talks to: a worker with the example's tasks (and the
+    # schedule its weekly_digest declares).
+    tasks = TaskRegistry(tasks_of(example))
+    assert {t.name for t in tasks} == {"add", "total", "flaky", "weekly_digest"}
     async with Engine(make_settings(dsn), tasks, dsn):
         await example["main"](dsn)
