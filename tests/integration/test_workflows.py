@@ -272,3 +272,21 @@ async def test_the_pruner_keeps_a_running_workflows_steps_and_prunes_a_finished_
     # the running workflow's finished step stays, for its dependents and a retry
     assert await db.fetchval("SELECT state::text FROM jobs WHERE id = $1", first_id) == "succeeded"
     await engine.client.cancel_workflow(running.id)
+
+
+async def test_a_step_declaring_an_upstream_model_gets_its_dependencies_results_as_it(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    flow = chord(group(*(Step("", "give_size", {"size": n}) for n in (1, 2, 3))), Step("sum", "sum_sizes"))
+    started = await engine.client.start(flow)
+    assert (await ended(engine, started.id)).state == "succeeded"
+    assert (await results(db, started.id))["sum"][1] == {"total": 6, "types": ["Sized"]}
+    # a result that does not fit the model fails the step at once, naming the step
+    bad = await engine.client.start(chord(group(echo("odd", size="big")), Step("sum", "sum_sizes")))
+    assert (await ended(engine, bad.id)).state == "failed"
+    row = await db.fetchrow(
+        "SELECT attempts, errors FROM jobs WHERE workflow_id = $1 AND step = 'sum'", bad.id
+    )
+    assert row is not None
+    assert row["attempts"] == 1
+    assert "the result of step 'odd' is not a Sized" in row["errors"][-1]["message"]

@@ -468,3 +468,21 @@ async def count_upstream(ctx: Context, args: Marker) -> dict[str, int]:
         "count": len(ctx.upstream),
         "succeeded": sum(1 for v in ctx.upstream.values() if v == {"marker": "g"}),
     }
+
+
+class Sized(BaseModel):
+    size: int
+
+
+@task("sum_sizes", args=NoArgs, upstream=Sized)
+async def sum_sizes(ctx: Context, args: NoArgs) -> dict[str, Any]:
+    """A step that declares its dependencies' results as a model: ctx.upstream holds Sized values."""
+    return {
+        "total": sum(v.size for v in ctx.upstream.values()),
+        "types": sorted({type(v).__name__ for v in ctx.upstream.values()}),
+    }
+
+
+@task("give_size", args=Sized)
+async def give_size(ctx: Context, args: Sized) -> dict[str, int]:
+    return {"size": args.size}

@@ -15,7 +15,7 @@ from structlog.contextvars import STRUCTLOG_KEY_PREFIX, bind_contextvars
 
 from skiplock import metrics, tracing
 from skiplock.db.storable import storable_json
-from skiplock.errors import InvalidArgumentsError, SkiplockError, Snooze, UnknownTaskError
+from skiplock.errors import InvalidArgumentsError, SkiplockError, Snooze, UnknownTaskError, WorkflowInvalid
 from skiplock.fetcher import Fetcher
 from skiplock.queue import _workflow_store as workflow_store
 from skiplock.queue._completer import Completer, Outcome, OutcomeKind
@@ -26,6 +26,7 @@ from skiplock.queue.context import Context, JobInfo
 from skiplock.queue.models import ClaimedJob
 from skiplock.queue.origin import current_origin
 from skiplock.queue.tasks import Task, TaskRegistry
+from skiplock.queue.workflows import typed_upstream
 from skiplock.service import str_of
 
 log = structlog.get_logger("skiplock.executor")
@@ -216,10 +217,15 @@ class Executor:
             http=self.http,
             lease=running,
         )
+        if job.workflow_id is not None:  # a step: what its dependencies returned, as it declared
+            try:
+                ctx.upstream = typed_upstream(
+                    await workflow_store.upstream(self.client.pool, job.id), spec.upstream
+                )
+            except WorkflowInvalid as exc:  # the same next time: fails at once
+                return Outcome(job, OutcomeKind.FAILED, error=error_record(job, exc))
         timeout = None if job.timeout_s is None else asyncio.timeout(job.timeout_s)
         try:
-            if job.workflow_id is not None:
-                ctx.upstream = await workflow_store.upstream(self.client.pool, job.id)
             if timeout is None:  # most jobs: no Timeout (and its current_task lookups) per job
                 result = await self._call(spec, ctx, args, running)
             else:

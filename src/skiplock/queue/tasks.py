@@ -63,6 +63,9 @@ class Task(Generic[ArgsT]):
     backoff: Backoff = field(default_factory=Backoff)
     description: str = ""
     schedules: tuple[str, ...] = ()  # cron expressions (UTC) declared with the task
+    #: The model of what a workflow step's dependencies returned: ``ctx.upstream``'s values as
+    #: instances of it (None: as stored, JSON).
+    upstream: type[BaseModel] | None = None
 
     is_async: bool = field(init=False)
 
@@ -238,8 +241,10 @@ def task(
     backoff: Backoff | None = None,
     schedule: str | None = None,
     schedules: Iterable[str] = (),
+    upstream: type[BaseModel] | None = None,
 ) -> Callable[[TaskFn], Task[ArgsT]]:
-    """Declare a task. The function takes ``(ctx, args)``; a plain ``def`` runs in a thread."""
+    """Declare a task. The function takes ``(ctx, args)``; a plain ``def`` runs in a thread.
+    ``upstream``: as a workflow step, its dependencies' results are read as this model."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
@@ -261,6 +266,7 @@ def task(
             backoff=backoff or Backoff(),
             description=inspect.getdoc(fn) or "",
             schedules=declared_crons,
+            upstream=upstream,
         )
         registered.add(declared)
         return declared

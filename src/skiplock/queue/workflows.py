@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skiplock.errors import WorkflowInvalid
 from skiplock.queue.models import AttemptError, JobState
@@ -263,3 +263,27 @@ class UpstreamFailure:
 
     def as_json(self) -> dict[str, Any]:
         return {"state": self.state, "error": self.error}
+
+
+def typed_upstream(values: dict[str, Any], model: type[BaseModel] | None) -> dict[str, Any]:
+    """A step's ``ctx.upstream`` as its task declared it: each result an instance of ``model``
+    (a dependency that did not succeed stays an :class:`UpstreamFailure`); :class:`WorkflowInvalid`
+    naming the step whose result does not fit."""
+    if model is None:
+        return values
+    typed: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, UpstreamFailure):
+            typed[name] = value
+            continue
+        try:
+            typed[name] = model.model_validate(value)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'result'}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise WorkflowInvalid(
+                f"the result of step {name!r} is not a {model.__name__}: {problems}", step=name
+            ) from exc
+    return typed
