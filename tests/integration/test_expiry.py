@@ -52,6 +52,17 @@ async def test_a_job_due_after_its_expiry_never_starts(engine: Engine) -> None:
     assert await engine.client.pool.fetchval("SELECT count(*) FROM test_runs") == 0
 
 
+async def test_an_expired_job_retried_by_hand_runs(engine: Engine) -> None:
+    await engine.client.set_paused("default", True)
+    job_ = await engine.client.enqueue("record_run", {}, expires_in_s=0.3)
+    assert await finished(engine, job_.id, timeout=5) == "cancelled"
+    await engine.client.set_paused("default", False)
+    retried = await engine.client.retry(job_.id)
+    assert retried.expires_at is None  # asked to run now: its old expiry no longer applies
+    assert await finished(engine, job_.id, timeout=10) == "succeeded"
+    assert await engine.client.pool.fetchval("SELECT count(*) FROM test_runs") == 1
+
+
 async def test_a_job_started_before_its_expiry_runs_to_its_end(engine: Engine) -> None:
     job_ = await engine.client.enqueue("wait", {"seconds": 1.5}, expires_in_s=0.5)
     assert await finished(engine, job_.id, timeout=10) == "succeeded"

@@ -425,7 +425,8 @@ SELECT * FROM changed
 -- name: job_retry
 -- A failed or cancelled job goes back to the queue with at least one more attempt; never a
 -- workflow's step (its workflow's retry runs it again, with its counts and what depends on it).
--- The state it leaves is read under the row lock, for its event.
+-- The state it leaves is read under the row lock, for its event. An expiry goes: the retry is
+-- someone asking for the job to run now (an expired job retried would be expired again at once).
 WITH previous AS (
     SELECT id, state FROM jobs
     WHERE id = $1 AND state IN ('failed', 'cancelled') AND workflow_id IS NULL
@@ -433,7 +434,8 @@ WITH previous AS (
 ), changed AS (
     UPDATE jobs AS j
     SET state = 'queued', run_at = now(), finished_at = NULL, result = NULL, cancel_requested = false,
-        max_attempts = greatest(j.max_attempts, j.attempts + 1), event_seq = j.event_seq + 1
+        max_attempts = greatest(j.max_attempts, j.attempts + 1), expires_at = NULL,
+        event_seq = j.event_seq + 1
     FROM previous AS p
     WHERE j.id = p.id AND j.state IN ('failed', 'cancelled')
     RETURNING j.*
