@@ -33,6 +33,8 @@
     │   └── PermanentJobError    fail now, never retry
     ├── Snooze                   raised by a task: back to its queue for ``seconds``, no attempt used
     ├── LeaseLostError           a run no longer holds its job's lease: what it writes is refused
+    ├── TaskProcessCrashed       a process-pool task's process ended before it answered (retried)
+    ├── NotInTaskProcess         a process-pool task used what only the engine's process has
     ├── JobFailed                a waited-for job ended without a result (``state``, ``error``)
     │   └── JobCancelled         … because it was cancelled
     ├── WorkflowFailed           a waited-for workflow failed or was cancelled (``state``, ``error``)
@@ -220,6 +222,16 @@ class Snooze(SkiplockError):
 
 class LeaseLostError(SkiplockError):
     """This run no longer holds its job's lease; it is being stopped and nothing it writes is kept."""
+
+
+class TaskProcessCrashed(SkiplockError):
+    """The task's process ended before it answered."""
+
+
+class NotInTaskProcess(SkiplockError):
+    """A task running in the process pool has only its job, progress and log on its context."""
+
+    retryable = False  # the same next time
 
 
 class JobFailed(SkiplockError):

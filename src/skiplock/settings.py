@@ -71,6 +71,20 @@ class Settings(BaseSettings):
         ),
     )
     task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    process_pool_size: int | None = Field(
+        default=None, ge=1, le=1024, description="Children of the task process pool; unset: the CPU count."
+    )
+    process_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Queues whose every job runs in the task process pool."
+    )
+    process_max_tasks_per_child: int = Field(
+        default=0, ge=0, description="A pool child is replaced after this many jobs (0: never)."
+    )
+    process_max_memory_mb_per_child: int = Field(
+        default=0,
+        ge=0,
+        description="A pool child whose resident memory after a job is over this is replaced (0: never).",
+    )
     fetch_max_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1024, description="Largest response body fetch_api and scrape read."
     )
@@ -136,7 +150,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("queues", "task_modules", "fetch_allow_hosts", "cors_origins", mode="before")
+    @field_validator(
+        "queues", "task_modules", "process_queues", "fetch_allow_hosts", "cors_origins", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -148,6 +164,13 @@ class Settings(BaseSettings):
     def _check_queue_specs(cls, value: list[str]) -> list[str]:
         for spec in value:
             parse_queue_spec(spec)
+        return value
+
+    @field_validator("process_queues")
+    @classmethod
+    def _check_queue_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            check_queue_name(name)
         return value
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ from skiplock.errors import InvalidArgumentsError, SkiplockError, Snooze, Unknow
 from skiplock.fetcher import Fetcher
 from skiplock.queue import _workflow_store as workflow_store
 from skiplock.queue._completer import Completer, Outcome, OutcomeKind
+from skiplock.queue._processes import ChildTaskFailed, TaskProcesses
 from skiplock.queue._running import RunningJob, RunningJobs, StopReason
 from skiplock.queue._threads import TaskThreads, ThreadExit
 from skiplock.queue.client import Client
@@ -26,7 +27,7 @@ from skiplock.queue.context import Context, JobInfo
 from skiplock.queue.models import ClaimedJob
 from skiplock.queue.origin import current_origin
 from skiplock.queue.tasks import Task, TaskRegistry
-from skiplock.queue.workflows import typed_upstream
+from skiplock.queue.workflows import UpstreamFailure, typed_upstream
 from skiplock.service import str_of
 
 log = structlog.get_logger("skiplock.executor")
@@ -87,20 +88,26 @@ class _NotStarted(Exception):
 _MESSAGE_CHARS = 2000
 
 
-def error_record(job: ClaimedJob, exc: BaseException, message: str | None = None) -> dict[str, Any]:
-    """What is kept of one failed attempt: type, message and a trimmed traceback."""
+def describe_error(exc: BaseException, message: str | None = None) -> dict[str, Any]:
+    """An error's type, message and trimmed traceback (also what a pool child reports)."""
     try:
         lines = traceback.format_exception(exc)
     except BaseException:  # user code's __str__ or __repr__ may raise anything
         lines = [f"{type(exc).__name__}: <the traceback could not be formatted>\n"]
-    trimmed = "".join(lines[-_TRACEBACK_LINES:])[-8000:]
     return {
-        "attempt": job.attempt,
         "type": type(exc).__name__,
         "message": (message or str_of(exc))[:_MESSAGE_CHARS],
-        "traceback": trimmed,
-        "at": datetime.now(UTC).isoformat(),
+        "traceback": "".join(lines[-_TRACEBACK_LINES:])[-8000:],
     }
+
+
+def error_record(job: ClaimedJob, exc: BaseException, message: str | None = None) -> dict[str, Any]:
+    """What is kept of one failed attempt: type, message and a trimmed traceback."""
+    return _attempt_error(job, describe_error(exc, message))
+
+
+def _attempt_error(job: ClaimedJob, described: dict[str, Any]) -> dict[str, Any]:
+    return {"attempt": job.attempt, **described, "at": datetime.now(UTC).isoformat()}
 
 
 class Executor:
@@ -112,6 +119,8 @@ class Executor:
         completer: Completer,
         http: Fetcher,
         threads: TaskThreads,
+        processes: TaskProcesses | None = None,
+        process_queues: frozenset[str] = frozenset(),
     ) -> None:
         self.registry = registry
         self.client = client
@@ -119,6 +128,9 @@ class Executor:
         self.running = running
         self.completer = completer
         self.threads = threads
+        #: The task process pool: jobs of executor="process" tasks, and of these queues, run there.
+        self.processes = processes
+        self.process_queues = process_queues
         #: Set when the process is leaving past its grace: stop waiting for threads (they die with it).
         self._abandoned = asyncio.Event()
 
@@ -217,20 +229,26 @@ class Executor:
             http=self.http,
             lease=running,
         )
+        upstream: dict[str, Any] = {}
         if job.workflow_id is not None:  # a step: what its dependencies returned, as it declared
             try:
-                ctx.upstream = typed_upstream(
-                    await workflow_store.upstream(self.client.pool, job.id), spec.upstream
-                )
+                upstream = await workflow_store.upstream(self.client.pool, job.id)
+                ctx.upstream = typed_upstream(upstream, spec.upstream)
             except WorkflowInvalid as exc:  # the same next time: fails at once
                 return Outcome(job, OutcomeKind.FAILED, error=error_record(job, exc))
+        in_process = self.in_process(spec, job)
+        call = (
+            self._call_in_process(spec, running, upstream)
+            if in_process
+            else self._call(spec, ctx, args, running)
+        )
         timeout = None if job.timeout_s is None else asyncio.timeout(job.timeout_s)
         try:
             if timeout is None:  # most jobs: no Timeout (and its current_task lookups) per job
-                result = await self._call(spec, ctx, args, running)
+                result = await call
             else:
                 async with timeout:
-                    result = await self._call(spec, ctx, args, running)
+                    result = await call
             # Plain JSON whatever the task returned (a lone surrogate makes pydantic raise).
             return Outcome(job, OutcomeKind.SUCCEEDED, result=storable_json(result))
         except asyncio.CancelledError as exc:
@@ -253,9 +271,17 @@ class Executor:
             # Only the job's own timeout is reported as such; a task's own TimeoutError is a failure.
             expired = timeout is not None and timeout.expired()
             message = f"timed out after {job.timeout_s:g}s" if expired else None
+            if expired and in_process:
+                message = f"hit its time limit of {job.timeout_s:g}s: its process was killed"
             return self._failure(job, spec.backoff.delay(job.attempt), exc, message)
         except _NotStarted:
             return Outcome(job, OutcomeKind.UNSTARTED)
+        except ChildTaskFailed as failed:  # raised in a pool child: recorded as the child saw it
+            error = _attempt_error(job, failed.error)
+            if failed.retryable and job.attempt < job.max_attempts:
+                delay = spec.backoff.delay(job.attempt)
+                return Outcome(job, OutcomeKind.RETRY, error=error, retry_in_s=delay)
+            return Outcome(job, OutcomeKind.FAILED, error=error)
         except Snooze as snooze:  # no error: the job waits, and this attempt is not held against it
             return Outcome(job, OutcomeKind.SNOOZED, retry_in_s=snooze.seconds)
         except SkiplockError as exc:
@@ -289,6 +315,47 @@ class Executor:
                 running.waiting_for_thread = False
             running.thread_left_running = not thread.done()  # abandoned: the process is leaving
             raise
+
+    def in_process(self, spec: Task[Any], job: ClaimedJob) -> bool:
+        """Whether the job runs in the task process pool (its task's choice, or its queue's)."""
+        if self.processes is None:
+            return False
+        return spec.executor == "process" or (spec.executor is None and job.queue in self.process_queues)
+
+    async def _call_in_process(self, spec: Task[Any], running: RunningJob, upstream: dict[str, Any]) -> Any:
+        """Run the job in a pool child. Stopped (a cancel, its time limit, a lost lease, the end of
+        the shutdown grace), the child is killed, and reaped before the stop is reported."""
+        assert self.processes is not None
+        job = running.job
+        child = await self.processes.acquire()
+        try:
+            if not running.holds_lease():  # waited for a child past its lease: never begun
+                raise _NotStarted
+            sink = self.running.event_sink(running)  # this attempt's, never a later one's
+            request = {
+                "task": job.task,
+                "module": getattr(spec.fn, "__module__", None),
+                "job": [job.id, job.task, job.queue, job.attempt, job.max_attempts],
+                "args": job.args,
+                "upstream": {
+                    step: {"failure": value.as_json()}
+                    if isinstance(value, UpstreamFailure)
+                    else {"result": value}
+                    for step, value in upstream.items()
+                },
+            }
+            try:
+                return await child.call(request, lambda kind, data: sink(job.id, kind, data))
+            except asyncio.CancelledError:
+                running.waiting_for_thread = True  # the reaping is not cut short (see _lease.fenced)
+                try:
+                    await child.kill()
+                finally:
+                    running.waiting_for_thread = False
+                    running.thread_left_running = child.alive  # not reaped: handled as a thread's
+                raise
+        finally:
+            await self.processes.release(child)
 
     async def _thread_returned(self, thread: asyncio.Future[Any]) -> None:
         """Wait for ``thread`` whatever else cancels us meanwhile (the cancel poll, a timeout, a

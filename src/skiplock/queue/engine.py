@@ -25,6 +25,7 @@ from skiplock.queue._executor import Executor
 from skiplock.queue._hub import EventHub
 from skiplock.queue._lease import LeaseKeeper
 from skiplock.queue._listener import Listener
+from skiplock.queue._processes import TaskProcesses
 from skiplock.queue._producer import Producer
 from skiplock.queue._pruner import Pruner
 from skiplock.queue._registrations import TaskRegistrar
@@ -84,6 +85,13 @@ class Engine:
         self.running = RunningJobs(owner=self.owner)
         #: Plain def tasks run here, never in the loop's default executor (DNS lookups use that).
         self.threads = TaskThreads(settings.concurrency)
+        #: executor="process" tasks (and SKIPLOCK_PROCESS_QUEUES) run in children started on demand.
+        self.processes = TaskProcesses(
+            settings.process_pool_size or os.cpu_count() or 1,
+            modules=settings.task_modules,
+            max_tasks=settings.process_max_tasks_per_child,
+            max_memory_mb=settings.process_max_memory_mb_per_child,
+        )
         metrics.jobs_running.set_function(lambda: len(self.running))  # read at scrape, not per job
         self.supervisor: Supervisor | None = None
         #: Set when a background service died (ended or raised without being asked).
@@ -183,7 +191,14 @@ class Engine:
                 poll_interval_s=self.settings.poll_interval_s,
                 shutdown_grace_s=self.settings.shutdown_grace_s,
                 executor=Executor(
-                    self.registry, self.client, self.running, completer, self.http, self.threads
+                    self.registry,
+                    self.client,
+                    self.running,
+                    completer,
+                    self.http,
+                    self.threads,
+                    self.processes,
+                    frozenset(self.settings.process_queues),
                 ),
                 running=self.running,
                 limits=self.limits,
@@ -281,6 +296,7 @@ class Engine:
                 await self._task
             self._task = None
         self.threads.close()
+        await self.processes.close()
         await self.http.close()
         if self._task_pool is not None:
             await self._task_pool.close()

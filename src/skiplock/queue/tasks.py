@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 TaskFn = Callable[["Context", Any], Any]
 
+TaskExecutor = Literal["thread", "process"]
+
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_PRIORITY = 100  # priorities run from -MAX_PRIORITY to MAX_PRIORITY, higher first
@@ -66,6 +68,9 @@ class Task(Generic[ArgsT]):
     #: The model of what a workflow step's dependencies returned: ``ctx.upstream``'s values as
     #: instances of it (None: as stored, JSON).
     upstream: type[BaseModel] | None = None
+    #: Where its jobs run: None, an ``async def`` on the event loop and a plain ``def`` on the
+    #: engine's threads; "process": in the task process pool (see _processes.py).
+    executor: TaskExecutor | None = None
 
     is_async: bool = field(init=False)
 
@@ -242,19 +247,26 @@ def task(
     schedule: str | None = None,
     schedules: Iterable[str] = (),
     upstream: type[BaseModel] | None = None,
+    executor: TaskExecutor | None = None,
 ) -> Callable[[TaskFn], Task[ArgsT]]:
     """Declare a task. The function takes ``(ctx, args)``; a plain ``def`` runs in a thread.
-    ``upstream``: as a workflow step, its dependencies' results are read as this model."""
+    ``upstream``: as a workflow step, its dependencies' results are read as this model.
+    ``executor="process"``: each job runs in the task process pool (a child process, killed at
+    ``timeout_s`` or on cancel); ``"thread"`` states the default of a plain ``def``."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
         raise ValueError(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
     if timeout_s is not None and timeout_s <= 0:
         raise ValueError("timeout_s must be positive")
+    if executor not in (None, "thread", "process"):
+        raise ValueError("executor must be 'thread' or 'process'")
     declared_crons = ((schedule,) if schedule else ()) + tuple(schedules)
     _check_declaration(name, queue, declared_crons)
 
     def decorate(fn: TaskFn) -> Task[ArgsT]:
+        if executor == "thread" and inspect.iscoroutinefunction(fn):
+            raise ValueError(f"task {name!r}: executor='thread' is for a plain def, not an async def")
         declared = Task(
             name=name,
             fn=fn,
@@ -267,6 +279,7 @@ def task(
             description=inspect.getdoc(fn) or "",
             schedules=declared_crons,
             upstream=upstream,
+            executor=executor,
         )
         registered.add(declared)
         return declared
