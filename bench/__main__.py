@@ -16,6 +16,7 @@ from bench import (
     http_enqueue,
     import_csv,
     latency,
+    process_pool,
     scheduler,
     websocket_fanout,
     workflows,
@@ -36,6 +37,7 @@ WORKLOADS = {
     "dashboard": dashboard.run,
     "import-csv": import_csv.run,
     "workflows": workflows.run,
+    "process-pool": process_pool.run,
 }
 
 

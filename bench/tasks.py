@@ -41,3 +41,29 @@ async def bench_progress(ctx: Context, args: Reporting) -> None:
         await ctx.progress(step / args.steps, repr(time.time()))
         if args.interval_s:
             await asyncio.sleep(args.interval_s)
+
+
+class Burn(BaseModel):
+    ms: float = 10.0
+
+
+#: Turns of ``sum(range(100))`` in a millisecond of one core of the reference machine (calibrated
+#: once): a fixed amount of work, not a wall-clock loop, so threads sharing the GIL do the same work.
+_TURNS_PER_MS = 1700
+
+
+def _burn(ms: float) -> None:
+    for _ in range(int(ms * _TURNS_PER_MS)):
+        sum(range(100))
+
+
+@task("bench_cpu_process", args=Burn, executor="process")
+def bench_cpu_process(ctx: Context, args: Burn) -> None:
+    """``ms`` of pure-Python CPU work in a child of the task process pool."""
+    _burn(args.ms)
+
+
+@task("bench_cpu_thread", args=Burn)
+def bench_cpu_thread(ctx: Context, args: Burn) -> None:
+    """The same work on the engine's threads (one GIL for all of them, and for the event loop)."""
+    _burn(args.ms)
