@@ -77,6 +77,16 @@ async def claim_after(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]
     return job_id, [{"state": "running", "previous": "queued", "attempt": 1}]
 
 
+async def claim_limited(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
+    job_id = await job(tx)
+    await tx.execute(
+        "INSERT INTO queues (name, global_concurrency, rate_limit, rate_period_s) VALUES ('default', 5, 5, 1)"
+    )
+    rows = await tx.fetch(JOBS.job_claim_limited, "default", 10, "me", 30.0, None, ["noop"], [])
+    assert [r["id"] for r in rows] == [job_id]
+    return job_id, [{"state": "running", "previous": "queued", "attempt": 1}]
+
+
 async def finish_succeeded(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING)
     args = [[job_id], [1], ["succeeded"], ['{"ok": 1}'], [None], [0.0], [None], OWNER]
@@ -214,6 +224,7 @@ async def retry_failed(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]
 CASES: dict[str, list[Case]] = {
     "job_claim_many": [claim],
     "job_claim_after": [claim_after],
+    "job_claim_limited": [claim_limited],
     "job_finish_many": [
         finish_succeeded,
         finish_retried_with_error,

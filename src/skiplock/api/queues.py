@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar import Controller, get, patch, post
+from litestar.exceptions import ValidationException
+from litestar.params import JSONBody, Parameter
 
+from skiplock.api.errors import validation_as_422
 from skiplock.api.plugin import ClientDep, EngineDep
-from skiplock.api.schemas import QUEUE_NAME, QueueOut, TaskInfo
+from skiplock.api.schemas import QUEUE_NAME, QueueLimitsChange, QueueOut, TaskInfo
 from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.queue.models import FailureGroup, QueueInfo
@@ -18,7 +20,10 @@ QueueName = Annotated[str, Parameter(pattern=QUEUE_NAME, description="The queue'
 
 def _out(queue: QueueInfo, engine: EngineDep) -> QueueOut:
     served = engine.queues if engine.settings.worker else {}
-    return QueueOut(**queue.model_dump(), concurrency=served.get(queue.name))
+    concurrency = served.get(queue.name)
+    if concurrency is not None and queue.limits.concurrency is not None:  # the queue's row overrides it
+        concurrency = min(queue.limits.concurrency, engine.settings.concurrency)
+    return QueueOut(**queue.model_dump(), concurrency=concurrency)
 
 
 class QueueController(Controller):
@@ -33,6 +38,21 @@ class QueueController(Controller):
         for name in engine.queues if engine.settings.worker else ():
             known.setdefault(name, QueueInfo(name=name, paused=False, counts={}))
         return [_out(known[name], engine) for name in sorted(known)]
+
+    @patch(
+        "/{name:str}",
+        operation_id="UpdateQueueLimits",
+        opt=needs(Scope.ADMIN),
+        exception_handlers={ValidationException: validation_as_422},
+    )
+    async def update_limits(
+        self, name: QueueName, data: JSONBody[QueueLimitsChange], client: ClientDep, engine: EngineDep
+    ) -> QueueOut:
+        """Change the queue's limits for every process, within a second: ``concurrency`` (per
+        process), ``global_concurrency``, ``rate_limit`` (``"100/minute"``); a field left out stays,
+        null clears it. Kept in the database: they outlive restarts. 422 naming the field for a bad
+        value (nothing is changed then)."""
+        return _out(await client.set_limits(name, data.changes()), engine)
 
     @post("/{name:str}/pause", operation_id="PauseQueue", status_code=200, opt=needs(Scope.ADMIN))
     async def pause(self, name: QueueName, client: ClientDep, engine: EngineDep) -> QueueOut:

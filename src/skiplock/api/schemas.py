@@ -6,9 +6,10 @@ from typing import Any
 
 from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from skiplock.queue.client import EnqueueRequest
+from skiplock.queue.limits import MAX_CONCURRENCY, MAX_GLOBAL_CONCURRENCY, Rate
 from skiplock.queue.models import Job, QueueInfo
 from skiplock.queue.tasks import MAX_PRIORITY
 from skiplock.queue_names import QUEUE_NAME as QUEUE_NAME  # re-exported: routes validate with it
@@ -100,6 +101,43 @@ class TaskInfo(BaseModel):
     timeout_s: float | None
     description: str
     args_schema: dict[str, Any]
+
+
+class QueueLimitsChange(BaseModel):
+    """PATCH /queues/{name}: each field optional; left out, it stays; null clears it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_CONCURRENCY, description="Jobs of the queue each process runs at once."
+    )
+    global_concurrency: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_GLOBAL_CONCURRENCY,
+        description="Jobs of the queue running across every process.",
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        max_length=40,
+        description="'<count>/<unit>' (second, minute, hour, day): at most count starts in any window of one "
+        "unit, across every process.",
+        examples=["100/minute"],
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            Rate.parse(value)
+        return value
+
+    def changes(self) -> dict[str, Any]:
+        """The fields sent, the rate parsed: what Client.set_limits takes."""
+        sent = self.model_dump(include=self.model_fields_set)
+        if sent.get("rate_limit") is not None:
+            sent["rate_limit"] = Rate.parse(sent["rate_limit"])
+        return sent
 
 
 class QueueOut(QueueInfo):

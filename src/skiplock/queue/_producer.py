@@ -12,6 +12,14 @@ this process runs it, and another would run it too. Each run starts with its lea
 read from the clock before the claim was sent, and runs fenced (see _lease.py). A claim whose
 reply never arrived (the connection broke) may still have committed: after reconnecting, the
 jobs it took are handed back, their attempt unused, before anything else is claimed.
+
+A queue with limits across replicas (a global concurrency, a rate limit: see limits.py) is claimed
+by job_claim_limited, which takes no more than the limits allow in the queue's turn; the claim of
+a queue without them refuses such a queue, so a producer that has not yet heard of a new limit
+takes nothing rather than too much. Limits are read at the start, on every poll and at once on
+a 'limits:<queue>' notification. Held back by its rate, a queue is claimed again when the
+claim said the budget allows (a timer, no polling); held back by its global concurrency, when a
+job of this process ends (the process whose job ended claims again itself) or at the poll.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import structlog
@@ -33,12 +42,15 @@ from skiplock.queue._lease import fenced, lease_deadline, lease_margin
 from skiplock.queue._running import RunningJobs, StopReason
 from skiplock.queue._statements import (
     JOBS,
+    QUEUES,
     JobClaim,
     JobClaimAfter,
     claim_jobs,
     claim_jobs_after,
+    claim_jobs_limited,
     notify_requeued,
 )
+from skiplock.queue.limits import QueueLimits
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import Recovery, StopSignal
 
@@ -89,7 +101,14 @@ class Producer:
         self.dsn = dsn
         self.limits = limits  # the claim connection's time limits (the engine's)
         self.owner = owner
-        self.queue_limits = queues
+        self.configured = dict(queues)  # this process's limit per queue, from its settings
+        #: The limit it claims by: the configured one, unless the queue's row sets another.
+        self.queue_limits = dict(queues)
+        #: Each queue's limits as its row holds them, read again at every poll and on notification.
+        self.limits_of: dict[str, QueueLimits] = {}
+        self._reload_all = True
+        self._reload: set[str] = set()
+        self._rate_timers: dict[str, asyncio.TimerHandle] = {}
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.cleanup_s = lease_margin(lease_s) / 2  # a fenced run's time to clean up
@@ -127,6 +146,18 @@ class Producer:
         for queue in self.queue_limits:
             self._forget_hint(queue)
         self._woken.update(self.queue_limits)
+        self._reload_all = True  # a poll, a reconnect: a notification of limits may have been lost
+        self._wakeup.set()
+
+    def limits_changed(self, queue: str) -> None:
+        """A hint that ``queue``'s limits changed (called from the listener callback)."""
+        if queue in self.queue_limits:
+            self._reload.add(queue)
+            self.wake(queue)
+
+    def _wake_limited(self, queue: str) -> None:
+        self._rate_timers.pop(queue, None)
+        self._woken.add(queue)
         self._wakeup.set()
 
     def _forget_hint(self, queue: str) -> None:
@@ -171,6 +202,8 @@ class Producer:
         await asyncio.sleep(0)
 
     async def _claim_round(self, conn: AnyConnection, jobs: asyncio.TaskGroup) -> None:
+        if self._reload_all or self._reload:
+            await self._load_limits(conn)
         queues, self._woken = self._woken, set()
         for queue in queues:
             free = min(
@@ -179,6 +212,13 @@ class Producer:
             )
             if free <= 0:
                 self._hungry.add(queue)
+                continue
+            if queue in self.limits_of and self.limits_of[queue].limited:
+                claimed, held_back = await self._claim_limited(conn, jobs, queue, free)
+                if claimed == free or held_back:
+                    self._hungry.add(queue)
+                else:
+                    self._hungry.discard(queue)
                 continue
             hint = self._fresh_hint(queue)
             claimed = await self._claim(conn, jobs, queue, free, hint)
@@ -189,6 +229,62 @@ class Producer:
             else:
                 self._hungry.discard(queue)
         self.round_done.set()
+
+    async def _load_limits(self, conn: AnyConnection) -> None:
+        """Read the limits of the queues to read again (all of them after a poll)."""
+        names = sorted(self.configured) if self._reload_all else sorted(self._reload)
+        self._reload_all, self._reload = False, set()
+        rows = {r["name"]: QueueLimits.from_record(r) for r in await conn.fetch(QUEUES.queue_limits, names)}
+        for name in names:
+            limits = rows.get(name, QueueLimits())
+            if limits != self.limits_of.get(name, QueueLimits()):
+                log.info("queue_limits_read", queue=name, **_fields(limits))
+            self.limits_of[name] = limits
+            self.queue_limits[name] = (
+                self.configured[name]
+                if limits.concurrency is None
+                else min(limits.concurrency, self.concurrency)
+            )
+            if not limits.limited:
+                self._cancel_rate_timer(name)
+
+    def _cancel_rate_timer(self, queue: str) -> None:
+        timer = self._rate_timers.pop(queue, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _claim_limited(
+        self, conn: AnyConnection, jobs: asyncio.TaskGroup, queue: str, n: int
+    ) -> tuple[int, bool]:
+        """Claim up to ``n`` jobs of a queue with limits across replicas and start them: how many,
+        and whether its limits held the claim back (it took fewer than it could have)."""
+        self._claim_unsure = True
+        sent_at = time.monotonic()
+        claim = JobClaim(
+            queue=queue,
+            limit=n,
+            owner=self.owner,
+            lease_s=self.lease_s,
+            now=None,
+            tasks=self.tasks,
+            excluded=self.running.ids(),
+        )
+        rows = await claim_jobs_limited(conn, claim)
+        self._claim_unsure = False
+        first = rows[0]  # one row at least, always
+        if first["next_at"] is not None:  # the rate's budget is spent: claim again when it allows
+            self._cancel_rate_timer(queue)
+            delay = (first["next_at"] - first["clock"]).total_seconds() + 0.001
+            self._rate_timers[queue] = asyncio.get_running_loop().call_later(delay, self._wake_limited, queue)
+        records = [r for r in rows if r["id"] is not None]
+        if records:
+            claimed_at = records[0]["started_at"]
+            self._claimed_at = claimed_at if self._claimed_at is None else max(self._claimed_at, claimed_at)
+        valid_until = lease_deadline(sent_at, self.lease_s)
+        for record in records:
+            self._start(jobs, ClaimedJob.from_record(record), valid_until)
+        budget = first["budget"]
+        return len(records), len(records) == budget and budget < n
 
     def _fresh_hint(self, queue: str) -> ClaimHint | None:
         """The queue's hint, unless a poll interval has passed since its full claim (then none)."""
@@ -279,7 +375,17 @@ class Producer:
         self.executor.abandon_threads()
 
     async def stop(self) -> None:
+        for queue in list(self._rate_timers):
+            self._cancel_rate_timer(queue)
         if self._stopped_at is None:
             self._stopped_at = time.monotonic()
         self._stop.set()
         self._wakeup.set()
+
+
+def _fields(limits: QueueLimits) -> dict[str, Any]:
+    return {
+        "concurrency": limits.concurrency,
+        "global_concurrency": limits.global_concurrency,
+        "rate_limit": None if limits.rate is None else str(limits.rate),
+    }

@@ -23,6 +23,7 @@ class JobStatements:
     job_list: Statement
     job_claim_many: Statement
     job_claim_after: Statement
+    job_claim_limited: Statement
     job_finish_many: Statement
     job_fail_outcome_not_stored: Statement
     job_heartbeat: Statement
@@ -48,6 +49,8 @@ class JobStatements:
 @dataclass(frozen=True, slots=True)
 class QueueStatements:
     queue_set_paused: Statement
+    queue_set_limits: Statement
+    queue_limits: Statement
     queue_overview: Statement
     task_register: Statement
     task_unregister: Statement
@@ -197,6 +200,13 @@ async def claim_jobs(conn: AnyConnection, params: JobClaim) -> list[asyncpg.Reco
 async def claim_jobs_after(conn: AnyConnection, params: JobClaimAfter) -> list[asyncpg.Record]:
     """As :func:`claim_jobs`, the index scan starting at the given place."""
     return await conn.fetch(JOBS.job_claim_after, *params)
+
+
+async def claim_jobs_limited(conn: AnyConnection, params: JobClaim) -> list[asyncpg.Record]:
+    """As :func:`claim_jobs`, for a queue with limits across replicas: every row also says the
+    claim's ``budget``, its ``clock`` and ``next_at`` (when the rate limit allows the next start, if
+    it held the claim back); with nothing claimed, one such row whose ``id`` is null."""
+    return await conn.fetch(JOBS.job_claim_limited, *params)
 
 
 async def finish_jobs(conn: AnyConnection, params: JobFinish) -> list[int]:

@@ -6,7 +6,7 @@ import asyncio
 import collections
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Self
@@ -40,7 +40,8 @@ from skiplock.queue._statements import (
 )
 from skiplock.queue._waker import Waker
 from skiplock.queue.handles import default_client_or_none, set_default_client
-from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo
+from skiplock.queue.limits import Rate
+from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo, QueueLimitsInfo
 from skiplock.queue.origin import current_origin
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.schedules import Schedules
@@ -538,6 +539,25 @@ class Client:
             await conn.execute(JOBS.notify_queued, [job.queue])
         return job
 
+    async def set_limits(self, queue: str, change: Mapping[str, Any]) -> QueueInfo:
+        """Change ``queue``'s limits for every process (within a second): the keys of ``change``
+        among ``concurrency``, ``global_concurrency`` and ``rate_limit`` (a :class:`Rate`), each
+        value None to clear it; the others stay as they are."""
+        rate = change.get("rate_limit")
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                QUEUES.queue_set_limits,
+                queue,
+                change.get("concurrency"),
+                change.get("global_concurrency"),
+                None if rate is None else rate.limit,
+                None if rate is None else rate.period_s,
+                "concurrency" in change,
+                "global_concurrency" in change,
+                "rate_limit" in change,
+            )
+        return next(q for q in await self.queues() if q.name == queue)
+
     async def set_paused(self, queue: str, paused: bool) -> QueueInfo:
         """Pause or resume a queue for every process; a resume wakes its workers."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -553,7 +573,7 @@ class Client:
         if self._overview is not None and now - self._overview[0] <= max_age_s:
             return self._overview[1]
         records = await self.pool.fetch(QUEUES.queue_overview)
-        queues = [QueueInfo.model_validate(dict(r)) for r in records]
+        queues = [_queue_info(r) for r in records]
         self._overview = (now, queues)
         return queues
 
@@ -639,3 +659,14 @@ class Client:
                 step=job.step,
             )
         return InvalidStateError(f"cannot {action} job {job_id} in state {job.state}: {why}", state=job.state)
+
+
+def _queue_info(record: asyncpg.Record) -> QueueInfo:
+    row = dict(record)
+    rate, period = row.pop("rate_limit"), row.pop("rate_period_s")
+    row["limits"] = QueueLimitsInfo(
+        concurrency=row.pop("limit_concurrency"),
+        global_concurrency=row.pop("global_concurrency"),
+        rate_limit=None if rate is None else str(Rate(rate, period)),
+    )
+    return QueueInfo.model_validate(row)

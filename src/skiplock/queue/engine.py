@@ -204,6 +204,7 @@ class Engine:
                 limits=self.limits,
             )
             self.listener.subscribe("queued", producer.wake)
+            self.listener.subscribe("limits", producer.limits_changed)
             self.listener.subscribe("cancel", keeper.cancel)
             self.listener.on_reconnect(producer.wake_all)
             # Stopped in reverse: producer first (drain), completer last (flush).

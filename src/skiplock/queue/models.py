@@ -75,11 +75,28 @@ class Job(BaseModel):
         return cls.model_validate(dict(record))
 
 
+class QueueLimitsInfo(BaseModel):
+    """A queue's limits as the database keeps them (null: not set), the same for every replica."""
+
+    concurrency: int | None = Field(
+        default=None, description="Jobs of the queue one process runs at once, overriding its configuration."
+    )
+    global_concurrency: int | None = Field(
+        default=None, description="Jobs of the queue running at once across every process."
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        description="At most this many starts in any window of one unit, across every process.",
+        examples=["100/minute"],
+    )
+
+
 class QueueInfo(BaseModel):
-    """A queue: job counts per state and whether it is paused."""
+    """A queue: job counts per state, whether it is paused, and its limits."""
 
     name: str
     paused: bool
+    limits: QueueLimitsInfo = Field(default_factory=QueueLimitsInfo)
     counts: dict[JobState, int]
     oldest_queued_at: datetime | None = Field(
         default=None, description="The longest-waiting due job's run_at."

@@ -100,12 +100,14 @@ ORDER BY id DESC
 -- Never a job in $7, the ones this process still runs (a rescued job whose stopped run has not
 -- returned yet): one process never holds the same job twice.
 -- Never a job past its expiry that has not started (a filter: job_expire_queued cancels it soon).
+-- Never a job of a queue with a global concurrency or a rate limit: only job_claim_limited claims
+-- those (a producer that has not heard of a new limit yet takes nothing, rather than too much).
 WITH picked AS (
     SELECT id FROM jobs
     WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
       AND task = ANY($6::text[]) AND id <> ALL($7::bigint[])
       AND (expires_at IS NULL OR expires_at > coalesce($5::timestamptz, now()) OR attempts > 0)
-      AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
+      AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND (paused OR limited))
     ORDER BY priority DESC, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -136,7 +138,7 @@ WITH picked AS (
       AND priority = $8 AND (run_at, id) > ($9::timestamptz, $10::bigint)
       AND task = ANY($6::text[]) AND id <> ALL($7::bigint[])
       AND (expires_at IS NULL OR expires_at > coalesce($5::timestamptz, now()) OR attempts > 0)
-      AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
+      AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND (paused OR limited))
     ORDER BY priority DESC, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -154,6 +156,46 @@ WITH picked AS (
 SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at,
        workflow_id
 FROM claimed
+
+-- name: job_claim_limited
+-- job_claim_many ($1 … $7) for a queue with limits across replicas (global concurrency, a rate
+-- limit): takes at most what skiplock_claim_budget allows, in the queue's turn (it locks the
+-- queue's row till the commit), starts them at the budget's clock and records those starts in the
+-- queue's ring (only the ones still inside the rate window are kept). Its rows: the claimed jobs,
+-- each with the budget, the clock and next_at (when the rate limit allows the next start, if it
+-- held this claim back); no job claimed: one row of those three alone, its id null.
+WITH budget AS (
+    SELECT * FROM skiplock_claim_budget($1, $2)
+), picked AS (
+    SELECT id FROM jobs
+    WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
+      AND task = ANY($6::text[]) AND id <> ALL($7::bigint[])
+      AND (expires_at IS NULL OR expires_at > coalesce($5::timestamptz, now()) OR attempts > 0)
+    ORDER BY priority DESC, run_at, id
+    LIMIT (SELECT budget FROM budget)
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs AS j
+    SET state = 'running', attempts = j.attempts + 1, started_at = (SELECT clock FROM budget), finished_at = NULL,
+        lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
+              j.run_at, j.started_at, j.event_seq, j.workflow_id
+), events AS (
+    INSERT INTO job_events (job_id, seq, kind, data)
+    SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) FROM claimed
+), ring AS (
+    UPDATE queues AS q
+    SET starts = ARRAY(
+            SELECT s FROM unnest(q.starts) AS s
+            WHERE s >= b.clock - make_interval(secs => q.rate_period_s) ORDER BY s
+        ) || array_fill(b.clock, ARRAY[(SELECT count(*) FROM claimed)::int])
+    FROM budget AS b
+    WHERE q.name = $1 AND q.rate_limit IS NOT NULL
+)
+SELECT c.id, c.queue, c.task, c.args, c.attempts, c.max_attempts, c.timeout_s, c.priority, c.origin, c.run_at,
+       c.started_at, c.workflow_id, b.budget, b.clock, b.next_at
+FROM budget AS b LEFT JOIN claimed AS c ON true
 
 -- name: job_finish_many
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).

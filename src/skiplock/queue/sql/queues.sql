@@ -5,13 +5,37 @@ INSERT INTO queues (name, paused) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
 RETURNING name, paused
 
+-- name: queue_set_limits
+-- PATCH /queues/{name}: per-process concurrency ($2), global concurrency ($3), the rate limit ($4
+-- starts per $5 seconds), each written only when its flag ($6, $7, $8) is true (a null then clears
+-- it). Every producer of the queue reads them again at once: 'limits:<name>', sent at the commit.
+WITH changed AS (
+    INSERT INTO queues (name, concurrency, global_concurrency, rate_limit, rate_period_s)
+    VALUES ($1, CASE WHEN $6::boolean THEN $2::integer END, CASE WHEN $7::boolean THEN $3::integer END,
+            CASE WHEN $8::boolean THEN $4::integer END, CASE WHEN $8::boolean THEN $5::float8 END)
+    ON CONFLICT (name) DO UPDATE SET
+        concurrency = CASE WHEN $6::boolean THEN excluded.concurrency ELSE queues.concurrency END,
+        global_concurrency = CASE WHEN $7::boolean THEN excluded.global_concurrency
+                                  ELSE queues.global_concurrency END,
+        rate_limit = CASE WHEN $8::boolean THEN excluded.rate_limit ELSE queues.rate_limit END,
+        rate_period_s = CASE WHEN $8::boolean THEN excluded.rate_period_s ELSE queues.rate_period_s END,
+        updated_at = now()
+    RETURNING name
+)
+SELECT pg_notify('skiplock', 'limits:' || name) FROM changed
+
+-- name: queue_limits
+-- The limits of queues $1 that have a row: what their producers claim by.
+SELECT name, concurrency, global_concurrency, rate_limit, rate_period_s FROM queues WHERE name = ANY($1::text[])
+
 -- name: queue_overview
 -- Counts per state for every queue that has jobs or a row in queues; the oldest due queued job
 -- (jobs_claim_idx), per queue; the jobs finished in the last hour and the queued jobs whose task no
 -- live worker registered (they wait for one that knows it), counted in the same one scan of jobs as
 -- the states: per queue, a bitmap scan of every finished job of the hour and one of every queued
 -- job's heap row cost more than that scan itself (490 ms against 150 on a million jobs).
-SELECT o.name, o.paused, o.counts,
+SELECT o.name, o.paused, o.counts, q.concurrency AS limit_concurrency, q.global_concurrency, q.rate_limit,
+       q.rate_period_s,
        (SELECT min(run_at) FROM jobs
         WHERE state = 'queued' AND queue = o.name AND run_at <= now()) AS oldest_queued_at,
        o.waiting_for_unknown_task, o.finished_last_hour
@@ -41,6 +65,7 @@ FROM (
     ) AS c
     FULL JOIN queues AS q ON q.name = c.queue
 ) AS o
+LEFT JOIN queues AS q ON q.name = o.name
 ORDER BY o.name
 
 -- name: task_register
