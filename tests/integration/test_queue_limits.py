@@ -171,7 +171,8 @@ async def test_runtime_patch_of_a_limit_takes_effect_on_every_process_within_a_s
     dsn: str, db: asyncpg.Connection, api: AsyncTestClient[Any]
 ) -> None:
     await enqueue(db, 60, "wait", {"seconds": 30})
-    workers = [start_worker(dsn, queues="lim:1", concurrency="10") for _ in range(3)]
+    # Polls 5 s apart: what reaches them within the second is the notification.
+    workers = [start_worker(dsn, queues="lim:1", concurrency="10", poll_interval_s="5") for _ in range(3)]
     try:
         running = "SELECT count(*) FROM jobs WHERE state = 'running' AND queue = 'lim'"
         await wait_until(lambda: db.fetchval(f"SELECT ({running}) = 3"), 30)
