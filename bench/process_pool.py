@@ -27,9 +27,11 @@ async def run(bench: Bench) -> None:
     rate, health = await drain(bench, count, "bench_cpu_thread")
     bench.record("process-pool", "the same on threads (def)", rate, "jobs/s")
     bench.record("process-pool", "GET /health p99, threads busy", health, "ms")
+    rate, _ = await drain(bench, count, "bench_cpu_process", ms=0)
+    bench.record("process-pool", "an empty task, 2 children (the pool's own cost)", rate, "jobs/s")
 
 
-async def drain(bench: Bench, count: int, task: str) -> tuple[float, float]:
+async def drain(bench: Bench, count: int, task: str, ms: float = 10) -> tuple[float, float]:
     """Jobs per second (first to last completion: the children's start is not counted) and the
     p99 of GET /health asked every 10 ms meanwhile."""
     port = free_port()
@@ -38,11 +40,13 @@ async def drain(bench: Bench, count: int, task: str) -> tuple[float, float]:
         conn = await connect(dsn)
         try:
             await conn.execute(
-                "INSERT INTO jobs (task, args) SELECT $1, '{\"ms\": 10}' FROM generate_series(1, $2)",
+                "INSERT INTO jobs (task, args) SELECT $1, jsonb_build_object('ms', $3::float8)"
+                " FROM generate_series(1, $2)",
                 task,
                 count,
+                ms,
             )
-            sizes = {"concurrency": str(CHILDREN * 2), "process_pool_size": str(CHILDREN)}
+            sizes = {"concurrency": str(CHILDREN * 8), "process_pool_size": str(CHILDREN)}
             with skiplock(dsn, "serve", "--port", str(port), count=1, **sizes):
                 async with aiohttp.ClientSession() as session:
                     await wait_healthy(session, base)
