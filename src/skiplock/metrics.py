@@ -200,6 +200,12 @@ queue_oldest_age = Gauge(
     "Age of the longest-waiting due job per queue, from the database (0 when none).",
     ("queue",),
 )
+queue_limit = Gauge(
+    "skiplock_queue_limit",
+    "A queue's limits set in the database, per kind: concurrency (per process), global_concurrency, "
+    "rate_limit (starts per window) and rate_period_seconds (the window); no sample: not set.",
+    ("queue", "kind"),
+)
 db_oldest_transaction_age = Gauge(
     "skiplock_db_oldest_transaction_age_seconds",
     "Age of the oldest open transaction in this database (it holds back vacuum), from "

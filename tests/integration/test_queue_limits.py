@@ -16,6 +16,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from skiplock.queue._statements import JOBS, QUEUES
+from tests.integration.test_metrics import sample, scrape
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker, stop_worker
 
@@ -230,3 +231,13 @@ async def test_limits_are_kept_shown_and_cleared_by_null(api: AsyncTestClient[An
     assert response.json()["limits"] == {"concurrency": 2, "global_concurrency": 4, "rate_limit": None}
     listed = {q["name"]: q for q in (await api.get("/queues")).json()}
     assert listed["lim"]["limits"] == {"concurrency": 2, "global_concurrency": 4, "rate_limit": None}
+
+
+async def test_metrics_show_the_limits_set(api: AsyncTestClient[Any]) -> None:
+    await api.patch("/queues/lim", json={"global_concurrency": 4, "rate_limit": "100/minute"})
+    await api.get("/queues")  # the overview the gauges reuse may be up to 5 s old: read it afresh
+    text = await scrape(api)
+    assert sample(text, "skiplock_queue_limit", queue="lim", kind="global_concurrency") == 4
+    assert sample(text, "skiplock_queue_limit", queue="lim", kind="rate_limit") == 100
+    assert sample(text, "skiplock_queue_limit", queue="lim", kind="rate_period_seconds") == 60
+    assert not [line for line in text.splitlines() if 'kind="concurrency"' in line and 'queue="lim"' in line]

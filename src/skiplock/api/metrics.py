@@ -19,6 +19,8 @@ from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.security import PUBLIC_ROUTE
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
 from skiplock.db.stats import DatabaseStatsReader
+from skiplock.queue.limits import Rate
+from skiplock.queue.models import QueueLimitsInfo
 
 log = structlog.get_logger("skiplock.metrics")
 
@@ -119,6 +121,7 @@ async def refresh_queue_gauges(client: ClientDep) -> None:
     metrics.queue_depth.clear()
     metrics.queue_oldest_age.clear()
     metrics.queue_unknown_task.clear()
+    metrics.queue_limit.clear()
     now = datetime.now(UTC)
     for queue in queues:
         for state, count in queue.counts.items():
@@ -126,6 +129,22 @@ async def refresh_queue_gauges(client: ClientDep) -> None:
         oldest = queue.oldest_queued_at
         metrics.queue_oldest_age.labels(queue.name).set((now - oldest).total_seconds() if oldest else 0)
         metrics.queue_unknown_task.labels(queue.name).set(queue.waiting_for_unknown_task)
+        for kind, value in limit_samples(queue.limits).items():
+            metrics.queue_limit.labels(queue.name, kind).set(value)
+
+
+def limit_samples(limits: QueueLimitsInfo) -> dict[str, float]:
+    """A queue's limits as gauge samples, by kind (the ones set)."""
+    samples: dict[str, float] = {}
+    if limits.concurrency is not None:
+        samples["concurrency"] = limits.concurrency
+    if limits.global_concurrency is not None:
+        samples["global_concurrency"] = limits.global_concurrency
+    if limits.rate_limit is not None:
+        rate = Rate.parse(limits.rate_limit)
+        samples["rate_limit"] = rate.limit
+        samples["rate_period_seconds"] = rate.period_s
+    return samples
 
 
 async def refresh_database_gauges(request: Request[Any, Any, Any], engine: EngineDep) -> None:
