@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from skiplock.errors import ConfigError
 from skiplock.queue_names import check_queue_name
+from skiplock.rates import Rate
 
 
 class Settings(BaseSettings):
@@ -28,7 +29,8 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=100, ge=1, le=10_000, description="Jobs run at once.")
     queues: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Queues served, 'name' or 'name:limit'; empty: 'default' and every task's queue.",
+        description="Queues served, 'name', 'name:limit' (per process), with ':global=N' and ':rate=N/unit' "
+        "declaring limits across replicas; empty: 'default' and every task's queue.",
     )
     worker: bool = True
     scheduler: bool = Field(default=True, description="Fire due schedules in this process.")
@@ -200,12 +202,40 @@ class Settings(BaseSettings):
             raise ConfigError(f"invalid configuration: {problems}") from exc
 
 
+class QueueSpec(NamedTuple):
+    """One entry of SKIPLOCK_QUEUES: ``name[:limit][:global=N][:rate=N/unit]``."""
+
+    name: str
+    limit: int | None  # this process's concurrency for the queue
+    global_concurrency: int | None = None  # declared for every process (see queue_declare_limits)
+    rate: Rate | None = None
+
+
+def parse_queue_declaration(spec: str) -> QueueSpec:
+    """``"partner:4:global=5:rate=100/minute"`` → ``QueueSpec("partner", 4, 5, Rate(100, 60.0))``."""
+    name, *options = spec.split(":")
+    check_queue_name(name)
+    limit: int | None = None
+    global_concurrency: int | None = None
+    rate: Rate | None = None
+    for place, option in enumerate(options):
+        key, eq, value = option.partition("=")
+        if not eq and place == 0:
+            if not key.isdigit() or int(key) < 1:
+                raise ValueError(f"queue limit must be a positive integer in {spec!r}")
+            limit = int(key)
+        elif key == "global" and value.isdigit() and int(value) <= 100_000:
+            global_concurrency = int(value)
+        elif key == "rate":
+            rate = Rate.parse(value)
+        else:
+            raise ValueError(
+                f"queue option {option!r} in {spec!r}: name[:limit][:global=N][:rate=N/unit] expected"
+            )
+    return QueueSpec(name, limit, global_concurrency, rate)
+
+
 def parse_queue_spec(spec: str) -> tuple[str, int | None]:
     """``"media:2"`` → ``("media", 2)``; ``"default"`` → ``("default", None)``."""
-    name, _, limit = spec.partition(":")
-    check_queue_name(name)
-    if not limit:
-        return name, None
-    if not limit.isdigit() or int(limit) < 1:
-        raise ValueError(f"queue limit must be a positive integer in {spec!r}")
-    return name, int(limit)
+    declared = parse_queue_declaration(spec)
+    return declared.name, declared.limit

@@ -15,7 +15,10 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
+from skiplock.queue import Engine
 from skiplock.queue._statements import JOBS, QUEUES
+from skiplock.queue.models import QueueLimitsInfo
+from tests.conftest import make_settings
 from tests.integration.test_metrics import sample, scrape
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker, stop_worker
@@ -241,3 +244,17 @@ async def test_metrics_show_the_limits_set(api: AsyncTestClient[Any]) -> None:
     assert sample(text, "skiplock_queue_limit", queue="lim", kind="rate_limit") == 100
     assert sample(text, "skiplock_queue_limit", queue="lim", kind="rate_period_seconds") == 60
     assert not [line for line in text.splitlines() if 'kind="concurrency"' in line and 'queue="lim"' in line]
+
+
+async def test_limits_declared_in_the_settings_are_written_unless_set_at_runtime(
+    dsn: str, db: asyncpg.Connection, registry: Any
+) -> None:
+    declared = make_settings(dsn, queues=["lim:2:global=3:rate=100/minute", "other"])
+    async with Engine(declared, registry, dsn) as engine:
+        limits = {q.name: q.limits for q in await engine.client.queues()}
+        assert limits["lim"] == QueueLimitsInfo(global_concurrency=3, rate_limit="100/minute")
+        await engine.client.set_limits("lim", {"global_concurrency": 7})
+    async with Engine(declared, registry, dsn) as engine:  # a restart keeps the runtime value
+        limits = {q.name: q.limits for q in await engine.client.queues()}
+        assert limits["lim"] == QueueLimitsInfo(global_concurrency=7, rate_limit="100/minute")
+    assert await db.fetchval("SELECT count(*) FROM queues WHERE name = 'other'") == 0

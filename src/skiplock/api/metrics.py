@@ -19,8 +19,8 @@ from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.security import PUBLIC_ROUTE
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
 from skiplock.db.stats import DatabaseStatsReader
-from skiplock.queue.limits import Rate
 from skiplock.queue.models import QueueLimitsInfo
+from skiplock.rates import Rate
 
 log = structlog.get_logger("skiplock.metrics")
 

@@ -9,10 +9,11 @@ from litestar.openapi.datastructures import ResponseSpec
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from skiplock.queue.client import EnqueueRequest
-from skiplock.queue.limits import MAX_CONCURRENCY, MAX_GLOBAL_CONCURRENCY, Rate
+from skiplock.queue.limits import MAX_CONCURRENCY, MAX_GLOBAL_CONCURRENCY
 from skiplock.queue.models import Job, QueueInfo
 from skiplock.queue.tasks import MAX_PRIORITY
 from skiplock.queue_names import QUEUE_NAME as QUEUE_NAME  # re-exported: routes validate with it
+from skiplock.rates import Rate
 
 
 def parse_cursor(cursor: str | None, *, below: int) -> int | None:

@@ -50,6 +50,7 @@ class JobStatements:
 class QueueStatements:
     queue_set_paused: Statement
     queue_set_limits: Statement
+    queue_declare_limits: Statement
     queue_limits: Statement
     queue_overview: Statement
     task_register: Statement

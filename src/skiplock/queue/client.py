@@ -40,7 +40,6 @@ from skiplock.queue._statements import (
 )
 from skiplock.queue._waker import Waker
 from skiplock.queue.handles import default_client_or_none, set_default_client
-from skiplock.queue.limits import Rate
 from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo, QueueLimitsInfo
 from skiplock.queue.origin import current_origin
 from skiplock.queue.results import ResultWaiter
@@ -48,6 +47,7 @@ from skiplock.queue.schedules import Schedules
 from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry, registered
 from skiplock.queue.workflows import Step, Workflow, WorkflowInfo
 from skiplock.queue_names import check_queue_name
+from skiplock.rates import Rate
 
 _UNIQUE_RACE_RETRIES = 5
 _MAX_EXPIRY_S = 366 * 86400.0

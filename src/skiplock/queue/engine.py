@@ -37,10 +37,11 @@ from skiplock.queue._waker import Waker
 from skiplock.queue._write_order import EventsBeforeOutcomes
 from skiplock.queue.client import Client
 from skiplock.queue.handles import default_client_or_none, set_default_client
+from skiplock.queue.limits import declare_queue_limits
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
 from skiplock.service import Service, Supervisor
-from skiplock.settings import Settings, parse_queue_spec
+from skiplock.settings import Settings, parse_queue_declaration, parse_queue_spec
 
 log = structlog.get_logger("skiplock.engine")
 
@@ -252,6 +253,8 @@ class Engine:
         self._client.waker = Waker(self._pool)
         try:
             await self._declare_schedules()
+            if s.worker:
+                await declare_queue_limits(self._pool, map(parse_queue_declaration, s.queues))
         except BaseException:  # a bad declared schedule: nothing of the engine stays open
             await self.stop()
             raise

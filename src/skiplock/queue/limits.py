@@ -1,45 +1,22 @@
-"""A queue's limits across replicas: per-process and global concurrency, and a rate limit.
-
-A rate is written ``"<count>/<unit>"`` (``"100/minute"``, ``"5/second"``; units ``second``,
-``minute``, ``hour``, ``day``): at most ``count`` starts of the queue's jobs in any window of one
-unit, across every process (a sliding window, not buckets).
-"""
+"""A queue's limits across replicas: per-process and global concurrency, and a rate limit (see
+skiplock.rates), kept on the queue's row (migration 0017)."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import asyncpg
+import structlog
 
-#: The rate's units, in seconds.
-UNITS: dict[str, float] = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
-#: Kept below the schema's bounds (migration 0017): the claim keeps one start per place of a rate.
-MAX_RATE = 10_000
+from skiplock.queue._statements import QUEUES
+from skiplock.rates import Rate
+from skiplock.settings import QueueSpec
+
+log = structlog.get_logger("skiplock.limits")
+
 MAX_CONCURRENCY = 10_000
 MAX_GLOBAL_CONCURRENCY = 100_000
-
-_RATE = re.compile(r"([0-9]+)/([a-z]+)")
-
-
-class Rate(NamedTuple):
-    limit: int  # starts per period
-    period_s: float
-
-    @classmethod
-    def parse(cls, text: str) -> Rate:
-        """``"100/minute"`` → ``Rate(100, 60.0)``; anything else is a ValueError saying why."""
-        match = _RATE.fullmatch(text.strip().lower())
-        if match is None or match[2] not in UNITS:
-            raise ValueError(f"a rate is '<count>/<unit>', unit one of {', '.join(UNITS)}: not {text!r}")
-        count = int(match[1])
-        if not 1 <= count <= MAX_RATE:
-            raise ValueError(f"a rate's count must be between 1 and {MAX_RATE}: not {text!r}")
-        return cls(count, UNITS[match[2]])
-
-    def __str__(self) -> str:
-        unit = next((name for name, seconds in UNITS.items() if seconds == self.period_s), None)
-        return f"{self.limit}/{unit}" if unit else f"{self.limit}/{self.period_s:g}s"
 
 
 class QueueLimits(NamedTuple):
@@ -62,3 +39,39 @@ class QueueLimits(NamedTuple):
             record["global_concurrency"],
             Rate(rate, record["rate_period_s"]) if rate is not None else None,
         )
+
+
+async def declare_queue_limits(pool: asyncpg.Pool, specs: Iterable[QueueSpec]) -> None:
+    """The limits across replicas declared in SKIPLOCK_QUEUES, written where the queue has none of
+    that kind yet: one set at runtime (PATCH) outlives restarts of workers declaring another, and
+    a declaration that differs from what the database holds is logged, not applied."""
+    for spec in specs:
+        if spec.global_concurrency is None and spec.rate is None:
+            continue
+        rate = spec.rate
+        async with pool.acquire() as conn:
+            await conn.execute(
+                QUEUES.queue_declare_limits,
+                spec.name,
+                None,
+                spec.global_concurrency,
+                None if rate is None else rate.limit,
+                None if rate is None else rate.period_s,
+                False,
+                spec.global_concurrency is not None,
+                rate is not None,
+            )
+            row = await conn.fetchrow(QUEUES.queue_limits, [spec.name])
+        stored = QueueLimits() if row is None else QueueLimits.from_record(row)
+        differs = (
+            spec.global_concurrency is not None and stored.global_concurrency != spec.global_concurrency
+        ) or (rate is not None and stored.rate != rate)
+        if differs:
+            log.warning(
+                "queue_limits_declared_differ",
+                queue=spec.name,
+                declared_global_concurrency=spec.global_concurrency,
+                declared_rate_limit=None if rate is None else str(rate),
+                global_concurrency=stored.global_concurrency,
+                rate_limit=None if stored.rate is None else str(stored.rate),
+            )

@@ -24,6 +24,24 @@ WITH changed AS (
 )
 SELECT pg_notify('skiplock', 'limits:' || name) FROM changed
 
+-- name: queue_declare_limits
+-- Limits declared in a worker's configuration ($2 … $5 as in queue_set_limits, $6 … $8 saying which
+-- it declares), written at its start only where the queue has none of that kind yet: a limit set
+-- at runtime (PATCH) outlives the restarts of workers that declare another, until cleared.
+WITH changed AS (
+    INSERT INTO queues (name, concurrency, global_concurrency, rate_limit, rate_period_s)
+    VALUES ($1, CASE WHEN $6::boolean THEN $2::integer END, CASE WHEN $7::boolean THEN $3::integer END,
+            CASE WHEN $8::boolean THEN $4::integer END, CASE WHEN $8::boolean THEN $5::float8 END)
+    ON CONFLICT (name) DO UPDATE SET
+        global_concurrency = coalesce(queues.global_concurrency, excluded.global_concurrency),
+        rate_limit = CASE WHEN queues.rate_limit IS NULL THEN excluded.rate_limit ELSE queues.rate_limit END,
+        rate_period_s = CASE WHEN queues.rate_limit IS NULL THEN excluded.rate_period_s
+                             ELSE queues.rate_period_s END
+    WHERE ($7::boolean AND queues.global_concurrency IS NULL) OR ($8::boolean AND queues.rate_limit IS NULL)
+    RETURNING name
+)
+SELECT pg_notify('skiplock', 'limits:' || name) FROM changed
+
 -- name: queue_limits
 -- The limits of queues $1 that have a row: what their producers claim by.
 SELECT name, concurrency, global_concurrency, rate_limit, rate_period_s FROM queues WHERE name = ANY($1::text[])
