@@ -151,6 +151,13 @@ job_wait = LockFreeHistogram(
     buckets=_DURATIONS,
 )
 jobs_running = Gauge("skiplock_jobs_running", "Jobs running in this process now.")
+task_processes = Gauge("skiplock_task_processes", "Children of this process's task process pool alive now.")
+task_process_exits = Counter(
+    "skiplock_task_process_exits_total",
+    "Children of the task process pool gone: crashed (died on their own during a job), killed (a time"
+    " limit, a cancel, a lost lease, the shutdown), recycled (max tasks or memory per child).",
+    ("reason",),
+)
 lease_rescues = Counter("skiplock_lease_rescues_total", "Jobs whose expired lease this process rescued.")
 schedule_fires = Counter("skiplock_schedule_fires_total", "Jobs this process's scheduler fired.")
 schedule_misfires = Counter(

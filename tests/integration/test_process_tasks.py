@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from skiplock import metrics
 from skiplock.queue import Engine
 from skiplock.queue.tasks import TaskRegistry
 from tests.conftest import make_settings
@@ -135,6 +137,23 @@ async def test_a_child_that_dies_fails_its_attempt_and_the_next_job_runs(
     assert why in done.errors[0].message
     after = await pool_engine.client.enqueue("proc_spin", {"seconds": 0})
     assert (await final(pool_engine, after.id)).state == "succeeded"
+
+
+async def test_a_child_killed_from_outside_fails_its_attempt_and_is_replaced(pool_engine: Engine) -> None:
+    # What the OOM killer does: SIGKILL, from outside, in the middle of the job.
+    job = await pool_engine.client.enqueue("proc_spin", {"seconds": 60}, max_attempts=1)
+    pid = await running_child(pool_engine, job.id)
+    crashed = metrics.task_process_exits.labels(reason="crashed")
+    before = crashed._value.get()
+    os.kill(pid, signal.SIGKILL)
+    done = await final(pool_engine, job.id, 10)
+    assert done.state == "failed"
+    assert done.errors[0].type == "TaskProcessCrashed"
+    assert f"(pid {pid}) was killed by SIGKILL (the out-of-memory killer?)" in done.errors[0].message
+    assert pid not in pool_engine.processes.pids()
+    assert crashed._value.get() == before + 1
+    after = await pool_engine.client.enqueue("proc_spin", {"seconds": 0})
+    assert (await final(pool_engine, after.id)).result["pid"] != pid
 
 
 async def test_progress_and_logs_from_a_child_reach_the_jobs_events(pool_engine: Engine, db: Any) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from skiplock import metrics
 from skiplock.errors import Snooze, TaskProcessCrashed
 
 log = structlog.get_logger("skiplock.processes")
@@ -90,7 +91,8 @@ class TaskProcess:
         while True:
             line = await stdout.readline()
             if not line:
-                await self.kill()
+                metrics.task_process_exits.labels(reason="crashed").inc()
+                await self.kill(count=False)
                 raise TaskProcessCrashed(
                     f"the task's process (pid {self.pid}) {_ended(self.proc.returncode)} before it answered"
                 )
@@ -108,10 +110,12 @@ class TaskProcess:
                 raise Snooze(message["seconds"])
             raise ChildTaskFailed(message["error"], bool(message["retryable"]))
 
-    async def kill(self) -> bool:
+    async def kill(self, *, count: bool = True) -> bool:
         """SIGKILL and reap it, whatever cancels the caller meanwhile (the child is surely gone
         when this returns True; False: not reaped within REAP_S)."""
         if self.proc.returncode is None:
+            if count:
+                metrics.task_process_exits.labels(reason="killed").inc()
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
         return await self._reaped(REAP_S)
@@ -192,9 +196,11 @@ class TaskProcesses:
 
     def _worn_out(self, child: TaskProcess) -> bool:
         if self.max_tasks and child.tasks_done >= self.max_tasks:
+            metrics.task_process_exits.labels(reason="recycled").inc()
             log.info("task_process_recycled", pid=child.pid, reason="max_tasks", tasks=child.tasks_done)
             return True
         if self.max_memory_mb and child.rss_mb > self.max_memory_mb:
+            metrics.task_process_exits.labels(reason="recycled").inc()
             log.info("task_process_recycled", pid=child.pid, reason="max_memory", rss_mb=child.rss_mb)
             return True
         return False
@@ -222,7 +228,7 @@ class TaskProcesses:
             assert proc.stdout is not None
             line = await proc.stdout.readline()
             if not line or json.loads(line).get("type") != "ready":
-                await child.kill()
+                await child.kill(count=False)
                 raise TaskProcessCrashed(
                     f"the task's process (pid {child.pid}) {_ended(proc.returncode)} while starting"
                     " (its stderr says why)"

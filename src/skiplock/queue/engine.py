@@ -94,6 +94,7 @@ class Engine:
             max_memory_mb=settings.process_max_memory_mb_per_child,
         )
         metrics.jobs_running.set_function(lambda: len(self.running))  # read at scrape, not per job
+        metrics.task_processes.set_function(lambda: len(self.processes.pids()))
         self.supervisor: Supervisor | None = None
         #: Set when a background service died (ended or raised without being asked).
         self.failed = asyncio.Event()
