@@ -84,7 +84,8 @@ async def test_a_chord_over_three_workers_one_killed_runs_its_callback_once(
             f"\n{STEPS}-step chord over 3 workers, one killed: {rerun} steps it held ran again, callback once"
         )
         assert killed_at is not None
-    finally:
+    finally:  # the killed one too, should the test have failed before it was killed
+        stop_worker(workers[0], signal.SIGKILL)
         for worker in workers[1:]:
             assert stop_worker(worker) == 0
 

@@ -290,3 +290,71 @@ async def test_a_step_declaring_an_upstream_model_gets_its_dependencies_results_
     assert row is not None
     assert row["attempts"] == 1
     assert "the result of step 'odd' is not a Sized" in row["errors"][-1]["message"]
+
+
+async def test_a_long_chain_whose_first_step_fails_is_cancelled_below_it_in_one_walk(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    # Each step the cascade cancelled walked all of its own descendants again: a 10,000-step chain
+    # took longer than the engine's statement limit to write its first step's outcome.
+    steps = 10_000
+    started = await engine.client.start(chain(echo(fail=True), *(echo() for _ in range(steps - 1))))
+    info = await ended(engine, started.id, timeout=60)
+    assert (info.state, info.failed, info.cancelled) == ("failed", 1, steps - 1)
+    took = await db.fetchval(
+        "SELECT extract(epoch FROM max(finished_at) - min(finished_at)) FROM jobs WHERE workflow_id = $1",
+        started.id,
+    )
+    assert took < 10, f"the cascade took {took:.1f} s"
+
+
+async def test_cancelling_a_ten_thousand_step_workflow_is_quick(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    started = await engine.client.start(
+        chain(Step("slow", "sleep", {"seconds": 30, "steps": 300}), *(echo() for _ in range(9_999)))
+    )
+    slow_id = next(s.job_id for s in started.steps or [] if s.name == "slow")
+    await wait_until(lambda: _state(db, slow_id, "running"), 10)
+    await engine.client.pool.execute("SET statement_timeout = 0")  # the call's own time is measured
+    import time as _time
+
+    began = _time.monotonic()
+    cancelled = await engine.client.cancel_workflow(started.id)
+    assert _time.monotonic() - began < 10
+    assert cancelled.state == "cancelled"
+    info = await ended(engine, started.id, timeout=30)
+    assert info.cancelled == 10_000
+
+
+async def test_a_workflow_with_a_step_pruned_cannot_be_retried_and_its_steps_go_together(
+    engine: Engine, dsn: str, db: asyncpg.Connection
+) -> None:
+    from skiplock.db.pool import create_pool
+    from skiplock.queue._pruner import Pruner
+
+    started = await engine.client.start(Workflow(steps=(echo("a"), echo("b", after=("a",), fail=True))))
+    assert (await ended(engine, started.id)).state == "failed"
+    # a ended long ago, b just now: while the workflow ended recently, none of its steps goes
+    await db.execute("UPDATE jobs SET finished_at = now() - interval '8 days' WHERE step = 'a'")
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        pruner = Pruner(pool, retention_s=7 * 86400, interval_s=60)
+        assert await pruner.prune_once() == 0
+        # a step gone (an operator's DELETE, or a pruner of another release): no retry
+        await db.execute("DELETE FROM jobs WHERE workflow_id = $1 AND step = 'a'", started.id)
+        with pytest.raises(InvalidStateError):
+            await engine.client.retry_workflow(started.id)
+        info = await engine.client.workflow(started.id)
+        assert (info.state, info.finished_at is not None) == ("failed", True)
+        # the workflow ended over a week ago: its steps go, then the workflow
+        await db.execute(
+            "UPDATE workflows SET finished_at = now() - interval '8 days' WHERE id = $1", started.id
+        )
+        await db.execute(
+            "UPDATE jobs SET finished_at = now() - interval '8 days' WHERE workflow_id = $1", started.id
+        )
+        assert await pruner.prune_once() == 1
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM workflows WHERE id = $1", started.id) == 0

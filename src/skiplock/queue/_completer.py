@@ -30,7 +30,7 @@ from skiplock.queue._isolation import (
     write_isolating,
 )
 from skiplock.queue._running import JobEvent
-from skiplock.queue._statements import JOBS, JobFinish, finish_jobs, notify_requeued
+from skiplock.queue._statements import JOBS, WORKFLOWS, JobFinish, finish_jobs, notify_requeued
 from skiplock.queue._write_order import EventsBeforeOutcomes
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import Recovery, StopSignal, str_of
@@ -216,11 +216,15 @@ class Completer:
     async def _write(self, batch: Sequence[Outcome]) -> None:
         events = [row for o in batch for row in o.event_rows()]
         # A transaction even for one statement: given up (stopping), it must not commit later.
+        workflows = sorted({o.job.workflow_id for o in batch if o.job.workflow_id is not None})
         async with self.order.turn, self.pool.acquire() as conn, conn.transaction():
-            if events or any(o.kind in _HANDED_BACK for o in batch):
+            if events or workflows or any(o.kind in _HANDED_BACK for o in batch):
                 # Every row this transaction will update, locked in id order before any of them
-                # (job_finish_many alone locks its own rows so).
+                # (job_finish_many alone locks its own rows so); then the steps' workflows, in id
+                # order too, before the step-ended trigger takes them in the rows' order.
                 await conn.execute(JOBS.job_lock_rows, sorted({o.job.id for o in batch}))
+                if workflows:
+                    await conn.execute(WORKFLOWS.workflow_lock_many, workflows)
             if events:  # the last progress and logs come before the state change
                 await write_events(conn, events, self.owner)
             await self._store(conn, batch)

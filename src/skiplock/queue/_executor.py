@@ -14,6 +14,7 @@ import structlog
 from structlog.contextvars import STRUCTLOG_KEY_PREFIX, bind_contextvars
 
 from skiplock import metrics, tracing
+from skiplock.db.pool import is_unavailable
 from skiplock.db.storable import storable_json
 from skiplock.errors import InvalidArgumentsError, SkiplockError, Snooze, UnknownTaskError, WorkflowInvalid
 from skiplock.fetcher import Fetcher
@@ -236,6 +237,12 @@ class Executor:
                 ctx.upstream = typed_upstream(upstream, spec.upstream)
             except WorkflowInvalid as exc:  # the same next time: fails at once
                 return Outcome(job, OutcomeKind.FAILED, error=error_record(job, exc))
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                # The database away before the task began: handed back, its attempt unused.
+                log.warning("upstream_unreadable", job_id=job.id, error=str_of(exc))
+                return Outcome(job, OutcomeKind.UNSTARTED)
         in_process = self.in_process(spec, job)
         call = (
             self._call_in_process(spec, running, upstream)

@@ -229,6 +229,8 @@ class WorkflowStatements:
     workflow_list: Statement
     workflow_steps: Statement
     workflow_lock_steps: Statement
+    workflow_of_job: Statement
+    workflow_lock_many: Statement
     workflow_cancel: Statement
     workflow_retry: Statement
     workflow_upstream: Statement

@@ -33,6 +33,7 @@ from skiplock.queue._statements import (
     EVENTS,
     JOBS,
     QUEUES,
+    WORKFLOWS,
     JobInsert,
     insert_child_job,
     insert_job,
@@ -515,6 +516,9 @@ class Client:
         workflow's step cancelled so cancels what depends on it (or, under ``on_failure=
         "continue"``, lets it run)."""
         async with self.pool.acquire() as conn, conn.transaction():
+            workflow_id = await conn.fetchval(WORKFLOWS.workflow_of_job, job_id)
+            if workflow_id is not None:  # its steps first, in id order, as the step-ended trigger
+                await conn.execute(WORKFLOWS.workflow_lock_steps, workflow_id)  # and workflow cancel do
             record = await conn.fetchrow(JOBS.job_cancel, job_id)
             if record is None:
                 raise await self._not_allowed(conn, job_id, "cancel", "it has finished")

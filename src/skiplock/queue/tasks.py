@@ -119,7 +119,7 @@ class Task(Generic[ArgsT]):
         args: ArgsT | dict[str, Any] | None = None,
         *,
         name: str = "",
-        after: Iterable[str] = (),
+        after: str | Iterable[str] = (),
         queue: str | None = None,
         priority: int | None = None,
         max_attempts: int | None = None,
@@ -131,7 +131,7 @@ class Task(Generic[ArgsT]):
             name=name,
             task=self.name,
             args=args,
-            after=tuple(after),
+            after=(after,) if isinstance(after, str) else tuple(after),  # one name, or several
             queue=queue,
             priority=priority,
             max_attempts=max_attempts,

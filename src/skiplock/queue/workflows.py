@@ -23,7 +23,7 @@ from skiplock.queue.models import AttemptError, JobState
 
 #: Steps a workflow may have at most.
 MAX_STEPS = 10_000
-STEP_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+STEP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # the whole name: fullmatch
 OnFailure = Literal["cancel", "continue"]
 WorkflowState = Literal["running", "succeeded", "failed", "cancelled"]
 
@@ -124,7 +124,7 @@ def order_steps(steps: Sequence[Step]) -> list[Step]:
         raise WorkflowInvalid(f"at most {MAX_STEPS} steps a workflow, got {len(steps)}", field="steps")
     by_name: dict[str, Step] = {}
     for n, step in enumerate(steps):
-        if not STEP_NAME.match(step.name or ""):
+        if not STEP_NAME.fullmatch(step.name or ""):
             raise WorkflowInvalid(
                 f"steps[{n}].name: 1-100 characters of A-Z a-z 0-9 _ . - (got {step.name!r})",
                 step=step.name,
@@ -136,6 +136,12 @@ def order_steps(steps: Sequence[Step]) -> list[Step]:
             )
         by_name[step.name] = step
     for n, step in enumerate(steps):
+        if isinstance(step.after, str):  # a name, not a tuple of them: 'prev' read as p, r, e, v
+            raise WorkflowInvalid(
+                f"step {step.name!r}: after is a list of step names, not one name ({step.after!r})",
+                step=step.name,
+                field=f"steps[{n}].after",
+            )
         if len(set(step.after)) != len(step.after):
             raise WorkflowInvalid(
                 f"step {step.name!r}: a dependency is named twice in after",

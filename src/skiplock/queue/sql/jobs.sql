@@ -496,15 +496,18 @@ SELECT pg_notify('skiplock', 'queued:' || queue) FROM unnest($1::text[]) AS queu
 
 -- name: job_prune_finished
 -- Finished jobs older than $1 seconds, oldest first, a batch at a time (served by
--- jobs_finished_at_idx); their events go with them (jobs_deleted_events, migration 0011). A step
--- of a workflow still running stays: its dependents read its result, and a retry its state.
+-- jobs_finished_at_idx); their events go with them (jobs_deleted_events, migration 0011). A
+-- workflow's steps go only once the workflow itself ended longer ago than that: until then its
+-- dependents read a step's result, and a retry its state (workflow_retry refuses one with a step
+-- missing).
 DELETE FROM jobs
 WHERE id IN (
     SELECT id FROM jobs
     WHERE state IN ('succeeded', 'failed', 'cancelled')
       AND finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)
       AND (workflow_id IS NULL
-           OR EXISTS (SELECT 1 FROM workflows AS w WHERE w.id = workflow_id AND w.finished_at IS NOT NULL))
+           OR EXISTS (SELECT 1 FROM workflows AS w WHERE w.id = workflow_id
+                      AND w.finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)))
     ORDER BY finished_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
