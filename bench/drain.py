@@ -1,4 +1,5 @@
-"""drain: 50,000 pre-enqueued no-op jobs run by one `skiplock worker` (median of three), then by three."""
+"""drain: 50,000 pre-enqueued no-op jobs run by one `skiplock worker` (median of three), then by three,
+then by three under a global concurrency (see GLOBAL_LIMITS)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ async def run(bench: Bench) -> None:
     )
     three = await drain(bench, count, 3)
     bench.record("drain", "3 processes", three, "jobs/s", floor="floor.drain")
+    for limit in GLOBAL_LIMITS:
+        setup = f"INSERT INTO queues (name, global_concurrency) VALUES ('default', {limit})"
+        limited = await drain(bench, count, 3, setup=setup)
+        bench.record("drain", f"3 processes, global concurrency {limit}", limited, "jobs/s")
+
+
+#: 300: as large as three workers' default concurrency together, the limit never holds a job back
+#: (what the limited claim costs: it counts the queue's running jobs, in turns); 30: a binding one.
+GLOBAL_LIMITS = (300, 30)
 
 
 async def drain(

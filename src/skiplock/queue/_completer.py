@@ -12,7 +12,7 @@ jobs are rescued and run again: at-least-once).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -104,6 +104,9 @@ class Completer:
         self._recovery = Recovery(self.name, self._stop, max_s=1.0)
         self._deadline: float | None = None  # loop time at which stopping gives up on the database
         self._flushing: asyncio.Timeout | None = None
+        #: Called after each batch of outcomes commits (only sets flags: the producer's wake-up of
+        #: queues whose global concurrency held a claim back until these jobs stopped counting).
+        self.on_written: list[Callable[[], None]] = []
 
     @property
     def pending(self) -> int:
@@ -229,6 +232,8 @@ class Completer:
                 await write_events(conn, events, self.owner)
             await self._store(conn, batch)
         self._forget(batch)
+        for callback in self.on_written:
+            callback()
 
     async def _store(self, conn: AnyConnection, batch: Sequence[Outcome]) -> None:
         # Sorted by id: job_finish_many finds each row's values by binary search on the ids.

@@ -18,8 +18,9 @@ by job_claim_limited, which takes no more than the limits allow in the queue's t
 a queue without them refuses such a queue, so a producer that has not yet heard of a new limit
 takes nothing rather than too much. Limits are read at the start, on every poll and at once on
 a 'limits:<queue>' notification. Held back by its rate, a queue is claimed again when the
-claim said the budget allows (a timer, no polling); held back by its global concurrency, when a
-job of this process ends (the process whose job ended claims again itself) or at the poll.
+claim said the budget allows (a timer, no polling); held back by its global concurrency, when
+this process's completer has written outcomes (the jobs it ran stop counting then: the process
+whose jobs ended claims again itself), and at the poll.
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ class Producer:
         self._reload_all = True
         self._reload: set[str] = set()
         self._rate_timers: dict[str, asyncio.TimerHandle] = {}
+        #: Queues whose limits held a claim back: claimed again once this process's outcomes are
+        #: written (until then its ended jobs still count as running in the database).
+        self._held: set[str] = set()
+        executor.completer.on_written.append(self._outcomes_written)
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.cleanup_s = lease_margin(lease_s) / 2  # a fenced run's time to clean up
@@ -154,6 +159,12 @@ class Producer:
         if queue in self.queue_limits:
             self._reload.add(queue)
             self.wake(queue)
+
+    def _outcomes_written(self) -> None:
+        if self._held:
+            self._woken.update(self._held)
+            self._held.clear()
+            self._wakeup.set()
 
     def _wake_limited(self, queue: str) -> None:
         self._rate_timers.pop(queue, None)
@@ -202,8 +213,8 @@ class Producer:
         await asyncio.sleep(0)
 
     async def _claim_round(self, conn: AnyConnection, jobs: asyncio.TaskGroup) -> None:
-        if self._reload_all or self._reload:
-            await self._load_limits(conn)
+        if self._reload:  # a notification: the new limits hold from this round on
+            await self._load_limits(conn, sorted(self._reload))
         queues, self._woken = self._woken, set()
         for queue in queues:
             free = min(
@@ -215,6 +226,8 @@ class Producer:
                 continue
             if queue in self.limits_of and self.limits_of[queue].limited:
                 claimed, held_back = await self._claim_limited(conn, jobs, queue, free)
+                if held_back:
+                    self._held.add(queue)
                 if claimed == free or held_back:
                     self._hungry.add(queue)
                 else:
@@ -228,17 +241,25 @@ class Producer:
                 self._hungry.add(queue)
             else:
                 self._hungry.discard(queue)
+        if self._reload_all:
+            # After the claims (a poll's re-read, for a notification lost): the round's first
+            # statement stays its claim, whose failure on a broken connection (unsure whether
+            # it committed) hands back what it may have taken (see _release_unrun).
+            await self._load_limits(conn, sorted(self.configured))
         self.round_done.set()
 
-    async def _load_limits(self, conn: AnyConnection) -> None:
-        """Read the limits of the queues to read again (all of them after a poll)."""
-        names = sorted(self.configured) if self._reload_all else sorted(self._reload)
-        self._reload_all, self._reload = False, set()
+    async def _load_limits(self, conn: AnyConnection, names: list[str]) -> None:
+        """Read these queues' limits again; a queue whose limits changed is claimed again at once."""
+        if len(names) == len(self.configured):
+            self._reload_all = False
+        self._reload.difference_update(names)
         rows = {r["name"]: QueueLimits.from_record(r) for r in await conn.fetch(QUEUES.queue_limits, names)}
         for name in names:
             limits = rows.get(name, QueueLimits())
             if limits != self.limits_of.get(name, QueueLimits()):
                 log.info("queue_limits_read", queue=name, **_fields(limits))
+                self._woken.add(name)
+                self._wakeup.set()
             self.limits_of[name] = limits
             self.queue_limits[name] = (
                 self.configured[name]
