@@ -243,13 +243,13 @@ class Executor:
                 # The database away before the task began: handed back, its attempt unused.
                 log.warning("upstream_unreadable", job_id=job.id, error=str_of(exc))
                 return Outcome(job, OutcomeKind.UNSTARTED)
+        timeout = None if job.timeout_s is None else asyncio.timeout(job.timeout_s)
         in_process = self.in_process(spec, job)
         call = (
-            self._call_in_process(spec, running, upstream)
+            self._call_in_process(spec, running, upstream, timeout)
             if in_process
             else self._call(spec, ctx, args, running)
         )
-        timeout = None if job.timeout_s is None else asyncio.timeout(job.timeout_s)
         try:
             if timeout is None:  # most jobs: no Timeout (and its current_task lookups) per job
                 result = await call
@@ -329,15 +329,26 @@ class Executor:
             return False
         return spec.executor == "process" or (spec.executor is None and job.queue in self.process_queues)
 
-    async def _call_in_process(self, spec: Task[Any], running: RunningJob, upstream: dict[str, Any]) -> Any:
+    async def _call_in_process(
+        self,
+        spec: Task[Any],
+        running: RunningJob,
+        upstream: dict[str, Any],
+        time_limit: asyncio.Timeout | None,
+    ) -> Any:
         """Run the job in a pool child. Stopped (a cancel, its time limit, a lost lease, the end of
         the shutdown grace), the child is killed, and reaped before the stop is reported."""
         assert self.processes is not None
         job = running.job
+        if time_limit is not None:
+            # The time limit is the task's, in its child: not the wait for a child, nor its start.
+            time_limit.reschedule(None)
         child = await self.processes.acquire()
         try:
             if not running.holds_lease():  # waited for a child past its lease: never begun
                 raise _NotStarted
+            if time_limit is not None and job.timeout_s is not None:
+                time_limit.reschedule(asyncio.get_running_loop().time() + job.timeout_s)
             sink = self.running.event_sink(running)  # this attempt's, never a later one's
             request = {
                 "task": job.task,
