@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from skiplock import metrics
-from skiplock.queue import Engine
+from skiplock.queue import Engine, _processes
 from skiplock.queue.tasks import TaskRegistry
 from tests.conftest import make_settings
 from tests.support import process_tasks
@@ -174,6 +174,20 @@ async def test_a_child_killed_from_outside_fails_its_attempt_and_is_replaced(poo
     assert crashed._value.get() == before + 1
     after = await pool_engine.client.enqueue("proc_spin", {"seconds": 0})
     assert (await final(pool_engine, after.id)).result["pid"] != pid
+
+
+async def test_a_child_that_never_gets_ready_fails_the_attempt(
+    dsn: str, registry: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_processes, "START_S", 2.0)
+    settings = make_settings(dsn, process_pool_size=1, task_modules=["tests.support.hanging_import"])
+    async with Engine(settings, registry, dsn) as engine:
+        job = await engine.client.enqueue("proc_spin", {"seconds": 0}, max_attempts=1)
+        done = await final(engine, job.id, 10)
+        assert engine.processes.pids() == []
+    assert done.state == "failed"
+    assert done.errors[0].type == "TaskProcessCrashed"
+    assert "was not ready within 2s" in done.errors[0].message
 
 
 async def test_progress_and_logs_from_a_child_reach_the_jobs_events(pool_engine: Engine, db: Any) -> None:

@@ -35,6 +35,8 @@ LINE_LIMIT = 256 * 1024 * 1024
 #: A killed child is reaped within milliseconds; one that is not within this (stuck in the
 #: kernel) is left behind, and its job handled as a thread's that still runs.
 REAP_S = 5.0
+#: A new child imports skiplock and the task modules in about a second; one not ready in this is killed.
+START_S = 60.0
 #: A retired or closing child has this long to leave on its own before it is killed.
 RETIRE_S = 1.0
 
@@ -226,7 +228,15 @@ class TaskProcesses:
         self._children.add(child)
         try:
             assert proc.stdout is not None
-            line = await proc.stdout.readline()
+            try:
+                async with asyncio.timeout(START_S):
+                    line = await proc.stdout.readline()
+            except TimeoutError:
+                await child.kill()
+                raise TaskProcessCrashed(
+                    f"the task's process (pid {child.pid}) was not ready within {START_S:g}s (its task"
+                    " modules' import hangs?)"
+                ) from None
             if not line or json.loads(line).get("type") != "ready":
                 await child.kill(count=False)
                 raise TaskProcessCrashed(
