@@ -94,7 +94,10 @@ class TaskProcess:
             line = await stdout.readline()
             if not line:
                 metrics.task_process_exits.labels(reason="crashed").inc()
-                await self.kill(count=False)
+                # Its pipe closed as it died: wait for its exit status first, for a kill now would
+                # reap it out of asyncio's hands (Popen polls before it signals) and lose the status.
+                if not await self._reaped(RETIRE_S):
+                    await self.kill(count=False)
                 raise TaskProcessCrashed(
                     f"the task's process (pid {self.pid}) {_ended(self.proc.returncode)} before it answered"
                 )
@@ -238,7 +241,8 @@ class TaskProcesses:
                     " modules' import hangs?)"
                 ) from None
             if not line or json.loads(line).get("type") != "ready":
-                await child.kill(count=False)
+                if not await child._reaped(RETIRE_S):  # its exit status first (see call)
+                    await child.kill(count=False)
                 raise TaskProcessCrashed(
                     f"the task's process (pid {child.pid}) {_ended(proc.returncode)} while starting"
                     " (its stderr says why)"
