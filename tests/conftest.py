@@ -143,6 +143,14 @@ async def api(settings: Settings, registry: Any) -> AsyncIterator[AsyncTestClien
 
 
 @pytest.fixture(autouse=True)
+def fresh_executions() -> None:
+    """The thread tasks' in-memory record of their runs starts empty: job ids start at 1 in every
+    test's database, so one test's rows read as another's (a lease test run after the thread
+    tests found a thread "began" that was another test's)."""
+    test_tasks.EXECUTIONS.clear()
+
+
+@pytest.fixture(autouse=True)
 async def no_leftover_tasks() -> AsyncIterator[None]:
     """Fail a test that leaves asyncio tasks running behind it."""
     before = asyncio.all_tasks()

@@ -12,19 +12,12 @@ import os
 import time
 from typing import Any
 
-import pytest
-
 from skiplock.queue import Engine
 from tests.conftest import make_settings
 from tests.support.tasks import EXECUTIONS
 from tests.support.waiting import wait_until
 
 FINAL = {"succeeded", "failed", "cancelled"}
-
-
-@pytest.fixture(autouse=True)
-def fresh_executions() -> None:
-    EXECUTIONS.clear()  # job ids start at 1 in every test's database
 
 
 def executions(job_id: int) -> list[dict[str, Any]]:
