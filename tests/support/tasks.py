@@ -33,15 +33,20 @@ async def noop(ctx: Context, args: NoArgs) -> None:
     """Does nothing."""
 
 
-@task("record_run", args=Marker)
-async def record_run(ctx: Context, args: Marker) -> dict[str, str]:
-    """Inserts its job id into runs (unique): a second execution of a job fails loudly."""
+async def record(ctx: Context, marker: str) -> None:
+    """This run in test_runs, unique per job, marker and attempt: a second execution fails loudly."""
     await ctx.pool.execute(
         "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, $2, $3)",
         ctx.job.id,
-        args.marker,
+        marker,
         ctx.job.attempt,
     )
+
+
+@task("record_run", args=Marker)
+async def record_run(ctx: Context, args: Marker) -> dict[str, str]:
+    """Inserts its job id into runs (unique): a second execution of a job fails loudly."""
+    await record(ctx, args.marker)
     return {"marker": args.marker}
 
 
@@ -445,12 +450,7 @@ class MarkerAndSeconds(BaseModel):
 @task("record_slowly", args=MarkerAndSeconds)
 async def record_slowly(ctx: Context, args: MarkerAndSeconds) -> dict[str, str]:
     """record_run, then a short wait: long enough for a worker to be killed among many of them."""
-    await ctx.pool.execute(
-        "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, $2, $3)",
-        ctx.job.id,
-        args.marker,
-        ctx.job.attempt,
-    )
+    await record(ctx, args.marker)
     await asyncio.sleep(args.seconds)
     return {"marker": args.marker}
 
@@ -458,12 +458,7 @@ async def record_slowly(ctx: Context, args: MarkerAndSeconds) -> dict[str, str]:
 @task("count_upstream", args=Marker)
 async def count_upstream(ctx: Context, args: Marker) -> dict[str, int]:
     """A chord's callback: records its run (a unique row per job and attempt) and counts its inputs."""
-    await ctx.pool.execute(
-        "INSERT INTO test_runs (job_id, marker, attempt) VALUES ($1, $2, $3)",
-        ctx.job.id,
-        args.marker,
-        ctx.job.attempt,
-    )
+    await record(ctx, args.marker)
     return {
         "count": len(ctx.upstream),
         "succeeded": sum(1 for v in ctx.upstream.values() if v == {"marker": "g"}),
