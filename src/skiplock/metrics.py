@@ -173,7 +173,8 @@ schedule_errors = Counter(
 )
 subscribers = Gauge("skiplock_event_subscribers", "Websocket and SSE event subscribers of this process.")
 result_waiters = Gauge(
-    "skiplock_result_waiters", "Waits for a job's result under way in this process (long polls included)."
+    "skiplock_result_waiters",
+    "Waits for a job's or a workflow's result under way in this process (long polls included).",
 )
 listener_reconnects = Counter(
     "skiplock_listener_reconnects_total", "Times the LISTEN connection was re-established."

@@ -358,3 +358,30 @@ async def test_a_workflow_with_a_step_pruned_cannot_be_retried_and_its_steps_go_
     finally:
         await pool.close()
     assert await db.fetchval("SELECT count(*) FROM workflows WHERE id = $1", started.id) == 0
+
+
+async def test_a_rescue_that_fails_steps_of_two_workflows_ends_both_and_cancels_below(
+    dsn: str, db: asyncpg.Connection, registry: Any
+) -> None:
+    """A step whose lease ran out on its last attempt fails as LeaseLost through the rescuer, which
+    locks the workflows of what it rescues in id order first; what depends on it is cancelled."""
+    from skiplock.db.pool import create_pool
+    from skiplock.queue import Client
+    from skiplock.queue._rescuer import Rescuer
+
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        client = Client(pool, registry)  # no engine: nothing claims the steps
+        flows = [await client.start(Workflow(steps=(echo("a"), echo("b", after=("a",))))) for _ in range(2)]
+        await db.execute(
+            "UPDATE jobs SET state = 'running', attempts = 1, max_attempts = 1, lease_owner = 'gone',"
+            " lease_expires_at = now() - interval '1 hour', event_seq = event_seq + 1 WHERE step = 'a'"
+        )
+        rescued = await Rescuer(pool, interval_s=60, lease_s=1, registry=registry).rescue_once()
+        assert rescued == 2
+        for flow in flows:
+            info = await client.workflow(flow.id)
+            assert (info.state, info.failed, info.cancelled) == ("failed", 1, 1)
+            assert {s.name: s.state for s in info.steps or []} == {"a": "failed", "b": "cancelled"}
+    finally:
+        await pool.close()

@@ -22,7 +22,7 @@ import structlog
 
 from skiplock import metrics
 from skiplock.queue._lease import lease_hold
-from skiplock.queue._statements import JOBS, notify_requeued
+from skiplock.queue._statements import JOBS, WORKFLOWS, notify_requeued
 from skiplock.queue.backoff import Backoff
 from skiplock.queue.tasks import TaskRegistry
 from skiplock.service import Recovery, StopSignal
@@ -80,6 +80,12 @@ class Rescuer:
                 picked = await conn.fetch(JOBS.job_rescue_pick, self.batch, None, self.hold_s)
                 rows = []
                 if picked:
+                    # Their workflows in id order before the step-ended trigger takes them in the
+                    # rows' order: two rescuers ending steps of the same two workflows never wait
+                    # on each other in a circle (the completer does the same).
+                    workflows = sorted({r["workflow_id"] for r in picked if r["workflow_id"] is not None})
+                    if workflows:
+                        await conn.execute(WORKFLOWS.workflow_lock_many, workflows)
                     delays = [self._delay(r["task"], r["attempts"]) for r in picked]
                     rows = await conn.fetch(JOBS.job_rescue_expired, [r["id"] for r in picked], delays)
                 await notify_requeued(conn, rows)

@@ -287,7 +287,7 @@ SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND cancel_requested
 -- same transaction. $2 pins the clock in tests.
 -- No state = 'running' here: a lease is set only while a job runs (job_rescue_expired checks the
 -- state), and without it only jobs_lease_expiry_idx can serve this.
-SELECT id, task, attempts FROM jobs
+SELECT id, task, attempts, workflow_id FROM jobs
 WHERE lease_expires_at < coalesce($2::timestamptz, now()) - make_interval(secs => $3)
 ORDER BY lease_expires_at
 LIMIT $1
