@@ -4,7 +4,7 @@ list, cancel and retry them, and what a running step sees of its dependencies.""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import asyncpg
 
@@ -12,7 +12,7 @@ from skiplock.db.copy import copy_rows
 from skiplock.db.pool import AnyConnection
 from skiplock.errors import InvalidStateError, SkiplockError, WorkflowInvalid, WorkflowNotFound
 from skiplock.queue._statements import JOBS, WORKFLOWS
-from skiplock.queue.models import JobState
+from skiplock.queue.models import JobState, ResolvedJob
 from skiplock.queue.workflows import (
     Step,
     UpstreamFailure,
@@ -28,21 +28,10 @@ _STEP_COLUMNS = (
 _DEP_COLUMNS = ("upstream_id", "job_id", "position")
 
 
-class ResolvedStep(NamedTuple):
-    """A step checked against its task, its defaults filled in (what the client's resolve gives)."""
-
-    queue: str
-    task: str
-    args: dict[str, Any]
-    priority: int
-    max_attempts: int
-    timeout_s: float | None
+Resolve = Callable[[Step], ResolvedJob]
 
 
-Resolve = Callable[[Step], ResolvedStep]
-
-
-def resolve_steps(ordered: Sequence[Step], resolve: Resolve) -> list[ResolvedStep]:
+def resolve_steps(ordered: Sequence[Step], resolve: Resolve) -> list[ResolvedJob]:
     """Every step checked first; the first bad one raises :class:`WorkflowInvalid` naming it."""
     resolved = []
     for step in ordered:
@@ -57,7 +46,7 @@ async def insert(
     conn: AnyConnection,
     workflow: Workflow,
     ordered: Sequence[Step],
-    resolved: Sequence[ResolvedStep],
+    resolved: Sequence[ResolvedJob],
     origin: dict[str, Any] | None,
 ) -> tuple[asyncpg.Record, list[int]]:
     """The workflow's row, its steps (upstream first, so ids rise downstream) and edges; in the

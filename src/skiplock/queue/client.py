@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Self
+from typing import Any, Self
 
 import asyncpg
 from pydantic import BaseModel
@@ -41,7 +41,7 @@ from skiplock.queue._statements import (
 )
 from skiplock.queue._waker import Waker
 from skiplock.queue.handles import default_client_or_none, set_default_client
-from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo, QueueLimitsInfo
+from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo, QueueLimitsInfo, ResolvedJob
 from skiplock.queue.origin import current_origin
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.schedules import Schedules
@@ -84,18 +84,6 @@ class EnqueueRequest:
             and self.max_attempts is None
             and self.timeout_s is None
         )
-
-
-class _ResolvedJob(NamedTuple):
-    """A request validated against its task, the task's defaults filled in. A tuple: built once per
-    job of a bulk enqueue, so it must be cheap."""
-
-    queue: str
-    task: str
-    args: dict[str, Any]
-    priority: int
-    max_attempts: int
-    timeout_s: float | None
 
 
 _COPY_COLUMNS = (
@@ -252,14 +240,14 @@ class Client:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def _resolve(self, request: EnqueueRequest) -> _ResolvedJob:
+    def _resolve(self, request: EnqueueRequest) -> ResolvedJob:
         """Validate one job against its task and fill in the task's defaults."""
         spec = self.registry.get(request.task)
         args = request.args
         if isinstance(args, BaseModel) and not isinstance(args, spec.args):
             args = args.model_dump()  # another model: validate its fields like any input
         model = args if isinstance(args, spec.args) else spec.validate_args(args or {})
-        resolved = _ResolvedJob(
+        resolved = ResolvedJob(
             queue=request.queue or spec.queue,
             task=request.task,
             args=spec.dump_args(model),
@@ -341,7 +329,7 @@ class Client:
         self,
         target: PoolOrConnection,
         request: EnqueueRequest,
-        r: _ResolvedJob,
+        r: ResolvedJob,
         *,
         wake_later: bool,
         child: tuple[int, str] | None = None,
@@ -427,7 +415,7 @@ class Client:
             return await self._copy_jobs(conn, requests, resolved)
 
     async def _copy_jobs(
-        self, conn: AnyConnection, requests: Sequence[EnqueueRequest], resolved: list[_ResolvedJob]
+        self, conn: AnyConnection, requests: Sequence[EnqueueRequest], resolved: list[ResolvedJob]
     ) -> list[int]:
         # The transaction's clock, as the column default would be, and the ids, in order.
         now, ids = await reserve_job_ids(conn, len(resolved))
@@ -452,7 +440,7 @@ class Client:
             metrics.for_job(queue, task).enqueued.inc(count)
         return ids
 
-    def _resolve_many(self, requests: Sequence[EnqueueRequest]) -> list[_ResolvedJob]:
+    def _resolve_many(self, requests: Sequence[EnqueueRequest]) -> list[ResolvedJob]:
         resolved = []
         for index, request in enumerate(requests):
             if request.unique_key is not None:
@@ -588,7 +576,7 @@ class Client:
 
     # --- workflows -------------------------------------------------------------------------------
 
-    def _resolve_step(self, step: Step) -> workflow_store.ResolvedStep:
+    def _resolve_step(self, step: Step) -> ResolvedJob:
         request = EnqueueRequest(
             step.task,
             step.args,
@@ -597,7 +585,7 @@ class Client:
             max_attempts=step.max_attempts,
             timeout_s=step.timeout_s,
         )
-        return workflow_store.ResolvedStep(*self._resolve(request))
+        return self._resolve(request)
 
     async def start(self, workflow: Workflow, *, conn: AnyConnection | None = None) -> WorkflowInfo:
         """Check every step (names, dependencies, cycles, each task's args: the first problem raises

@@ -120,6 +120,19 @@ class FailureGroup(BaseModel):
     job_ids: list[int] = Field(description="The newest of them, newest first.")
 
 
+class ResolvedJob(NamedTuple):
+    """A job on its way in, validated against its task, the task's defaults filled in (a plain
+    enqueue's and a workflow step's alike). A tuple: built once per job of a bulk enqueue, so it
+    must be cheap."""
+
+    queue: str
+    task: str
+    args: dict[str, Any]
+    priority: int
+    max_attempts: int
+    timeout_s: float | None
+
+
 class ClaimedJob(NamedTuple):
     """A job a worker has just claimed: what the executor needs, nothing more. A tuple: built for
     every job claimed, in a third of a frozen dataclass's time."""
