@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     process_queues: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Queues whose every job runs in the task process pool."
     )
+    process_warm_children: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description=(
+            "Pool children started with a worker and replaced as they retire, so a job need not wait for"
+            " a child's start (0: every child started on demand)."
+        ),
+    )
     process_max_tasks_per_child: int = Field(
         default=0, ge=0, description="A pool child is replaced after this many jobs (0: never)."
     )

@@ -127,6 +127,31 @@ async def test_children_are_recycled_after_max_tasks_per_child(dsn: str, registr
     assert os.getpid() not in runs
 
 
+async def test_warm_children_are_ready_before_the_first_job_and_replaced_as_they_retire(
+    dsn: str, registry: TaskRegistry
+) -> None:
+    settings = make_settings(dsn, process_pool_size=2, process_warm_children=2, process_max_tasks_per_child=1)
+    async with Engine(settings, registry, dsn) as engine:
+        warm = await wait_until(lambda: _pids_if(engine, 2), 20)
+        job = await engine.client.enqueue("proc_spin", {"seconds": 0.001})
+        done = await final(engine, job.id)
+        assert done.result["pid"] in warm  # it ran in a child started before it was enqueued
+        assert done.started_at is not None
+        assert done.finished_at is not None
+        took = (done.finished_at - done.started_at).total_seconds()
+        # Retired after its one job: its place is taken again without a job asking for it.
+        after = await wait_until(lambda: _pids_if(engine, 2, without=done.result["pid"]), 20)
+    print(f"\nwarm children {warm}; first job ran in {took:.3f}s in {done.result['pid']}; then {after}")
+    assert took < 0.5  # a cold child's start is about a second
+    assert done.result["pid"] not in after
+
+
+async def _pids_if(engine: Engine, count: int, without: int | None = None) -> list[int] | None:
+    """The pool's children, once ``count`` are started and idle (and ``without`` is not one)."""
+    pids = engine.processes.idle_pids()
+    return pids if len(pids) == count == len(engine.processes.pids()) and without not in pids else None
+
+
 async def test_a_child_over_its_memory_limit_is_replaced(dsn: str, registry: TaskRegistry) -> None:
     # A child starts at about 80 MB: over 200 MB after its third job of 50 MB more each.
     settings = make_settings(dsn, process_pool_size=1, process_max_memory_mb_per_child=200)

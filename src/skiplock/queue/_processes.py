@@ -6,8 +6,9 @@ pipes (see _child.py). Unlike a thread, a child can be stopped: a time limit, a 
 lease or the end of the shutdown grace kill it (SIGKILL), and its job is reported only once it
 is reaped, so a later attempt never overlaps it. A child that dies on its own (a crash,
 ``os._exit``, the OOM killer) fails that attempt and is replaced by the next job that needs one.
-Children are started on demand, up to the pool's size, and retired after ``max_tasks`` jobs or
-once their resident memory, read after each job, is over ``max_memory_mb``.
+Children are started on demand, up to the pool's size (``warm`` of them are started with the
+pool and replaced as they retire, so a job finds one ready), and retired after ``max_tasks`` jobs
+or once their resident memory, read after each job, is over ``max_memory_mb``.
 """
 
 from __future__ import annotations
@@ -161,8 +162,11 @@ class TaskProcesses:
         modules: Sequence[str] = (),
         max_tasks: int = 0,
         max_memory_mb: int = 0,
+        warm: int = 0,
     ) -> None:
         self.size = size
+        #: Children kept started, idle or busy (at most ``size``): a job need not wait for one's start.
+        self.warm = min(warm, size)
         self.modules = list(modules)
         self.max_tasks = max_tasks  # 0: no limit
         self.max_memory_mb = max_memory_mb  # 0: no limit
@@ -170,10 +174,35 @@ class TaskProcesses:
         self._idle: list[TaskProcess] = []
         self._children: set[TaskProcess] = set()
         self._closed = False
+        self._warming: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the warm children in the background (and again whenever one retires)."""
+        if self.warm and not self._closed and (self._warming is None or self._warming.done()):
+            self._warming = asyncio.create_task(self._keep_warm(), name="skiplock:processes-warm")
+
+    async def _keep_warm(self) -> None:
+        while not self._closed and len(self._children) < self.warm:
+            await self._slots.acquire()  # a slot while it starts: never more than size children
+            try:
+                if self._closed or len(self._children) >= self.warm:
+                    return
+                try:
+                    child = await self._spawn()
+                except TaskProcessCrashed as exc:  # a job's own start reports it; not retried in a loop
+                    log.warning("task_process_warm_failed", error=str(exc))
+                    return
+                self._idle.append(child)
+            finally:
+                self._slots.release()
 
     def pids(self) -> list[int]:
         """The live children's pids (tests, metrics)."""
         return sorted(c.pid for c in self._children if c.alive)
+
+    def idle_pids(self) -> list[int]:
+        """The children started and waiting for a job."""
+        return sorted(c.pid for c in self._idle if c.alive)
 
     async def acquire(self) -> TaskProcess:
         """An idle child, or a new one while fewer than ``size`` run; else wait for one."""
@@ -198,6 +227,7 @@ class TaskProcesses:
             return
         self._children.discard(child)
         await child.retire()
+        self.start()  # its place taken before the next job asks
 
     def _worn_out(self, child: TaskProcess) -> bool:
         if self.max_tasks and child.tasks_done >= self.max_tasks:
@@ -257,6 +287,10 @@ class TaskProcesses:
     async def close(self) -> None:
         """Retire every child; any still running a job (there should be none) is killed."""
         self._closed = True
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warming
         idle, self._idle = self._idle, []
         busy = [c for c in self._children if c not in idle]
         self._children.clear()

@@ -92,6 +92,7 @@ class Engine:
             modules=settings.task_modules,
             max_tasks=settings.process_max_tasks_per_child,
             max_memory_mb=settings.process_max_memory_mb_per_child,
+            warm=settings.process_warm_children if settings.worker else 0,
         )
         metrics.jobs_running.set_function(lambda: len(self.running))  # read at scrape, not per job
         metrics.task_processes.set_function(lambda: len(self.processes.pids()))
@@ -272,6 +273,7 @@ class Engine:
             waiter.cancel()
             await self.stop()
             raise RuntimeError("skiplock services failed to start")
+        self.processes.start()  # the warm children, if any, in the background
         set_default_client(self._client)  # what task.enqueue(...) uses when given no client
         log.info("engine_started", owner=self.owner, worker=s.worker, queues=self.queues)
 
