@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,20 +16,19 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from tests.support.live import free_port
-from tests.support.workers import spawn, stop_worker
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-MISSING = (
-    "browser tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+from tests.support.browser import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    MISSING,
+    chrome,
+    console_errors,
+    enqueue,
+    eventually,
+    serving,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=MISSING)]
@@ -39,23 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVE
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",  # this machine's closed network refuses its calls home
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,860",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = chrome()
     yield driver
     driver.quit()
 
@@ -64,9 +45,9 @@ def browser() -> Iterator[WebDriver]:
 def page(browser: WebDriver, server: httpx.Client) -> Iterator[WebDriver]:
     """The browser, failing the test if a page logged an error to the console (checked, and the
     page left, while the server still runs: its going away is not the page's error)."""
-    browser.get_log("browser")  # type: ignore[no-untyped-call]  # drop what earlier tests left
+    console_errors(browser)  # drop what earlier tests left
     yield browser
-    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]  # type: ignore[no-untyped-call]
+    errors = console_errors(browser)
     browser.get("about:blank")
     assert errors == []
 
@@ -74,22 +55,8 @@ def page(browser: WebDriver, server: httpx.Client) -> Iterator[WebDriver]:
 @pytest.fixture
 def server(dsn: str) -> Iterator[httpx.Client]:
     """``skiplock serve`` on a free port with a worker; an HTTP client bound to it."""
-    port = free_port()
-    process = spawn(dsn, "serve", "--port", str(port), PROGRESS_INTERVAL_S="0.05")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if client.get("/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, "skiplock serve exited"
-        assert time.monotonic() < deadline, "skiplock serve did not get ready"
-        time.sleep(0.1)
-    yield client
-    client.close()
-    stop_worker(process)
+    with serving(dsn, PROGRESS_INTERVAL_S="0.05") as client:
+        yield client
 
 
 @pytest.fixture
@@ -99,30 +66,9 @@ def shots(tmp_path: Path) -> Path:
     return directory
 
 
-def eventually(check: Any, timeout: float = 15) -> Any:
-    """Poll ``check`` (a function of nothing) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except WebDriverException:
-            value = None
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout}s: {check}"
-        time.sleep(0.05)
-
-
 def cell(driver: WebDriver, queue: str, state: str) -> str:
     found = driver.find_elements(By.CSS_SELECTOR, f'tr[data-queue="{queue}"] td[data-state="{state}"]')
     return found[0].text if found else ""
-
-
-def enqueue(server: httpx.Client, **body: Any) -> dict[str, Any]:
-    response = server.post("/jobs", json=body)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
 
 
 def screenshot(driver: WebDriver, path: Path) -> None:

@@ -118,6 +118,8 @@ async def test_failures_are_grouped_by_task_and_error_type(api: Client, db: asyn
     assert page.status_code == 200
     assert "Retry 20" in page.text
     assert "Retry 2<" in page.text
+    assert "<title>Failures · skiplock</title>" in page.text
+    assert '<body data-page="failures">' in page.text
 
 
 async def test_enqueue_page_carries_every_task_schema(api: Client) -> None:
