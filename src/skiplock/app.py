@@ -5,14 +5,13 @@ lifespan, with the app-wide middleware, error handling and OpenAPI. No part impo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Litestar
 from litestar.handlers import HTTPRouteHandler, WebsocketRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ControllerRouterHandler
-from opentelemetry.sdk.trace import TracerProvider
 
 from skiplock import tracing
 from skiplock._version import __version__
@@ -29,6 +28,9 @@ from skiplock.queue.tasks import Task
 from skiplock.settings import Settings
 from skiplock.tasks import load_registry
 from skiplock.ui import dashboard_routes, template_config
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 

@@ -3,6 +3,9 @@
 A span per request (Litestar's plugin), a span per job attempt whose parent is the request (or job)
 that enqueued it (its trace context travels in the job's ``origin``), and spans for tasks' aiohttp
 calls. One provider per process; tests install their own with an in-memory exporter.
+
+OpenTelemetry is the ``otel`` extra: nothing here imports it until tracing is turned on, and
+turning it on without the extra is a ConfigError that says what to install.
 """
 
 from __future__ import annotations
@@ -10,16 +13,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry import propagate
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-
+from skiplock._extras import require
 from skiplock._version import __version__
 from skiplock.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Span
 
 _provider: TracerProvider | None = None
 
@@ -34,7 +36,11 @@ def configure(settings: Settings, provider: TracerProvider | None = None) -> Tra
     """The process's provider: ``provider`` if given (tests), else an OTLP exporter when enabled."""
     global _provider
     if provider is None and enabled(settings) and _provider is None:
+        require("otel", "tracing (SKIPLOCK_OTEL, OTEL_EXPORTER_OTLP_ENDPOINT)")
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         resource = Resource.create({"service.name": "skiplock", "service.version": __version__})
         provider = TracerProvider(resource=resource)
@@ -58,6 +64,8 @@ def current_context() -> dict[str, str]:
     """The active span's trace context (``traceparent``…), to store with a job; empty when none."""
     if _provider is None:
         return {}
+    from opentelemetry import propagate
+
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
@@ -69,6 +77,9 @@ def job_span(origin: dict[str, Any] | None, task: str, attributes: dict[str, Any
     if _provider is None:
         yield None
         return
+    from opentelemetry import propagate
+    from opentelemetry.trace import SpanKind
+
     parent = propagate.extract({k: v for k, v in (origin or {}).items() if isinstance(v, str)})
     tracer = _provider.get_tracer("skiplock", __version__)
     with tracer.start_as_current_span(
@@ -80,6 +91,8 @@ def job_span(origin: dict[str, Any] | None, task: str, attributes: dict[str, Any
 def mark_outcome(span: Span | None, state: str, error: str | None) -> None:
     if span is None:
         return
+    from opentelemetry.trace import Status, StatusCode
+
     span.set_attribute("skiplock.outcome", state)
     if state == "failed" or (state == "queued" and error):
         span.set_status(Status(StatusCode.ERROR, error))

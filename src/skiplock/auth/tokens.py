@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import jwt
-
+from skiplock._extras import require
 from skiplock.auth.keys import Principal, Scope
 from skiplock.settings import Settings
 
@@ -19,6 +18,9 @@ class TokenVerifier:
     """Checks tokens against ``SKIPLOCK_JWT_SECRET`` or the keys at ``SKIPLOCK_JWT_JWKS_URL``."""
 
     def __init__(self, settings: Settings) -> None:
+        require("jwt", "SKIPLOCK_JWT_SECRET / SKIPLOCK_JWT_JWKS_URL (JWT bearer tokens)")
+        import jwt  # the optional extra, installed: require said so
+
         self.secret = settings.jwt_secret
         self.jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
         self.audience = settings.jwt_audience
@@ -31,6 +33,8 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal | None:
         """The token's principal, or None when the signature, expiry, audience or issuer is wrong."""
+        import jwt
+
         try:
             if self.jwks is not None:  # fetching the key set blocks: not on the event loop
                 key: Any = (await asyncio.to_thread(self.jwks.get_signing_key_from_jwt, token)).key

