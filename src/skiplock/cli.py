@@ -1,4 +1,4 @@
-"""``skiplock serve | worker | migrate`` — the one entry point of a process."""
+"""``skiplock serve | worker | migrate | keys | db-url`` — the one entry point of a process."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import math
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from skiplock._version import __version__
 from skiplock.errors import SkiplockError
 from skiplock.logging import configure_logging
 from skiplock.settings import Settings
@@ -28,6 +30,7 @@ log = structlog.get_logger("skiplock.cli")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skiplock", description="Jobs on PostgreSQL alone.")
+    parser.add_argument("--version", action="version", version=f"skiplock {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def worker_flags(command: argparse.ArgumentParser) -> None:
@@ -51,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("list", help="every key: name, prefix, scopes, last use, revoked")
     revoke = keys.add_parser("revoke", help="revoke a key by name or prefix")
     revoke.add_argument("key", help="the key's name or prefix")
+    commands.add_parser(
+        "db-url", help="print the database URL serve would use (DATABASE_URL, else the embedded server's)"
+    )
     return parser
 
 
@@ -243,11 +249,42 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _db_url(settings: Settings) -> int:
+    """Print the URL; the embedded server's is known without starting it (and said when it is not
+    running: ``make run`` or ``skiplock serve`` starts it)."""
+    if settings.database_url:
+        print(settings.database_url)
+        return 0
+    from skiplock.db.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.data_dir / "pg")
+    print(server.dsn())
+    if not server.running:
+        print(
+            f"skiplock: the embedded server under {server.data_dir} is not running:"
+            " `make run` (or `skiplock serve`) in this directory starts it",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _import_from_working_directory() -> None:
+    """Task modules (SKIPLOCK_TASK_MODULES) resolve from the working directory, as for ``python -m``
+    and celery: ``myapp.jobs`` beside the shell's prompt works without PYTHONPATH. Appended, so a
+    file there never shadows an installed module."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _import_from_working_directory()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         settings = Settings.load(**_overrides(args))
+        if args.command == "db-url":
+            return _db_url(settings)  # never starts a server, logs nothing
         configure_logging(settings.log_level, settings.log_format)
         with database(settings) as dsn:
             settings = settings.model_copy(update={"database_url": dsn})

@@ -57,7 +57,7 @@ class EmbeddedPostgres:
         self.data_dir = data_dir.resolve()
         self.settings = {"max_connections": "300", "listen_addresses": "''", **(settings or {})}
         self._owned = False
-        self._as_user = self._pick_user()
+        self._as_user: str | None = None  # decided at start: as root, the server runs as another user
 
     @property
     def socket_dir(self) -> Path:
@@ -69,8 +69,14 @@ class EmbeddedPostgres:
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@/{database}?host={self.socket_dir}"
 
+    @property
+    def running(self) -> bool:
+        """A server (this process's or another's) runs on ``data_dir``."""
+        return self._running_pid() is not None
+
     def start(self) -> str:
         """Initialise if new, start unless already running, and return the DSN."""
+        self._as_user = self._pick_user()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with self._lock():
             if not (self.data_dir / "PG_VERSION").exists():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,7 +41,24 @@ def load_registry(modules: Iterable[str] = (), tasks: Iterable[Task[Any]] | None
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise ConfigError(f"SKIPLOCK_TASK_MODULES: cannot import {module!r}: {exc}") from exc
+            where = _where(module, exc)
+            raise ConfigError(f"SKIPLOCK_TASK_MODULES: cannot import {module!r}: {exc}{where}") from exc
     if tasks is None:
         return TaskRegistry(registered)
     return TaskRegistry([*BUILTINS, *tasks])
+
+
+def _where(module: str, exc: ImportError) -> str:
+    """Where a package that was not found was looked for, and what to set (nothing for a module
+    missing inside a package that was found, or for a module the task module imports)."""
+    top = module.split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError) or exc.name != top:
+        return ""
+    cwd = os.getcwd()
+    places = "PYTHONPATH and the installed packages"
+    if cwd in sys.path or "" in sys.path:
+        places = f"the working directory ({cwd}), {places}"
+    return (
+        f"; looked in {places}: run skiplock from the directory that holds {top!r},"
+        f" or add that directory to PYTHONPATH"
+    )
