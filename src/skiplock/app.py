@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from litestar import Controller, Litestar
 from litestar.handlers import HTTPRouteHandler, WebsocketRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ControllerRouterHandler
 
 from skiplock import tracing
@@ -27,7 +26,7 @@ from skiplock.queue.engine import Engine
 from skiplock.queue.tasks import Task
 from skiplock.settings import Settings
 from skiplock.tasks import load_registry
-from skiplock.ui import dashboard_routes, template_config
+from skiplock.ui import api_docs_plugins, dashboard_routes, template_config
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -100,6 +99,6 @@ def create_app(
             version=__version__,
             description="Background jobs, progress and cron on PostgreSQL alone.",
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=api_docs_plugins(),
         ),
     )

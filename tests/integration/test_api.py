@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import asyncpg
@@ -265,7 +266,12 @@ async def test_health_ready_and_openapi(api: Client) -> None:
         "/imports/{import_id}/failed-rows",
     ):
         assert path in schema["paths"], path
-    assert (await api.get("/schema/swagger")).status_code == 200
+    for docs in ("/schema/swagger", "/schema/redoc"):  # their assets come from this process
+        page = await api.get(docs)
+        assert page.status_code == 200
+        assert "https://" not in page.text
+        for asset in re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', page.text):
+            assert (await api.get(asset)).status_code == 200, asset
 
 
 async def test_ready_is_503_when_migrations_are_behind(api: Client, db: asyncpg.Connection) -> None:

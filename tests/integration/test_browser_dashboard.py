@@ -79,6 +79,13 @@ def rows(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(read())
 
 
+def assert_only_local(page: WebDriver, server: httpx.Client) -> None:
+    """Everything the page loaded came from the server under test."""
+    loaded = page.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+    assert loaded
+    assert all(url.startswith(f"{server.base_url}/") for url in loaded), loaded
+
+
 def job_state(server: httpx.Client, job_id: int) -> str:
     state: str = server.get(f"/jobs/{job_id}").json()["state"]
     return state
@@ -104,3 +111,13 @@ def test_retry_on_failures_queues_the_group_again(
     found = rows(module_dsn, "SELECT id, state::text, max_attempts FROM jobs WHERE id = ANY($1)", ids)
     assert sorted((r["id"], r["state"], r["max_attempts"]) for r in found) == [(i, "queued", 2) for i in ids]
     server.post("/queues/retrying/resume")
+
+
+def test_swagger_ui_and_redoc_render_the_api_offline(page: WebDriver, server: httpx.Client) -> None:
+    page.get(f"{server.base_url}/schema/swagger")
+    operations = eventually(lambda: page.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    assert "/jobs/{job_id}" in {o.get_attribute("data-path") for o in operations}
+    assert_only_local(page, server)
+    page.get(f"{server.base_url}/schema/redoc")
+    eventually(lambda: page.find_elements(By.CSS_SELECTOR, '[data-item-id="tag/jobs/operation/EnqueueJob"]'))
+    assert_only_local(page, server)

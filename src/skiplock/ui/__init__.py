@@ -1,10 +1,12 @@
-"""The live dashboard at /ui: server-rendered pages, static files, and the template engine."""
+"""The live dashboard at /ui: server-rendered pages, static files, and the template engine; and the
+API's Swagger UI and ReDoc pages, whose assets it serves itself (no CDN: they work offline)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from litestar.datastructures import CacheControlHeader
+from litestar.openapi.plugins import OpenAPIRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
@@ -13,12 +15,30 @@ from litestar.types import ControllerRouterHandler
 from skiplock.ui.pages import DashboardController, LoginController, root
 
 HERE = Path(__file__).parent
+#: Shipped in static/vendor/ as their npm packages publish them (see the README there).
+SWAGGER_UI = "/ui/static/vendor/swagger-ui-5.32.0"
+REDOC = "/ui/static/vendor/redoc-2.5.4"
+#: The render plugins would otherwise fetch Litestar's favicon from a CDN.
+NO_FAVICON = "<link rel='icon' href='data:,'>"
 
-__all__ = ["dashboard_routes", "template_config"]
+__all__ = ["api_docs_plugins", "dashboard_routes", "template_config"]
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     return TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine)
+
+
+def api_docs_plugins() -> list[OpenAPIRenderPlugin]:
+    """Swagger UI at /schema/swagger and ReDoc at /schema/redoc, from this process's own files."""
+    return [
+        SwaggerRenderPlugin(
+            js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+            css_url=f"{SWAGGER_UI}/swagger-ui.css",
+            standalone_preset_js_url=f"{SWAGGER_UI}/swagger-ui-standalone-preset.js",
+            favicon=NO_FAVICON,
+        ),
+        RedocRenderPlugin(js_url=f"{REDOC}/redoc.standalone.js", google_fonts=False, favicon=NO_FAVICON),
+    ]
 
 
 def dashboard_routes() -> list[ControllerRouterHandler]:
