@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from skiplock._connect import connect
 from skiplock._version import __version__
 from skiplock.app import create_app
-from skiplock.errors import JobFailed, PermanentJobError, ResultTimeout, SkiplockError, Snooze, WorkflowFailed
+from skiplock.errors import (
+    JobCancelled,
+    JobFailed,
+    PermanentJobError,
+    ResultTimeout,
+    SkiplockError,
+    Snooze,
+    WorkflowFailed,
+)
 from skiplock.queue import (
     Backoff,
     Client,
@@ -27,6 +36,7 @@ __all__ = [
     "Client",
     "Context",
     "Job",
+    "JobCancelled",
     "JobFailed",
     "JobHandle",
     "JobState",
@@ -42,6 +52,7 @@ __all__ = [
     "__version__",
     "chain",
     "chord",
+    "connect",
     "create_app",
     "group",
     "task",
