@@ -95,9 +95,10 @@ async def _key_store(settings: Settings, *, migrate: bool) -> AsyncIterator[KeyS
     from skiplock.db.migrate import migrate_database
     from skiplock.db.pool import create_pool
 
+    dsn = settings.database_url or ""
     if migrate:
-        await migrate_database(settings.database_url or "")
-    pool = await create_pool(settings.database_url or "", min_size=1, max_size=1)
+        await migrate_database(settings.direct_database_url(dsn))
+    pool = await create_pool(dsn, min_size=1, max_size=1, transaction_pooler=settings.transaction_pooler)
     try:
         yield KeyStore(pool)
     finally:
@@ -199,7 +200,7 @@ async def _worker(settings: Settings) -> int:
 async def _migrate(settings: Settings) -> int:
     from skiplock.db.migrate import migrate_database
 
-    applied = await migrate_database(settings.database_url or "")
+    applied = await migrate_database(settings.direct_database_url(settings.database_url or ""))
     log.info("migrations_current", applied=applied)
     return 0
 

@@ -23,6 +23,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SKIPLOCK_DATABASE_URL", "DATABASE_URL"),
         description="PostgreSQL URL; unset starts an embedded server under data_dir/pg.",
     )
+    database_pooler: Literal["none", "transaction"] = Field(
+        default="none",
+        description="transaction: database_url is a pooler in transaction mode (PgBouncer's pool_mode ="
+        " transaction): no named prepared statements and no session settings go through it, and"
+        " listen_database_url must be set.",
+    )
+    listen_database_url: str | None = Field(
+        default=None,
+        description="A direct PostgreSQL URL (no transaction pooler) for what needs a session of its own:"
+        " the LISTEN connection and the migrations' advisory lock; unset: database_url.",
+    )
     data_dir: Path = Field(default=Path(".skiplock"), description="Where the embedded server lives.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -191,6 +202,27 @@ class Settings(BaseSettings):
         if self.jwt_jwks_url and not self.jwt_audience:
             raise ValueError("jwt_jwks_url needs jwt_audience (SKIPLOCK_JWT_AUDIENCE)")
         return self
+
+    @model_validator(mode="after")
+    def _a_pooler_needs_a_direct_url(self) -> Settings:
+        # LISTEN through a transaction pooler subscribes one server session the pooler lends to
+        # others: notifications would go to whoever holds it, and the migrations' lock would not hold.
+        if self.database_pooler == "transaction" and not self.listen_database_url:
+            raise ValueError(
+                "database_pooler=transaction needs listen_database_url (SKIPLOCK_LISTEN_DATABASE_URL),"
+                " a direct URL for LISTEN and migrations"
+            )
+        return self
+
+    @property
+    def transaction_pooler(self) -> bool:
+        """database_url is a pooler in transaction mode."""
+        return self.database_pooler == "transaction"
+
+    def direct_database_url(self, dsn: str) -> str:
+        """The URL of the sessions that need one (LISTEN, migrations): listen_database_url, else
+        ``dsn`` (the main URL, which may have been chosen at start: the embedded server's)."""
+        return self.listen_database_url or dsn
 
     @property
     def jwt_enabled(self) -> bool:

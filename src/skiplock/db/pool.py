@@ -12,6 +12,7 @@ import orjson
 import structlog
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
+from skiplock.db.sqlfile import Statement, load_statements
 from skiplock.db.storable import json_bytes, json_text, text_bytes
 from skiplock.errors import (
     DatabaseError,
@@ -175,8 +176,13 @@ class Limits:
         """The driver's limit on one statement (None: no limit)."""
         return self.statement_s + _DRIVER_GRACE_S if self.statement_s > 0 else None
 
-    def server_settings(self, application_name: str) -> dict[str, str]:
-        """Session settings sent at connect (pg_stat_activity shows ``application_name``)."""
+    def server_settings(self, application_name: str, *, pooled: bool = False) -> dict[str, str]:
+        """Session settings sent at connect (pg_stat_activity shows ``application_name``).
+        ``pooled``: through a transaction pooler, which refuses the others at connect (PgBouncer
+        forwards only a few parameters, and a server connection is not this client's session):
+        its limits then come from the role's or the database's settings (see the README)."""
+        if pooled:
+            return {"application_name": application_name}
         settings = {"application_name": application_name, **_KEEPALIVES}
         for name, seconds in (
             ("statement_timeout", self.statement_s),
@@ -282,19 +288,36 @@ class Pool(asyncpg.Pool):
         return _Acquire(self, timeout if timeout is not None else self.acquire_timeout_s)
 
 
+#: asyncpg's default: each connection keeps up to this many named prepared statements.
+_STATEMENT_CACHE_SIZE = 100
+
+
+def _statement_cache_size(transaction_pooler: bool) -> int:
+    """Through a transaction pooler none: a named prepared statement lives in one server session,
+    which the next transaction may not get (PgBouncer before 1.21 does not track them). asyncpg
+    then sends every statement unnamed, parsed in the same exchange as its execution."""
+    return 0 if transaction_pooler else _STATEMENT_CACHE_SIZE
+
+
 async def connect(
-    dsn: str, *, limits: Limits | None = None, application_name: str = "skiplock"
+    dsn: str,
+    *,
+    limits: Limits | None = None,
+    application_name: str = "skiplock",
+    transaction_pooler: bool = False,
 ) -> asyncpg.Connection:
     """One standalone connection with skiplock's codecs (the listener, claims and migrations use
     it). Without ``limits`` only connecting is bounded: a migration may wait and run as long as it
-    needs."""
+    needs. ``transaction_pooler``: ``dsn`` is a pooler in transaction mode (no named prepared
+    statements, no session settings sent; see :meth:`Limits.server_settings`)."""
     limits = limits or Limits()
     try:
         conn = await asyncpg.connect(
             dsn,
             timeout=limits.connect_s,
             command_timeout=limits.command_s,
-            server_settings=limits.server_settings(application_name),
+            statement_cache_size=_statement_cache_size(transaction_pooler),
+            server_settings=limits.server_settings(application_name, pooled=transaction_pooler),
         )
     except DB_UNAVAILABLE as exc:
         raise DatabaseError(f"cannot connect to the database: {_text(exc)}") from exc
@@ -314,6 +337,7 @@ async def create_pool(
     limits: Limits | None = None,
     application_name: str = "skiplock",
     reset_sessions: bool = True,
+    transaction_pooler: bool = False,
 ) -> Pool:
     """A pool whose connections all carry skiplock's codecs and ``limits``.
 
@@ -321,8 +345,12 @@ async def create_pool(
     session state behind: a released connection is then not sent asyncpg's reset query (advisory
     unlocks, CLOSE ALL, UNLISTEN *, RESET ALL), a round trip per use. An open transaction is still
     rolled back, and listeners are still removed.
+
+    ``transaction_pooler``: ``dsn`` is a pooler in transaction mode (see :func:`connect`); no
+    reset is sent either, since the server session it would reset is not this connection's.
     """
     limits = limits or Limits()
+    reset_sessions = reset_sessions and not transaction_pooler
     pool = Pool(
         dsn,
         min_size=min_size,
@@ -337,7 +365,8 @@ async def create_pool(
         acquire_timeout_s=limits.acquire_s or None,
         timeout=limits.connect_s,
         command_timeout=limits.command_s,
-        server_settings=limits.server_settings(application_name),
+        statement_cache_size=_statement_cache_size(transaction_pooler),
+        server_settings=limits.server_settings(application_name, pooled=transaction_pooler),
     )
     try:
         await pool
@@ -349,6 +378,35 @@ async def create_pool(
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset beyond asyncpg's own rollback: nothing (see ``create_pool``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatements:
+    session_settings: Statement
+
+
+SQL = load_statements(PoolStatements, "skiplock.db.sql", "pool.sql")
+
+
+async def warn_of_unset_limits(pool: asyncpg.Pool, limits: Limits) -> list[str]:
+    """Through a transaction pooler the engine's time limits cannot be sent at connect: log (and
+    return) those the server's own settings leave off. Set them on the role or the database
+    (``ALTER ROLE skiplock SET statement_timeout = '30s'``, ...); the driver's own limit on each
+    statement still applies."""
+    wanted = {
+        name: value
+        for name, value in limits.server_settings("").items()
+        if name.endswith("_timeout") and value != "0"
+    }
+    rows = await pool.fetch(SQL.session_settings, sorted(wanted))
+    unset = [r["name"] for r in rows if r["setting"] == "0"]
+    if unset:
+        log.warning(
+            "pooler_limits_unset",
+            settings={name: f"{wanted[name]}ms" for name in unset},
+            hint="a transaction pooler passes no session settings: set these on the role or the database",
+        )
+    return unset
 
 
 def _text(exc: BaseException) -> str:

@@ -169,6 +169,7 @@ class LeaseKeeper:
         running: RunningJobs,
         lease_s: float,
         limits: Limits | None = None,
+        transaction_pooler: bool = False,
         cancel_poll_s: float = 1.0,
         outcomes: Callable[[], dict[int, int]] | None = None,
     ) -> None:
@@ -177,6 +178,7 @@ class LeaseKeeper:
         self.running = running
         self.lease_s = lease_s
         self.limits = limits or Limits()
+        self.transaction_pooler = transaction_pooler
         self.hold_s = lease_hold(lease_s)
         self.heartbeat_s = lease_s / 3
         self.statement_timeout_s = max(self.heartbeat_s, 1.0)  # of each heartbeat and cancel poll
@@ -236,7 +238,12 @@ class LeaseKeeper:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connect(self.dsn, limits=self.limits, application_name="skiplock-lease")
+            self._conn = await connect(
+                self.dsn,
+                limits=self.limits,
+                application_name="skiplock-lease",
+                transaction_pooler=self.transaction_pooler,
+            )
         return self._conn
 
     async def _disconnect(self) -> None:

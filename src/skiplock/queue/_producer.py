@@ -98,9 +98,11 @@ class Producer:
         executor: Executor,
         running: RunningJobs,
         limits: Limits | None = None,
+        transaction_pooler: bool = False,
     ) -> None:
         self.dsn = dsn
         self.limits = limits  # the claim connection's time limits (the engine's)
+        self.transaction_pooler = transaction_pooler
         self.owner = owner
         self.configured = dict(queues)  # this process's limit per queue, from its settings
         #: The limit it claims by: the configured one, unless the queue's row sets another.
@@ -183,7 +185,12 @@ class Producer:
             while not self._stop.is_set:
                 try:
                     # A connection of its own: claiming never waits for the pool.
-                    conn = await connect(self.dsn, limits=self.limits, application_name="skiplock-claim")
+                    conn = await connect(
+                        self.dsn,
+                        limits=self.limits,
+                        application_name="skiplock-claim",
+                        transaction_pooler=self.transaction_pooler,
+                    )
                     try:
                         if self._claim_unsure:
                             await self._release_unrun(conn)

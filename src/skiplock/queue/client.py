@@ -178,7 +178,7 @@ class Client:
         self._enqueuing = 0  # enqueues of this client under way, on its pool
         #: Set by the engine: the waits of :meth:`wait_for_result` (see results.py).
         self.results: ResultWaiter | None = None
-        self._dsn: str | None = None  # set by connect(): the client owns its pool
+        self._listen_dsn: str | None = None  # set by connect(): the client owns its pool; LISTENs here
         self._replaced: Client | None = None  # the default client before connect()
         self._services: list[Listener | ResultWaiter] = []
         self._service_tasks: list[asyncio.Task[None]] = []
@@ -191,16 +191,24 @@ class Client:
         registry: TaskRegistry | None = None,
         min_size: int = 1,
         max_size: int = 10,
+        transaction_pooler: bool = False,
+        listen_dsn: str | None = None,
     ) -> Client:
         """A client outside a running skiplock process (a web app enqueueing, a script): its own
         pool on ``dsn``; the tasks it checks args against are ``registry``, else every ``@task``
         imported so far (built-ins included). It becomes the client ``task.enqueue(...)`` uses.
+        ``transaction_pooler``: ``dsn`` is a pooler in transaction mode; the LISTEN connection that
+        result waits use then goes to ``listen_dsn`` (a direct URL; default ``dsn``).
         Close it with ``await client.close()``, or use ``async with await Client.connect(dsn)``."""
         pool = await create_pool(
-            dsn, min_size=min_size, max_size=max_size, application_name="skiplock-client"
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            application_name="skiplock-client",
+            transaction_pooler=transaction_pooler,
         )
         client = cls(pool, registry if registry is not None else registered)
-        client._dsn = dsn
+        client._listen_dsn = listen_dsn or dsn
         client._replaced = set_default_client(client)
         return client
 
@@ -209,7 +217,7 @@ class Client:
         for a result started (a client of an engine is closed with the engine)."""
         if default_client_or_none() is self:
             set_default_client(self._replaced)
-        if self._dsn is None:
+        if self._listen_dsn is None:
             return
         for service in self._services:
             await service.stop()
@@ -220,8 +228,8 @@ class Client:
 
     async def _listen_for_results(self) -> ResultWaiter:
         """A connected client's own result waits: a listener and a waiter, as an engine runs them."""
-        assert self._dsn is not None
-        listener = Listener(self._dsn)
+        assert self._listen_dsn is not None
+        listener = Listener(self._listen_dsn)
         waiter = ResultWaiter(self.pool)
         listener.subscribe("ev", waiter.hint)
         listener.subscribe("wf", waiter.workflow_hint)
@@ -471,7 +479,7 @@ class Client:
 
     async def _waiter(self, what: str) -> ResultWaiter:
         if self.results is None:
-            if self._dsn is None:
+            if self._listen_dsn is None:
                 raise ConfigError(f"{what} needs a started engine or Client.connect (to LISTEN)")
             self.results = await self._listen_for_results()
         return self.results

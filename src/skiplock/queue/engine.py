@@ -16,7 +16,7 @@ import structlog
 from skiplock import metrics
 from skiplock.db.migrate import migrate_database
 from skiplock.db.migrate import missing as missing_migrations
-from skiplock.db.pool import create_pool, engine_limits, task_limits
+from skiplock.db.pool import create_pool, engine_limits, task_limits, warn_of_unset_limits
 from skiplock.errors import ConfigError, InvalidArgumentsError, MigrationError
 from skiplock.fetcher import Fetcher, FetchPolicy
 from skiplock.queue._completer import Completer
@@ -74,13 +74,15 @@ class Engine:
         self.settings = settings
         self.registry = registry
         self.dsn = dsn
+        #: LISTEN and migrations need a session of their own: never through a transaction pooler.
+        self.direct_dsn = settings.direct_database_url(dsn)
         self.owner = worker_id()
         self.queues = served_queues(settings, registry)
         self._pool: asyncpg.Pool | None = None
         self._task_pool: asyncpg.Pool | None = None
         self._client: Client | None = None
         self.limits = engine_limits(settings)  # of the engine's own connections
-        self.listener = Listener(dsn, limits=self.limits)
+        self.listener = Listener(self.direct_dsn, limits=self.limits)
         #: Outbound HTTP shared by every task (and the API's synchronous fetch).
         self.http = Fetcher(FetchPolicy.from_settings(settings))
         self.running = RunningJobs(owner=self.owner)
@@ -176,6 +178,7 @@ class Engine:
                 running=self.running,
                 lease_s=self.settings.lease_s,
                 limits=self.limits,
+                transaction_pooler=self.settings.transaction_pooler,
                 outcomes=completer.pending_leases,  # finished runs stay ours until written
             )
             writer = EventWriter(
@@ -205,6 +208,7 @@ class Engine:
                 ),
                 running=self.running,
                 limits=self.limits,
+                transaction_pooler=self.settings.transaction_pooler,
             )
             self.listener.subscribe("queued", producer.wake)
             self.listener.subscribe("limits", producer.limits_changed)
@@ -230,7 +234,7 @@ class Engine:
     async def start(self) -> None:
         s = self.settings
         if s.auto_migrate:
-            await migrate_database(self.dsn)
+            await migrate_database(self.direct_dsn)
         # Only the engine's and the API's own statements run on it (tasks have theirs, below).
         self._pool = await create_pool(
             self.dsn,
@@ -238,7 +242,10 @@ class Engine:
             max_size=s.pool_max_size,
             limits=self.limits,
             reset_sessions=False,
+            transaction_pooler=s.transaction_pooler,
         )
+        if s.transaction_pooler:
+            await warn_of_unset_limits(self._pool, self.limits)
         if not s.auto_migrate:
             await self._require_schema(self._pool)
         # Tasks get a pool of their own: their long statements and COPYs are not cut by the
@@ -249,6 +256,7 @@ class Engine:
             max_size=s.task_pool_max_size,
             limits=task_limits(s),
             application_name="skiplock-tasks",
+            transaction_pooler=s.transaction_pooler,
         )
         await self.http.start()
         self._client = Client(self._pool, self.registry, task_pool=self._task_pool)

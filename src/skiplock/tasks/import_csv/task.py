@@ -68,7 +68,6 @@ async def import_csv(ctx: Context, args: ImportArgs) -> dict[str, int]:
         run, finished = await _begin(conn, args.import_id)
         if finished:
             return run.result()
-        await conn.execute(IMPORTS.import_staging_create)
         try:
             await _load(ctx, conn, run)
         except CsvFileError as exc:
@@ -189,6 +188,9 @@ class _Reader:
 
 async def _write_batch(conn: AnyConnection, reader: _Reader, rows: list[StagedRow], run: _Run) -> None:
     async with conn.transaction():
+        # In the batch's transaction: through a transaction pooler, the next transaction may get
+        # another server session, one without the table.
+        await conn.execute(IMPORTS.import_staging_create)
         await conn.fetchrow(IMPORTS.import_batch_settings)
         await copy_rows(conn, STAGING_TABLE, reader.parser.columns, rows)
         with reader.parse_turn():

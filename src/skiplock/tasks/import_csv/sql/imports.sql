@@ -49,7 +49,8 @@ UPDATE imports SET state = 'running', rows = 0, loaded = 0, failed = 0, error = 
 SELECT seq, data FROM import_chunks WHERE import_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
 
 -- name: import_staging_create
--- Per session and emptied by every commit: each batch is one transaction. varchar, not text: the
+-- Per session and emptied by every commit: each batch is one transaction, which creates it if its
+-- session has none (a no-op after the first; through a transaction pooler, sessions vary). varchar, not text: the
 -- staged values are storable already (rows.py fails a record with a NUL or bytes that are not
 -- UTF-8, and escapes its raw text), so COPY sends them through the driver's own varchar codec
 -- instead of the storable text codec, which would cost ~0.2 us a value (8 a row).

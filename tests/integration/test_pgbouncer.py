@@ -1,0 +1,99 @@
+"""Behind PgBouncer in transaction mode (Debian's pgbouncer, 1.18 here: no prepared statements of
+its own): three worker processes and a client enqueue, claim, complete, cancel and read events
+through a pool of four server connections, while their LISTEN connections go direct."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from skiplock.db.pool import Limits, warn_of_unset_limits
+from skiplock.queue import Client, EnqueueRequest
+from tests.support.bouncer import pgbouncer, pgbouncer_binary
+from tests.support.waiting import wait_until
+from tests.support.workers import start_worker, stop_worker
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        pgbouncer_binary() is None, reason="pgbouncer is not installed (apt-get install pgbouncer)"
+    ),
+]
+
+POOL_SIZE = 4
+JOBS = 300
+
+
+async def pooled_backends(db: asyncpg.Connection) -> int:
+    """This database's sessions other than the direct ones (LISTEN, this connection)."""
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND application_name <> 'skiplock-listener'"
+        )
+    )
+
+
+async def test_three_workers_and_a_client_through_pgbouncer_in_transaction_mode(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    with pgbouncer(dsn, pool_size=POOL_SIZE) as bounced:
+        settings = {
+            "database_pooler": "transaction",
+            "listen_database_url": dsn,
+            "concurrency": "10",
+            "lease_s": "5",
+        }
+        workers = [start_worker(bounced, **settings) for _ in range(3)]
+        client = await Client.connect(bounced, transaction_pooler=True, listen_dsn=dsn)
+        most = 0
+        try:
+            ids = await client.enqueue_many(
+                [EnqueueRequest("record_run", {"marker": str(n)}) for n in range(JOBS)]
+            )
+            chatty = await client.enqueue("chatty", {"lines": 3, "size": 10})
+            waiting = await client.enqueue("wait", {"seconds": 60})
+
+            async def all_done() -> bool:
+                nonlocal most
+                most = max(most, await pooled_backends(db))
+                done = await db.fetchval(
+                    "SELECT count(*) FROM jobs WHERE id = ANY($1::bigint[]) AND state = 'succeeded'",
+                    [*ids, chatty.id],
+                )
+                return bool(done == JOBS + 1)
+
+            await wait_until(all_done, 60, 0.2)
+            # A result wait: the client's LISTEN connection, direct, hears the outcome.
+            assert await client.wait_for_result(chatty.id, timeout_s=10) == {"lines": 3}
+            await wait_until(
+                lambda: db.fetchval("SELECT state = 'running' FROM jobs WHERE id = $1", waiting.id), 20
+            )
+            await client.cancel(waiting.id)  # the worker hears it on its own LISTEN connection
+            await wait_until(
+                lambda: db.fetchval("SELECT state = 'cancelled' FROM jobs WHERE id = $1", waiting.id), 10
+            )
+            kinds = [(e.kind, e.data.get("state")) for e in await client.events(chatty.id)]
+            assert kinds == [
+                ("state", "running"),
+                ("log", None),
+                ("log", None),
+                ("log", None),
+                ("state", "succeeded"),
+            ]
+            # Through the pooler the engine's limits come from the server's settings: none here.
+            unset = await warn_of_unset_limits(client.pool, Limits(statement_s=30, lock_s=10))
+            assert unset == ["lock_timeout", "statement_timeout"]
+            stops = await asyncio.gather(*(asyncio.to_thread(stop_worker, w) for w in workers))
+            assert stops == [0, 0, 0]
+        finally:
+            for worker in workers:
+                stop_worker(worker)
+            await client.close()
+    assert await db.fetchval("SELECT count(DISTINCT job_id) FROM test_runs") == JOBS
+    assert await db.fetchval("SELECT count(*) FROM test_runs") == JOBS  # each job ran once
+    # Everything but LISTEN went through the pooler's four server connections (without it, three
+    # workers hold a pool, a claim and a lease connection each).
+    assert 0 < most <= POOL_SIZE
