@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Litestar
 from litestar.handlers import HTTPRouteHandler, WebsocketRouteHandler
-from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
 from skiplock import tracing
@@ -19,6 +18,7 @@ from skiplock.api.bounds import BoundedRequest, url_nul_middleware
 from skiplock.api.errors import DRIVER_ERRORS, database_error_handler, skiplock_error_handler
 from skiplock.api.metrics import prometheus
 from skiplock.api.middleware import request_id_middleware
+from skiplock.api.openapi import openapi_config
 from skiplock.api.protection import compression, cors, rate_limit
 from skiplock.api.security import auth_middleware, csrf_config, scope_guard
 from skiplock.errors import ConfigError, SkiplockError
@@ -94,11 +94,5 @@ def create_app(
         },
         request_max_body_size=MAX_BODY_BYTES,
         request_class=BoundedRequest,  # JSON bodies decoded with depth, UTF-8 and NUL checks
-        openapi_config=OpenAPIConfig(
-            title="skiplock",
-            version=__version__,
-            description="Background jobs, progress and cron on PostgreSQL alone.",
-            path="/schema",
-            render_plugins=api_docs_plugins(),
-        ),
+        openapi_config=openapi_config(__version__, api_docs_plugins()),
     )

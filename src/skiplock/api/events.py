@@ -11,16 +11,18 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from litestar import Controller, Request, WebSocket, get, websocket
+from litestar import Controller, WebSocket, get, websocket
 from litestar.exceptions import ValidationException, WebSocketDisconnect
-from litestar.params import FromPath, Parameter, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, HeaderParameter, Parameter, QueryParameter
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 from pydantic import BaseModel
 
 from skiplock.api.jobs import JobId
+from skiplock.api.openapi import NEEDS_KEY
 from skiplock.api.plugin import ClientDep, EngineDep
-from skiplock.api.schemas import QUEUE_NAME
+from skiplock.api.schemas import QUEUE_NAME, error_responses
 from skiplock.api.security import BEARER_PROTOCOL, needs
 from skiplock.auth import Scope
 from skiplock.errors import JobNotFound, WorkflowNotFound
@@ -42,6 +44,20 @@ CLOSE_NOT_FOUND = 4404
 #: reconnects. 4409 ("conflict": the client's view is stale) is in the private range 4000-4999,
 #: unlike 1013, which says only "try again later" and is sent by proxies too.
 CLOSE_RESUME = 4409
+
+
+#: What GET /jobs/{id}/stream sends, as OpenAPI describes it.
+EVENT_STREAM = ResponseSpec(
+    str,
+    media_type="text/event-stream",
+    description=(
+        "Server-sent events, one per job event: `id: <seq>`, `event: <kind>` (state, progress, log), "
+        "`data: <the event as JSON>`; the stream ends after the job's final state. `event: resume` "
+        "with `data: {after, reason}` when events may have been missed: reconnect with that "
+        "Last-Event-ID (or after=)."
+    ),
+    generate_examples=False,
+)
 
 
 class EventOut(BaseModel):
@@ -86,8 +102,14 @@ class EventController(Controller):
     opt = needs(Scope.JOBS_READ)
     path = "/jobs"
     tags = ["events"]
+    security = NEEDS_KEY
 
-    @get("/{job_id:str}/events", operation_id="ListJobEvents")
+    @get(
+        "/{job_id:str}/events",
+        operation_id="ListJobEvents",
+        summary="List a job's events",
+        responses=error_responses(e404="No job has this id."),
+    )
     async def history(
         self,
         job_id: JobId,
@@ -101,13 +123,32 @@ class EventController(Controller):
         items = [EventOut(job_id=e.job_id, seq=e.seq, at=e.at, kind=e.kind, data=e.data) for e in events]
         return EventPage(items=items, next_after=items[-1].seq if len(items) == limit else None)
 
-    @get("/{job_id:str}/stream", operation_id="StreamJobEvents")
+    @get(
+        "/{job_id:str}/stream",
+        operation_id="StreamJobEvents",
+        summary="Stream a job's events",
+        responses={
+            200: EVENT_STREAM,
+            **error_responses(e404="No job has this id."),
+        },
+    )
     async def stream(
-        self, job_id: JobId, request: Request[Any, Any, Any], engine: EngineDep, after: MaybeAfter = None
+        self,
+        job_id: JobId,
+        engine: EngineDep,
+        after: MaybeAfter = None,
+        last_event_id: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Last-Event-ID",
+                max_length=40,
+                description="The last seq received (an EventSource sends it when it reconnects).",
+            ),
+        ] = None,
     ) -> ServerSentEvent:
         """Server-sent events (``id: <seq>``) until the job's final state; a client reconnecting
-        with ``Last-Event-ID`` gets exactly the events after it."""
-        start = _parse_after(request.headers.get("last-event-id")) if after is None else after
+        with ``Last-Event-ID`` gets exactly the events after it (``after`` wins over it)."""
+        start = _parse_after(last_event_id) if after is None else after
         job = await engine.client.get(int(job_id))
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:

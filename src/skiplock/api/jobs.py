@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import RequestBody
 from litestar.params import JSONBody, Parameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from pydantic import ValidationError
 
 from skiplock.api.bounds import decode_json_body
+from skiplock.api.openapi import NEEDS_KEY, documented, media
 from skiplock.api.plugin import ClientDep
 from skiplock.api.schemas import QUEUE_NAME, BatchCreated, JobCreate, JobPage, error_responses, parse_cursor
 from skiplock.api.security import needs
@@ -23,6 +26,29 @@ JobId = Annotated[str, Parameter(pattern=r"^[1-9][0-9]{0,17}$", description="The
 
 
 MAX_BATCH = 10_000
+
+#: The body of POST /jobs shown in the schema.
+JOB_EXAMPLES: dict[str, Any] = {
+    "sleep": {"task": "sleep", "args": {"seconds": 5, "steps": 5}},
+    "delayed": {"task": "sleep", "args": {"seconds": 1}, "queue": "default", "priority": 10, "delay_s": 60},
+    "unique": {"task": "sleep", "args": {"seconds": 1}, "unique_key": "nightly-report"},
+}
+JOB_REF = {"$ref": "#/components/schemas/JobCreate"}
+BATCH_BODY = RequestBody(
+    required=True,
+    description=f"Up to {MAX_BATCH:,} jobs as for POST /jobs (without unique_key): a JSON array, or "
+    "NDJSON, one job a line.",
+    content={
+        "application/json": media(
+            {"type": "array", "items": JOB_REF, "maxItems": MAX_BATCH},
+            two=[{"task": "sleep", "args": {"seconds": 1}}, {"task": "sleep", "args": {"seconds": 2}}],
+        ),
+        "application/x-ndjson": media(
+            {"type": "string", "description": "One JSON job (as for POST /jobs) a line."},
+            two='{"task": "sleep", "args": {"seconds": 1}}\n{"task": "sleep", "args": {"seconds": 2}}\n',
+        ),
+    },
+)
 
 
 def parse_batch(body: bytes, content_type: str) -> list[Any]:
@@ -59,14 +85,28 @@ class JobController(Controller):
     opt = needs(Scope.JOBS_READ)
     path = "/jobs"
     tags = ["jobs"]
+    security = NEEDS_KEY
 
     @post(
         "/",
         opt=needs(Scope.JOBS_WRITE),
         operation_id="EnqueueJob",
+        summary="Enqueue a job",
         status_code=HTTP_201_CREATED,
-        responses={},
-        description="201 with the new job; 200 with the existing job when a live job holds unique_key.",
+        response_description="The new job.",
+        responses={
+            HTTP_200_OK: ResponseSpec(
+                Job, description="A live job holds unique_key: that job.", generate_examples=False
+            ),
+            **error_responses(
+                body=True,
+                e409="Another request holding the same unique_key is enqueueing now: retry.",
+                e422="An unknown task, or args its model refuses (`extra.errors` names the fields).",
+            ),
+        },
+        operation_class=documented(examples=JOB_EXAMPLES),
+        description="201 with the new job, its args validated against the task's model first; 200 with "
+        "the existing job when a live job holds unique_key. Options left out take the task's defaults.",
     )
     async def enqueue(self, data: JSONBody[JobCreate], client: ClientDep) -> Response[Job]:
         """Enqueue a job; its args are validated against the task's model first."""
@@ -77,8 +117,15 @@ class JobController(Controller):
         "/batch",
         opt=needs(Scope.JOBS_WRITE),
         operation_id="EnqueueJobs",
+        summary="Enqueue many jobs",
         status_code=HTTP_201_CREATED,
-        request_body_description="A JSON array of jobs as for POST /jobs, or NDJSON (application/x-ndjson).",
+        response_description="The new jobs' ids, in the order given.",
+        responses=error_responses(
+            body=True,
+            e422=f"A job is invalid (`extra.index` names it), more than {MAX_BATCH:,} jobs, a unique_key, "
+            "or a body that is not an array: nothing is written.",
+        ),
+        operation_class=documented(BATCH_BODY),
     )
     async def enqueue_batch(self, request: Request[Any, Any, Any], client: ClientDep) -> BatchCreated:
         """Enqueue up to 10,000 jobs with one COPY. All are validated first: one bad job is a 422
@@ -88,12 +135,17 @@ class JobController(Controller):
         ids = await client.enqueue_many(requests)
         return BatchCreated(count=len(ids), ids=ids)
 
-    @get("/{job_id:str}", operation_id="GetJob")
+    @get(
+        "/{job_id:str}",
+        operation_id="GetJob",
+        summary="Get a job",
+        responses=error_responses(e404="No job has this id."),
+    )
     async def get_job(self, job_id: JobId, client: ClientDep) -> Job:
         """One job: state, attempts, progress, result, errors, timestamps."""
         return await client.get(int(job_id))
 
-    @get("/", operation_id="ListJobs")
+    @get("/", operation_id="ListJobs", summary="List jobs", responses=error_responses())
     async def list_jobs(
         self,
         client: ClientDep,
@@ -125,6 +177,7 @@ class JobController(Controller):
     @post(
         "/{job_id:str}/cancel",
         operation_id="CancelJob",
+        summary="Cancel a job",
         status_code=HTTP_202_ACCEPTED,
         opt=needs(Scope.JOBS_WRITE),
         responses=error_responses(e404="No job has this id.", e409="The job has finished."),
@@ -142,6 +195,7 @@ class JobController(Controller):
     @post(
         "/{job_id:str}/retry",
         operation_id="RetryJob",
+        summary="Retry a job",
         status_code=HTTP_202_ACCEPTED,
         opt=needs(Scope.JOBS_WRITE),
         responses=error_responses(

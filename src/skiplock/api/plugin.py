@@ -13,6 +13,7 @@ from litestar.config.csrf import CSRFConfig
 from litestar.di import NamedDependency, Provide
 from litestar.plugins import InitPluginProtocol
 
+from skiplock.api.openapi import with_security_scheme
 from skiplock.api.security import AuthState
 from skiplock.auth import KeyStore, TokenVerifier, decide_for
 from skiplock.queue.client import Client
@@ -37,6 +38,8 @@ class SkiplockPlugin(InitPluginProtocol):
         app_config.dependencies["client"] = Provide(self._client, sync_to_thread=False)
         app_config.lifespan.append(self._lifespan)
         app_config.signature_types.extend([Engine, Client])
+        if app_config.openapi_config is not None:  # the scheme the routes' security names
+            with_security_scheme(app_config.openapi_config)
         return app_config
 
     def _engine(self) -> Engine:

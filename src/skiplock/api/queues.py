@@ -9,8 +9,9 @@ from litestar.exceptions import ValidationException
 from litestar.params import JSONBody, Parameter
 
 from skiplock.api.errors import validation_as_422
+from skiplock.api.openapi import NEEDS_KEY, documented
 from skiplock.api.plugin import ClientDep, EngineDep
-from skiplock.api.schemas import QUEUE_NAME, QueueLimitsChange, QueueOut, TaskInfo
+from skiplock.api.schemas import QUEUE_NAME, QueueLimitsChange, QueueOut, TaskInfo, error_responses
 from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.queue.models import FailureGroup, QueueInfo
@@ -30,8 +31,9 @@ class QueueController(Controller):
     opt = needs(Scope.JOBS_READ)
     path = "/queues"
     tags = ["queues"]
+    security = NEEDS_KEY
 
-    @get("/", operation_id="ListQueues")
+    @get("/", operation_id="ListQueues", summary="List queues", responses=error_responses())
     async def list_queues(self, client: ClientDep, engine: EngineDep) -> list[QueueOut]:
         """Every queue with jobs, settings or workers here: counts per state, paused, this process's limit."""
         known = {q.name: q for q in await client.queues()}
@@ -42,7 +44,10 @@ class QueueController(Controller):
     @patch(
         "/{name:str}",
         operation_id="UpdateQueueLimits",
+        summary="Change a queue's limits",
         opt=needs(Scope.ADMIN),
+        responses=error_responses(body=True, e422="A bad value or queue name (`detail` names the field)."),
+        operation_class=documented(examples={"limits": {"concurrency": 5, "rate_limit": "100/minute"}}),
         exception_handlers={ValidationException: validation_as_422},
     )
     async def update_limits(
@@ -54,18 +59,40 @@ class QueueController(Controller):
         value (nothing is changed then)."""
         return _out(await client.set_limits(name, data.changes()), engine)
 
-    @post("/{name:str}/pause", operation_id="PauseQueue", status_code=200, opt=needs(Scope.ADMIN))
+    @post(
+        "/{name:str}/pause",
+        operation_id="PauseQueue",
+        summary="Pause a queue",
+        status_code=200,
+        opt=needs(Scope.ADMIN),
+        responses=error_responses(),
+    )
     async def pause(self, name: QueueName, client: ClientDep, engine: EngineDep) -> QueueOut:
         """No process claims from a paused queue; running jobs finish."""
         return _out(await client.set_paused(name, True), engine)
 
-    @post("/{name:str}/resume", operation_id="ResumeQueue", status_code=200, opt=needs(Scope.ADMIN))
+    @post(
+        "/{name:str}/resume",
+        operation_id="ResumeQueue",
+        summary="Resume a queue",
+        status_code=200,
+        opt=needs(Scope.ADMIN),
+        responses=error_responses(),
+    )
     async def resume(self, name: QueueName, client: ClientDep, engine: EngineDep) -> QueueOut:
         """Workers claim from the queue again at once."""
         return _out(await client.set_paused(name, False), engine)
 
 
-@get("/failures", operation_id="ListFailures", tags=["jobs"], opt=needs(Scope.JOBS_READ))
+@get(
+    "/failures",
+    operation_id="ListFailures",
+    summary="List failures by task and error",
+    tags=["jobs"],
+    opt=needs(Scope.JOBS_READ),
+    security=NEEDS_KEY,
+    responses=error_responses(),
+)
 async def failures(client: ClientDep) -> list[FailureGroup]:
     """Failed jobs grouped by task and the last attempt's error type, with their newest ids."""
     return await client.failures()
@@ -75,8 +102,9 @@ class TaskController(Controller):
     opt = needs(Scope.JOBS_READ)
     path = "/tasks"
     tags = ["tasks"]
+    security = NEEDS_KEY
 
-    @get("/", operation_id="ListTasks")
+    @get("/", operation_id="ListTasks", summary="List tasks", responses=error_responses(database=False))
     async def list_tasks(self, client: ClientDep) -> list[TaskInfo]:
         """Registered tasks with their defaults and argument JSON schemas."""
         return [

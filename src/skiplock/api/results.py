@@ -12,6 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from pydantic import BaseModel, Field
 
 from skiplock.api.jobs import JobId
+from skiplock.api.openapi import NEEDS_KEY
 from skiplock.api.plugin import EngineDep
 from skiplock.api.schemas import error_responses
 from skiplock.api.security import needs
@@ -73,10 +74,13 @@ class JobResultController(Controller):
     opt = needs(Scope.JOBS_READ)
     path = "/jobs"
     tags = ["jobs"]
+    security = NEEDS_KEY
 
     @get(
         "/{job_id:str}/result",
         operation_id="GetJobResult",
+        summary="Wait for a job's result",
+        response_description="The job is final: its state, result and error.",
         responses={
             HTTP_202_ACCEPTED: ResponseSpec(JobResult, description="Not final yet: the job's current state."),
             **error_responses(e404="No job has this id.", e422=_BAD_WAIT),
@@ -110,10 +114,13 @@ class WorkflowResultController(Controller):
     opt = needs(Scope.JOBS_READ)
     path = "/workflows"
     tags = ["workflows"]
+    security = NEEDS_KEY
 
     @get(
         "/{workflow_id:str}/result",
         operation_id="GetWorkflowResult",
+        summary="Wait for a workflow's result",
+        response_description="The workflow is final: its state, result and error.",
         responses={
             HTTP_202_ACCEPTED: ResponseSpec(
                 WorkflowResult, description="Not final yet: the workflow's current state."

@@ -11,12 +11,26 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from pydantic import BaseModel, ConfigDict, Field
 
 from skiplock.api.errors import validation_as_422
+from skiplock.api.openapi import NEEDS_KEY, documented
 from skiplock.api.plugin import ClientDep
+from skiplock.api.schemas import error_responses
 from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.queue.models import Job
 from skiplock.queue.schedules import Schedule, ScheduleSpec
 from skiplock.queue_names import QUEUE_NAME
+
+_BAD_SCHEDULE = "A bad cron, timezone, task, args or field (`extra.errors` names it), or a bad id."
+_NO_SCHEDULE = "No schedule has this id."
+SCHEDULE_EXAMPLES: dict[str, Any] = {
+    "nightly": {
+        "name": "nightly-report",
+        "cron": "0 3 * * *",
+        "timezone": "Europe/Paris",
+        "task": "sleep",
+        "args": {"seconds": 1},
+    }
+}
 
 ScheduleId = Annotated[str, Parameter(pattern=r"^[1-9][0-9]{0,17}$", description="The schedule's id.")]
 
@@ -44,24 +58,44 @@ class ScheduleController(Controller):
     opt = needs(Scope.JOBS_READ)
     path = "/schedules"
     tags = ["schedules"]
+    security = NEEDS_KEY
     exception_handlers = {ValidationException: validation_as_422}
 
-    @get("/", operation_id="ListSchedules")
+    @get("/", operation_id="ListSchedules", summary="List schedules", responses=error_responses())
     async def list_schedules(self, client: ClientDep) -> list[Schedule]:
         """Every schedule, by name, with its next five fire times."""
         return await client.schedules.all()
 
-    @post("/", operation_id="CreateSchedule", opt=needs(Scope.SCHEDULES_WRITE))
+    @post(
+        "/",
+        operation_id="CreateSchedule",
+        summary="Create a schedule",
+        opt=needs(Scope.SCHEDULES_WRITE),
+        responses=error_responses(body=True, e409="A schedule has this name.", e422=_BAD_SCHEDULE),
+        operation_class=documented(examples=SCHEDULE_EXAMPLES),
+    )
     async def create(self, data: JSONBody[ScheduleCreate], client: ClientDep) -> Schedule:
         """201 with the schedule; 422 naming the field for a bad cron, timezone, task or args;
         409 when the name is taken."""
         return await client.schedules.create(data)
 
-    @get("/{schedule_id:str}", operation_id="GetSchedule")
+    @get(
+        "/{schedule_id:str}",
+        operation_id="GetSchedule",
+        summary="Get a schedule",
+        responses=error_responses(e404=_NO_SCHEDULE, e422="A bad id."),
+    )
     async def get_schedule(self, schedule_id: ScheduleId, client: ClientDep) -> Schedule:
+        """A schedule: its cron, task, args, whether it is enabled, and its next five fire times."""
         return await client.schedules.get(int(schedule_id))
 
-    @patch("/{schedule_id:str}", operation_id="UpdateSchedule", opt=needs(Scope.SCHEDULES_WRITE))
+    @patch(
+        "/{schedule_id:str}",
+        operation_id="UpdateSchedule",
+        summary="Change a schedule",
+        opt=needs(Scope.SCHEDULES_WRITE),
+        responses=error_responses(body=True, e404=_NO_SCHEDULE, e422=_BAD_SCHEDULE),
+    )
     async def update(
         self, schedule_id: ScheduleId, data: JSONBody[ScheduleChange], client: ClientDep
     ) -> Schedule:
@@ -71,17 +105,25 @@ class ScheduleController(Controller):
     @delete(
         "/{schedule_id:str}",
         operation_id="DeleteSchedule",
+        summary="Delete a schedule",
         status_code=HTTP_204_NO_CONTENT,
         opt=needs(Scope.SCHEDULES_WRITE),
+        responses=error_responses(e404=_NO_SCHEDULE, e422="A bad id."),
     )
     async def remove(self, schedule_id: ScheduleId, client: ClientDep) -> None:
+        """Delete the schedule; the jobs it enqueued stay."""
         await client.schedules.delete(int(schedule_id))
 
     @post(
         "/{schedule_id:str}/trigger",
         operation_id="TriggerSchedule",
+        summary="Run a schedule now",
         status_code=HTTP_202_ACCEPTED,
         opt=needs(Scope.SCHEDULES_WRITE),
+        response_description="The job enqueued.",
+        responses=error_responses(
+            e404=_NO_SCHEDULE, e409="Triggered twice in the same microsecond: retry.", e422="A bad id."
+        ),
     )
     async def trigger(self, schedule_id: ScheduleId, client: ClientDep) -> Job:
         """Enqueue the schedule's job now; it appears in GET /jobs?schedule_id=."""

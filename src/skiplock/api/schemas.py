@@ -153,16 +153,44 @@ class Health(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error answer: the status, what went wrong, and details (``errors``: the fields at fault)."""
+    """Every error answer: the status, what went wrong, and details (``errors``: the fields at fault;
+    for a malformed parameter, a list naming each one)."""
 
-    status_code: int
-    detail: str
-    extra: dict[str, Any] | None = None
+    status_code: int = Field(examples=[404])
+    detail: str = Field(examples=["no job with id 42"])
+    extra: dict[str, Any] | list[Any] | None = None
 
 
-def error_responses(**described: str) -> dict[int, ResponseSpec]:
-    """OpenAPI responses for a route's error answers: ``error_responses(e404="unknown job")``."""
+#: What each error every route may give means, unless the route says more.
+_COMMON_ERRORS = {
+    400: "A malformed parameter, or a body that is not valid JSON (UTF-8, nested at most 64 deep): "
+    "`detail` names it.",
+    401: "An API key is required and none was sent, or it is unknown or revoked "
+    "(`Authorization: Bearer <key>`).",
+    403: "The key lacks the route's scope (`extra.scope` names it), or a write authenticated by the "
+    "dashboard's cookie came without its CSRF token.",
+    413: "The body is larger than the service accepts.",
+    429: "The caller's rate limit (SKIPLOCK_RATE_LIMIT) is spent: retry after Retry-After seconds.",
+    503: "The database is unavailable, or a statement was stopped (a time limit, a lock wait): "
+    "retry after Retry-After seconds; `extra.request_id` finds it in the log.",
+}
+
+
+def error_responses(
+    *, public: bool = False, body: bool = False, database: bool = True, **described: str
+) -> dict[int, ResponseSpec]:
+    """OpenAPI responses for a route's error answers: ``error_responses(e404="No job has this id.")``
+    plus those every route may give: 400, 401 and 403 and 429 (unless ``public``), 413 (with a
+    ``body``), 503 (when it reads the ``database``). A code given replaces the common text."""
+    codes = {400: _COMMON_ERRORS[400]}
+    if not public:
+        codes |= {code: _COMMON_ERRORS[code] for code in (401, 403, 429)}
+    if body:
+        codes[413] = _COMMON_ERRORS[413]
+    if database:
+        codes[503] = _COMMON_ERRORS[503]
+    codes |= {int(code.removeprefix("e")): text for code, text in described.items()}
     return {
-        int(code.removeprefix("e")): ResponseSpec(ErrorBody, description=text, generate_examples=False)
-        for code, text in described.items()
+        code: ResponseSpec(ErrorBody, description=text, generate_examples=False)
+        for code, text in sorted(codes.items())
     }

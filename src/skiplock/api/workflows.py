@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
+from litestar.openapi.spec import RequestBody
 from litestar.params import Parameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skiplock.api.bounds import decode_json_body
+from skiplock.api.openapi import NEEDS_KEY, documented, media
 from skiplock.api.plugin import ClientDep
 from skiplock.api.schemas import error_responses, parse_cursor
 from skiplock.api.security import needs
@@ -51,6 +53,34 @@ class WorkflowCreate(BaseModel):
     steps: list[dict[str, Any]] = Field(
         min_length=1, description=f"At most {MAX_STEPS} steps (see StepCreate)."
     )
+
+
+def _workflow_schema() -> dict[str, Any]:
+    schema = WorkflowCreate.model_json_schema()
+    schema["properties"]["steps"]["items"] = StepCreate.model_json_schema()
+    schema["properties"]["steps"]["maxItems"] = MAX_STEPS
+    return schema
+
+
+WORKFLOW_BODY = RequestBody(
+    required=True,
+    description="The workflow: its steps (each a job of a task, run once the steps in its `after` "
+    "succeeded) and what a failure does to the steps after it.",
+    content={
+        "application/json": media(
+            _workflow_schema(),
+            fan_in={
+                "name": "thumbnails",
+                "steps": [
+                    {"name": "fetch", "task": "echo", "args": {"value": 1}},
+                    {"name": "small", "task": "echo", "args": {"value": 2}, "after": ["fetch"]},
+                    {"name": "large", "task": "echo", "args": {"value": 3}, "after": ["fetch"]},
+                    {"name": "done", "task": "echo", "args": {"value": 4}, "after": ["small", "large"]},
+                ],
+            },
+        )
+    },
+)
 
 
 class WorkflowPage(BaseModel):
@@ -107,14 +137,19 @@ class WorkflowController(Controller):
     opt = needs(Scope.JOBS_READ)
     path = "/workflows"
     tags = ["workflows"]
+    security = NEEDS_KEY
 
     @post(
         "/",
         opt=needs(Scope.JOBS_WRITE),
         operation_id="StartWorkflow",
+        summary="Start a workflow",
         status_code=HTTP_201_CREATED,
-        request_body_description="WorkflowCreate: {name?, on_failure?, steps: [StepCreate, ...]}",
-        responses=error_responses(e422="A cycle, an unknown or repeated step, an unknown task, bad args."),
+        response_description="The workflow, with each step's job id and state.",
+        responses=error_responses(
+            body=True, e422="A cycle, an unknown or repeated step, an unknown task, bad args, too many steps."
+        ),
+        operation_class=documented(WORKFLOW_BODY),
     )
     async def start(self, request: Request[Any, Any, Any], client: ClientDep) -> WorkflowInfo:
         """Start a workflow: 201 with it and each step's job id and state. Checked before anything
@@ -127,13 +162,14 @@ class WorkflowController(Controller):
     @get(
         "/{workflow_id:str}",
         operation_id="GetWorkflow",
+        summary="Get a workflow",
         responses=error_responses(e404="No workflow has this id."),
     )
     async def get_workflow(self, workflow_id: WorkflowId, client: ClientDep) -> WorkflowInfo:
         """A workflow: state and progress (from its own row), and its steps with states and edges."""
         return await client.workflow(int(workflow_id))
 
-    @get("/", operation_id="ListWorkflows")
+    @get("/", operation_id="ListWorkflows", summary="List workflows", responses=error_responses())
     async def list_workflows(
         self,
         client: ClientDep,
@@ -152,6 +188,7 @@ class WorkflowController(Controller):
     @post(
         "/{workflow_id:str}/cancel",
         operation_id="CancelWorkflow",
+        summary="Cancel a workflow",
         status_code=HTTP_202_ACCEPTED,
         opt=needs(Scope.JOBS_WRITE),
         responses=error_responses(e404="No workflow has this id.", e409="The workflow has finished."),
@@ -164,6 +201,7 @@ class WorkflowController(Controller):
     @post(
         "/{workflow_id:str}/retry",
         operation_id="RetryWorkflow",
+        summary="Retry a workflow's failed steps",
         status_code=HTTP_202_ACCEPTED,
         opt=needs(Scope.JOBS_WRITE),
         responses=error_responses(
