@@ -39,7 +39,14 @@ class Connecting:
         self._client: Client | None = None
 
     async def _open(self) -> Client:
-        return await Client.connect(service_database_url(self._dsn), **self._options)
+        options = dict(self._options)
+        if self._dsn is None:  # the service's database, through its pooler if it has one
+            settings = Settings.load()
+            if settings.database_url:
+                options.update(
+                    transaction_pooler=settings.transaction_pooler, listen_dsn=settings.listen_database_url
+                )
+        return await Client.connect(service_database_url(self._dsn), **options)
 
     def __await__(self) -> Generator[Any, None, Client]:
         return self._open().__await__()
@@ -63,6 +70,7 @@ def connect(
 ) -> Connecting:
     """A :class:`Client` on its own pool: ``async with skiplock.connect() as client:`` (or
     ``client = await skiplock.connect()``). The database is ``dsn``, else ``DATABASE_URL``, else
-    the embedded server ``make run`` started (it is not started here). Args are checked against
+    the embedded server ``make run`` started (it is not started here); with ``DATABASE_URL``,
+    ``SKIPLOCK_DATABASE_POOLER`` and ``SKIPLOCK_LISTEN_DATABASE_URL`` apply too. Args are checked against
     ``registry``, else every ``@task`` imported so far (the built-ins included)."""
     return Connecting(dsn, registry, min_size, max_size)

@@ -9,8 +9,9 @@ import asyncio
 import asyncpg
 import pytest
 
+import skiplock
 from skiplock.db.pool import Limits, warn_of_unset_limits
-from skiplock.queue import Client, EnqueueRequest
+from skiplock.queue import EnqueueRequest
 from tests.support.bouncer import pgbouncer, pgbouncer_binary
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker, stop_worker
@@ -37,7 +38,7 @@ async def pooled_backends(db: asyncpg.Connection) -> int:
 
 
 async def test_three_workers_and_a_client_through_pgbouncer_in_transaction_mode(
-    dsn: str, db: asyncpg.Connection
+    dsn: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pgbouncer(dsn, pool_size=POOL_SIZE) as bounced:
         settings = {
@@ -47,7 +48,11 @@ async def test_three_workers_and_a_client_through_pgbouncer_in_transaction_mode(
             "lease_s": "5",
         }
         workers = [start_worker(bounced, **settings) for _ in range(3)]
-        client = await Client.connect(bounced, transaction_pooler=True, listen_dsn=dsn)
+        # The service's own settings, as a web app beside it has them.
+        monkeypatch.setenv("DATABASE_URL", bounced)
+        monkeypatch.setenv("SKIPLOCK_DATABASE_POOLER", "transaction")
+        monkeypatch.setenv("SKIPLOCK_LISTEN_DATABASE_URL", dsn)
+        client = await skiplock.connect()
         most = 0
         try:
             ids = await client.enqueue_many(
