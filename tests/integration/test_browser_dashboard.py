@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -57,13 +59,24 @@ def browser() -> Iterator[WebDriver]:
 
 @pytest.fixture
 def page(browser: WebDriver, server: httpx.Client) -> Iterator[WebDriver]:
-    """The browser at the desktop size, failing the test on a console error."""
-    browser.set_window_size(1280, 860)
+    """The browser at the desktop size in the light theme, failing the test on a console error."""
     console_errors(browser)
     yield browser
     errors = console_errors(browser)
     browser.get("about:blank")
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
     assert errors == []
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path | None:
+    """Where phone-width screenshots go: only when asked (``SKIPLOCK_SCREENSHOT_DIR``)."""
+    directory = os.environ.get("SKIPLOCK_SCREENSHOT_DIR")
+    if not directory:
+        return None
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return Path(directory)
 
 
 def rows(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -121,3 +134,75 @@ def test_swagger_ui_and_redoc_render_the_api_offline(page: WebDriver, server: ht
     page.get(f"{server.base_url}/schema/redoc")
     eventually(lambda: page.find_elements(By.CSS_SELECTOR, '[data-item-id="tag/jobs/operation/EnqueueJob"]'))
     assert_only_local(page, server)
+
+
+def style(page: WebDriver, selector: str, prop: str) -> str:
+    value: str = page.execute_script(
+        "return getComputedStyle(document.querySelector(arguments[0]))[arguments[1]]", selector, prop
+    )
+    return value
+
+
+RED, BLUE = "rgb(185, 28, 28)", "rgb(37, 99, 235)"  # --bad and --accent, light theme
+
+
+def test_times_read_as_words_and_a_failed_jobs_bar_turns_red(page: WebDriver, server: httpx.Client) -> None:
+    job = enqueue(server, task="sleep", args={"seconds": 1.5, "steps": 3, "fail": True}, max_attempts=1)
+    page.get(f"{server.base_url}/ui/jobs/{job['id']}")
+    eventually(lambda: page.find_element(By.ID, "job-state").text == "running")
+    eventually(lambda: style(page, "#bar", "backgroundColor") == BLUE)
+    created = page.find_element(By.CSS_SELECTOR, "dl.fields time")
+    assert re.fullmatch(r"(now|\d+ seconds? ago)", created.text), created.text
+    # The exact moment on hover, in the browser's words ("Dec 1, 2026, 07:12:03 PM UTC"), not ISO.
+    assert re.match(r"[A-Z][a-z]{2} \d{1,2}, \d{4}, ", created.get_attribute("title") or "")
+    eventually(lambda: page.find_element(By.ID, "job-state").text == "failed")
+    eventually(lambda: style(page, "#bar", "backgroundColor") == RED)  # live, without a reload
+    assert re.fullmatch(r"(now|\d+ seconds? ago)", page.find_element(By.CSS_SELECTOR, "#finished time").text)
+    page.get(f"{server.base_url}/ui/jobs/{job['id']}")
+    assert style(page, "#bar", "backgroundColor") == RED
+    page.get(f"{server.base_url}/ui/jobs")
+    listed = page.find_element(By.CSS_SELECTOR, f"tr:has(a[href='/ui/jobs/{job['id']}']) time")
+    assert listed.text.endswith("ago")
+    assert listed.get_attribute("title")
+
+
+def test_the_dark_theme_follows_the_system(page: WebDriver, server: httpx.Client) -> None:
+    page.get(f"{server.base_url}/ui/jobs")
+    light = style(page, ":root", "backgroundColor"), style(page, "table", "backgroundColor")
+    assert light == ("rgb(250, 250, 250)", "rgb(255, 255, 255)")
+    dark = {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
+    page.execute_cdp_cmd("Emulation.setEmulatedMedia", dark)
+    assert (style(page, ":root", "backgroundColor"), style(page, "table", "backgroundColor")) == (
+        "rgb(11, 17, 32)",
+        "rgb(17, 24, 39)",
+    )
+    assert style(page, "main", "color") == "rgb(229, 231, 235)"
+
+
+def test_no_page_is_wider_than_a_phone(page: WebDriver, server: httpx.Client, shots: Path | None) -> None:
+    long = "a message long enough to push a table wider than any phone " * 3
+    failed = enqueue(server, task="echo", args={"fail": True, "text": long}, max_attempts=1)
+    steps = [{"name": "first", "task": "echo"}, {"name": "second", "task": "echo", "after": ["first"]}]
+    workflow = server.post("/workflows", json={"steps": steps, "name": "phone"}).json()
+    schedule = {"name": "every-minute", "cron": "* * * * *", "task": "echo", "enabled": False}
+    assert server.post("/schedules", json=schedule).status_code == 201
+    eventually(lambda: job_state(server, failed["id"]) == "failed")
+    page.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+    )
+    page.get(f"{server.base_url}/ui")
+    links = [a.get_attribute("href") for a in page.find_elements(By.CSS_SELECTOR, "header nav a")]
+    pages = [h for h in links if h and h.startswith(f"{server.base_url}/ui")]
+    assert len(pages) >= 6
+    pages += [f"{server.base_url}/ui/jobs/{failed['id']}", f"{server.base_url}/ui/workflows/{workflow['id']}"]
+    for url in pages:
+        page.get(url)
+        assert page.execute_script("return innerWidth") == 390
+        width = page.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 390, f"{url} is {width} px wide"
+        if shots is not None:
+            page.save_screenshot(str(shots / f"phone-{url.rstrip('/').rsplit('/', 1)[-1]}.png"))
+    page.get(f"{server.base_url}/ui/jobs")
+    table = page.find_element(By.CSS_SELECTOR, "table.jobs")
+    assert page.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", table)

@@ -4,6 +4,7 @@ reads it is built on (queue activity, failure groups)."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -293,3 +294,12 @@ async def test_a_workflow_too_large_to_draw_lists_its_steps_by_layer(api: Client
     layers = re.findall(r'<tr data-layer="(\d+)"><td class="num">\d+ \((\d+)\)</td>', page.text)
     assert layers == [("0", str(count - 1)), ("1", "1")]
     assert len(re.findall(r'<a class="step" href="/ui/jobs/\d+" data-job=', page.text)) == count
+
+
+def test_a_moment_is_a_time_element_past_or_future() -> None:
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    assert pages.when(now - timedelta(minutes=4), now) == (
+        '<time datetime="2026-05-01T11:56:00+00:00" title="2026-05-01 11:56:00 UTC">4m ago</time>'
+    )
+    assert str(pages.when(now + timedelta(hours=3), now)).endswith(">in 3h</time>")
+    assert pages.when(None) == "\u2013"  # an en dash

@@ -12,7 +12,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
-from skiplock.ui.pages import DashboardController, LoginController, root
+from skiplock.ui.pages import DashboardController, LoginController, root, when
 
 HERE = Path(__file__).parent
 #: Shipped in static/vendor/ as their npm packages publish them (see the README there).
@@ -25,7 +25,14 @@ __all__ = ["api_docs_plugins", "dashboard_routes", "template_config"]
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
-    return TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine)
+    """The templates, with ``when(moment)`` (a readable ``<time>``) available to every page."""
+
+    def add_globals(engine: JinjaTemplateEngine) -> None:
+        engine.engine.globals["when"] = when
+
+    return TemplateConfig(
+        directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=add_globals
+    )
 
 
 def api_docs_plugins() -> list[OpenAPIRenderPlugin]:

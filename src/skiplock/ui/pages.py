@@ -14,6 +14,7 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import Body, FromPath, Parameter, QueryParameter
 from litestar.response import Redirect, Template
+from markupsafe import Markup
 from pydantic import BaseModel, Field
 
 from skiplock.api import KEY_COOKIE, PUBLIC_ROUTE, AuthState, ClientDep, EngineDep, needs
@@ -49,6 +50,17 @@ def age(moment: datetime | None, now: datetime | None = None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def when(moment: datetime | None, now: datetime | None = None) -> Markup:
+    """A moment as ``<time>``: "4m ago" (or "in 4m"), the exact time on hover; the browser
+    rewrites both in its own words and time zone (app.js)."""
+    if moment is None:
+        return Markup("\u2013")  # an en dash, as the templates show nothing
+    now = now or datetime.now(UTC)
+    text = f"in {age(now, moment)}" if moment > now else f"{age(moment, now)} ago"
+    exact = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(moment.isoformat(), exact, text)
 
 
 def finished(workflow: WorkflowInfo) -> int:
@@ -97,7 +109,7 @@ class DashboardController(Controller):
         queues = await client.queues(max_age_s=OVERVIEW_MAX_AGE_S)
         known = {q.name for q in queues}
         served = sorted(set(engine.queues) - known) if engine.settings.worker else []
-        context = {"queues": queues, "idle": served, "states": list(JobState), "age": age}
+        context = {"queues": queues, "idle": served, "states": list(JobState)}
         name = "_queues.html.j2" if fragment else "overview.html.j2"
         return Template(template_name=name, context=context)
 
@@ -122,7 +134,6 @@ class DashboardController(Controller):
             "next_cursor": next_cursor,
             "states": list(JobState),
             "tasks": [t.name for t in client.registry],
-            "age": age,
         }
         return Template(template_name="jobs.html.j2", context=context)
 
@@ -133,7 +144,7 @@ class DashboardController(Controller):
             found = await client.get(job_id)
         except JobNotFound:
             return _not_found(f"No job {job_id}.")
-        return Template(template_name="job.html.j2", context={"job": found, "age": age})
+        return Template(template_name="job.html.j2", context={"job": found})
 
     @get("/workflows")
     async def workflows(
@@ -150,7 +161,6 @@ class DashboardController(Controller):
             "next_cursor": found[-1].id if len(found) == WORKFLOWS_PER_PAGE else None,
             "states": WORKFLOW_STATES,
             "finished": finished,
-            "age": age,
         }
         return Template(template_name="workflows.html.j2", context=context)
 
@@ -167,7 +177,6 @@ class DashboardController(Controller):
             "node": {"width": NODE_WIDTH, "height": NODE_HEIGHT},
             "max_drawn": MAX_DRAWN_STEPS,
             "finished": finished,
-            "age": age,
         }
         return Template(template_name="workflow.html.j2", context=context)
 
@@ -175,14 +184,14 @@ class DashboardController(Controller):
     async def schedules(self, client: ClientDep) -> Template:
         """Schedules with their cron in words, timezone, next fire times, last job."""
         rows = [(s, cron_in_words(s.cron)) for s in await client.schedules.all()]
-        return Template(template_name="schedules.html.j2", context={"schedules": rows, "age": age})
+        return Template(template_name="schedules.html.j2", context={"schedules": rows})
 
     @get("/failures")
     async def failures(self, client: ClientDep) -> Template:
         """Failed jobs grouped by task and error type."""
         groups = await client.failures()
         imports = (await list_imports(client.pool, with_failures=True, limit=20)).items
-        context = {"groups": groups, "imports": imports, "age": age}
+        context = {"groups": groups, "imports": imports}
         return Template(template_name="failures.html.j2", context=context)
 
     @get("/imports/{import_id:int}")

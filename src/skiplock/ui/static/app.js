@@ -49,6 +49,40 @@ function socket(path, onMessage, onClose, onOpen) {
   return ws;
 }
 
+// Times: every <time datetime> in the browser's words ("3 minutes ago", "in 2 hours") and, on
+// hover, the exact moment in the browser's time zone; kept current every 10 s.
+const RELATIVE = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+const UNITS = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400], ["hour", 3600],
+  ["minute", 60], ["second", 1]];
+const EXACT = { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+  second: "2-digit", timeZoneName: "short" };
+
+function relative(date) {
+  const seconds = (date.getTime() - Date.now()) / 1000;
+  const [unit, size] = UNITS.find(([, s]) => Math.abs(seconds) >= s) || UNITS[UNITS.length - 1];
+  return RELATIVE.format(Math.trunc(seconds / size), unit);
+}
+
+function showTime(element) {
+  const date = new Date(element.dateTime);
+  if (Number.isNaN(date.getTime())) return;
+  element.textContent = relative(date);
+  element.title = date.toLocaleString(undefined, EXACT);
+}
+
+function localTimes(root) {
+  for (const element of (root || document).querySelectorAll("time[datetime]")) showTime(element);
+}
+
+// A <time> for an ISO moment from the API, or "–" for none.
+function timeOf(iso) {
+  if (!iso) return document.createTextNode("–");
+  const element = document.createElement("time");
+  element.dateTime = iso;
+  showTime(element);
+  return element;
+}
+
 function onClick(selector, handler) {
   document.addEventListener("click", (event) => {
     const target = event.target.closest(selector);
@@ -73,7 +107,11 @@ function overview() {
   const refresh = async () => {
     pending = null;
     const response = await fetch("/ui?fragment=true");
-    if (response.ok) document.getElementById("queues").innerHTML = await response.text();
+    if (response.ok) {
+      const table = document.getElementById("queues");
+      table.innerHTML = await response.text();
+      localTimes(table);
+    }
   };
   const soon = () => {
     if (!pending) pending = setTimeout(refresh, 1000);
@@ -113,6 +151,7 @@ function renderEvent(event) {
     cell.textContent = text;
     row.appendChild(cell);
   }
+  row.children[1].title = new Date(event.at).toLocaleString(undefined, EXACT);
   rows.appendChild(row);
   while (rows.children.length > MAX_EVENTS) rows.removeChild(rows.firstChild);
 }
@@ -130,8 +169,9 @@ function showJob(job) {
   state.textContent = job.state;
   state.className = `state ${job.state}`;
   document.getElementById("attempts").textContent = `${job.attempts} of ${job.max_attempts}`;
-  document.getElementById("started").textContent = job.started_at || "–";
-  document.getElementById("finished").textContent = job.finished_at || "–";
+  document.getElementById("started").replaceChildren(timeOf(job.started_at));
+  document.getElementById("finished").replaceChildren(timeOf(job.finished_at));
+  document.getElementById("progress").dataset.state = job.state;
   document.getElementById("result").textContent =
     job.result == null ? "–" : JSON.stringify(job.result, null, 2);
   const errors = document.getElementById("errors");
@@ -221,7 +261,8 @@ function workflowPage() {
     const state = document.getElementById("wf-state");
     state.textContent = workflow.state;
     state.className = `state ${workflow.state}`;
-    document.getElementById("wf-finished").textContent = workflow.finished_at || "–";
+    document.getElementById("wf-finished").replaceChildren(timeOf(workflow.finished_at));
+    document.getElementById("progress").dataset.state = workflow.state;
     for (const step of workflow.steps || []) setStep(String(step.job_id), step.state);
     showCounts();
     document.getElementById("wf-cancel").disabled = workflow.state !== "running";
@@ -365,6 +406,8 @@ const PAGES = {
 };
 
 document.addEventListener("DOMContentLoaded", () => {
+  localTimes();
+  setInterval(localTimes, 10000);
   const init = PAGES[document.body.dataset.page];
   if (init) init();
 });
