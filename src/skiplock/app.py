@@ -93,6 +93,9 @@ def create_app(
             **dict.fromkeys(DRIVER_ERRORS, database_error_handler),
         },
         request_max_body_size=MAX_BODY_BYTES,
+        # Litestar's own logging config would put a handler of its format on the root logger:
+        # its records (and uvicorn's) go through skiplock.logging's structlog handler instead.
+        logging_config=None,
         request_class=BoundedRequest,  # JSON bodies decoded with depth, UTF-8 and NUL checks
         openapi_config=openapi_config(__version__, api_docs_plugins()),
     )
