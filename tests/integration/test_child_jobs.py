@@ -70,12 +70,12 @@ async def test_a_child_comes_back_whatever_its_state_without_its_unique_key_look
     tx: asyncpg.Connection,
 ) -> None:
     parent = await job(tx)
-    params: list[Any] = ["nobody", "noop", {}, 0, None, None, 3, None, "u", None, False, None, None]
+    params: list[Any] = ["nobody", "noop", {}, 0, None, None, 3, None, "u", None, False, None, None, None]
     first = await tx.fetchrow(JOBS.job_insert_child, *params, parent, "key:a")
     assert first is not None
     assert first["created"]
     await tx.execute("UPDATE jobs SET state = 'succeeded' WHERE id = $1", first["id"])
-    other = await tx.fetchrow(JOBS.job_insert, *params[:9], None, False, None, None)  # now holds 'u'
+    other = await tx.fetchrow(JOBS.job_insert, *params[:9], None, False, None, None, None)  # now holds 'u'
     assert other is not None
     assert other["created"]
     again = await tx.fetchrow(JOBS.job_insert_child, *params, parent, "key:a")

@@ -41,7 +41,20 @@ async def set_limits(
 ) -> None:
     count, period = rate if rate is not None else (None, None)
     await conn.execute(
-        QUEUES.queue_set_limits, queue, None, global_concurrency, count, period, False, True, True
+        QUEUES.queue_set_limits,
+        queue,
+        None,
+        global_concurrency,
+        count,
+        period,
+        False,
+        True,
+        True,
+        None,
+        None,
+        None,
+        False,
+        False,
     )
 
 
@@ -227,17 +240,20 @@ async def test_bad_limits_are_a_422_naming_the_field_and_store_nothing(
 
 
 async def test_limits_are_kept_shown_and_cleared_by_null(api: AsyncTestClient[Any]) -> None:
+    none = {"key_concurrency": None, "key_rate_limit": None}
     response = await api.patch("/queues/lim", json={"global_concurrency": 4, "rate_limit": "100/minute"})
     assert response.status_code == 200, response.text
     assert response.json()["limits"] == {
         "concurrency": None,
         "global_concurrency": 4,
         "rate_limit": "100/minute",
+        **none,
     }
     response = await api.patch("/queues/lim", json={"rate_limit": None, "concurrency": 2})
-    assert response.json()["limits"] == {"concurrency": 2, "global_concurrency": 4, "rate_limit": None}
+    cleared = {"concurrency": 2, "global_concurrency": 4, "rate_limit": None, **none}
+    assert response.json()["limits"] == cleared
     listed = {q["name"]: q for q in (await api.get("/queues")).json()}
-    assert listed["lim"]["limits"] == {"concurrency": 2, "global_concurrency": 4, "rate_limit": None}
+    assert listed["lim"]["limits"] == cleared
 
 
 async def test_metrics_show_the_limits_set(api: AsyncTestClient[Any]) -> None:

@@ -92,6 +92,7 @@ TYPED_PARAMETERS: dict[str, Any] = {
     "job_claim_many": JobClaim,
     "job_claim_after": JobClaimAfter,
     "job_claim_limited": JobClaim,
+    "job_claim_keyed": JobClaim,
     "job_finish_many": JobFinish,
     "job_heartbeat": JobHeartbeat,
 }

@@ -18,7 +18,7 @@ from tests.conftest import make_settings
 from tests.support.waiting import wait_until
 
 ARGS: tuple[Any, ...] = ("default", "noop", {}, 0, None, None, 3, None, None, None)  # job_insert's $1 … $10
-NO_EXPIRY = (None, None)  # $12, $13 (after $11, whether the caller wakes later)
+NO_EXPIRY = (None, None, None)  # $12, $13 (after $11, whether the caller wakes later), $14: no key
 
 
 async def listening(dsn: str) -> tuple[asyncpg.Connection, list[str]]:

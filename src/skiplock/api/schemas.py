@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, fie
 from skiplock.queue.client import EnqueueRequest
 from skiplock.queue.limits import MAX_CONCURRENCY, MAX_GLOBAL_CONCURRENCY
 from skiplock.queue.models import Job, QueueInfo
-from skiplock.queue.tasks import MAX_PRIORITY
+from skiplock.queue.tasks import MAX_KEY_CONCURRENCY, MAX_PRIORITY
 from skiplock.queue_names import QUEUE_NAME as QUEUE_NAME  # re-exported: routes validate with it
 from skiplock.rates import Rate
 
@@ -125,8 +125,22 @@ class QueueLimitsChange(BaseModel):
         "unit, across every process.",
         examples=["100/minute"],
     )
+    key_concurrency: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_KEY_CONCURRENCY,
+        description="Jobs running at once per concurrency key value (a job's key: its task's "
+        "concurrency_key), across every process.",
+    )
+    key_rate_limit: str | None = Field(
+        default=None,
+        max_length=40,
+        description="'<count>/<unit>': at most count starts per concurrency key value in any window of one "
+        "unit, across every process.",
+        examples=["10/minute"],
+    )
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "key_rate_limit")
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
         if value is not None:
@@ -134,10 +148,11 @@ class QueueLimitsChange(BaseModel):
         return value
 
     def changes(self) -> dict[str, Any]:
-        """The fields sent, the rate parsed: what Client.set_limits takes."""
+        """The fields sent, the rates parsed: what Client.set_limits takes."""
         sent = self.model_dump(include=self.model_fields_set)
-        if sent.get("rate_limit") is not None:
-            sent["rate_limit"] = Rate.parse(sent["rate_limit"])
+        for name in ("rate_limit", "key_rate_limit"):
+            if sent.get(name) is not None:
+                sent[name] = Rate.parse(sent[name])
         return sent
 
 

@@ -14,7 +14,8 @@ reply never arrived (the connection broke) may still have committed: after recon
 jobs it took are handed back, their attempt unused, before anything else is claimed.
 
 A queue with limits across replicas (a global concurrency, a rate limit: see limits.py) is claimed
-by job_claim_limited, which takes no more than the limits allow in the queue's turn; the claim of
+by job_claim_limited, which takes no more than the limits allow in the queue's turn (one with
+per-key limits by job_claim_keyed, which also serves its keys round-robin); the claim of
 a queue without them refuses such a queue, so a producer that has not yet heard of a new limit
 takes nothing rather than too much. Limits are read at the start, on every poll and at once on
 a 'limits:<queue>' notification. Held back by its rate, a queue is claimed again when the
@@ -48,6 +49,7 @@ from skiplock.queue._statements import (
     JobClaimAfter,
     claim_jobs,
     claim_jobs_after,
+    claim_jobs_keyed,
     claim_jobs_limited,
     notify_requeued,
 )
@@ -297,7 +299,8 @@ class Producer:
             tasks=self.tasks,
             excluded=self.running.ids(),
         )
-        rows = await claim_jobs_limited(conn, claim)
+        keyed = self.limits_of[queue].keyed
+        rows = await (claim_jobs_keyed if keyed else claim_jobs_limited)(conn, claim)
         self._claim_unsure = False
         first = rows[0]  # one row at least, always
         if first["next_at"] is not None:  # the rate's budget is spent: claim again when it allows
@@ -311,6 +314,8 @@ class Producer:
         valid_until = lease_deadline(sent_at, self.lease_s)
         for record in records:
             self._start(jobs, ClaimedJob.from_record(record), valid_until)
+        if keyed:
+            return len(records), first["held"]
         budget = first["budget"]
         return len(records), len(records) == budget and budget < n
 
@@ -416,4 +421,6 @@ def _fields(limits: QueueLimits) -> dict[str, Any]:
         "concurrency": limits.concurrency,
         "global_concurrency": limits.global_concurrency,
         "rate_limit": None if limits.rate is None else str(limits.rate),
+        "key_concurrency": limits.key_concurrency,
+        "key_rate_limit": None if limits.key_rate is None else str(limits.key_rate),
     }

@@ -9,7 +9,7 @@ import asyncio
 import asyncpg
 import structlog
 
-from skiplock.queue._statements import JOBS, WORKFLOWS
+from skiplock.queue._statements import JOBS, QUEUES, WORKFLOWS
 from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.pruner")
@@ -61,6 +61,8 @@ class Pruner:
                 break
         if workflows:
             log.info("workflows_pruned", count=workflows)
+        if not self._stop.is_set:  # per-key rate rings no window reaches any more
+            await self.pool.execute(QUEUES.queue_key_starts_prune, now)
         return total
 
     async def stop(self) -> None:

@@ -24,6 +24,7 @@ class JobStatements:
     job_claim_many: Statement
     job_claim_after: Statement
     job_claim_limited: Statement
+    job_claim_keyed: Statement
     job_finish_many: Statement
     job_fail_outcome_not_stored: Statement
     job_heartbeat: Statement
@@ -52,6 +53,7 @@ class QueueStatements:
     queue_set_limits: Statement
     queue_declare_limits: Statement
     queue_limits: Statement
+    queue_key_starts_prune: Statement
     queue_overview: Statement
     task_register: Statement
     task_unregister: Statement
@@ -118,6 +120,7 @@ class JobInsert(NamedTuple):
     wake_later: bool  # the caller wakes the workers after its commit: the insert sends no NOTIFY
     expires_at: datetime | None = None  # or expires_in_s (neither: it never expires)
     expires_in_s: float | None = None
+    concurrency_key: str | None = None  # its key for per-key limits (the task's concurrency_key)
 
 
 class JobClaim(NamedTuple):
@@ -208,6 +211,12 @@ async def claim_jobs_limited(conn: AnyConnection, params: JobClaim) -> list[asyn
     claim's ``budget``, its ``clock`` and ``next_at`` (when the rate limit allows the next start, if
     it held the claim back); with nothing claimed, one such row whose ``id`` is null."""
     return await conn.fetch(JOBS.job_claim_limited, *params)
+
+
+async def claim_jobs_keyed(conn: AnyConnection, params: JobClaim) -> list[asyncpg.Record]:
+    """As :func:`claim_jobs_limited`, for a queue with per-key limits (keys served round-robin);
+    every row also says whether a concurrency (the queue's or a key's) ``held`` a job back."""
+    return await conn.fetch(JOBS.job_claim_keyed, *params)
 
 
 async def finish_jobs(conn: AnyConnection, params: JobFinish) -> list[int]:

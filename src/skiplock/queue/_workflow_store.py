@@ -23,7 +23,7 @@ from skiplock.queue.workflows import (
 
 _STEP_COLUMNS = (
     "id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s", "origin",
-    "workflow_id", "step", "deps_pending", "state",
+    "workflow_id", "step", "deps_pending", "state", "concurrency_key",
 )  # fmt: skip
 _DEP_COLUMNS = ("upstream_id", "job_id", "position")
 
@@ -64,7 +64,7 @@ async def insert(
         (
             job_id, r.queue, r.task, r.args, r.priority, now, r.max_attempts, r.timeout_s, origin,
             row["id"], step.name, len(step.after),
-            JobState.WAITING.value if step.after else JobState.QUEUED.value,
+            JobState.WAITING.value if step.after else JobState.QUEUED.value, r.concurrency_key,
         )
         for job_id, step, r in zip(ids, ordered, resolved, strict=True)
     )  # fmt: skip

@@ -87,7 +87,8 @@ class EnqueueRequest:
 
 
 _COPY_COLUMNS = (
-    "id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s", "origin", "expires_at"
+    "id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s", "origin", "expires_at",
+    "concurrency_key",
 )  # fmt: skip
 
 
@@ -255,13 +256,15 @@ class Client:
         if isinstance(args, BaseModel) and not isinstance(args, spec.args):
             args = args.model_dump()  # another model: validate its fields like any input
         model = args if isinstance(args, spec.args) else spec.validate_args(args or {})
+        dumped = spec.dump_args(model)
         resolved = ResolvedJob(
             queue=request.queue or spec.queue,
             task=request.task,
-            args=spec.dump_args(model),
+            args=dumped,
             priority=spec.priority if request.priority is None else request.priority,
             max_attempts=spec.max_attempts if request.max_attempts is None else request.max_attempts,
             timeout_s=spec.timeout_s if request.timeout_s is None else request.timeout_s,
+            concurrency_key=spec.key_of(model, dumped),
         )
         if request.queue is not None:  # the task's own queue was checked when it was declared
             _check_queue(request.queue)
@@ -358,6 +361,7 @@ class Client:
             wake_later=wake_later,
             expires_at=request.expires_at,
             expires_in_s=request.expires_in_s,
+            concurrency_key=r.concurrency_key,
         )
         for _ in range(_UNIQUE_RACE_RETRIES):
             if child is None:
@@ -440,6 +444,7 @@ class Client:
                 r.timeout_s,
                 origin,
                 _expiry(now, q),
+                r.concurrency_key,
             )
             for job_id, q, r in zip(ids, requests, resolved, strict=True)
         )
@@ -541,9 +546,10 @@ class Client:
 
     async def set_limits(self, queue: str, change: Mapping[str, Any]) -> QueueInfo:
         """Change ``queue``'s limits for every process (within a second): the keys of ``change``
-        among ``concurrency``, ``global_concurrency`` and ``rate_limit`` (a :class:`Rate`), each
-        value None to clear it; the others stay as they are."""
-        rate = change.get("rate_limit")
+        among ``concurrency``, ``global_concurrency``, ``rate_limit`` (a :class:`Rate`),
+        ``key_concurrency`` and ``key_rate_limit`` (a :class:`Rate`), each value None to clear it;
+        the others stay as they are."""
+        rate, key_rate = change.get("rate_limit"), change.get("key_rate_limit")
         async with self.pool.acquire() as conn:
             await conn.execute(
                 QUEUES.queue_set_limits,
@@ -555,6 +561,11 @@ class Client:
                 "concurrency" in change,
                 "global_concurrency" in change,
                 "rate_limit" in change,
+                change.get("key_concurrency"),
+                None if key_rate is None else key_rate.limit,
+                None if key_rate is None else key_rate.period_s,
+                "key_concurrency" in change,
+                "key_rate_limit" in change,
             )
         return next(q for q in await self.queues() if q.name == queue)
 
@@ -664,9 +675,12 @@ class Client:
 def _queue_info(record: asyncpg.Record) -> QueueInfo:
     row = dict(record)
     rate, period = row.pop("rate_limit"), row.pop("rate_period_s")
+    key_rate, key_period = row.pop("key_rate_limit"), row.pop("key_rate_period_s")
     row["limits"] = QueueLimitsInfo(
         concurrency=row.pop("limit_concurrency"),
         global_concurrency=row.pop("global_concurrency"),
         rate_limit=None if rate is None else str(Rate(rate, period)),
+        key_concurrency=row.pop("key_concurrency"),
+        key_rate_limit=None if key_rate is None else str(Rate(key_rate, key_period)),
     )
     return QueueInfo.model_validate(row)

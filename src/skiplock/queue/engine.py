@@ -37,7 +37,7 @@ from skiplock.queue._waker import Waker
 from skiplock.queue._write_order import EventsBeforeOutcomes
 from skiplock.queue.client import Client
 from skiplock.queue.handles import default_client_or_none, set_default_client
-from skiplock.queue.limits import declare_queue_limits
+from skiplock.queue.limits import declare_key_limits, declare_queue_limits, task_key_limits
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
 from skiplock.service import Service, Supervisor
@@ -265,6 +265,7 @@ class Engine:
             await self._declare_schedules()
             if s.worker:
                 await declare_queue_limits(self._pool, map(parse_queue_declaration, s.queues))
+                await declare_key_limits(self._pool, task_key_limits(self.registry))
         except BaseException:  # a bad declared schedule: nothing of the engine stays open
             await self.stop()
             raise

@@ -68,6 +68,9 @@ class Job(BaseModel):
     expires_at: datetime | None = Field(
         default=None, description="Not started by then, it is cancelled (error type 'expired')."
     )
+    concurrency_key: str | None = Field(
+        default=None, description="Its key for its queue's per-key limits (its task's concurrency_key)."
+    )
     created: bool = Field(default=True, exclude=True, description="False when a live unique_key matched.")
 
     @classmethod
@@ -88,6 +91,14 @@ class QueueLimitsInfo(BaseModel):
         default=None,
         description="At most this many starts in any window of one unit, across every process.",
         examples=["100/minute"],
+    )
+    key_concurrency: int | None = Field(
+        default=None, description="Jobs running at once per concurrency key value, across every process."
+    )
+    key_rate_limit: str | None = Field(
+        default=None,
+        description="At most this many starts per concurrency key value in any window of one unit.",
+        examples=["10/minute"],
     )
 
 
@@ -131,6 +142,7 @@ class ResolvedJob(NamedTuple):
     priority: int
     max_attempts: int
     timeout_s: float | None
+    concurrency_key: str | None = None
 
 
 class ClaimedJob(NamedTuple):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -15,6 +16,7 @@ from skiplock.queue.cron import Cron, CronError
 from skiplock.queue.handles import JobHandle, default_client
 from skiplock.queue.workflows import Step
 from skiplock.queue_names import QUEUE_NAME, check_queue_name
+from skiplock.rates import Rate
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -31,6 +33,11 @@ TaskExecutor = Literal["thread", "process"]
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_PRIORITY = 100  # priorities run from -MAX_PRIORITY to MAX_PRIORITY, higher first
+MAX_KEY_LENGTH = 200  # a concurrency key value's characters
+MAX_KEY_CONCURRENCY = 100_000  # the schema's bound (migration 0019)
+
+#: A job's concurrency key: the name of one of its args' fields, or a function of its args.
+ConcurrencyKey = str | Callable[[Any], object]
 
 
 class ScheduleSpec(BaseModel):
@@ -71,6 +78,12 @@ class Task(Generic[ArgsT]):
     #: Where its jobs run: None, an ``async def`` on the event loop and a plain ``def`` on the
     #: engine's threads; "process": in the task process pool (see _processes.py).
     executor: TaskExecutor | None = None
+    #: Its jobs' key for per-key limits: an args field's name, or a function of the args (None:
+    #: a job without a key).
+    concurrency_key: ConcurrencyKey | None = None
+    #: Per-key limits it declares for its queue (written at a worker's start where none is set).
+    key_concurrency: int | None = None
+    key_rate: Rate | None = None
 
     is_async: bool = field(init=False)
 
@@ -93,6 +106,30 @@ class Task(Generic[ArgsT]):
             raise InvalidArgumentsError(
                 f"invalid args for task {self.name!r}: {summary}", errors=errors
             ) from exc
+
+    def key_of(self, args: BaseModel, dumped: dict[str, Any]) -> str | None:
+        """The job's concurrency key: its field's value (as stored) or the function's, as text; None
+        without one. An empty or overlong key is an InvalidArgumentsError."""
+        if self.concurrency_key is None:
+            return None
+        if isinstance(self.concurrency_key, str):
+            value = dumped.get(self.concurrency_key)
+        else:
+            value = self.concurrency_key(args)
+        if value is None:
+            return None
+        key = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+        problem = (
+            "is empty"
+            if not key
+            else f"is longer than {MAX_KEY_LENGTH} characters"
+            if len(key) > MAX_KEY_LENGTH
+            else None
+        )
+        if problem is not None:
+            message = f"task {self.name!r}: the job's concurrency key {problem}"
+            raise InvalidArgumentsError(message, errors=[{"field": "concurrency_key", "message": message}])
+        return key
 
     def declared_schedules(self) -> list[ScheduleSpec]:
         """The task's code-declared schedules: named after the task (``name#2``… for more)."""
@@ -231,6 +268,30 @@ def _check_declaration(name: str, queue: str, schedules: tuple[str, ...]) -> Non
             ) from exc
 
 
+def _check_key_limits(
+    name: str,
+    args: type[BaseModel],
+    concurrency_key: ConcurrencyKey | None,
+    key_concurrency: int | None,
+    key_rate_limit: str | None,
+) -> Rate | None:
+    """The per-key rate parsed; a ValueError naming what is wrong with the key's declaration."""
+    if isinstance(concurrency_key, str) and concurrency_key not in args.model_fields:
+        raise ValueError(f"task {name!r}: concurrency_key {concurrency_key!r} is not a field of its args")
+    if concurrency_key is not None and not isinstance(concurrency_key, str) and not callable(concurrency_key):
+        raise ValueError(f"task {name!r}: concurrency_key is an args field's name or a function of the args")
+    if concurrency_key is None and (key_concurrency is not None or key_rate_limit is not None):
+        raise ValueError(f"task {name!r}: key_concurrency and key_rate_limit need a concurrency_key")
+    if key_concurrency is not None and not (
+        isinstance(key_concurrency, int) and 1 <= key_concurrency <= MAX_KEY_CONCURRENCY
+    ):
+        raise ValueError(f"task {name!r}: key_concurrency must be a whole number, 1 to {MAX_KEY_CONCURRENCY}")
+    try:
+        return None if key_rate_limit is None else Rate.parse(key_rate_limit)
+    except ValueError as exc:
+        raise ValueError(f"task {name!r}: key_rate_limit: {exc}") from exc
+
+
 #: Tasks declared with ``@task`` anywhere in the process (built-ins and SKIPLOCK_TASK_MODULES).
 registered = TaskRegistry()
 
@@ -248,11 +309,18 @@ def task(
     schedules: Iterable[str] = (),
     upstream: type[BaseModel] | None = None,
     executor: TaskExecutor | None = None,
+    concurrency_key: ConcurrencyKey | None = None,
+    key_concurrency: int | None = None,
+    key_rate_limit: str | None = None,
 ) -> Callable[[TaskFn], Task[ArgsT]]:
     """Declare a task. The function takes ``(ctx, args)``; a plain ``def`` runs in a thread.
     ``upstream``: as a workflow step, its dependencies' results are read as this model.
     ``executor="process"``: each job runs in the task process pool (a child process, killed at
-    ``timeout_s`` or on cancel); ``"thread"`` states the default of a plain ``def``."""
+    ``timeout_s`` or on cancel); ``"thread"`` states the default of a plain ``def``.
+    ``concurrency_key``: an args field's name, or a function of the args, whose value (computed at
+    enqueue, kept on the job) is the job's key; ``key_concurrency`` (jobs running at once) and
+    ``key_rate_limit`` (``"10/minute"``) per key value are limits of the task's queue, across every
+    process, written at a worker's start unless the queue has them set already (PATCH)."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
@@ -263,6 +331,7 @@ def task(
         raise ValueError("executor must be 'thread' or 'process'")
     declared_crons = ((schedule,) if schedule else ()) + tuple(schedules)
     _check_declaration(name, queue, declared_crons)
+    key_rate = _check_key_limits(name, args, concurrency_key, key_concurrency, key_rate_limit)
 
     def decorate(fn: TaskFn) -> Task[ArgsT]:
         if executor == "thread" and inspect.iscoroutinefunction(fn):
@@ -280,6 +349,9 @@ def task(
             schedules=declared_crons,
             upstream=upstream,
             executor=executor,
+            concurrency_key=concurrency_key,
+            key_concurrency=key_concurrency,
+            key_rate=key_rate,
         )
         registered.add(declared)
         return declared

@@ -7,14 +7,14 @@
 -- One job; a live job with the same unique_key is returned instead (created = false).
 -- $11: the caller wakes the workers itself after the commit (see _waker.py), so the insert
 -- trigger sends no NOTIFY from this transaction; set before the row goes in.
--- $12 or $13: its expiry, an instant or seconds from now (neither: none).
+-- $12 or $13: its expiry, an instant or seconds from now (neither: none). $14: its concurrency key.
 WITH inserted AS (
     INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key, origin,
-                      expires_at)
+                      expires_at, concurrency_key)
     SELECT $1, $2, $3, $4,
            coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
            $7, $8, $9, $10,
-           coalesce($12::timestamptz, now() + make_interval(secs => $13::float8))
+           coalesce($12::timestamptz, now() + make_interval(secs => $13::float8)), $14
     FROM (SELECT set_config('skiplock.wake', CASE WHEN $11::boolean THEN 'later' ELSE '' END, true)) AS wake
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -27,7 +27,7 @@ WHERE $9::text IS NOT NULL AND jobs.unique_key = $9 AND jobs.state IN ('queued',
   AND NOT EXISTS (SELECT 1 FROM inserted)
 
 -- name: job_insert_child
--- job_insert's job ($1 … $13) for running job $14, under its child key $15: once per (parent,
+-- job_insert's job ($1 … $14) for running job $15, under its child key $16: once per (parent,
 -- key). Always in the parent's lease-guarded transaction ($11 false: it notifies at its commit,
 -- as any insert does). The child this parent already made under that key is returned instead
 -- (created = false), whatever its state and its unique_key; else a live job holding unique_key $9
@@ -35,12 +35,12 @@ WHERE $9::text IS NOT NULL AND jobs.unique_key = $9 AND jobs.state IN ('queued',
 -- conflict is not visible yet (insert again).
 WITH inserted AS (
     INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key, origin,
-                      expires_at, parent_id, child_key)
+                      expires_at, concurrency_key, parent_id, child_key)
     SELECT $1, $2, $3, $4,
            coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
            $7, $8, $9, $10,
            coalesce($12::timestamptz, now() + make_interval(secs => $13::float8)),
-           $14, $15
+           $14, $15, $16
     FROM (SELECT set_config('skiplock.wake', CASE WHEN $11::boolean THEN 'later' ELSE '' END, true)) AS wake
     ON CONFLICT DO NOTHING
     RETURNING *
@@ -48,7 +48,7 @@ WITH inserted AS (
 SELECT * FROM (
     SELECT inserted.*, true AS created, 0 AS found_as FROM inserted
     UNION ALL
-    SELECT jobs.*, false, 1 FROM jobs WHERE jobs.parent_id = $14 AND jobs.child_key = $15
+    SELECT jobs.*, false, 1 FROM jobs WHERE jobs.parent_id = $15 AND jobs.child_key = $16
     UNION ALL
     SELECT jobs.*, false, 2 FROM jobs
     WHERE $9::text IS NOT NULL AND jobs.unique_key = $9 AND jobs.state IN ('queued', 'running')
@@ -196,6 +196,13 @@ WITH budget AS (
 SELECT c.id, c.queue, c.task, c.args, c.attempts, c.max_attempts, c.timeout_s, c.priority, c.origin, c.run_at,
        c.started_at, c.workflow_id, b.budget, b.clock, b.next_at
 FROM budget AS b LEFT JOIN claimed AS c ON true
+
+-- name: job_claim_keyed
+-- job_claim_limited ($1 … $7) for a queue with per-key limits (a concurrency or a rate per
+-- concurrency_key value): skiplock_claim_keyed (migration 0019) takes each key's share in the
+-- queue's turn, serving keys round-robin. Its rows as job_claim_limited's, and held: a
+-- concurrency (the queue's or a key's) held a job back.
+SELECT * FROM skiplock_claim_keyed($1, $2, $3, $4, $5, $6::text[], $7::bigint[])
 
 -- name: job_finish_many
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).

@@ -7,44 +7,69 @@ RETURNING name, paused
 
 -- name: queue_set_limits
 -- PATCH /queues/{name}: per-process concurrency ($2), global concurrency ($3), the rate limit ($4
--- starts per $5 seconds), each written only when its flag ($6, $7, $8) is true (a null then clears
+-- starts per $5 seconds), the per-key concurrency ($9) and per-key rate ($10 starts per $11
+-- seconds), each written only when its flag ($6, $7, $8, $12, $13) is true (a null then clears
 -- it). Every producer of the queue reads them again at once: 'limits:<name>', sent at the commit.
 WITH changed AS (
-    INSERT INTO queues (name, concurrency, global_concurrency, rate_limit, rate_period_s)
+    INSERT INTO queues (name, concurrency, global_concurrency, rate_limit, rate_period_s, key_concurrency,
+                        key_rate_limit, key_rate_period_s)
     VALUES ($1, CASE WHEN $6::boolean THEN $2::integer END, CASE WHEN $7::boolean THEN $3::integer END,
-            CASE WHEN $8::boolean THEN $4::integer END, CASE WHEN $8::boolean THEN $5::float8 END)
+            CASE WHEN $8::boolean THEN $4::integer END, CASE WHEN $8::boolean THEN $5::float8 END,
+            CASE WHEN $12::boolean THEN $9::integer END,
+            CASE WHEN $13::boolean THEN $10::integer END, CASE WHEN $13::boolean THEN $11::float8 END)
     ON CONFLICT (name) DO UPDATE SET
         concurrency = CASE WHEN $6::boolean THEN excluded.concurrency ELSE queues.concurrency END,
         global_concurrency = CASE WHEN $7::boolean THEN excluded.global_concurrency
                                   ELSE queues.global_concurrency END,
         rate_limit = CASE WHEN $8::boolean THEN excluded.rate_limit ELSE queues.rate_limit END,
         rate_period_s = CASE WHEN $8::boolean THEN excluded.rate_period_s ELSE queues.rate_period_s END,
+        key_concurrency = CASE WHEN $12::boolean THEN excluded.key_concurrency ELSE queues.key_concurrency END,
+        key_rate_limit = CASE WHEN $13::boolean THEN excluded.key_rate_limit ELSE queues.key_rate_limit END,
+        key_rate_period_s = CASE WHEN $13::boolean THEN excluded.key_rate_period_s
+                                 ELSE queues.key_rate_period_s END,
         updated_at = now()
     RETURNING name
 )
 SELECT pg_notify('skiplock', 'limits:' || name) FROM changed
 
 -- name: queue_declare_limits
--- Limits declared in a worker's configuration ($2 … $5 as in queue_set_limits, $6 … $8 saying which
--- it declares), written at its start only where the queue has none of that kind yet: a limit set
--- at runtime (PATCH) outlives the restarts of workers that declare another, until cleared.
+-- Limits declared in a worker's configuration or on its tasks ($2 … $5, $9 … $11 as in
+-- queue_set_limits, $6 … $8, $12, $13 saying which it declares), written at its start only where
+-- the queue has none of that kind yet: a limit set at runtime (PATCH) outlives the restarts of
+-- workers that declare another, until cleared.
 WITH changed AS (
-    INSERT INTO queues (name, concurrency, global_concurrency, rate_limit, rate_period_s)
+    INSERT INTO queues (name, concurrency, global_concurrency, rate_limit, rate_period_s, key_concurrency,
+                        key_rate_limit, key_rate_period_s)
     VALUES ($1, CASE WHEN $6::boolean THEN $2::integer END, CASE WHEN $7::boolean THEN $3::integer END,
-            CASE WHEN $8::boolean THEN $4::integer END, CASE WHEN $8::boolean THEN $5::float8 END)
+            CASE WHEN $8::boolean THEN $4::integer END, CASE WHEN $8::boolean THEN $5::float8 END,
+            CASE WHEN $12::boolean THEN $9::integer END,
+            CASE WHEN $13::boolean THEN $10::integer END, CASE WHEN $13::boolean THEN $11::float8 END)
     ON CONFLICT (name) DO UPDATE SET
         global_concurrency = coalesce(queues.global_concurrency, excluded.global_concurrency),
         rate_limit = CASE WHEN queues.rate_limit IS NULL THEN excluded.rate_limit ELSE queues.rate_limit END,
         rate_period_s = CASE WHEN queues.rate_limit IS NULL THEN excluded.rate_period_s
-                             ELSE queues.rate_period_s END
+                             ELSE queues.rate_period_s END,
+        key_concurrency = coalesce(queues.key_concurrency, excluded.key_concurrency),
+        key_rate_limit = CASE WHEN queues.key_rate_limit IS NULL THEN excluded.key_rate_limit
+                              ELSE queues.key_rate_limit END,
+        key_rate_period_s = CASE WHEN queues.key_rate_limit IS NULL THEN excluded.key_rate_period_s
+                                 ELSE queues.key_rate_period_s END
     WHERE ($7::boolean AND queues.global_concurrency IS NULL) OR ($8::boolean AND queues.rate_limit IS NULL)
+       OR ($12::boolean AND queues.key_concurrency IS NULL) OR ($13::boolean AND queues.key_rate_limit IS NULL)
     RETURNING name
 )
 SELECT pg_notify('skiplock', 'limits:' || name) FROM changed
 
 -- name: queue_limits
 -- The limits of queues $1 that have a row: what their producers claim by.
-SELECT name, concurrency, global_concurrency, rate_limit, rate_period_s FROM queues WHERE name = ANY($1::text[])
+SELECT name, concurrency, global_concurrency, rate_limit, rate_period_s, key_concurrency, key_rate_limit,
+       key_rate_period_s
+FROM queues WHERE name = ANY($1::text[])
+
+-- name: queue_key_starts_prune
+-- Keys' rings whose last start is older than the longest rate window (a day): none of their
+-- starts counts any more (the claim writes a key's ring anew when it serves the key again).
+DELETE FROM queue_key_starts WHERE last_start < coalesce($1::timestamptz, now()) - interval '1 day'
 
 -- name: queue_overview
 -- Counts per state for every queue that has jobs or a row in queues; the oldest due queued job
@@ -53,7 +78,7 @@ SELECT name, concurrency, global_concurrency, rate_limit, rate_period_s FROM que
 -- the states: per queue, a bitmap scan of every finished job of the hour and one of every queued
 -- job's heap row cost more than that scan itself (490 ms against 150 on a million jobs).
 SELECT o.name, o.paused, o.counts, q.concurrency AS limit_concurrency, q.global_concurrency, q.rate_limit,
-       q.rate_period_s,
+       q.rate_period_s, q.key_concurrency, q.key_rate_limit, q.key_rate_period_s,
        (SELECT min(run_at) FROM jobs
         WHERE state = 'queued' AND queue = o.name AND run_at <= now()) AS oldest_queued_at,
        o.waiting_for_unknown_task, o.finished_last_hour
