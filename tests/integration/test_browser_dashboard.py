@@ -16,6 +16,7 @@ import httpx
 import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from skiplock.db import connect
 from skiplock.db.admin import create_database, drop_database
@@ -206,3 +207,56 @@ def test_no_page_is_wider_than_a_phone(page: WebDriver, server: httpx.Client, sh
     page.get(f"{server.base_url}/ui/jobs")
     table = page.find_element(By.CSS_SELECTOR, "table.jobs")
     assert page.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", table)
+
+
+def limits_of(server: httpx.Client, name: str) -> dict[str, Any]:
+    queue = next(q for q in server.get("/queues").json() if q["name"] == name)
+    limits: dict[str, Any] = queue["limits"]
+    return limits
+
+
+def test_the_queue_page_shows_and_changes_its_limits_from_the_keyboard(
+    page: WebDriver, server: httpx.Client
+) -> None:
+    enqueue(server, task="echo", queue="limited")  # nobody serves it: it stays queued
+    page.get(f"{server.base_url}/ui")
+    # The overview is live (it may be re-rendered at any moment: follow the link's address).
+    page.get(eventually(lambda: page.find_element(By.LINK_TEXT, "limited").get_attribute("href")))
+    eventually(lambda: page.find_element(By.ID, "effective").text == "This process does not serve the queue.")
+    assert page.find_element(By.CSS_SELECTOR, 'td[data-state="queued"]').text == "1"
+    concurrency = page.find_element(By.ID, "limit-concurrency")
+    concurrency.send_keys("3", Keys.TAB, "10", Keys.TAB, "100/minute", Keys.ENTER)
+    eventually(lambda: page.find_element(By.ID, "flash").text.startswith("Limits saved"))
+    assert limits_of(server, "limited") == {
+        "concurrency": 3,
+        "global_concurrency": 10,
+        "rate_limit": "100/minute",
+    }
+    # A bad rate: the field named, nothing stored.
+    rate = page.find_element(By.ID, "limit-rate")
+    rate.clear()
+    rate.send_keys("fast", Keys.ENTER)
+    eventually(lambda: "rate_limit" in page.find_element(By.ID, "flash").text)
+    assert "error" in (page.find_element(By.ID, "flash").get_attribute("class") or "")
+    assert [e["message"] for e in console_errors(page)] == [
+        f"{server.base_url}/queues/limited - Failed to load resource: "
+        "the server responded with a status of 422 (Unprocessable Entity)"
+    ]
+    assert limits_of(server, "limited")["rate_limit"] == "100/minute"
+    # An emptied field clears its limit.
+    page.find_element(By.ID, "limit-global").clear()
+    rate.clear()
+    rate.send_keys("5/second", Keys.ENTER)
+    eventually(
+        lambda: (
+            limits_of(server, "limited")
+            == {"concurrency": 3, "global_concurrency": None, "rate_limit": "5/second"}
+        )
+    )
+    toggle = page.find_element(By.ID, "q-toggle")
+    toggle.send_keys(Keys.ENTER)  # a button works from the keyboard
+    eventually(lambda: toggle.text == "Resume")
+    assert next(q for q in server.get("/queues").json() if q["name"] == "limited")["paused"] is True
+    page.get(f"{server.base_url}/ui")
+    limits = page.find_element(By.CSS_SELECTOR, 'tr[data-queue="limited"] td[data-limits]')
+    assert limits.text == "3 per process, 5/second"

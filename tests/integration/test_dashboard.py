@@ -303,3 +303,21 @@ def test_a_moment_is_a_time_element_past_or_future() -> None:
     )
     assert str(pages.when(now + timedelta(hours=3), now)).endswith(">in 3h</time>")
     assert pages.when(None) == "\u2013"  # an en dash
+
+
+async def test_queue_page_shows_its_counts_and_limits(api: Client, db: asyncpg.Connection) -> None:
+    await job(db, queue="partner", state=JobState.QUEUED)
+    change = {"global_concurrency": 5, "rate_limit": "100/minute"}
+    assert (await api.patch("/queues/partner", json=change)).status_code == 200
+    page = await api.get("/ui/queues/partner")
+    assert page.status_code == 200
+    assert 'id="limit-global" name="global_concurrency"' in page.text
+    assert 'value="5"' in page.text
+    assert 'value="100/minute"' in page.text
+    overview = await api.get("/ui")
+    row = re.search(r'<tr data-queue="partner".*?</tr>', overview.text, re.S)
+    assert row is not None
+    assert "<td data-limits>5 global, 100/minute</td>" in row.group(0)
+    assert 'href="/ui/queues/partner"' in row.group(0)
+    assert (await api.get("/ui/queues/nowhere")).status_code == 404
+    assert (await api.get("/ui/queues/bad%20name")).status_code == 400

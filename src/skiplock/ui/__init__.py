@@ -12,7 +12,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
-from skiplock.ui.pages import DashboardController, LoginController, root, when
+from skiplock.ui.pages import DashboardController, LoginController, limits_in_words, root, when
 
 HERE = Path(__file__).parent
 #: Shipped in static/vendor/ as their npm packages publish them (see the README there).
@@ -25,10 +25,11 @@ __all__ = ["api_docs_plugins", "dashboard_routes", "template_config"]
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
-    """The templates, with ``when(moment)`` (a readable ``<time>``) available to every page."""
+    """The templates, with ``when(moment)`` (a readable ``<time>``) and ``limits_in_words``
+    available to every page."""
 
     def add_globals(engine: JinjaTemplateEngine) -> None:
-        engine.engine.globals["when"] = when
+        engine.engine.globals.update(when=when, limits_in_words=limits_in_words)
 
     return TemplateConfig(
         directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=add_globals

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from skiplock.api import KEY_COOKIE, PUBLIC_ROUTE, AuthState, ClientDep, EngineDep, needs
 from skiplock.auth import Scope
 from skiplock.errors import ImportNotFound, JobNotFound, WorkflowNotFound
-from skiplock.queue.models import JobState
+from skiplock.queue.models import JobState, QueueInfo, QueueLimitsInfo
 from skiplock.queue.workflows import WorkflowInfo, WorkflowState
 from skiplock.queue_names import QUEUE_NAME
 from skiplock.tasks.import_csv import failed_rows, get_import, list_imports
@@ -61,6 +61,16 @@ def when(moment: datetime | None, now: datetime | None = None) -> Markup:
     text = f"in {age(now, moment)}" if moment > now else f"{age(moment, now)} ago"
     exact = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return Markup('<time datetime="{}" title="{}">{}</time>').format(moment.isoformat(), exact, text)
+
+
+def limits_in_words(limits: QueueLimitsInfo) -> str:
+    """``4 per process, 10 global, 100/minute``, or an en dash for none."""
+    parts = [
+        *([f"{limits.concurrency} per process"] if limits.concurrency is not None else []),
+        *([f"{limits.global_concurrency} global"] if limits.global_concurrency is not None else []),
+        *([limits.rate_limit] if limits.rate_limit else []),
+    ]
+    return ", ".join(parts) or "\u2013"
 
 
 def finished(workflow: WorkflowInfo) -> int:
@@ -112,6 +122,22 @@ class DashboardController(Controller):
         context = {"queues": queues, "idle": served, "states": list(JobState)}
         name = "_queues.html.j2" if fragment else "overview.html.j2"
         return Template(template_name=name, context=context)
+
+    @get("/queues/{name:str}")
+    async def queue(
+        self, name: Annotated[str, Parameter(pattern=QUEUE_NAME)], client: ClientDep, engine: EngineDep
+    ) -> Template | Response[str]:
+        """One queue: its counts, pause and resume, and its limits across replicas, changeable."""
+
+        def named(queues: list[QueueInfo]) -> QueueInfo | None:
+            return next((q for q in queues if q.name == name), None)
+
+        # The overview's read, unless it is older than the queue (then a fresh one).
+        found = named(await client.queues(max_age_s=OVERVIEW_MAX_AGE_S)) or named(await client.queues())
+        if found is None and not (engine.settings.worker and name in engine.queues):
+            return _not_found(f"No queue {name}.")
+        context = {"queue": found or QueueInfo(name=name, paused=False, counts={}), "states": list(JobState)}
+        return Template(template_name="queue.html.j2", context=context)
 
     @get("/jobs")
     async def jobs(

@@ -27,7 +27,10 @@ async function api(method, path, body) {
   const text = await response.text();
   const data = text ? JSON.parse(text) : null;
   if (!response.ok) {
-    const detail = data && data.detail ? data.detail : response.statusText;
+    let detail = data && data.detail ? data.detail : response.statusText;
+    // A 422 names the fields at fault: say which, and why.
+    const fields = data && Array.isArray(data.extra) ? data.extra.filter((e) => e && e.message) : [];
+    if (fields.length) detail += ": " + fields.map((e) => (e.key ? `${e.key}: ${e.message}` : e.message)).join("; ");
     throw new Error(`${response.status}: ${detail}`);
   }
   return data;
@@ -301,6 +304,47 @@ function workflowPage() {
   }));
 }
 
+// Queue: pause or resume it, and change its limits (PATCH /queues/{name}: an empty field clears it).
+function queuePage() {
+  const box = document.getElementById("queue");
+  const name = box.dataset.queue;
+  const form = document.getElementById("limits-form");
+  const fields = { concurrency: "limit-concurrency", global_concurrency: "limit-global", rate_limit: "limit-rate" };
+  const showQueue = (queue) => {
+    box.dataset.paused = String(queue.paused);
+    document.getElementById("q-paused").hidden = !queue.paused;
+    document.getElementById("q-toggle").textContent = queue.paused ? "Resume" : "Pause";
+    for (const [field, id] of Object.entries(fields)) {
+      const value = queue.limits[field];
+      document.getElementById(id).value = value == null ? "" : value;
+    }
+    document.getElementById("effective").textContent = queue.concurrency == null
+      ? "This process does not serve the queue."
+      : `This process runs up to ${queue.concurrency} of its jobs at once.`;
+  };
+  const path = `/queues/${encodeURIComponent(name)}`;
+  api("GET", "/queues").then((queues) => {
+    const queue = queues.find((q) => q.name === name);
+    if (queue) showQueue(queue);
+  }, (error) => flash(error.message, true));
+  onClick("#q-toggle", guarded(async () => {
+    const action = box.dataset.paused === "true" ? "resume" : "pause";
+    showQueue(await api("POST", `${path}/${action}`));
+    flash(action === "pause" ? "Paused: no process claims from it; running jobs finish." : "Resumed.");
+  }));
+  form.addEventListener("submit", guarded(async (event) => {
+    event.preventDefault();
+    const body = {};
+    for (const [field, id] of Object.entries(fields)) {
+      const input = document.getElementById(id);
+      const text = input.value.trim();
+      body[field] = text === "" ? null : input.type === "number" ? Number(text) : text;
+    }
+    showQueue(await api("PATCH", path, body));
+    flash("Limits saved: every replica follows them within a second.");
+  }));
+}
+
 function schedulesPage() {
   document.addEventListener("change", guarded(async (event) => {
     const box = event.target.closest("input[data-action=toggle]");
@@ -398,6 +442,7 @@ function enqueuePage() {
 
 const PAGES = {
   overview,
+  queue: queuePage,
   job: jobPage,
   workflow: workflowPage,
   schedules: schedulesPage,
