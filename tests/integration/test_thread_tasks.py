@@ -39,9 +39,14 @@ async def watch_until_final(engine: Engine, job_id: int, timeout: float = 20) ->
 
 
 def while_running(seen: list[tuple[float, str]], run: dict[str, Any]) -> set[str]:
-    """The states read while ``run``'s thread ran."""
+    """The states read while ``run``'s thread ran, from the first read of ``running`` on. A read is
+    timed when the test resumes after it, on the engine's own loop: the job's first ``queued``,
+    read before its claim, can be timed after the claim and the thread's start ran meanwhile
+    (a few ms late, once in two runs on a loaded machine). A job never read ``running`` gives no
+    state at all."""
     end = run["end"] if run["end"] is not None else float("inf")
-    return {state for at, state in seen if run["start"] <= at < end}
+    begun = next((at for at, state in seen if state == "running"), float("inf"))
+    return {state for at, state in seen if max(run["start"], begun) <= at < end}
 
 
 def report(name: str, job_id: int, seen: list[tuple[float, str]]) -> float:
