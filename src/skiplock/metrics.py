@@ -211,8 +211,16 @@ queue_oldest_age = Gauge(
 queue_limit = Gauge(
     "skiplock_queue_limit",
     "A queue's limits set in the database, per kind: concurrency (per process), global_concurrency, "
-    "rate_limit (starts per window) and rate_period_seconds (the window); no sample: not set.",
+    "rate_limit (starts per window) and rate_period_seconds (the window), key_concurrency, "
+    "key_rate_limit and key_rate_period_seconds (per concurrency key value); no sample: not set.",
     ("queue", "kind"),
+)
+jobs_waiting = Gauge(
+    "skiplock_jobs_waiting",
+    "Jobs per queue not started yet, by why (a job's waiting_on: dependencies, run_at, paused, "
+    "unknown_task, rate_limit, global_concurrency, key_concurrency), from the database (read at most "
+    "every 5 s).",
+    ("queue", "reason"),
 )
 db_oldest_transaction_age = Gauge(
     "skiplock_db_oldest_transaction_age_seconds",

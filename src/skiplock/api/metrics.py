@@ -4,6 +4,7 @@ queue gauges read from the database first (cheaply: at most every few seconds)."
 from __future__ import annotations
 
 import time
+import typing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,8 +20,10 @@ from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.security import PUBLIC_ROUTE
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
 from skiplock.db.stats import DatabaseStatsReader
-from skiplock.queue.models import QueueLimitsInfo
+from skiplock.queue.models import QueueLimitsInfo, WaitingOn
 from skiplock.rates import Rate
+
+WAITING_REASONS: tuple[WaitingOn, ...] = typing.get_args(WaitingOn)
 
 log = structlog.get_logger("skiplock.metrics")
 
@@ -122,6 +125,7 @@ async def refresh_queue_gauges(client: ClientDep) -> None:
     metrics.queue_oldest_age.clear()
     metrics.queue_unknown_task.clear()
     metrics.queue_limit.clear()
+    metrics.jobs_waiting.clear()
     now = datetime.now(UTC)
     for queue in queues:
         for state, count in queue.counts.items():
@@ -131,6 +135,8 @@ async def refresh_queue_gauges(client: ClientDep) -> None:
         metrics.queue_unknown_task.labels(queue.name).set(queue.waiting_for_unknown_task)
         for kind, value in limit_samples(queue.limits).items():
             metrics.queue_limit.labels(queue.name, kind).set(value)
+        for reason in WAITING_REASONS:
+            metrics.jobs_waiting.labels(queue.name, reason).set(queue.waiting.get(reason, 0))
 
 
 def limit_samples(limits: QueueLimitsInfo) -> dict[str, float]:
@@ -144,6 +150,12 @@ def limit_samples(limits: QueueLimitsInfo) -> dict[str, float]:
         rate = Rate.parse(limits.rate_limit)
         samples["rate_limit"] = rate.limit
         samples["rate_period_seconds"] = rate.period_s
+    if limits.key_concurrency is not None:
+        samples["key_concurrency"] = limits.key_concurrency
+    if limits.key_rate_limit is not None:
+        key_rate = Rate.parse(limits.key_rate_limit)
+        samples["key_rate_limit"] = key_rate.limit
+        samples["key_rate_period_seconds"] = key_rate.period_s
     return samples
 
 

@@ -683,4 +683,28 @@ def _queue_info(record: asyncpg.Record) -> QueueInfo:
         key_concurrency=row.pop("key_concurrency"),
         key_rate_limit=None if key_rate is None else str(Rate(key_rate, key_period)),
     )
+    row["waiting"] = _waiting(row)
     return QueueInfo.model_validate(row)
+
+
+def _waiting(row: dict[str, Any]) -> dict[str, int]:
+    """A queue's jobs not started yet by why (its overview's row, whose figures it takes out)."""
+    later, unknown = row.pop("later"), row.pop("unknown_due")
+    rate_full, global_full = row.pop("rate_full"), row.pop("global_full")
+    key_rate, key_concurrency = row.pop("key_rate_waiting"), row.pop("key_concurrency_waiting")
+    counts = row["counts"]
+    due = counts.get("queued", 0) - later
+    waiting = {"dependencies": counts.get("waiting", 0), "run_at": later}
+    if row["paused"]:
+        waiting["paused"] = due
+    else:
+        waiting["unknown_task"] = unknown
+        rest = due - unknown
+        if rate_full:
+            waiting["rate_limit"] = rest
+        elif global_full:
+            waiting["global_concurrency"] = rest
+        else:
+            waiting["rate_limit"] = min(key_rate or 0, rest)
+            waiting["key_concurrency"] = min(key_concurrency or 0, rest - waiting["rate_limit"])
+    return {reason: n for reason, n in waiting.items() if n > 0}

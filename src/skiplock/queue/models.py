@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +30,12 @@ class AttemptError(BaseModel):
     message: str
     traceback: str | None = None
     at: datetime
+
+
+#: Why a job that is not running has not started yet (see migration 0020), the first that applies.
+WaitingOn = Literal[
+    "dependencies", "run_at", "paused", "unknown_task", "rate_limit", "global_concurrency", "key_concurrency"
+]
 
 
 class Job(BaseModel):
@@ -70,6 +76,12 @@ class Job(BaseModel):
     )
     concurrency_key: str | None = Field(
         default=None, description="Its key for its queue's per-key limits (its task's concurrency_key)."
+    )
+    waiting_on: WaitingOn | None = Field(
+        default=None,
+        description="Why it has not started yet (read with the job): dependencies, run_at, paused, "
+        "unknown_task, rate_limit, global_concurrency, key_concurrency; null when it runs or ended, or "
+        "is next in line.",
     )
     created: bool = Field(default=True, exclude=True, description="False when a live unique_key matched.")
 
@@ -117,6 +129,13 @@ class QueueInfo(BaseModel):
         default=0,
         description="Queued jobs whose task no live worker has registered: they wait, unattempted, "
         "for a process that knows the task (a rolling deploy under way, or no worker runs it).",
+    )
+    waiting: dict[WaitingOn, int] = Field(
+        default_factory=dict,
+        description="Jobs not started yet by why (a job's waiting_on, counted per queue): 'dependencies' "
+        "counts its waiting steps, 'run_at' its jobs due later; a due job is counted under the first "
+        "of paused, unknown_task, and the queue's rate_limit or global_concurrency that holds; else "
+        "under its key's rate_limit or key_concurrency. Reasons with no job are left out.",
     )
 
 

@@ -57,7 +57,8 @@ ORDER BY found_as
 LIMIT 1
 
 -- name: job_get
-SELECT * FROM jobs WHERE id = $1
+-- With why it has not started yet, if it has not (skiplock_waiting_on, migration 0020).
+SELECT *, skiplock_waiting_on(jobs) AS waiting_on FROM jobs WHERE id = $1
 
 -- name: job_list
 -- Newest first; $4 is the keyset cursor (the last id of the previous page). A running job holds
@@ -65,9 +66,9 @@ SELECT * FROM jobs WHERE id = $1
 -- newer queued one by the primary key.
 -- $7, a workflow's steps: a branch of its own, read from jobs_workflow_idx under a generic plan
 -- too (one branch's gate, `$7 IS [NOT] NULL`, is decided before it reads a row: the other is
--- never run). The filters are the same in both.
+-- never run). The filters are the same in both. Each job with its waiting_on, as job_get's.
 (
-    SELECT * FROM jobs
+    SELECT *, skiplock_waiting_on(jobs) AS waiting_on FROM jobs
     WHERE $7::bigint IS NULL
       AND ($1::job_state IS NULL OR state = $1)
       AND ($1::job_state IS DISTINCT FROM 'running' OR lease_expires_at IS NOT NULL)
@@ -80,7 +81,7 @@ SELECT * FROM jobs WHERE id = $1
 )
 UNION ALL
 (
-    SELECT * FROM jobs
+    SELECT *, skiplock_waiting_on(jobs) AS waiting_on FROM jobs
     WHERE $7::bigint IS NOT NULL AND workflow_id = $7
       AND ($1::job_state IS NULL OR state = $1)
       AND ($2::text IS NULL OR queue = $2)

@@ -77,28 +77,62 @@ DELETE FROM queue_key_starts WHERE last_start < coalesce($1::timestamptz, now())
 -- live worker registered (they wait for one that knows it), counted in the same one scan of jobs as
 -- the states: per queue, a bitmap scan of every finished job of the hour and one of every queued
 -- job's heap row cost more than that scan itself (490 ms against 150 on a million jobs).
+-- What holds its due queued jobs back (a job's waiting_on, counted per queue): the jobs due later
+-- and the due ones of unknown tasks from the same scan; whether its rate window is full, whether it
+-- runs its global concurrency (one indexed count), and the due jobs of keys at their concurrency
+-- or with a full rate window (read for a queue with per-key limits only, on the keys' indexes).
 SELECT o.name, o.paused, o.counts, q.concurrency AS limit_concurrency, q.global_concurrency, q.rate_limit,
        q.rate_period_s, q.key_concurrency, q.key_rate_limit, q.key_rate_period_s,
        (SELECT min(run_at) FROM jobs
         WHERE state = 'queued' AND queue = o.name AND run_at <= now()) AS oldest_queued_at,
-       o.waiting_for_unknown_task, o.finished_last_hour
+       o.waiting_for_unknown_task, o.finished_last_hour, o.later, o.unknown_due,
+       CASE WHEN q.rate_limit IS NOT NULL THEN (
+           SELECT count(*) FROM unnest(q.starts) AS s WHERE s >= now() - make_interval(secs => q.rate_period_s)
+       ) >= q.rate_limit END AS rate_full,
+       CASE WHEN q.global_concurrency IS NOT NULL THEN (
+           SELECT count(*) FROM jobs AS r
+           WHERE r.lease_expires_at IS NOT NULL AND r.queue = o.name AND r.state = 'running'
+       ) >= q.global_concurrency END AS global_full,
+       CASE WHEN q.key_concurrency IS NOT NULL THEN (
+           SELECT count(*) FROM jobs AS j
+           WHERE j.state = 'queued' AND j.queue = o.name AND j.run_at <= now() AND j.concurrency_key IN (
+               SELECT r.concurrency_key FROM jobs AS r
+               WHERE r.state = 'running' AND r.queue = o.name AND r.concurrency_key IS NOT NULL
+               GROUP BY 1 HAVING count(*) >= q.key_concurrency)
+       ) END AS key_concurrency_waiting,
+       CASE WHEN q.key_rate_limit IS NOT NULL THEN (
+           SELECT count(*) FROM jobs AS j
+           WHERE j.state = 'queued' AND j.queue = o.name AND j.run_at <= now() AND j.concurrency_key IN (
+               SELECT k.key FROM queue_key_starts AS k
+               WHERE k.queue = o.name AND k.last_start >= now() - make_interval(secs => q.key_rate_period_s)
+                 AND (SELECT count(*) FROM unnest(k.starts) AS s
+                      WHERE s >= now() - make_interval(secs => q.key_rate_period_s)) >= q.key_rate_limit)
+       ) END AS key_rate_waiting
 FROM (
     SELECT coalesce(c.queue, q.name) AS name,
            coalesce(q.paused, false) AS paused,
            coalesce(c.counts, '{}'::jsonb) AS counts,
            coalesce(c.waiting_for_unknown_task, 0) AS waiting_for_unknown_task,
-           coalesce(c.finished_last_hour, 0) AS finished_last_hour
+           coalesce(c.finished_last_hour, 0) AS finished_last_hour,
+           coalesce(c.later, 0) AS later,
+           coalesce(c.unknown_due, 0) AS unknown_due
     FROM (
         SELECT queue, jsonb_object_agg(state, n) AS counts,
-               sum(unknown)::bigint AS waiting_for_unknown_task, sum(finished)::bigint AS finished_last_hour
+               sum(unknown)::bigint AS waiting_for_unknown_task, sum(finished)::bigint AS finished_last_hour,
+               coalesce(sum(later) FILTER (WHERE state = 'queued'), 0)::bigint AS later,
+               coalesce(sum(unknown_due), 0)::bigint AS unknown_due
         FROM (
-            SELECT queue, state, sum(n) AS n, sum(finished) AS finished,
+            SELECT queue, state, sum(n) AS n, sum(finished) AS finished, sum(later) AS later,
                    sum(n) FILTER (WHERE state = 'queued' AND NOT EXISTS (
                        SELECT 1 FROM task_registrations AS r WHERE r.task = t.task AND r.expires_at > now()
-                   )) AS unknown
+                   )) AS unknown,
+                   sum(n - later) FILTER (WHERE state = 'queued' AND NOT EXISTS (
+                       SELECT 1 FROM task_registrations AS r WHERE r.task = t.task AND r.expires_at > now()
+                   )) AS unknown_due
             FROM (
                 SELECT queue, state, task, count(*) AS n,
-                       count(*) FILTER (WHERE finished_at > now() - interval '1 hour') AS finished
+                       count(*) FILTER (WHERE finished_at > now() - interval '1 hour') AS finished,
+                       count(*) FILTER (WHERE run_at > now()) AS later
                 FROM jobs
                 GROUP BY queue, state, task
             ) AS t
