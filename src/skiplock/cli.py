@@ -1,4 +1,5 @@
-"""``skiplock serve | worker | migrate | keys | db-url`` — the one entry point of a process."""
+"""``skiplock serve | worker | migrate | keys | jobs | queues | db-url`` — the one entry point of a
+process."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from skiplock._jobs_cli import add_commands as add_jobs_commands
+from skiplock._jobs_cli import run as run_jobs_command
 from skiplock._version import __version__
 from skiplock.errors import SkiplockError
 from skiplock.logging import configure_logging
@@ -57,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "db-url", help="print the database URL serve would use (DATABASE_URL, else the embedded server's)"
     )
+    add_jobs_commands(commands)  # jobs enqueue|list|show|cancel|retry, queues list|pause|resume
     return parser
 
 
@@ -232,7 +236,11 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "worker": _worker,
     "migrate": _migrate,
     "keys": _keys,
+    "jobs": run_jobs_command,
+    "queues": run_jobs_command,
 }
+#: The commands that are given their arguments too.
+_WITH_ARGS = {"keys", "jobs", "queues"}
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -292,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                     command = COMMANDS[args.command]
-                    call = command(settings, args) if args.command == "keys" else command(settings)
+                    call = command(settings, args) if args.command in _WITH_ARGS else command(settings)
                     code = int(runner.run(call))
             finally:
                 signal.signal(signal.SIGTERM, _exit_on_sigterm)  # closing the loop reset it
