@@ -10,7 +10,7 @@ import bisect
 import functools
 import time
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -227,6 +227,27 @@ db_oldest_transaction_age = Gauge(
     "Age of the oldest open transaction in this database (it holds back vacuum), from "
     "pg_stat_activity (read at most every 5 s; the last value stays while the database is away).",
 )
+db_oldest_xmin_age = Gauge(
+    "skiplock_db_oldest_xmin_age_transactions",
+    "Transactions since the oldest snapshot a session of this database holds (vacuum removes no row "
+    "version dead after it), from pg_stat_activity's backend_xmin (read at most every 5 s).",
+)
+db_replication_slot_xmin_age = Gauge(
+    "skiplock_db_replication_slot_xmin_age_transactions",
+    "Transactions since the oldest replication slot's xmin or catalog_xmin, from pg_replication_slots "
+    "(0 without slots; read at most every 5 s).",
+)
+db_notify_queue_usage = Gauge(
+    "skiplock_db_notify_queue_usage",
+    "Fraction of the server's NOTIFY queue in use, from pg_notification_queue_usage() (at 1 every NOTIFY "
+    "fails; read at most every 5 s).",
+)
+db_last_autovacuum = Gauge(
+    "skiplock_db_last_autovacuum_timestamp_seconds",
+    "When autovacuum last finished on each engine table (Unix time; no sample: never), from "
+    "pg_stat_user_tables (read at most every 5 s).",
+    ("table",),
+)
 db_live_tuples = Gauge(
     "skiplock_db_live_tuples",
     "Live rows per engine table, from pg_stat_user_tables (read at most every 5 s).",
@@ -238,6 +259,56 @@ db_dead_tuples = Gauge(
     "(read at most every 5 s).",
     ("table",),
 )
+
+
+class PoolCounts(Protocol):
+    """What a pool counts of its acquires (skiplock.db.pool.Pool)."""
+
+    acquire_waits: int
+    acquire_wait_s: float
+
+
+class PoolWaits(Collector):
+    """``skiplock_db_pool_acquire_waits_total`` and ``..._wait_seconds_total`` per pool: acquires that
+    found every connection of the pool in use, and how long they waited. The pool counts (two
+    additions, on such acquires only); this reads its counts at scrape."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, PoolCounts] = {}
+        REGISTRY.register(self)
+
+    def track(self, name: str, pool: PoolCounts) -> None:
+        """Report ``pool`` as ``name`` (a pool given the same name later takes its place)."""
+        self.pools[name] = pool
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "skiplock_db_pool_acquire_waits",
+                "Acquires of a connection from this process's pool (engine or tasks) that found all of its "
+                "connections in use and waited for one.",
+                labels=("pool",),
+            ),
+            CounterMetricFamily(
+                "skiplock_db_pool_acquire_wait_seconds",
+                "Time those acquires waited, in all.",
+                labels=("pool",),
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        waits, seconds = self._families()
+        for name, pool in list(self.pools.items()):
+            waits.add_metric((name,), pool.acquire_waits)
+            seconds.add_metric((name,), pool.acquire_wait_s)
+        yield waits
+        yield seconds
+
+
+pool_waits = PoolWaits()
 
 
 class JobMetrics(NamedTuple):

@@ -35,6 +35,8 @@ ENGINE_TABLES = (
     "queues",
     "schedules",
     "task_registrations",
+    "workflows",
+    "job_deps",
     "imports",
     "import_chunks",
     "failed_rows",
@@ -160,8 +162,9 @@ def limit_samples(limits: QueueLimitsInfo) -> dict[str, float]:
 
 
 async def refresh_database_gauges(request: Request[Any, Any, Any], engine: EngineDep) -> None:
-    """The oldest transaction's age and rows per table, read at most every few seconds by one
-    reader per app; the last values stay while the database does not answer."""
+    """What holds back vacuum, the NOTIFY queue's use, rows and the last autovacuum per table, read
+    at most every few seconds by one reader per app; the last values stay while the database does
+    not answer."""
     reader: DatabaseStatsReader | None = request.app.state.get("database_stats")
     if reader is None or reader.pool is not engine.pool:
         reader = DatabaseStatsReader(engine.pool, ENGINE_TABLES, max_age_s=DEPTH_MAX_AGE_S)
@@ -170,9 +173,14 @@ async def refresh_database_gauges(request: Request[Any, Any, Any], engine: Engin
     if not stats.read_at:
         return  # never read: no values rather than made-up zeros
     metrics.db_oldest_transaction_age.set(stats.oldest_transaction_age_s)
+    metrics.db_oldest_xmin_age.set(stats.oldest_xmin_age)
+    metrics.db_replication_slot_xmin_age.set(stats.oldest_slot_xmin_age)
+    metrics.db_notify_queue_usage.set(stats.notify_queue_usage)
     for table in stats.tables:
         metrics.db_live_tuples.labels(table.name).set(table.live)
         metrics.db_dead_tuples.labels(table.name).set(table.dead)
+        if table.last_autovacuum is not None:
+            metrics.db_last_autovacuum.labels(table.name).set(table.last_autovacuum)
 
 
 class MetricsController(PrometheusController):

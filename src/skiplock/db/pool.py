@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -253,7 +254,30 @@ class _Acquire(PoolAcquireContext):
 
     __slots__ = ()
 
+    async def __aenter__(self) -> PoolConnectionProxy:
+        pool = self.pool
+        if not isinstance(pool, Pool):
+            return await super().__aenter__()
+        if pool.in_use < pool.get_max_size():
+            connection = await super().__aenter__()
+        else:  # every connection lent: this acquire waits for one to come back
+            started = time.perf_counter()
+            try:
+                connection = await super().__aenter__()
+            finally:
+                pool.acquire_waits += 1
+                pool.acquire_wait_s += time.perf_counter() - started
+        pool.in_use += 1
+        return connection
+
     async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self._release(*exc)
+        finally:
+            if isinstance(self.pool, Pool):
+                self.pool.in_use -= 1
+
+    async def _release(self, *exc: object) -> None:
         error = exc[1] if len(exc) > 1 else None
         if (
             isinstance(error, BaseException)
@@ -273,16 +297,20 @@ class _Acquire(PoolAcquireContext):
 
 
 class Pool(asyncpg.Pool):
-    """asyncpg's pool with a default acquire timeout, whose broken connections are discarded.
+    """asyncpg's pool with a default acquire timeout, whose broken connections are discarded, and
+    which counts the acquires that had to wait for a connection (all in use) and their wait.
 
-    ``pool.fetch()`` and the other shortcuts acquire through :meth:`acquire`, so they get both.
+    ``pool.fetch()`` and the other shortcuts acquire through :meth:`acquire`, so they get all three.
     """
 
-    __slots__ = ("acquire_timeout_s",)
+    __slots__ = ("acquire_timeout_s", "acquire_wait_s", "acquire_waits", "in_use")
 
     def __init__(self, *args: Any, acquire_timeout_s: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.acquire_timeout_s = acquire_timeout_s
+        self.in_use = 0  # connections lent through acquire() (every use of the pool goes through it)
+        self.acquire_waits = 0
+        self.acquire_wait_s = 0.0
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
         return _Acquire(self, timeout if timeout is not None else self.acquire_timeout_s)

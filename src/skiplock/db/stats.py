@@ -1,5 +1,7 @@
-"""Database health an operator needs to see: the oldest open transaction, live and dead rows per
-table. Read at most every few seconds; while the database does not answer, the last read stays."""
+"""Database health an operator needs to see: what holds back vacuum (the oldest open transaction,
+the oldest snapshot, the oldest replication slot), how full the NOTIFY queue is, live and dead rows
+and the last autovacuum per table. Read at most every few seconds; while the database does not
+answer, the last read stays."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ log = structlog.get_logger("skiplock.db")
 
 @dataclass(frozen=True, slots=True)
 class StatsStatements:
-    db_oldest_transaction_age: Statement
+    db_horizon: Statement
     db_table_tuples: Statement
 
 
@@ -31,11 +33,15 @@ class TableRows:
     name: str
     live: int
     dead: int
+    last_autovacuum: float | None  # Unix time; None: never
 
 
 @dataclass(frozen=True, slots=True)
 class DatabaseStats:
     oldest_transaction_age_s: float = 0.0
+    oldest_xmin_age: int = 0  # transactions
+    oldest_slot_xmin_age: int = 0  # transactions
+    notify_queue_usage: float = 0.0  # 0 to 1
     tables: tuple[TableRows, ...] = ()
     read_at: float = field(default=0.0, compare=False)  # monotonic; 0: never read
 
@@ -58,14 +64,18 @@ class DatabaseStatsReader:
             return self.last
         try:
             async with self.pool.acquire(timeout=2) as conn:  # a starved pool must not hold a scrape
-                age = await conn.fetchval(SQL.db_oldest_transaction_age)
+                horizon = await conn.fetchrow(SQL.db_horizon)
                 rows = await conn.fetch(SQL.db_table_tuples, self.tables)
         except DB_UNAVAILABLE_OR_TIMEOUT as exc:
             log.warning("database_stats_stale", error=str_of(exc))
             return self.last
+        assert horizon is not None  # one row, always
         self.last = DatabaseStats(
-            oldest_transaction_age_s=float(age or 0.0),
-            tables=tuple(TableRows(r["name"], r["live"], r["dead"]) for r in rows),
+            oldest_transaction_age_s=float(horizon["transaction_age_s"]),
+            oldest_xmin_age=int(horizon["xmin_age"]),
+            oldest_slot_xmin_age=int(horizon["slot_xmin_age"]),
+            notify_queue_usage=float(horizon["notify_usage"]),
+            tables=tuple(TableRows(r["name"], r["live"], r["dead"], r["last_autovacuum"]) for r in rows),
             read_at=now,
         )
         return self.last

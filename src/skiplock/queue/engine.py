@@ -236,7 +236,7 @@ class Engine:
         if s.auto_migrate:
             await migrate_database(self.direct_dsn)
         # Only the engine's and the API's own statements run on it (tasks have theirs, below).
-        self._pool = await create_pool(
+        self._pool = pool = await create_pool(
             self.dsn,
             min_size=s.pool_min_size,
             max_size=s.pool_max_size,
@@ -244,13 +244,14 @@ class Engine:
             reset_sessions=False,
             transaction_pooler=s.transaction_pooler,
         )
+        metrics.pool_waits.track("engine", pool)
         if s.transaction_pooler:
             await warn_of_unset_limits(self._pool, self.limits)
         if not s.auto_migrate:
             await self._require_schema(self._pool)
         # Tasks get a pool of their own: their long statements and COPYs are not cut by the
         # engine's limits, and a task holding connections cannot starve the engine's writes.
-        self._task_pool = await create_pool(
+        self._task_pool = task_pool = await create_pool(
             self.dsn,
             min_size=0,
             max_size=s.task_pool_max_size,
@@ -258,6 +259,7 @@ class Engine:
             application_name="skiplock-tasks",
             transaction_pooler=s.transaction_pooler,
         )
+        metrics.pool_waits.track("tasks", task_pool)
         await self.http.start()
         self._client = Client(self._pool, self.registry, task_pool=self._task_pool)
         self._client.waker = Waker(self._pool)
