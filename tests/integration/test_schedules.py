@@ -119,6 +119,25 @@ async def test_duplicate_name_unknown_id_and_bad_changes(api: Client) -> None:
     assert (await api.get(f"/schedules/{first['id']}")).json()["cron"] == "*/5 * * * *"
 
 
+@pytest.mark.parametrize("field", ["cron", "timezone", "task", "args", "enabled", "misfire"])
+async def test_a_change_to_null_of_a_field_that_cannot_be_null_is_a_422_naming_it(
+    api: Client, field: str
+) -> None:
+    created = (await api.post("/schedules", json=BODY)).json()
+    response = await api.patch(f"/schedules/{created['id']}", json={field: None})
+    assert response.status_code == 422, response.text
+    assert field in response.text
+    after = (await api.get(f"/schedules/{created['id']}")).json()
+    assert after | {"upcoming": None} == created | {"upcoming": None}  # unchanged
+
+
+async def test_a_change_to_null_clears_the_queue_and_the_priority(api: Client) -> None:
+    created = (await api.post("/schedules", json={**BODY, "queue": "reports", "priority": 5})).json()
+    response = await api.patch(f"/schedules/{created['id']}", json={"queue": None, "priority": None})
+    assert response.status_code == 200, response.text
+    assert (response.json()["queue"], response.json()["priority"]) == (None, None)
+
+
 _names = itertools.count()
 
 

@@ -40,18 +40,20 @@ class ScheduleCreate(ScheduleSpec):
 
 
 class ScheduleChange(BaseModel):
-    """Fields to change; the next run is recomputed."""
+    """Fields to change; a field left out stays, and the next run is recomputed. Only ``queue``
+    and ``priority`` may be null (back to the task's)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    cron: str | None = Field(default=None, min_length=1, max_length=200)
-    timezone: str | None = Field(default=None, max_length=100)
-    task: str | None = Field(default=None, min_length=1, max_length=200)
-    args: dict[str, Any] | None = None
+    # Left out, a field is None and never validated (a default is not): null sent is refused, a 422.
+    cron: Annotated[str, Field(default=None, min_length=1, max_length=200)]
+    timezone: Annotated[str, Field(default=None, max_length=100)]
+    task: Annotated[str, Field(default=None, min_length=1, max_length=200)]
+    args: Annotated[dict[str, Any], Field(default=None)]
     queue: str | None = Field(default=None, pattern=QUEUE_NAME)
     priority: int | None = None
-    enabled: bool | None = None
-    misfire: Literal["skip", "catch_up"] | None = None
+    enabled: Annotated[bool, Field(default=None)]
+    misfire: Annotated[Literal["skip", "catch_up"], Field(default=None)]
 
 
 class ScheduleController(Controller):
