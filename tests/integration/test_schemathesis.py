@@ -1,0 +1,111 @@
+"""Schemathesis over /schema/openapi.json against a real ``skiplock serve``: requests generated
+from the schema, valid ones and ones it says are invalid, never get a 5xx, and every answer's
+status, content type, headers and body are those the schema documents."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.support.serving import served
+from tests.support.workers import ROOT
+
+PYTHONPATH = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+
+#: The run's budget: examples per operation and phase, and the most the run may take (it stops
+#: generating then; on a fast machine fuzzing repeats until then).
+MAX_EXAMPLES = 5
+MAX_TIME_S = 20
+ERRORS_METRIC = "skiplock_http_requests_error_total"
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_headers_conformance",
+        "response_schema_conformance",
+    ]
+)
+#: A job's result and its event stream wait for the job to finish, and no worker runs the jobs
+#: made here: the results are asked not to wait, the stream is left out. POST /fetch enqueues
+#: (mode=task): inline, it would fetch the generated URLs, and an upstream's failure is a 502 or
+#: 504 by design. The waits, the stream and the inline fetch have tests of their own.
+CONFIG = """
+[[operations]]
+include-operation-id = ["GetJobResult", "GetWorkflowResult"]
+parameters = { "query.wait" = "0" }
+
+[[operations]]
+include-operation-id = "Fetch"
+parameters = { "query.mode" = "task" }
+
+[[operations]]
+include-operation-id = "StreamJobEvents"
+enabled = false
+"""
+
+
+@pytest.mark.slow
+async def test_generated_requests_get_no_server_error_and_answers_the_schema_documents(
+    dsn: str, tmp_path: Path
+) -> None:
+    # No worker (nothing runs what is enqueued), only the built-in tasks, and no host the fetch
+    # may reach: generated URLs are refused (422) instead of fetched.
+    settings = {"WORKER": "false", "TASK_MODULES": "", "FETCH_ALLOW_HOSTS": "fetch.invalid"}
+    async with served(dsn, tmp_path, **settings) as app:
+        config = tmp_path / "schemathesis.toml"
+        config.write_text(CONFIG)
+        report = tmp_path / "report.json"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            str(config),
+            "run",
+            f"{app.url}/schema/openapi.json",
+            "--mode",
+            "all",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--checks",
+            CHECKS,
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--max-time",
+            str(MAX_TIME_S),
+            "--seed",
+            "20",
+            "--request-timeout",
+            "5",
+            "--workers",  # one: hypothesis's lambda descriptions race in ast.parse on threads (3.11)
+            "1",
+            "--no-color",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path,
+            env={
+                **os.environ,
+                "SCHEMATHESIS_HOOKS": "tests.support.schemathesis_hooks",
+                "PYTHONPATH": PYTHONPATH,
+            },
+        )
+        output, _ = await process.communicate()
+        text = output.decode(errors="replace")
+        metrics = (await app.http.get("/metrics")).text
+    assert process.returncode == 0, text[-8000:]
+    # What the server itself counted: every 5xx it answered (Litestar's request metrics).
+    server_errors = [line for line in metrics.splitlines() if line.startswith(ERRORS_METRIC + "{")]
+    assert not server_errors, server_errors
+    assert "skiplock_http_requests_total{" in metrics
+    tested = orjson.loads(report.read_bytes())
+    assert tested, text[-2000:]
