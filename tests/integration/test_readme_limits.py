@@ -1,5 +1,6 @@
-"""The README's "Limits across replicas" example runs as written: three engines (the replicas),
-each started with the section's SKIPLOCK_QUEUES, share the partner's budget of 100 calls a minute."""
+"""The README's "Limits across replicas" examples run as written: three engines (the replicas),
+each started with the section's SKIPLOCK_QUEUES, share the partner's budget of 100 calls a minute;
+two engines hold a customer's backlog to 2 at a time while another customer's job starts at once."""
 
 from __future__ import annotations
 
@@ -22,16 +23,25 @@ def limits_section() -> str:
     return text.split("## Limits across replicas", 1)[1].split("\n## ", 1)[0]
 
 
-@pytest.fixture
-def example() -> Iterator[dict[str, Any]]:
-    found = re.search(r"```python\n(.*?)```", limits_section(), re.S)
-    assert found, "the Limits section has no Python example"
+def run_example(index: int) -> Iterator[dict[str, Any]]:
+    found = re.findall(r"```python\n(.*?)```", limits_section(), re.S)
+    assert len(found) > index, "the Limits section lacks a Python example"
     namespace: dict[str, Any] = {"__name__": "readme_limits"}
-    exec(compile(found.group(1), "README.md (Limits across replicas)", "exec"), namespace)
+    exec(compile(found[index], "README.md (Limits across replicas)", "exec"), namespace)
     yield namespace
     for value in namespace.values():  # the example's @task registered these: gone with it
         if isinstance(value, Task):
             registered._tasks.pop(value.name, None)
+
+
+@pytest.fixture
+def example() -> Iterator[dict[str, Any]]:
+    yield from run_example(0)
+
+
+@pytest.fixture
+def keyed_example() -> Iterator[dict[str, Any]]:
+    yield from run_example(1)
 
 
 async def test_the_limits_example_runs_as_written_on_three_replicas(
@@ -45,3 +55,14 @@ async def test_the_limits_example_runs_as_written_on_three_replicas(
             settings = make_settings(dsn, queues=queues.group(1).split(","))
             await replicas.enter_async_context(Engine(settings, tasks, dsn))
         await example["main"](dsn)
+
+
+async def test_the_per_key_example_runs_as_written_on_two_replicas(
+    dsn: str, keyed_example: dict[str, Any]
+) -> None:
+    tasks = TaskRegistry([v for v in keyed_example.values() if isinstance(v, Task)])
+    async with AsyncExitStack() as replicas:
+        for _ in range(2):
+            settings = make_settings(dsn, queues=["sync"], shutdown_grace_s=0.1)
+            await replicas.enter_async_context(Engine(settings, tasks, dsn))
+        await keyed_example["main"](dsn)
