@@ -64,11 +64,13 @@ def when(moment: datetime | None, now: datetime | None = None) -> Markup:
 
 
 def limits_in_words(limits: QueueLimitsInfo) -> str:
-    """``4 per process, 10 global, 100/minute``, or an en dash for none."""
+    """``4 per process, 10 global, 100/minute, 2 per key, 10/minute per key``, or an en dash for none."""
     parts = [
         *([f"{limits.concurrency} per process"] if limits.concurrency is not None else []),
         *([f"{limits.global_concurrency} global"] if limits.global_concurrency is not None else []),
         *([limits.rate_limit] if limits.rate_limit else []),
+        *([f"{limits.key_concurrency} per key"] if limits.key_concurrency is not None else []),
+        *([f"{limits.key_rate_limit} per key"] if limits.key_rate_limit else []),
     ]
     return ", ".join(parts) or "\u2013"
 

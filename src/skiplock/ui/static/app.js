@@ -309,7 +309,13 @@ function queuePage() {
   const box = document.getElementById("queue");
   const name = box.dataset.queue;
   const form = document.getElementById("limits-form");
-  const fields = { concurrency: "limit-concurrency", global_concurrency: "limit-global", rate_limit: "limit-rate" };
+  const fields = {
+    concurrency: "limit-concurrency",
+    global_concurrency: "limit-global",
+    rate_limit: "limit-rate",
+    key_concurrency: "limit-key",
+    key_rate_limit: "limit-key-rate",
+  };
   const showQueue = (queue) => {
     box.dataset.paused = String(queue.paused);
     document.getElementById("q-paused").hidden = !queue.paused;
