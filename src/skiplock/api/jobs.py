@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
@@ -33,6 +34,27 @@ JOB_EXAMPLES: dict[str, Any] = {
     "delayed": {"task": "sleep", "args": {"seconds": 1}, "queue": "default", "priority": 10, "delay_s": 60},
     "unique": {"task": "sleep", "args": {"seconds": 1}, "unique_key": "nightly-report"},
 }
+_AT = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+#: A job as the API answers it, shown in the schema (made by the model, so it stays one).
+JOB_ANSWER = Job(
+    id=42,
+    task="sleep",
+    queue="default",
+    state=JobState.QUEUED,
+    priority=0,
+    args={"seconds": 5.0, "steps": 5, "fail": False},
+    attempts=0,
+    max_attempts=3,
+    timeout_s=None,
+    run_at=_AT,
+    created_at=_AT,
+    started_at=None,
+    finished_at=None,
+    progress=None,
+    result=None,
+    errors=[],
+    unique_key=None,
+).model_dump(mode="json")
 JOB_REF = {"$ref": "#/components/schemas/JobCreate"}
 BATCH_BODY = RequestBody(
     required=True,
@@ -104,7 +126,7 @@ class JobController(Controller):
                 e422="An unknown task, or args its model refuses (`extra.errors` names the fields).",
             ),
         },
-        operation_class=documented(examples=JOB_EXAMPLES),
+        operation_class=documented(examples=JOB_EXAMPLES, answers={201: JOB_ANSWER, 200: JOB_ANSWER}),
         description="201 with the new job, its args validated against the task's model first; 200 with "
         "the existing job when a live job holds unique_key. Options left out take the task's defaults.",
     )
@@ -139,6 +161,7 @@ class JobController(Controller):
         "/{job_id:str}",
         operation_id="GetJob",
         summary="Get a job",
+        operation_class=documented(answers={200: JOB_ANSWER}),
         responses=error_responses(e404="No job has this id."),
     )
     async def get_job(self, job_id: JobId, client: ClientDep) -> Job:

@@ -12,6 +12,7 @@ from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.openapi.spec import (
     Components,
     Example,
+    OpenAPIResponse,
     Operation,
     RequestBody,
     SecurityRequirement,
@@ -57,7 +58,13 @@ def openapi_config(version: str, render_plugins: list[OpenAPIRenderPlugin]) -> O
     return OpenAPIConfig(
         title="skiplock",
         version=version,
-        description="Background jobs, progress and cron on PostgreSQL alone.",
+        description=(
+            "Background jobs, progress and cron on PostgreSQL alone. Besides these routes, two "
+            "websockets (which OpenAPI cannot describe) send job events as they happen: "
+            "`/ws/jobs/{job_id}` (the job, then its events until it is final) and `/ws/events` "
+            "(every job's, or one queue's, task's or workflow's steps' with `?queue=`, `?task=`, "
+            "`?workflow_id=`); a browser sends its key as the subprotocols `bearer, <key>`."
+        ),
         path="/schema",
         render_plugins=render_plugins,
         use_handler_docstrings=True,
@@ -81,9 +88,15 @@ def media(schema: dict[str, Any], **examples: Any) -> MediaTypeDoc:
     )
 
 
-def documented(body: RequestBody | None = None, *, examples: dict[str, Any] | None = None) -> type[Operation]:
+def documented(
+    body: RequestBody | None = None,
+    *,
+    examples: dict[str, Any] | None = None,
+    answers: dict[int, Any] | None = None,
+) -> type[Operation]:
     """``operation_class=`` for a route whose ``body`` Litestar cannot see (the handler reads the
-    request itself), or whose JSON body is shown with ``examples`` (by name)."""
+    request itself), whose JSON body is shown with ``examples`` (by name), or whose answers are
+    shown with an example each (``answers``, by status)."""
 
     @dataclass
     class DocumentedOperation(Operation):
@@ -93,5 +106,10 @@ def documented(body: RequestBody | None = None, *, examples: dict[str, Any] | No
             if examples and isinstance(self.request_body, RequestBody):
                 for content in self.request_body.content.values():
                     content.examples = {name: Example(value=value) for name, value in examples.items()}
+            for status, value in (answers or {}).items():
+                response = (self.responses or {}).get(str(status))
+                if isinstance(response, OpenAPIResponse):
+                    for content in (response.content or {}).values():
+                        content.examples = {"example": Example(value=value)}
 
     return DocumentedOperation
