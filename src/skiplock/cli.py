@@ -173,12 +173,16 @@ async def _until_stopped(
     (the process then exits non-zero, so an orchestrator restarts it and the rescuer recovers)."""
     requested = asyncio.ensure_future(signals.requested.wait())
     failed = asyncio.ensure_future(engine.wait_failed())
+    remote = asyncio.ensure_future(engine.stop_requested.wait())  # POST /workers/{id}/stop
     try:
-        waits = {requested, failed} | ({serving} if serving is not None else set())
+        waits = {requested, failed, remote} | ({serving} if serving is not None else set())
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         requested.cancel()
         failed.cancel()
+        remote.cancel()
+    if engine.stop_requested.is_set():
+        signals.request("stop requested through the API")
     if engine.failures and not signals.requested.is_set():
         log.error("engine_failed", services=engine.failures)
         return True
@@ -195,7 +199,7 @@ async def _worker(settings: Settings) -> int:
     signals = ShutdownSignals(settings.shutdown_grace_s)
     with signals.installed():
         registry = load_registry(settings.task_modules)
-        async with Engine(settings, registry, settings.database_url or "") as engine:
+        async with Engine(settings, registry, settings.database_url or "", role="worker") as engine:
             _freeze_startup_objects()
             failed = await _until_stopped(signals, engine)  # a worker has no server
     return 1 if failed else 0

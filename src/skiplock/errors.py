@@ -12,6 +12,7 @@
     │   ├── ImportNotFound
     │   ├── ScheduleNotFound
     │   ├── WorkflowNotFound
+    │   ├── WorkerNotFound
     │   └── UnknownTaskError
     ├── InvalidArgumentsError    job arguments fail the task's model
     │   └── WorkflowInvalid      a workflow's steps cannot run: a cycle, an unknown or repeated name, bad args
@@ -23,7 +24,8 @@
     │   └── UnsupportedMediaTypeError not CSV and not multipart/form-data (415)
     ├── BusyError                too much of something is in progress; retry shortly
     ├── ConflictError            the request is valid but the current state forbids it
-    │   └── InvalidStateError    cancel a finished job, retry a running one …
+    │   ├── InvalidStateError    cancel a finished job, retry a running one …
+    │   └── WorkerOffline        a request to a worker that stopped or missed its heartbeats
     ├── FetchError               an outbound HTTP fetch failed (``retryable`` says whether to try again)
     │   ├── FetchRefusedError    the URL or the address it resolves to is not allowed
     │   ├── FetchTimeoutError    the upstream did not answer in time
@@ -119,6 +121,10 @@ class WorkflowNotFound(NotFoundError):
     """No workflow has this id."""
 
 
+class WorkerNotFound(NotFoundError):
+    """No worker has this id."""
+
+
 class UnknownTaskError(NotFoundError):
     """No task is registered under this name."""
 
@@ -165,6 +171,10 @@ class ConflictError(SkiplockError):
 
 class InvalidStateError(ConflictError):
     """The job is not in a state that allows this."""
+
+
+class WorkerOffline(ConflictError):
+    """The worker is offline: it stopped, or missed its heartbeats."""
 
 
 class FetchError(SkiplockError):

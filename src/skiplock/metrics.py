@@ -222,6 +222,23 @@ jobs_waiting = Gauge(
     "every 5 s).",
     ("queue", "reason"),
 )
+queue_unserved = Gauge(
+    "skiplock_queue_unserved",
+    "1 for a queue that no live worker claims from (none serves it, or those that do are quiet or "
+    "stopping), else 0; from the workers table (read at most every 5 s).",
+    ("queue",),
+)
+workers_online = Gauge(
+    "skiplock_workers_online",
+    "Live processes per role (serve, worker, api), quiet and stopping ones included; from the workers "
+    "table (read at most every 5 s).",
+    ("role",),
+)
+worker_held_jobs_offline = Gauge(
+    "skiplock_worker_held_jobs_offline",
+    "Running jobs whose leases workers that went offline hold: they run again once their lease and its "
+    "hold have passed and a rescuer takes them (read at most every 5 s).",
+)
 db_oldest_transaction_age = Gauge(
     "skiplock_db_oldest_transaction_age_seconds",
     "Age of the oldest open transaction in this database (it holds back vacuum), from "

@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     queues: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Queues served, 'name', 'name:limit' (per process), with ':global=N' and ':rate=N/unit' "
-        "declaring limits across replicas; empty: 'default' and every task's queue.",
+        "declaring limits across replicas; '*' (or '*:limit'): every queue that has jobs; empty: 'default' "
+        "and every task's queue.",
     )
     worker: bool = True
     scheduler: bool = Field(default=True, description="Fire due schedules in this process.")
@@ -68,6 +69,11 @@ class Settings(BaseSettings):
         default=7 * 86_400, ge=60, description="Finished jobs are deleted after this many seconds."
     )
     prune_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    worker_retention_s: float = Field(
+        default=86_400,
+        ge=60,
+        description="Offline workers' rows (GET /workers) are deleted after this many seconds.",
+    )
     progress_interval_s: float = Field(
         default=0.1,
         gt=0,
@@ -243,6 +249,10 @@ class Settings(BaseSettings):
             raise ConfigError(f"invalid configuration: {problems}") from exc
 
 
+#: In SKIPLOCK_QUEUES, every queue: the ones its tasks declare and any other that has jobs.
+EVERY_QUEUE = "*"
+
+
 class QueueSpec(NamedTuple):
     """One entry of SKIPLOCK_QUEUES: ``name[:limit][:global=N][:rate=N/unit]``."""
 
@@ -253,8 +263,13 @@ class QueueSpec(NamedTuple):
 
 
 def parse_queue_declaration(spec: str) -> QueueSpec:
-    """``"partner:4:global=5:rate=100/minute"`` → ``QueueSpec("partner", 4, 5, Rate(100, 60.0))``."""
+    """``"partner:4:global=5:rate=100/minute"`` → ``QueueSpec("partner", 4, 5, Rate(100, 60.0))``;
+    ``"*"`` (or ``"*:4"``) stands for every queue, with no limits across replicas (those are a queue's)."""
     name, *options = spec.split(":")
+    if name == EVERY_QUEUE:
+        if len(options) > 1 or (options and (not options[0].isdigit() or int(options[0]) < 1)):
+            raise ValueError(f"'*' takes a per-process limit only ('*:4'), not {spec!r}")
+        return QueueSpec(name, int(options[0]) if options else None)
     check_queue_name(name)
     limit: int | None = None
     global_concurrency: int | None = None

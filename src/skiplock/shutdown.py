@@ -69,6 +69,18 @@ class ShutdownSignals:
         self._watchdog.start()
         self._loop.call_soon_threadsafe(self._requested, signum)
 
+    def request(self, reason: str) -> None:
+        """A shutdown asked for by other means than a signal (an operator's stop, through the
+        database): the same as a first signal, watchdog included. Call it on the loop."""
+        if self._first is not None:
+            return
+        self._first = signal.SIGTERM
+        self._watchdog = threading.Timer(self.grace_s + DEADLINE_MARGIN_S, self._deadline)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        log.info("shutdown_requested", reason=reason, grace_s=self.grace_s)
+        self.requested.set()
+
     def _requested(self, signum: int) -> None:
         log.info("shutdown_requested", signal=signal.Signals(signum).name, grace_s=self.grace_s)
         self.requested.set()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from skiplock.errors import ConfigError
-from skiplock.queue.engine import served_queues
+from skiplock.queue.engine import declared_queues, served_queues
 from skiplock.queue.tasks import TaskRegistry
 from skiplock.settings import Settings, parse_queue_spec
 from skiplock.tasks import BUILTINS
@@ -57,3 +57,21 @@ def test_served_queues_default_to_default_plus_task_queues_capped_by_concurrency
     assert served_queues(Settings(concurrency=8), registry) == {"default": 8}
     limited = Settings(concurrency=8, queues=["default:20", "media:2"])
     assert served_queues(limited, registry) == {"default": 8, "media": 2}
+
+
+def test_every_queue_takes_a_per_process_limit_only() -> None:
+    assert parse_queue_spec("*") == ("*", None)
+    assert parse_queue_spec("*:4") == ("*", 4)
+    for bad in ("*:0", "*:global=3", "*:4:rate=5/second", "*:x"):
+        with pytest.raises(ValueError, match="'\\*' takes a per-process limit only"):
+            parse_queue_spec(bad)
+    with pytest.raises(ConfigError):
+        Settings.load(queues="*:global=2")
+
+
+def test_every_queue_serves_the_default_ones_too_each_with_its_limit() -> None:
+    registry = TaskRegistry(BUILTINS)
+    every = Settings(concurrency=8, queues=["*:3", "media:2"])
+    assert declared_queues(every, registry) == {"*": 3, "media": 2, "default": 3}
+    assert served_queues(every, registry) == {"media": 2, "default": 3}  # '*' is no queue
+    assert declared_queues(Settings(concurrency=8, queues=["*"]), registry) == {"*": None, "default": None}

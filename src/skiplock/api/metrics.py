@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import typing
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import structlog
 from litestar import Request, Response, get
@@ -21,6 +21,7 @@ from skiplock.api.security import PUBLIC_ROUTE
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
 from skiplock.db.stats import DatabaseStatsReader
 from skiplock.queue.models import QueueLimitsInfo, WaitingOn
+from skiplock.queue.workers import Role, served_by
 from skiplock.rates import Rate
 
 WAITING_REASONS: tuple[WaitingOn, ...] = typing.get_args(WaitingOn)
@@ -37,6 +38,7 @@ ENGINE_TABLES = (
     "task_registrations",
     "workflows",
     "job_deps",
+    "workers",
     "imports",
     "import_chunks",
     "failed_rows",
@@ -120,9 +122,13 @@ async def refresh_queue_gauges(client: ClientDep) -> None:
     process metric is still served: an outage is when they matter)."""
     try:
         queues = await client.queues(max_age_s=DEPTH_MAX_AGE_S)
+        served = await client.workers.served_queues(max_age_s=DEPTH_MAX_AGE_S)
     except DB_UNAVAILABLE_OR_TIMEOUT as exc:
         log.warning("queue_gauges_stale", error=str(exc) or type(exc).__name__)
         return
+    metrics.queue_unserved.clear()
+    for queue in queues:
+        metrics.queue_unserved.labels(queue.name).set(0 if served_by(queue.name, served) else 1)
     metrics.queue_depth.clear()
     metrics.queue_oldest_age.clear()
     metrics.queue_unknown_task.clear()
@@ -139,6 +145,18 @@ async def refresh_queue_gauges(client: ClientDep) -> None:
             metrics.queue_limit.labels(queue.name, kind).set(value)
         for reason in WAITING_REASONS:
             metrics.jobs_waiting.labels(queue.name, reason).set(queue.waiting.get(reason, 0))
+
+
+async def refresh_worker_gauges(client: ClientDep) -> None:
+    """The fleet's gauges from the workers table; the last values stay while the database is away."""
+    try:
+        counts = await client.workers.counts(max_age_s=DEPTH_MAX_AGE_S)
+    except DB_UNAVAILABLE_OR_TIMEOUT as exc:
+        log.warning("worker_gauges_stale", error=str(exc) or type(exc).__name__)
+        return
+    for role in get_args(Role):
+        metrics.workers_online.labels(role).set(sum(n for (r, _), n in counts.live.items() if r == role))
+    metrics.worker_held_jobs_offline.set(counts.held_by_offline)
 
 
 def limit_samples(limits: QueueLimitsInfo) -> dict[str, float]:
@@ -191,6 +209,7 @@ class MetricsController(PrometheusController):
         self, request: Request[Any, Any, Any], client: ClientDep, engine: EngineDep
     ) -> Response[bytes]:
         await refresh_queue_gauges(client)
+        await refresh_worker_gauges(client)
         await refresh_database_gauges(request, engine)
         response: Response[bytes] = await super().get.fn(self)  # Litestar's exposition
         return response

@@ -15,16 +15,19 @@ from skiplock.api.schemas import QUEUE_NAME, QueueLimitsChange, QueueOut, TaskIn
 from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.queue.models import FailureGroup, QueueInfo
+from skiplock.queue.workers import served_by
 
 QueueName = Annotated[str, Parameter(pattern=QUEUE_NAME, description="The queue's name.")]
 
 
-def _out(queue: QueueInfo, engine: EngineDep) -> QueueOut:
+def _out(queue: QueueInfo, engine: EngineDep, workers: dict[str, int]) -> QueueOut:
+    """``workers``: Workers.served_queues, how many live workers serve each queue."""
     served = engine.queues if engine.settings.worker else {}
     concurrency = served.get(queue.name)
     if concurrency is not None and queue.limits.concurrency is not None:  # the queue's row overrides it
         concurrency = min(queue.limits.concurrency, engine.settings.concurrency)
-    return QueueOut(**queue.model_dump(), concurrency=concurrency)
+    by = served_by(queue.name, workers)
+    return QueueOut(**queue.model_dump(), concurrency=concurrency, served_by=by, unserved=by == 0)
 
 
 class QueueController(Controller):
@@ -39,7 +42,8 @@ class QueueController(Controller):
         known = {q.name: q for q in await client.queues()}
         for name in engine.queues if engine.settings.worker else ():
             known.setdefault(name, QueueInfo(name=name, paused=False, counts={}))
-        return [_out(known[name], engine) for name in sorted(known)]
+        workers = await client.workers.served_queues()
+        return [_out(known[name], engine, workers) for name in sorted(known)]
 
     @patch(
         "/{name:str}",
@@ -57,7 +61,9 @@ class QueueController(Controller):
         process), ``global_concurrency``, ``rate_limit`` (``"100/minute"``); a field left out stays,
         null clears it. Kept in the database: they outlive restarts. 422 naming the field for a bad
         value (nothing is changed then)."""
-        return _out(await client.set_limits(name, data.changes()), engine)
+        return _out(
+            await client.set_limits(name, data.changes()), engine, await client.workers.served_queues()
+        )
 
     @post(
         "/{name:str}/pause",
@@ -69,7 +75,7 @@ class QueueController(Controller):
     )
     async def pause(self, name: QueueName, client: ClientDep, engine: EngineDep) -> QueueOut:
         """No process claims from a paused queue; running jobs finish."""
-        return _out(await client.set_paused(name, True), engine)
+        return _out(await client.set_paused(name, True), engine, await client.workers.served_queues())
 
     @post(
         "/{name:str}/resume",
@@ -81,7 +87,7 @@ class QueueController(Controller):
     )
     async def resume(self, name: QueueName, client: ClientDep, engine: EngineDep) -> QueueOut:
         """Workers claim from the queue again at once."""
-        return _out(await client.set_paused(name, False), engine)
+        return _out(await client.set_paused(name, False), engine, await client.workers.served_queues())
 
 
 @get(

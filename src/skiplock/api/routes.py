@@ -14,6 +14,7 @@ from skiplock.api.pages import page
 from skiplock.api.queues import QueueController, TaskController, failures
 from skiplock.api.results import JobResultController, WorkflowResultController
 from skiplock.api.schedules import ScheduleController
+from skiplock.api.workers import WorkerController
 from skiplock.api.workflows import WorkflowController
 
 
@@ -29,6 +30,7 @@ def api_routes() -> list[ControllerRouterHandler]:
         EventController,
         QueueController,
         TaskController,
+        WorkerController,
         failures,
         FetchController,
         RecordController,

@@ -160,6 +160,10 @@ class QueueOut(QueueInfo):
     concurrency: int | None = Field(
         description="This process's limit for the queue; null if it does not serve it."
     )
+    served_by: int = Field(
+        default=0, description="Live workers claiming from the queue (quiet and stopping ones do not)."
+    )
+    unserved: bool = Field(default=False, description="No live worker claims from the queue: its jobs wait.")
 
 
 class Health(BaseModel):

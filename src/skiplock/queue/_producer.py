@@ -22,6 +22,11 @@ a 'limits:<queue>' notification. Held back by its rate, a queue is claimed again
 claim said the budget allows (a timer, no polling); held back by its global concurrency, when
 this process's completer has written outcomes (the jobs it ran stop counting then: the process
 whose jobs ended claims again itself), and at the poll.
+
+Operators steer it through its workers row (see _presence.py): quiet (no claim until resumed),
+and a new concurrency (queues without a limit of their own follow it). A producer serving every
+queue ('*' in SKIPLOCK_QUEUES) serves a queue from its first notification, and looks for queues
+with jobs after each poll's round.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,6 +50,7 @@ from skiplock.queue._running import RunningJobs, StopReason
 from skiplock.queue._statements import (
     JOBS,
     QUEUES,
+    WORKERS,
     JobClaim,
     JobClaimAfter,
     claim_jobs,
@@ -56,6 +62,7 @@ from skiplock.queue._statements import (
 from skiplock.queue.limits import QueueLimits
 from skiplock.queue.models import ClaimedJob
 from skiplock.service import Recovery, StopSignal
+from skiplock.settings import EVERY_QUEUE
 
 log = structlog.get_logger("skiplock.producer")
 
@@ -101,11 +108,17 @@ class Producer:
         running: RunningJobs,
         limits: Limits | None = None,
         transaction_pooler: bool = False,
+        declared: Mapping[str, int | None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.limits = limits  # the claim connection's time limits (the engine's)
         self.transaction_pooler = transaction_pooler
         self.owner = owner
+        #: Queue → the limit SKIPLOCK_QUEUES gives it (None: the concurrency, whatever it is now);
+        #: '*': every queue, found from notifications and at each poll.
+        self.declared: dict[str, int | None] = dict(declared) if declared is not None else dict(queues)
+        self.every_queue = EVERY_QUEUE in self.declared
+        self.concurrency = concurrency
         self.configured = dict(queues)  # this process's limit per queue, from its settings
         #: The limit it claims by: the configured one, unless the queue's row sets another.
         self.queue_limits = dict(queues)
@@ -118,7 +131,15 @@ class Producer:
         #: written (until then its ended jobs still count as running in the database).
         self._held: set[str] = set()
         executor.completer.on_written.append(self._outcomes_written)
-        self.concurrency = concurrency
+        #: Claims nothing while set (POST /workers/{id}/quiet); running jobs go on.
+        self.quiet = False
+        #: Clear while a claim round runs (its claims may have been sent before it was quiet).
+        self._between_rounds = asyncio.Event()
+        self._between_rounds.set()
+        #: A '*' producer looks for queues it does not know yet after its next round.
+        self._discover = self.every_queue
+        #: Called when a '*' producer serves a queue it found (the fleet's row shows it at once).
+        self.on_queue_found: list[Callable[[], None]] = []
         self.lease_s = lease_s
         self.cleanup_s = lease_margin(lease_s) / 2  # a fenced run's time to clean up
         self.poll_interval_s = poll_interval_s
@@ -144,8 +165,53 @@ class Producer:
         self.polled = asyncio.Event()
         self.round_done = asyncio.Event()
 
+    def every_queue_limit(self) -> int:
+        """The per-process limit of each queue a '*' producer finds."""
+        return self._limit_declared(EVERY_QUEUE)
+
+    def _limit_declared(self, queue: str) -> int:
+        return min(self.declared.get(queue) or self.concurrency, self.concurrency)
+
+    def _serve(self, queue: str) -> None:
+        """A '*' producer serves a queue it found: its limits are read before its first claim."""
+        self.declared.setdefault(queue, self.declared.get(EVERY_QUEUE))
+        self.configured[queue] = self.queue_limits[queue] = self._limit_declared(queue)
+        self._reload.add(queue)
+        log.info("queue_found", queue=queue)
+        for callback in self.on_queue_found:
+            callback()
+
+    def set_quiet(self, quiet: bool) -> None:
+        """Claim nothing more (running jobs go on), or claim again at once."""
+        if quiet != self.quiet:
+            self.quiet = quiet
+            log.info("claiming_paused" if quiet else "claiming_resumed")
+            if not quiet:
+                self.wake_all()
+
+    async def claims_ended(self) -> None:
+        """Return once no claim is under way: after :meth:`set_quiet`, nothing more is claimed then
+        (a claim sent just before may take jobs committed while it waited for the server)."""
+        await self._between_rounds.wait()
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Run up to ``concurrency`` jobs at once from now on; running jobs over it finish."""
+        self.concurrency = concurrency
+        for name in self.configured:
+            self.configured[name] = self._limit_declared(name)
+            row = self.limits_of.get(name)
+            self.queue_limits[name] = (
+                self.configured[name]
+                if row is None or row.concurrency is None
+                else min(row.concurrency, concurrency)
+            )
+        log.info("concurrency_changed", concurrency=concurrency)
+        self.wake_all()
+
     def wake(self, queue: str) -> None:
         """A hint that ``queue`` has due jobs (called from the listener callback)."""
+        if self.every_queue and queue not in self.queue_limits:
+            self._serve(queue)
         if queue in self.queue_limits:
             self._forget_hint(queue)  # what it announces may lie before the hint
             self._woken.add(queue)
@@ -156,6 +222,7 @@ class Producer:
             self._forget_hint(queue)
         self._woken.update(self.queue_limits)
         self._reload_all = True  # a poll, a reconnect: a notification of limits may have been lost
+        self._discover = self.every_queue
         self._wakeup.set()
 
     def limits_changed(self, queue: str) -> None:
@@ -199,7 +266,11 @@ class Producer:
                         while not self._stop.is_set:
                             await self._wait_for_work()
                             if not self._stop.is_set:
-                                await self._claim_round(conn, jobs)
+                                self._between_rounds.clear()
+                                try:
+                                    await self._claim_round(conn, jobs)
+                                finally:
+                                    self._between_rounds.set()
                                 recovery.succeeded()
                     finally:
                         await close_quietly(conn)
@@ -222,10 +293,16 @@ class Producer:
         await asyncio.sleep(0)
 
     async def _claim_round(self, conn: AnyConnection, jobs: asyncio.TaskGroup) -> None:
+        if self.quiet:
+            self._woken.clear()
+            self.round_done.set()
+            return
         if self._reload:  # a notification: the new limits hold from this round on
             await self._load_limits(conn, sorted(self._reload))
         queues, self._woken = self._woken, set()
         for queue in queues:
+            if self.quiet:  # asked while this round awaited: no claim is sent from now on
+                break
             free = min(
                 self.concurrency - len(self.running),
                 self.queue_limits[queue] - self.running.count(queue),
@@ -244,7 +321,7 @@ class Producer:
                 continue
             hint = self._fresh_hint(queue)
             claimed = await self._claim(conn, jobs, queue, free, hint)
-            if hint is not None and claimed < free:  # the rest of its priority came short: look everywhere
+            if hint is not None and claimed < free and not self.quiet:  # the rest came short: look everywhere
                 claimed += await self._claim(conn, jobs, queue, free - claimed, None)
             if claimed == free:
                 self._hungry.add(queue)
@@ -255,7 +332,20 @@ class Producer:
             # statement stays its claim, whose failure on a broken connection (unsure whether
             # it committed) hands back what it may have taken (see _release_unrun).
             await self._load_limits(conn, sorted(self.configured))
+        if self._discover:
+            await self._find_queues(conn)
         self.round_done.set()
+
+    async def _find_queues(self, conn: AnyConnection) -> None:
+        """A '*' producer's look for queues with jobs it does not serve yet (a notification of
+        theirs may have been lost, or sent before it started): claimed from the next round on."""
+        self._discover = False
+        for record in await conn.fetch(WORKERS.job_queues_queued):
+            queue = record["queue"]
+            if queue not in self.queue_limits:
+                self._serve(queue)
+                self._woken.add(queue)
+                self._wakeup.set()
 
     async def _load_limits(self, conn: AnyConnection, names: list[str]) -> None:
         """Read these queues' limits again; a queue whose limits changed is claimed again at once."""

@@ -1,6 +1,6 @@
 """Deletes finished jobs older than the retention period (then finished workflows whose steps are
-gone), in small batches so it never holds long locks or bloats one transaction. Every process
-runs it; SKIP LOCKED shares the work."""
+gone, and the rows of workers offline for longer than theirs), in small batches so it never holds
+long locks or bloats one transaction. Every process runs it; SKIP LOCKED shares the work."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncio
 import asyncpg
 import structlog
 
-from skiplock.queue._statements import JOBS, QUEUES, WORKFLOWS
+from skiplock.queue._statements import JOBS, QUEUES, WORKERS, WORKFLOWS
 from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.pruner")
@@ -19,10 +19,17 @@ class Pruner:
     name = "pruner"
 
     def __init__(
-        self, pool: asyncpg.Pool, *, retention_s: float, interval_s: float, batch: int = 1000
+        self,
+        pool: asyncpg.Pool,
+        *,
+        retention_s: float,
+        interval_s: float,
+        batch: int = 1000,
+        worker_retention_s: float | None = None,
     ) -> None:
         self.pool = pool
         self.retention_s = retention_s
+        self.worker_retention_s = worker_retention_s
         self.interval_s = interval_s
         self.batch = batch
         self._stop = StopSignal()
@@ -63,6 +70,22 @@ class Pruner:
             log.info("workflows_pruned", count=workflows)
         if not self._stop.is_set:  # per-key rate rings no window reaches any more
             await self.pool.execute(QUEUES.queue_key_starts_prune, now)
+        if self.worker_retention_s is not None:
+            await self.prune_workers()
+        return total
+
+    async def prune_workers(self) -> int:
+        """Delete the rows of workers offline for longer than their retention; returns how many."""
+        assert self.worker_retention_s is not None
+        total = 0
+        while not self._stop.is_set:
+            status = await self.pool.execute(WORKERS.worker_prune, self.worker_retention_s, self.batch)
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < self.batch:
+                break
+        if total:
+            log.info("workers_pruned", count=total)
         return total
 
     async def stop(self) -> None:

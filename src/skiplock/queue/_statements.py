@@ -248,3 +248,19 @@ class WorkflowStatements:
 
 
 WORKFLOWS = load_statements(WorkflowStatements, "skiplock.queue.sql", "workflows.sql")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatements:
+    worker_register: Statement
+    worker_beat: Statement
+    worker_stopped: Statement
+    worker_list: Statement
+    worker_request: Statement
+    worker_served_queues: Statement
+    worker_counts: Statement
+    worker_prune: Statement
+    job_queues_queued: Statement
+
+
+WORKERS = load_statements(WorkerStatements, "skiplock.queue.sql", "workers.sql")

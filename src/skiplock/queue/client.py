@@ -46,6 +46,7 @@ from skiplock.queue.origin import current_origin
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.schedules import Schedules
 from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry, registered
+from skiplock.queue.workers import Workers
 from skiplock.queue.workflows import Step, Workflow, WorkflowInfo
 from skiplock.queue_names import check_queue_name
 from skiplock.rates import Rate
@@ -173,6 +174,8 @@ class Client:
         self.task_pool = task_pool or pool
         self.registry = registry
         self.schedules = Schedules(pool, registry)
+        #: The fleet: every process's row, and requests to one (quiet, resume, stop, concurrency).
+        self.workers = Workers(pool)
         self._overview: tuple[float, list[QueueInfo]] | None = None  # (monotonic time, queues)
         #: Set by the engine: wakes workers for enqueues made side by side (see _waker.py).
         self.waker: Waker | None = None

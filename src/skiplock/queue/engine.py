@@ -25,6 +25,7 @@ from skiplock.queue._executor import Executor
 from skiplock.queue._hub import EventHub
 from skiplock.queue._lease import LeaseKeeper
 from skiplock.queue._listener import Listener
+from skiplock.queue._presence import WorkerPresence, WorkerRequest
 from skiplock.queue._processes import TaskProcesses
 from skiplock.queue._producer import Producer
 from skiplock.queue._pruner import Pruner
@@ -40,8 +41,9 @@ from skiplock.queue.handles import default_client_or_none, set_default_client
 from skiplock.queue.limits import declare_key_limits, declare_queue_limits, task_key_limits
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.tasks import DEFAULT_QUEUE, TaskRegistry
+from skiplock.queue.workers import Role
 from skiplock.service import Service, Supervisor
-from skiplock.settings import Settings, parse_queue_declaration, parse_queue_spec
+from skiplock.settings import EVERY_QUEUE, Settings, parse_queue_declaration, parse_queue_spec
 
 log = structlog.get_logger("skiplock.engine")
 
@@ -57,27 +59,52 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def served_queues(settings: Settings, registry: TaskRegistry) -> dict[str, int]:
-    """Queue → this process's concurrency limit for it."""
-    specs = settings.queues or sorted({DEFAULT_QUEUE, *registry.queues()})
-    limits: dict[str, int] = {}
-    for spec in specs:
+def declared_queues(settings: Settings, registry: TaskRegistry) -> dict[str, int | None]:
+    """Queue → the per-process limit SKIPLOCK_QUEUES gives it (None: the process's concurrency).
+    Unset: 'default' and every task's queue; ``*`` adds those to whatever else it names (and the
+    producer claims from any other queue it finds jobs in)."""
+    declared: dict[str, int | None] = {}
+    for spec in settings.queues or sorted({DEFAULT_QUEUE, *registry.queues()}):
         name, limit = parse_queue_spec(spec)
-        limits[name] = min(limit or settings.concurrency, settings.concurrency)
-    return limits
+        declared[name] = limit
+    if EVERY_QUEUE in declared:
+        for name in sorted({DEFAULT_QUEUE, *registry.queues()}):
+            declared.setdefault(name, declared[EVERY_QUEUE])
+    return declared
+
+
+def served_queues(settings: Settings, registry: TaskRegistry) -> dict[str, int]:
+    """Queue → this process's concurrency limit for it (``*`` aside: see :func:`declared_queues`)."""
+    c = settings.concurrency
+    return {
+        name: min(limit or c, c)
+        for name, limit in declared_queues(settings, registry).items()
+        if name != EVERY_QUEUE
+    }
 
 
 class Engine:
     """Start with ``async with Engine(settings, registry, dsn) as engine:``; ``engine.client`` enqueues."""
 
-    def __init__(self, settings: Settings, registry: TaskRegistry, dsn: str) -> None:
+    def __init__(
+        self, settings: Settings, registry: TaskRegistry, dsn: str, *, role: Role | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.dsn = dsn
         #: LISTEN and migrations need a session of their own: never through a transaction pooler.
         self.direct_dsn = settings.direct_database_url(dsn)
+        #: This boot's id in the fleet (GET /workers), and the lease owner of the jobs it runs.
         self.owner = worker_id()
+        #: serve (HTTP and jobs), worker (jobs only: ``skiplock worker``) or api (HTTP only).
+        self.role: Role = role or ("serve" if settings.worker else "api")
         self.queues = served_queues(settings, registry)
+        self.declared_queues = declared_queues(settings, registry)
+        #: Set when an operator asked this process to stop (POST /workers/{id}/stop): the CLI then
+        #: shuts it down as on SIGTERM; an application embedding the engine may wait on it too.
+        self.stop_requested = asyncio.Event()
+        self._producer: Producer | None = None
+        self._presence: WorkerPresence | None = None
         self._pool: asyncpg.Pool | None = None
         self._task_pool: asyncpg.Pool | None = None
         self._client: Client | None = None
@@ -137,11 +164,25 @@ class Engine:
         """The first step of a shutdown, at once: no schedule fires and no job is claimed any
         more; running jobs go on until :meth:`stop` (at most the grace period from now). Waits
         for results end at once with where their jobs are, so no long poll holds the shutdown."""
+        if self._presence is not None:
+            self._presence.stopping()
         if self.supervisor is not None:
             await self.supervisor.stop_now("scheduler", "producer", "results")
 
     def _services(self) -> list[Service]:
-        services: list[Service] = [self.listener, self.hub, self.results]
+        self._presence = WorkerPresence(
+            self.pool,
+            worker_id=self.owner,
+            role=self.role,
+            queues=self._served_now,
+            concurrency=self.settings.concurrency if self.settings.worker else 0,
+            heartbeat_s=self.settings.lease_s / 3,  # as the lease heartbeat
+            apply=self._apply_request,
+        )
+        self.listener.subscribe("worker", self._presence.hint)
+        self.listener.on_reconnect(lambda: self._presence.hint(self.owner) if self._presence else None)
+        # Stopped late (services stop in reverse): its beat says 'stopping' while jobs drain.
+        services: list[Service] = [self.listener, self._presence, self.hub, self.results]
         if self.client.waker is not None:
             services.append(self.client.waker)
         self.listener.subscribe("ev", self.hub.hint)
@@ -162,6 +203,7 @@ class Engine:
                 self.pool,
                 retention_s=self.settings.retention_s,
                 interval_s=self.settings.prune_interval_s,
+                worker_retention_s=self.settings.worker_retention_s,
             )
         )
         if self.settings.scheduler:
@@ -209,7 +251,10 @@ class Engine:
                 running=self.running,
                 limits=self.limits,
                 transaction_pooler=self.settings.transaction_pooler,
+                declared=self.declared_queues,
             )
+            self._producer = producer
+            producer.on_queue_found.append(self._presence.refresh)
             self.listener.subscribe("queued", producer.wake)
             self.listener.subscribe("limits", producer.limits_changed)
             self.listener.subscribe("cancel", keeper.cancel)
@@ -218,6 +263,34 @@ class Engine:
             registrar = TaskRegistrar(self.pool, owner=self.owner, tasks=[t.name for t in self.registry])
             services += [completer, writer, keeper, registrar, producer]
         return services
+
+    def _served_now(self) -> dict[str, int]:
+        """Queue → this process's limit for it now (a '*' worker's found queues included)."""
+        producer = self._producer
+        if producer is None:
+            return {}
+        served = dict(producer.configured)
+        if producer.every_queue:
+            served[EVERY_QUEUE] = producer.every_queue_limit()
+        return served
+
+    async def _apply_request(self, request: WorkerRequest) -> str:
+        """What operators asked of this process (its workers row): the state it is in after it."""
+        if request.stop and not self.stop_requested.is_set():
+            log.info("worker_stop_requested", owner=self.owner)
+            self.stop_requested.set()
+        producer = self._producer
+        if producer is not None:
+            producer.set_quiet(request.quiet or request.stop)
+            if request.concurrency >= 1 and request.concurrency != producer.concurrency:
+                producer.set_concurrency(request.concurrency)
+        if request.stop:
+            return "stopping"
+        if not request.quiet or producer is None:
+            return "online"
+        with contextlib.suppress(TimeoutError):  # a claim's reply is bounded by its statement limit
+            await asyncio.wait_for(producer.claims_ended(), self.settings.lease_s)
+        return "quiet"
 
     @staticmethod
     async def _require_schema(pool: asyncpg.Pool) -> None:
