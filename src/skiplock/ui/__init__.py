@@ -13,6 +13,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
 from skiplock.ui.pages import DashboardController, LoginController, limits_in_words, root, when
+from skiplock.ui.workers import WorkersPage
 
 HERE = Path(__file__).parent
 #: Shipped in static/vendor/ as their npm packages publish them (see the README there).
@@ -57,4 +58,4 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         cache_control=CacheControlHeader(max_age=3600, public=True),
         include_in_schema=False,
     )
-    return [root, DashboardController, LoginController, static]
+    return [root, DashboardController, WorkersPage, LoginController, static]

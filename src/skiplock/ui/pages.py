@@ -21,6 +21,7 @@ from skiplock.api import KEY_COOKIE, PUBLIC_ROUTE, AuthState, ClientDep, EngineD
 from skiplock.auth import Scope
 from skiplock.errors import ImportNotFound, JobNotFound, WorkflowNotFound
 from skiplock.queue.models import JobState, QueueInfo, QueueLimitsInfo
+from skiplock.queue.workers import served_by
 from skiplock.queue.workflows import WorkflowInfo, WorkflowState
 from skiplock.queue_names import QUEUE_NAME
 from skiplock.tasks.import_csv import failed_rows, get_import, list_imports
@@ -121,7 +122,9 @@ class DashboardController(Controller):
         queues = await client.queues(max_age_s=OVERVIEW_MAX_AGE_S)
         known = {q.name for q in queues}
         served = sorted(set(engine.queues) - known) if engine.settings.worker else []
-        context = {"queues": queues, "idle": served, "states": list(JobState)}
+        workers = await client.workers.served_queues(max_age_s=OVERVIEW_MAX_AGE_S)
+        unserved = {q.name for q in queues if not served_by(q.name, workers)}
+        context = {"queues": queues, "idle": served, "states": list(JobState), "unserved": unserved}
         name = "_queues.html.j2" if fragment else "overview.html.j2"
         return Template(template_name=name, context=context)
 
