@@ -94,6 +94,11 @@ def test_every_operation_has_a_summary_a_description_and_a_tag(app: Litestar, sc
             problems.append(f"{where} ({name}): no description: give the handler a docstring")
         if not operation.get("tags"):
             problems.append(f"{where} ({name}): no tag: set tags=[…] on its controller or route")
+        described = {tag["name"] for tag in schema.get("tags", []) if tag.get("description")}
+        for tag in set(operation.get("tags") or []) - described:
+            problems.append(
+                f"{where} ({name}): its tag {tag!r} has no description: add it to TAGS (api/openapi.py)"
+            )
     assert not problems, "\n".join(problems)
 
 
