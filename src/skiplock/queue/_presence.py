@@ -150,8 +150,8 @@ class WorkerPresence:
         return row
 
     async def _stopped(self) -> None:
-        try:
-            await self.pool.execute(WORKERS.worker_stopped, self.worker_id, timeout=5)
+        try:  # bounded whole (a pool acquire included): a database away must not hold the shutdown
+            await asyncio.wait_for(self.pool.execute(WORKERS.worker_stopped, self.worker_id), 2)
         except Exception as exc:  # best effort: the row goes offline on its own, three beats later
             log.warning("worker_stopped_not_written", error=str_of(exc))
 
