@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -162,9 +163,11 @@ def test_times_read_as_words_and_a_failed_jobs_bar_turns_red(page: WebDriver, se
     page.get(f"{server.base_url}/ui/jobs/{job['id']}")
     assert style(page, "#bar", "backgroundColor") == RED
     page.get(f"{server.base_url}/ui/jobs")
-    listed = page.find_element(By.CSS_SELECTOR, f"tr:has(a[href='/ui/jobs/{job['id']}']) time")
-    assert listed.text.endswith("ago")
-    assert listed.get_attribute("title")
+    # Read at once: the live list may be re-rendered between two reads.
+    script = "const t = document.querySelector(arguments[0]); return [t.textContent, t.title]"
+    text, title = page.execute_script(script, f'tr[data-job="{job["id"]}"] time')
+    assert text.endswith("ago")
+    assert title
 
 
 def test_the_dark_theme_follows_the_system(page: WebDriver, server: httpx.Client) -> None:
@@ -205,8 +208,8 @@ def test_no_page_is_wider_than_a_phone(page: WebDriver, server: httpx.Client, sh
         if shots is not None:
             page.save_screenshot(str(shots / f"phone-{url.rstrip('/').rsplit('/', 1)[-1]}.png"))
     page.get(f"{server.base_url}/ui/jobs")
-    table = page.find_element(By.CSS_SELECTOR, "table.jobs")
-    assert page.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", table)
+    script = "const t = document.querySelector('table.jobs'); return t.scrollWidth > t.clientWidth"
+    assert page.execute_script(script)  # the table scrolls in its own box
 
 
 def limits_of(server: httpx.Client, name: str) -> dict[str, Any]:
@@ -258,3 +261,48 @@ def test_the_queue_page_shows_and_changes_its_limits_from_the_keyboard(
     page.get(f"{server.base_url}/ui")
     limits = page.find_element(By.CSS_SELECTOR, 'tr[data-queue="limited"] td[data-limits]')
     assert limits.text == "3 per process, 5/second, 2 per key"
+
+
+def rows_shown(page: WebDriver) -> list[int]:
+    """The jobs listed, read at once (the live list may be re-rendered between two reads)."""
+    script = "return [...document.querySelectorAll('tr[data-job]')].map((row) => Number(row.dataset.job))"
+    shown: list[int] = page.execute_script(script)
+    return shown
+
+
+def test_the_jobs_list_is_live_and_searchable_with_its_filters_in_the_address(
+    page: WebDriver, server: httpx.Client
+) -> None:
+    page.get(f"{server.base_url}/ui/jobs?task=sleep")
+    eventually(lambda: page.find_element(By.ID, "live").get_attribute("class") == "live on")
+    page.execute_script("window.notReloaded = true")
+    started = time.monotonic()
+    job = enqueue(server, task="sleep", args={"seconds": 0.5, "steps": 2})
+    eventually(lambda: job["id"] in rows_shown(page), timeout=1)  # live: within a second
+    print(f"appeared after {time.monotonic() - started:.2f} s")
+    other = enqueue(server, task="echo", args={"customer_id": 7})
+    state = f"return document.querySelector('tr[data-job=\"{job['id']}\"] .state').textContent"
+    eventually(lambda: page.execute_script(state) == "succeeded")  # a changed row
+    assert other["id"] not in rows_shown(page)  # the list's filter holds live too
+    assert page.execute_script("return window.notReloaded") is True
+    # Search by args (JSON containment) and by error text, from the form: the address keeps both.
+    wanted = enqueue(server, task="echo", args={"customer_id": 42, "fail": True}, max_attempts=1)
+    eventually(lambda: job_state(server, wanted["id"]) == "failed")
+    page.get(f"{server.base_url}/ui/jobs")
+    field = page.find_element(By.NAME, "args")
+    field.send_keys('{"customer_id": 42}', Keys.ENTER)
+    eventually(lambda: "args=" in page.current_url)
+    assert rows_shown(page) == [wanted["id"]]
+    page.find_element(By.NAME, "error").send_keys("ON PURPOSE", Keys.ENTER)
+    eventually(lambda: "error=ON+PURPOSE" in page.current_url)
+    assert rows_shown(page) == [wanted["id"]]
+    shared = page.current_url
+    page.get("about:blank")
+    page.get(shared)
+    assert rows_shown(page) == [wanted["id"]]
+    assert page.find_element(By.NAME, "args").get_attribute("value") == '{"customer_id": 42}'
+    assert page.find_element(By.ID, "searched").text.startswith("Searched jobs 1 to ")
+    # By id: straight to the job's page.
+    page.get(f"{server.base_url}/ui/jobs")
+    page.find_element(By.NAME, "id").send_keys(str(other["id"]), Keys.ENTER)
+    eventually(lambda: page.current_url == f"{server.base_url}/ui/jobs/{other['id']}")

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from litestar.testing import AsyncTestClient
 
+from skiplock.queue import Engine
 from skiplock.queue.models import JobState
 from skiplock.ui import dag, pages
 from tests.factories import job
@@ -321,3 +323,51 @@ async def test_queue_page_shows_its_counts_and_limits(api: Client, db: asyncpg.C
     assert 'href="/ui/queues/partner"' in row.group(0)
     assert (await api.get("/ui/queues/nowhere")).status_code == 404
     assert (await api.get("/ui/queues/bad%20name")).status_code == 400
+
+
+async def test_jobs_search_by_args_error_and_id(api: Client, db: asyncpg.Connection) -> None:
+    wanted = await job(db, task="echo", args={"customer_id": 42, "plan": "pro"}, state=JobState.QUEUED)
+    await job(db, task="echo", args={"customer_id": 7}, state=JobState.QUEUED)
+    form = {"id": "", "state": "", "queue": "", "task": "", "error": ""}
+    page = await api.get("/ui/jobs", params={**form, "args": '{"customer_id": 42}'})
+    assert page.status_code == 200, text_of(page.text)
+    assert re.findall(r'<tr data-job="(\d+)"', page.text) == [str(wanted)]
+    bad = await api.get("/ui/jobs", params={"args": "[42"})
+    assert bad.status_code == 400
+    assert "args: not JSON" in bad.text
+    assert (await api.get("/ui/jobs", params={"args": "[42]"})).status_code == 400
+    found = await api.get("/ui/jobs", params={"id": str(wanted)}, follow_redirects=False)
+    assert found.status_code in (302, 303)
+    assert found.headers["location"] == f"/ui/jobs/{wanted}"
+    assert (await api.get("/ui/jobs", params={"id": "999999"})).status_code == 404
+    assert (await api.get("/ui/jobs", params={"id": "abc"})).status_code == 404
+
+
+async def test_a_search_walks_the_table_a_window_at_a_time(engine: Engine, db: asyncpg.Connection) -> None:
+    """Bounded pages: each reads at most ``window`` ids, its cursor going on below them; error text
+    is matched literally (a % is no wildcard) in an attempt's type or message."""
+    error = (
+        '[{"attempt": 1, "at": "2026-05-01T12:00:00+00:00", "type": "QuotaError",'
+        ' "message": "over 100% of the quota"}]'
+    )
+    ids = [await job(db, task="echo", args={"n": n, "even": n % 2 == 0}) for n in range(25)]
+    failed = await job(db, task="echo", state=JobState.FAILED, errors=orjson.loads(error))
+    client = engine.client
+    first = await client.search_jobs(args={"even": True}, window=10)
+    assert (first.searched_from, first.searched_to) == (failed - 9, failed)
+    assert [j.id for j in first.items] == [i for i in ids[-9:] if (i - ids[0]) % 2 == 0][::-1]
+    assert first.next_cursor == failed - 9
+    second = await client.search_jobs(args={"even": True}, window=10, before_id=first.next_cursor)
+    assert (second.searched_from, second.searched_to) == (failed - 19, failed - 10)
+    last = await client.search_jobs(args={"even": True}, window=10, before_id=failed - 19)
+    assert last.searched_from == 1
+    assert last.next_cursor is None
+    found = [j.id for page in (first, second, last) for j in page.items]
+    assert found == [i for i in ids if (i - ids[0]) % 2 == 0][::-1]
+    assert [j.id for j in (await client.search_jobs(error="100% of")).items] == [failed]
+    assert [j.id for j in (await client.search_jobs(error="quotaerror")).items] == [failed]
+    assert (await client.search_jobs(error="100%%")).items == []
+    assert (await client.search_jobs(error="_ver")).items == []
+    limited = await client.search_jobs(args={"even": False}, limit=3)
+    assert [j.id for j in limited.items] == [ids[23], ids[21], ids[19]]
+    assert limited.next_cursor == ids[19]

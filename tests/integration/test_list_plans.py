@@ -110,3 +110,22 @@ async def test_a_page_of_one_workflows_steps_reads_about_a_page(mixed: asyncpg.C
     read = rows_of_jobs(plan["Plan"])
     assert read <= PAGE + SLACK, json.dumps(plan)
     assert "jobs_workflow_idx" in json.dumps(plan)
+
+
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+async def test_a_search_reads_no_more_than_its_window(mixed: asyncpg.Connection, mode: str) -> None:
+    """The dashboard's search by args and error text (no index on either): its id window read by
+    the primary key, whatever the table holds and whichever plan a prepared statement uses."""
+    top = await mixed.fetchval(JOBS.job_max_id)
+    transaction = mixed.transaction()
+    await transaction.start()
+    try:
+        await mixed.execute(f"SET LOCAL plan_cache_mode = {mode}")
+        await mixed.execute("PREPARE searched AS " + JOBS.job_search)
+        args = f"{top - 999}, {top}, NULL, NULL, NULL, '{{\"customer_id\": 42}}'::jsonb, '%timeout%', 50"
+        assert await mixed.fetch(f"EXECUTE searched({args})") == []
+        plan = (await mixed.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE searched({args})"))[0]
+        await mixed.execute("DEALLOCATE searched")
+    finally:
+        await transaction.rollback()
+    assert rows_of_jobs(plan["Plan"]) <= 1_000 + SLACK, json.dumps(plan)

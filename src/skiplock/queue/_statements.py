@@ -21,6 +21,9 @@ class JobStatements:
     job_insert_child: Statement
     job_get: Statement
     job_list: Statement
+    job_search: Statement
+    job_search_timeout: Statement
+    job_max_id: Statement
     job_claim_many: Statement
     job_claim_after: Statement
     job_claim_limited: Statement

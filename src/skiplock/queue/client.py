@@ -41,7 +41,15 @@ from skiplock.queue._statements import (
 )
 from skiplock.queue._waker import Waker
 from skiplock.queue.handles import default_client_or_none, set_default_client
-from skiplock.queue.models import FailureGroup, Job, JobState, QueueInfo, QueueLimitsInfo, ResolvedJob
+from skiplock.queue.models import (
+    FailureGroup,
+    Job,
+    JobSearch,
+    JobState,
+    QueueInfo,
+    QueueLimitsInfo,
+    ResolvedJob,
+)
 from skiplock.queue.origin import current_origin
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.schedules import Schedules
@@ -53,6 +61,15 @@ from skiplock.rates import Rate
 
 _UNIQUE_RACE_RETRIES = 5
 _MAX_EXPIRY_S = 366 * 86400.0
+
+#: A search (:meth:`Client.search_jobs`) reads at most this many ids a page, for at most this long.
+SEARCH_WINDOW = 100_000
+SEARCH_TIMEOUT_S = 2.0
+
+
+def _like_escaped(text: str) -> str:
+    """``text`` matched literally by LIKE (its wildcards and escape character escaped)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,6 +531,48 @@ class Client:
             JOBS.job_list, state, queue, task, before_id, limit, schedule_id, workflow_id
         )
         return [Job.from_record(r) for r in records]
+
+    async def search_jobs(
+        self,
+        *,
+        args: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        state: JobState | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+        window: int = SEARCH_WINDOW,
+        timeout_s: float = SEARCH_TIMEOUT_S,
+    ) -> JobSearch:
+        """Jobs newest first whose args contain ``args`` (JSON containment: ``{"customer_id": 42}``)
+        and whose attempts' errors name ``error`` in their type or message (case-insensitive),
+        filtered as :meth:`list_jobs` is. A bounded read whatever the table's size: at most
+        ``window`` ids below ``before_id`` (the newest ids without it), by the primary key, under a
+        ``statement_timeout`` of ``timeout_s`` (asyncpg.QueryCanceledError past it). The page's
+        ``next_cursor`` goes on below the last job found, or below the window searched."""
+        pattern = None if error is None else "%" + _like_escaped(error) + "%"
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(JOBS.job_search_timeout, round(timeout_s * 1000))
+            top = before_id - 1 if before_id is not None else await conn.fetchval(JOBS.job_max_id)
+            bottom = max(1, top - window + 1)
+            records = await conn.fetch(
+                JOBS.job_search,
+                bottom,
+                top,
+                state,
+                queue,
+                task,
+                None if args is None else dict(args),
+                pattern,
+                limit,
+            )
+        items = [Job.from_record(r) for r in records]
+        if len(items) == limit:
+            cursor: int | None = items[-1].id
+        else:
+            cursor = bottom if bottom > 1 else None
+        return JobSearch(items=items, searched_from=bottom, searched_to=max(top, 0), next_cursor=cursor)
 
     async def cancel(self, job_id: int) -> Job:
         """Cancel a waiting or queued job now, or ask the process running it to stop it. A

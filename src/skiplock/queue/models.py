@@ -139,6 +139,16 @@ class QueueInfo(BaseModel):
     )
 
 
+class JobSearch(BaseModel):
+    """A page of a bounded search: the jobs found newest first among the ids ``searched_from`` to
+    ``searched_to``; ``next_cursor`` (a ``before_id``) goes on below them, None once at the first."""
+
+    items: list[Job]
+    searched_from: int
+    searched_to: int
+    next_cursor: int | None
+
+
 class FailureGroup(BaseModel):
     """Failed jobs of one task that ended with one error type."""
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 from typing import Annotated, Any, get_args
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+import asyncpg
+import orjson
 from cron_descriptor import get_description
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.params import Body, FromPath, Parameter, QueryParameter
 from litestar.response import Redirect, Template
 from markupsafe import Markup
@@ -20,6 +22,7 @@ from pydantic import BaseModel, Field
 from skiplock.api import KEY_COOKIE, PUBLIC_ROUTE, AuthState, ClientDep, EngineDep, needs
 from skiplock.auth import Scope
 from skiplock.errors import ImportNotFound, JobNotFound, WorkflowNotFound
+from skiplock.queue.client import SEARCH_TIMEOUT_S
 from skiplock.queue.models import JobState, QueueInfo, QueueLimitsInfo
 from skiplock.queue.workers import served_by
 from skiplock.queue.workflows import WorkflowInfo, WorkflowState
@@ -32,6 +35,7 @@ OVERVIEW_MAX_AGE_S = 2.0
 JOBS_PER_PAGE = 50
 WORKFLOWS_PER_PAGE = 50
 WORKFLOW_STATES: tuple[str, ...] = get_args(WorkflowState)
+JOB_STATES: tuple[str, ...] = tuple(s.value for s in JobState)
 
 
 def cron_in_words(cron: str) -> str:
@@ -62,6 +66,19 @@ def when(moment: datetime | None, now: datetime | None = None) -> Markup:
     text = f"in {age(now, moment)}" if moment > now else f"{age(moment, now)} ago"
     exact = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return Markup('<time datetime="{}" title="{}">{}</time>').format(moment.isoformat(), exact, text)
+
+
+def _args_filter(text: str) -> dict[str, Any] | None:
+    """The args search's JSON object (``{"customer_id": 42}``); ValueError saying what is wrong."""
+    if not text:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"args: not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise ValueError('args: a JSON object, such as {"customer_id": 42}')
+    return value
 
 
 def limits_in_words(limits: QueueLimitsInfo) -> str:
@@ -148,25 +165,77 @@ class DashboardController(Controller):
     async def jobs(
         self,
         client: ClientDep,
-        job_state: Annotated[JobState | None, QueryParameter(name="state")] = None,
-        queue: Annotated[str | None, Parameter(pattern=QUEUE_NAME)] = None,
+        # The filter form sends its empty fields too: an empty one is no filter.
+        job_state: Annotated[str | None, QueryParameter(name="state", max_length=20)] = None,
+        queue: Annotated[str | None, Parameter(pattern=f"^$|{QUEUE_NAME}")] = None,
         task: Annotated[str | None, Parameter(max_length=200)] = None,
         cursor: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,
-    ) -> Template:
-        """Jobs newest first, filtered, a page at a time (the API's keyset pages)."""
-        found = await client.list_jobs(
-            state=job_state, queue=queue or None, task=task or None, before_id=cursor, limit=JOBS_PER_PAGE
-        )
-        next_cursor = found[-1].id if len(found) == JOBS_PER_PAGE else None
-        filters = {"state": job_state.value if job_state else "", "queue": queue or "", "task": task or ""}
-        context = {
-            "jobs": found,
+        job_id: Annotated[str | None, QueryParameter(name="id", max_length=20)] = None,
+        args: Annotated[str | None, Parameter(max_length=2000)] = None,
+        error: Annotated[str | None, Parameter(max_length=200)] = None,
+        fragment: Annotated[bool, QueryParameter(description="Only the table.")] = False,
+    ) -> Template | Response[Any]:
+        """Jobs newest first, filtered, a page at a time (the API's keyset pages); or a bounded
+        search by args (JSON containment) and error text; ``id`` goes to that job's page."""
+        filters = {
+            "state": job_state or "",
+            "queue": queue or "",
+            "task": task or "",
+            "id": (job_id or "").strip(),
+            "args": (args or "").strip(),
+            "error": (error or "").strip(),
+        }
+        context: dict[str, Any] = {
             "filters": filters,
-            "next_cursor": next_cursor,
+            "query": urlencode({k: v for k, v in filters.items() if v and k != "id"}),
             "states": list(JobState),
             "tasks": [t.name for t in client.registry],
+            "jobs": [],
+            "next_cursor": None,
+            "searched": None,
+            "problem": None,
         }
-        return Template(template_name="jobs.html.j2", context=context)
+        name = "_jobs.html.j2" if fragment else "jobs.html.j2"
+        if filters["id"]:
+            wanted = int(filters["id"]) if filters["id"].isdigit() and 0 < int(filters["id"]) < 2**63 else 0
+            try:
+                return Redirect(f"/ui/jobs/{(await client.get(wanted)).id}")
+            except JobNotFound:
+                context["problem"] = f"No job has the id {filters['id']!r}."
+                return Template(template_name=name, context=context, status_code=404)
+        if job_state and job_state not in JOB_STATES:
+            raise ValidationException(f"state: one of {', '.join(JOB_STATES)}, not {job_state!r}")
+        wanted_state = JobState(job_state) if job_state else None
+        if filters["args"] or filters["error"]:
+            try:
+                found = await client.search_jobs(
+                    args=_args_filter(filters["args"]),
+                    error=filters["error"] or None,
+                    state=wanted_state,
+                    queue=queue or None,
+                    task=task or None,
+                    before_id=cursor,
+                    limit=JOBS_PER_PAGE,
+                )
+            except ValueError as exc:
+                context["problem"] = str(exc)
+                return Template(template_name=name, context=context, status_code=400)
+            except asyncpg.QueryCanceledError:
+                context["problem"] = (
+                    f"The search ran past its {SEARCH_TIMEOUT_S:g} s limit: narrow it (state, queue, task)."
+                )
+                return Template(template_name=name, context=context, status_code=503)
+            context.update(jobs=found.items, next_cursor=found.next_cursor, searched=found)
+        else:
+            listed = await client.list_jobs(
+                state=wanted_state,
+                queue=queue or None,
+                task=task or None,
+                before_id=cursor,
+                limit=JOBS_PER_PAGE,
+            )
+            context.update(jobs=listed, next_cursor=listed[-1].id if len(listed) == JOBS_PER_PAGE else None)
+        return Template(template_name=name, context=context)
 
     @get("/jobs/{job_id:int}")
     async def job(self, job_id: FromPath[int], client: ClientDep) -> Template | Response[str]:

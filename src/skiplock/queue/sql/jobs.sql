@@ -93,6 +93,32 @@ UNION ALL
 )
 ORDER BY id DESC
 
+-- name: job_search
+-- The dashboard's search: jobs newest first among the ids in [$1, $2], filtered as job_list is,
+-- with args containing $6 (jsonb @>) and an attempt whose error type or message matches $7 (an
+-- ILIKE pattern). The caller bounds the id range to a window, read by the primary key (or by
+-- jobs_state_id_idx within it): never a scan of the whole table. args has no index of its own:
+-- one would cost every enqueue for the sake of a search.
+SELECT *, skiplock_waiting_on(jobs) AS waiting_on FROM jobs
+WHERE id BETWEEN $1 AND $2
+  AND ($3::job_state IS NULL OR state = $3)
+  AND ($4::text IS NULL OR queue = $4)
+  AND ($5::text IS NULL OR task = $5)
+  AND ($6::jsonb IS NULL OR args @> $6)
+  AND ($7::text IS NULL OR EXISTS (
+        SELECT 1 FROM jsonb_array_elements(errors) AS e
+        WHERE e ->> 'message' ILIKE $7 OR e ->> 'type' ILIKE $7))
+ORDER BY id DESC
+LIMIT $8
+
+-- name: job_search_timeout
+-- The search's statement_timeout, for the rest of its transaction ($1 in milliseconds).
+SELECT set_config('statement_timeout', $1::int::text, true)
+
+-- name: job_max_id
+-- The newest job's id (the primary key's last entry), 0 for none.
+SELECT coalesce(max(id), 0) FROM jobs
+
 -- name: job_claim_many
 -- Up to $2 due jobs of queue $1 for owner $3, unless the queue is paused. $5 pins the clock in tests.
 -- Only jobs of the tasks in $6, the ones this process registered: in a rolling deploy an older

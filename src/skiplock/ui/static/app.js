@@ -133,6 +133,56 @@ function overview() {
   }));
 }
 
+// Jobs: the newest page re-rendered by the server as events arrive (at once, then at most every
+// half second; a search, which reads more, every two), and every few seconds anyway: a job
+// enqueued in a queue nobody serves yet sends no event. Rows new since the last render are marked.
+function jobsPage() {
+  // The address names only the filters set: short enough to share.
+  const form = document.getElementById("jobs-filters");
+  form.addEventListener("submit", () => {
+    for (const field of form.elements) if (field.name && !field.value) field.disabled = true;
+  });
+  window.addEventListener("pageshow", () => {
+    for (const field of form.elements) field.disabled = false;
+  });
+  const box = document.getElementById("jobs-table");
+  if (!box.dataset.live) return;
+  const params = new URLSearchParams(location.search);
+  params.delete("id");
+  const searching = Boolean(params.get("args") || params.get("error"));
+  const gap = searching ? 2000 : 500;
+  const seen = new Set([...box.querySelectorAll("tr[data-job]")].map((row) => row.dataset.job));
+  let last = 0;
+  let pending = null;
+  const refresh = async () => {
+    pending = null;
+    last = Date.now();
+    params.set("fragment", "true");
+    const response = await fetch(`/ui/jobs?${params}`);
+    if (!response.ok) return;
+    box.innerHTML = await response.text();
+    localTimes(box);
+    for (const row of box.querySelectorAll("tr[data-job]")) {
+      if (!seen.has(row.dataset.job)) {
+        row.classList.add("new");
+        seen.add(row.dataset.job);
+      }
+    }
+  };
+  const soon = () => {
+    if (!pending) pending = setTimeout(refresh, Math.max(0, last + gap - Date.now()));
+  };
+  // The server filters the events by queue and task; the other filters are the re-render's.
+  const filters = new URLSearchParams();
+  for (const name of ["queue", "task"]) if (params.get(name)) filters.set(name, params.get(name));
+  const connect = () => socket(`/ws/events${filters.size ? "?" + filters : ""}`, soon, (event) => {
+    if (event.code === 4409) soon();
+    setTimeout(connect, event.code === 4409 ? 500 : 2000);
+  }, soon);
+  connect();
+  setInterval(soon, searching ? 10000 : 3000);
+}
+
 // Job: the snapshot, then every event, from the job's websocket.
 function renderEvent(event) {
   const rows = document.getElementById("events");
@@ -449,6 +499,7 @@ function enqueuePage() {
 const PAGES = {
   overview,
   queue: queuePage,
+  jobs: jobsPage,
   job: jobPage,
   workflow: workflowPage,
   schedules: schedulesPage,
