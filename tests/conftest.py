@@ -24,6 +24,7 @@ from tests.support.live import app_client
 from tests.support.servers import postgres_server
 
 TEMPLATE = "skiplock_template"
+PLUGIN = "skiplock.testing.plugin"
 _counter = itertools.count()
 
 TEST_TABLES = """
@@ -40,6 +41,10 @@ CREATE TABLE test_runs (
 
 def pytest_configure(config: pytest.Config) -> None:
     configure_logging("warning", "json", cache=False)
+    # The testing kit's plugin: registered by its entry point once the project is installed with
+    # it; a checkout run on an older install loads it here (never twice).
+    if not config.pluginmanager.has_plugin("skiplock") and not config.pluginmanager.has_plugin(PLUGIN):
+        config.pluginmanager.import_plugin(PLUGIN)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -53,6 +58,18 @@ def pg_admin_dsn() -> Iterator[str]:
     with postgres_server() as (dsn, kind):
         print(f"\ntests run on PostgreSQL from: {kind}")
         yield dsn
+
+
+@pytest.fixture(scope="session")
+def skiplock_admin_dsn(pg_admin_dsn: str) -> str:
+    """The testing kit's fixtures on the suite's own server (testcontainers included)."""
+    return pg_admin_dsn
+
+
+@pytest.fixture(scope="session")
+def skiplock_template(template_dsn: str) -> str:
+    """... and copying the suite's template (migrated once) for each test's database."""
+    return TEMPLATE
 
 
 @pytest.fixture(scope="session")

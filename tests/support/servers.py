@@ -4,17 +4,11 @@ a Docker engine answers, else an embedded server in a temporary directory."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from skiplock.db.embedded import EmbeddedPostgres
-
-# The suite never tests durability of PostgreSQL itself; these make its commits cheap.
-FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+from skiplock.testing import embedded_server
 
 
 def docker_available() -> bool:
@@ -45,10 +39,5 @@ def postgres_server() -> Iterator[tuple[str, str]]:
         with PostgresContainer("postgres:18-alpine", driver=None) as container:
             yield container.get_connection_url(), "testcontainers"
         return
-    directory = Path(tempfile.mkdtemp(prefix="skpg-", dir="/tmp"))
-    server = EmbeddedPostgres(directory / "pg", settings=FAST_SETTINGS)
-    try:
-        yield server.start(), "embedded"
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    with embedded_server() as dsn:
+        yield dsn, "embedded"

@@ -49,7 +49,7 @@ def test_the_optional_parts_are_extras_and_not_dependencies() -> None:
         assert extras[extra], extra
         for requirement in extras[extra]:
             assert requirement.split(">")[0].split("[")[0] not in required, requirement
-    assert "skiplock[embedded,otel,jwt]" in extras["dev"]  # the suite runs all of them
+    assert "skiplock[embedded,otel,jwt,http,testing]" in extras["dev"]  # the suite runs all of them
 
 
 def test_tracing_without_the_otel_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
