@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import asyncpg
 from pydantic import BaseModel, Field
 
 from skiplock import Backoff, Context, PermanentJobError, task
@@ -282,20 +283,37 @@ class Recorded(BaseModel):
     hold_connection: bool = False
     report: bool = False  # report progress at each step (events carry the pid)
     linger_s: float = Field(default=0.0, ge=0)  # when stopped, go on working this long (slow to stop)
+    #: Record the execution in this other database instead (owner left NULL): a crash test of the
+    #: jobs' server, where a record's durable commit would flush the WAL of the claim before it.
+    record_dsn: str = ""
+
+
+_RECORD_POOLS: dict[str, asyncpg.Pool] = {}
+
+
+async def _record_pool(dsn: str) -> asyncpg.Pool:
+    if dsn not in _RECORD_POOLS:
+        _RECORD_POOLS[dsn] = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
+    return _RECORD_POOLS[dsn]
 
 
 @task("record_execution", args=Recorded, backoff=FAST, max_attempts=20)
 async def record_execution(ctx: Context, args: Recorded) -> dict[str, int]:
     """Works in steps for ``seconds``, recording this execution in test_executions (see
     tests/support/executions.py): its end is the end of its last step, also when stopped."""
+    if args.record_dsn:
+        pool = await _record_pool(args.record_dsn)
+        return await _recorded_run(ctx, args, pool, pool, owner=False)
     if args.hold_connection:
         # Fault injection: a task is never given the engine's pool; this one reaches it on purpose.
         async with ctx._client.pool.acquire() as conn:
-            return await _recorded_run(ctx, args, conn)
-    return await _recorded_run(ctx, args, ctx.pool)
+            return await _recorded_run(ctx, args, conn, ctx.pool)
+    return await _recorded_run(ctx, args, ctx.pool, ctx.pool)
 
 
-async def _recorded_run(ctx: Context, args: Recorded, db: Any) -> dict[str, int]:
+async def _recorded_run(
+    ctx: Context, args: Recorded, db: Any, fallback: Any, *, owner: bool = True
+) -> dict[str, int]:
     started = time.time()
     last_work, outcome = started, "stopped"
     try:
@@ -303,11 +321,12 @@ async def _recorded_run(ctx: Context, args: Recorded, db: Any) -> dict[str, int]
         # ended too, at once, having done no work; else it looks like a run that never ended.
         await db.execute(
             "INSERT INTO test_executions (job_id, attempt, pid, owner, started_at)"
-            " SELECT $1, $2, $3, (SELECT lease_owner FROM jobs WHERE id = $1), $4",
+            " SELECT $1, $2, $3, (SELECT lease_owner FROM jobs WHERE id = $1 AND $5), $4",
             ctx.job.id,
             ctx.job.attempt,
             os.getpid(),
             started,
+            owner,
         )
         until = started + args.seconds
         while (now := time.time()) < until:
@@ -326,16 +345,18 @@ async def _recorded_run(ctx: Context, args: Recorded, db: Any) -> dict[str, int]
     finally:
         # Shielded: a fenced run's awaits are cut short once its cleanup time is over, but its
         # record's end (the end of its last step of work) is bookkeeping, written whatever happens.
-        await asyncio.shield(_record_end(ctx, db, started, last_work, outcome))
+        await asyncio.shield(_record_end(ctx, db, fallback, started, last_work, outcome))
 
 
-async def _record_end(ctx: Context, db: Any, started: float, ended: float, outcome: str) -> None:
+async def _record_end(
+    ctx: Context, db: Any, fallback: Any, started: float, ended: float, outcome: str
+) -> None:
     """The end of the execution that started at ``started`` (if its start row was written). The
     database may be away (an outage test): keep trying for a while, on the pool if the held
     connection broke."""
     for n in range(150):
         try:
-            await (db if n % 2 == 0 else ctx.pool).execute(
+            await (db if n % 2 == 0 else fallback).execute(
                 "UPDATE test_executions SET ended_at = $5, outcome = $6"
                 " WHERE job_id = $1 AND attempt = $2 AND pid = $3 AND started_at = $4",
                 ctx.job.id,
