@@ -177,3 +177,18 @@ async def test_pool_waits_are_counted(dsn: str, api: Client) -> None:
     text = await scrape(api)
     assert 'skiplock_db_pool_acquire_waits_total{pool="engine"}' in text
     assert 'skiplock_db_pool_acquire_wait_seconds_total{pool="tasks"}' in text
+
+
+async def test_the_engine_tables_are_set_for_their_churn(db: asyncpg.Connection) -> None:
+    options = {
+        r["relname"]: set(r["reloptions"] or ())
+        for r in await db.fetch(
+            "SELECT relname, reloptions FROM pg_class WHERE relname = ANY($1::text[])",
+            ["jobs", "job_events", "queues", "task_registrations", "workflows"],
+        )
+    }
+    assert {"fillfactor=80", "autovacuum_vacuum_scale_factor=0.02"} <= options["jobs"]
+    assert "autovacuum_vacuum_insert_scale_factor=0.05" in options["job_events"]
+    assert "fillfactor=50" in options["queues"]
+    assert "fillfactor=50" in options["task_registrations"]
+    assert "fillfactor=80" in options["workflows"]

@@ -34,6 +34,7 @@ ENGINE_TABLES = (
     "jobs",
     "job_events",
     "queues",
+    "queue_key_starts",
     "schedules",
     "task_registrations",
     "workflows",
