@@ -140,6 +140,14 @@ class QueueLimitsChange(BaseModel):
         examples=["10/minute"],
     )
 
+    @field_validator("concurrency", "global_concurrency", "key_concurrency", mode="before")
+    @classmethod
+    def _whole_number(cls, value: object) -> object:
+        # Litestar validates bodies with strict=False, which overrides StrictInt: "5" would pass.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("must be a whole number, not text, a fraction or a boolean")
+        return value
+
     @field_validator("rate_limit", "key_rate_limit")
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
