@@ -5,6 +5,7 @@ but 127.0.0.1, so a page that needs a CDN fails here. Every test fails on a cons
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import time
@@ -306,3 +307,40 @@ def test_the_jobs_list_is_live_and_searchable_with_its_filters_in_the_address(
     page.get(f"{server.base_url}/ui/jobs")
     page.find_element(By.NAME, "id").send_keys(str(other["id"]), Keys.ENTER)
     eventually(lambda: page.current_url == f"{server.base_url}/ui/jobs/{other['id']}")
+
+
+def test_a_jobs_attempts_copy_as_json_and_run_again(page: WebDriver, server: httpx.Client) -> None:
+    flaky = enqueue(server, task="fails_once", max_attempts=3)
+    eventually(lambda: job_state(server, flaky["id"]) == "succeeded")
+    page.get(f"{server.base_url}/ui/jobs/{flaky['id']}")
+    script = """return [...document.querySelectorAll('#attempt-rows tr')].map((row) =>
+        [...row.children].map((cell) => cell.querySelector('time') ? 'time' : cell.textContent))"""
+    eventually(lambda: len(page.execute_script(script)) == 2)
+    first, second = page.execute_script(script)
+    assert first[:5] == ["1", "time", "time", first[3], "failed, retried"]
+    assert re.fullmatch(r"\d+ ms|\d+\.\d s", first[3]), first[3]
+    assert first[5].startswith("RuntimeError: first attempt fails")
+    assert second[:5] == ["2", "time", "time", second[3], "succeeded"]
+    # Copy as JSON: the job as GET /jobs/{id} answers it.
+    permissions = ["clipboardReadWrite", "clipboardSanitizedWrite"]
+    page.execute_cdp_cmd(
+        "Browser.grantPermissions", {"origin": str(server.base_url), "permissions": permissions}
+    )
+    page.find_element(By.ID, "copy-json").click()
+    eventually(lambda: page.find_element(By.ID, "flash").text == f"Copied job {flaky['id']} as JSON.")
+    copied = page.execute_async_script("navigator.clipboard.readText().then(arguments[0])")
+    assert json.loads(copied) == server.get(f"/jobs/{flaky['id']}").json()
+    # Run again: the enqueue form filled in with its task, queue and args, sent as it stands.
+    original = enqueue(server, task="echo", queue="limited", args={"customer_id": 42, "note": "again"})
+    page.get(f"{server.base_url}/ui/jobs/{original['id']}")
+    page.find_element(By.ID, "run-again").click()
+    eventually(lambda: page.find_element(By.ID, "queue").get_attribute("value") == "limited")
+    assert json.loads(page.find_element(By.ID, "extra-args").get_attribute("value") or "") == {
+        "customer_id": 42,
+        "note": "again",
+    }
+    page.find_element(By.CSS_SELECTOR, "#enqueue-form button[type=submit]").click()
+    link = eventually(lambda: page.find_element(By.ID, "created-link"))
+    again = server.get(f"/jobs/{int(link.text.split()[-1])}").json()
+    assert (again["task"], again["queue"]) == ("echo", "limited")
+    assert again["args"] == {"customer_id": 42, "note": "again", "fail": False}

@@ -227,37 +227,106 @@ function showJob(job) {
   document.getElementById("progress").dataset.state = job.state;
   document.getElementById("result").textContent =
     job.result == null ? "–" : JSON.stringify(job.result, null, 2);
-  const errors = document.getElementById("errors");
-  if (job.errors.length) {
-    errors.replaceChildren(...job.errors.map((error) => {
-      const details = document.createElement("details");
-      const summary = document.createElement("summary");
-      summary.textContent = `attempt ${error.attempt}: ${error.type}: ${error.message}`;
-      const trace = document.createElement("pre");
-      trace.textContent = error.traceback || "";
-      details.append(summary, trace);
-      return details;
-    }));
-  }
   showProgress(job.progress);
   document.getElementById("cancel").disabled = !["queued", "running"].includes(job.state);
   document.getElementById("retry").disabled = !["failed", "cancelled"].includes(job.state);
 }
 
+// A job's attempts: when each started and ended, from its state events (the page replays them
+// all), with its outcome and, from the job, its error and traceback.
+function attemptCell(content) {
+  const cell = document.createElement("td");
+  if (content instanceof Node) cell.appendChild(content);
+  else cell.textContent = content;
+  return cell;
+}
+
+function renderAttempts(attempts, job) {
+  const errors = new Map(job.errors.map((error) => [error.attempt, error]));
+  const numbers = [...new Set([...attempts.keys(), ...errors.keys()])].sort((a, b) => a - b);
+  if (!numbers.length) return;
+  document.getElementById("attempt-rows").replaceChildren(...numbers.map((n) => {
+    const run = attempts.get(n) || {};
+    const error = errors.get(n);
+    const ended = run.ended || (error && error.at);
+    const row = document.createElement("tr");
+    row.dataset.attempt = n;
+    let took = "";
+    if (run.started && ended) {
+      const ms = new Date(ended) - new Date(run.started);
+      took = ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`;
+    }
+    const outcome = run.outcome || (error ? "failed" : job.state === "running" && n === job.attempts ? "running" : "");
+    let detail = "";
+    if (error) {
+      detail = document.createElement("details");
+      const summary = document.createElement("summary");
+      summary.textContent = `${error.type}: ${error.message}`;
+      const trace = document.createElement("pre");
+      trace.textContent = error.traceback || "";
+      detail.append(summary, trace);
+    }
+    row.append(attemptCell(String(n)), attemptCell(timeOf(run.started)), attemptCell(timeOf(ended)),
+      attemptCell(took), attemptCell(outcome), attemptCell(detail));
+    row.children[0].className = "num";
+    row.children[3].className = "num";
+    row.children[5].className = "message";
+    return row;
+  }));
+}
+
+function noteAttempt(attempts, event) {
+  const data = event.data || {};
+  if (event.kind !== "state" || !data.attempt) return;
+  const run = attempts.get(data.attempt) || {};
+  if (data.state === "running") {
+    run.started = event.at;
+    delete run.ended;
+    delete run.outcome;
+  } else if (data.previous === "running") {
+    run.ended = event.at;
+    run.outcome = data.state === "queued" ? (data.error ? "failed, retried" : "handed back") : data.state;
+  }
+  attempts.set(data.attempt, run);
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const area = document.createElement("textarea"); // a page without the clipboard API's permission
+    area.value = text;
+    document.body.appendChild(area);
+    area.select();
+    const copied = document.execCommand("copy");
+    area.remove();
+    if (!copied) throw new Error("The browser refused to copy.");
+  }
+}
+
 function jobPage() {
   const id = document.getElementById("cancel").dataset.job;
+  const attempts = new Map();
+  let current = null;
   let lastSeq = 0;
   const follow = () =>
     socket(`/ws/jobs/${id}?after=${lastSeq}`, (message) => {
       if (message.kind === "snapshot") {
+        current = message.job;
         showJob(message.job);
         return;
       }
       lastSeq = Math.max(lastSeq, message.seq);
       renderEvent(message);
+      noteAttempt(attempts, message);
+      if (current && message.kind === "state") renderAttempts(attempts, current);
       if (message.kind === "progress") showProgress(message.data);
       if (message.kind === "state") {
-        api("GET", `/jobs/${id}`).then(showJob, (error) => flash(error.message, true));
+        api("GET", `/jobs/${id}`).then((job) => {
+          current = job;
+          showJob(job);
+          renderAttempts(attempts, job);
+        }, (error) => flash(error.message, true));
       }
     }, (event) => {
       if (event.code === 4409) setTimeout(follow, 500); // may have missed events: resume after lastSeq
@@ -271,6 +340,11 @@ function jobPage() {
     showJob(await api("POST", `/jobs/${id}/retry`));
     flash("Queued again.");
     follow();
+  }));
+  onClick("#copy-json", guarded(async () => {
+    current = await api("GET", `/jobs/${id}`);
+    await copyText(JSON.stringify(current, null, 2));
+    flash(`Copied job ${id} as JSON.`);
   }));
 }
 
@@ -479,9 +553,34 @@ function enqueuePage() {
   };
   select.addEventListener("change", build);
   build();
+  // "Run again with these args" (a job's page) comes here with ?task=&queue=&args=: the form
+  // filled in, for a look before it is sent. Args the form has no field for go to "more args".
+  const given = new URLSearchParams(location.search);
+  const extra = document.getElementById("extra-args");
+  if (given.get("task") && tasks.some((t) => t.name === given.get("task"))) {
+    select.value = given.get("task");
+    build();
+    document.getElementById("queue").value = given.get("queue") || "";
+    const args = JSON.parse(given.get("args") || "{}");
+    const rest = {};
+    for (const [name, value] of Object.entries(args)) {
+      const input = fieldset.querySelector(`[name="${CSS.escape(name)}"]`);
+      if (!input) rest[name] = value;
+      else if (input.dataset.type === "boolean") input.checked = Boolean(value);
+      else if (input.dataset.type === "object" || input.dataset.type === "array") input.value = JSON.stringify(value);
+      else input.value = value == null ? "" : value;
+    }
+    if (Object.keys(rest).length) {
+      extra.value = JSON.stringify(rest);
+      document.getElementById("extra-box").hidden = false;
+    }
+  }
   document.getElementById("enqueue-form").addEventListener("submit", guarded(async (event) => {
     event.preventDefault();
-    const body = { task: select.value, args: readArgs(fieldset) };
+    const more = extra.value.trim() ? JSON.parse(extra.value) : {};
+    const body = { task: select.value, args: { ...more, ...readArgs(fieldset) } };
+    const queue = document.getElementById("queue").value.trim();
+    if (queue) body.queue = queue;
     const delay = document.getElementById("delay").value;
     if (delay !== "") body.delay_s = Number(delay);
     const job = await api("POST", "/jobs", body);
