@@ -250,7 +250,8 @@ class _Acquire(PoolAcquireContext):
     before it goes back, so the pool replaces it instead of handing it to the next caller. So is
     one whose statement was cancelled: asyncpg would wait, without a limit, for the server to
     confirm the cancel, and a frozen or half-open server never does (the caller and the pool
-    hung; seen with a SIGSTOPped backend)."""
+    hung; seen with a SIGSTOPped backend). It keeps the pool's count of the connections lent, and
+    of the acquires that found none left and waited."""
 
     __slots__ = ()
 
@@ -323,7 +324,8 @@ _STATEMENT_CACHE_SIZE = 100
 def _statement_cache_size(transaction_pooler: bool) -> int:
     """Through a transaction pooler none: a named prepared statement lives in one server session,
     which the next transaction may not get (PgBouncer before 1.21 does not track them). asyncpg
-    then sends every statement unnamed, parsed in the same exchange as its execution."""
+    then sends every statement unnamed, parsed again with its execution: no Sync between the two
+    lets the pooler hand the server connection to another client in the middle."""
     return 0 if transaction_pooler else _STATEMENT_CACHE_SIZE
 
 
