@@ -23,6 +23,8 @@
     │   ├── UploadTimeoutError        the client stopped sending (408)
     │   └── UnsupportedMediaTypeError not CSV and not multipart/form-data (415)
     ├── BusyError                too much of something is in progress; retry shortly
+    ├── AccessDenied             skiplock.http.Client: the service refused its key (401, 403)
+    ├── ServiceUnreachable       skiplock.http.Client: no answer from the service (connect, timeout)
     ├── ConflictError            the request is valid but the current state forbids it
     │   ├── InvalidStateError    cancel a finished job, retry a running one …
     │   └── WorkerOffline        a request to a worker that stopped or missed its heartbeats
@@ -163,6 +165,16 @@ class UnsupportedMediaTypeError(UploadError):
 
 class BusyError(SkiplockError):
     """The service is busy; retry shortly."""
+
+
+class AccessDenied(SkiplockError):
+    """The service refused the request's key: missing or unknown (401), or without the scope (403)."""
+
+    retryable = False
+
+
+class ServiceUnreachable(SkiplockError):
+    """The service did not answer: it could not be reached, or the request timed out."""
 
 
 class ConflictError(SkiplockError):

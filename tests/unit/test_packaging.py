@@ -92,3 +92,16 @@ def test_skiplock_imports_and_builds_its_app_without_any_extra() -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_http_client_without_the_http_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skiplock.http import Client
+
+    monkeypatch.setitem(sys.modules, EXTRAS["http"], None)
+    with pytest.raises(ConfigError, match=r"skiplock.http.Client needs the 'http' extra: .*skiplock\[http\]"):
+        Client("http://127.0.0.1:1")
+
+
+def test_the_pytest_plugin_is_registered_by_its_entry_point() -> None:
+    assert PROJECT["entry-points"]["pytest11"] == {"skiplock": "skiplock.testing.plugin"}
+    assert set(PROJECT["optional-dependencies"]["testing"]) >= {"pytest>=8,<10", "pytest-asyncio>=0.24,<2"}
