@@ -74,7 +74,7 @@ def page(browser: WebDriver, server: httpx.Client) -> Iterator[WebDriver]:
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path | None:
-    """Where phone-width screenshots go: only when asked (``SKIPLOCK_SCREENSHOT_DIR``)."""
+    """Where the README's pictures of these pages go: only when asked (``SKIPLOCK_SCREENSHOT_DIR``)."""
     directory = os.environ.get("SKIPLOCK_SCREENSHOT_DIR")
     if not directory:
         return None
@@ -206,11 +206,11 @@ def test_no_page_is_wider_than_a_phone(page: WebDriver, server: httpx.Client, sh
         assert page.execute_script("return innerWidth") == 390
         width = page.execute_script("return document.documentElement.scrollWidth")
         assert width <= 390, f"{url} is {width} px wide"
-        if shots is not None:
-            page.save_screenshot(str(shots / f"phone-{url.rstrip('/').rsplit('/', 1)[-1]}.png"))
     page.get(f"{server.base_url}/ui/jobs")
     script = "const t = document.querySelector('table.jobs'); return t.scrollWidth > t.clientWidth"
     assert page.execute_script(script)  # the table scrolls in its own box
+    if shots is not None:
+        page.save_screenshot(str(shots / "jobs-phone.png"))
 
 
 def limits_of(server: httpx.Client, name: str) -> dict[str, Any]:
@@ -220,7 +220,7 @@ def limits_of(server: httpx.Client, name: str) -> dict[str, Any]:
 
 
 def test_the_queue_page_shows_and_changes_its_limits_from_the_keyboard(
-    page: WebDriver, server: httpx.Client
+    page: WebDriver, server: httpx.Client, shots: Path | None
 ) -> None:
     enqueue(server, task="echo", queue="limited")  # nobody serves it: it stays queued
     page.get(f"{server.base_url}/ui")
@@ -255,6 +255,8 @@ def test_the_queue_page_shows_and_changes_its_limits_from_the_keyboard(
     rate.send_keys("5/second", Keys.ENTER)
     eventually(lambda: limits_of(server, "limited")["global_concurrency"] is None)
     assert limits_of(server, "limited")["rate_limit"] == "5/second"
+    if shots is not None:
+        page.save_screenshot(str(shots / "queue.png"))
     toggle = page.find_element(By.ID, "q-toggle")
     toggle.send_keys(Keys.ENTER)  # a button works from the keyboard
     eventually(lambda: toggle.text == "Resume")
