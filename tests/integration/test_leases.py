@@ -20,7 +20,7 @@ from tests.conftest import make_settings
 from tests.factories import job
 from tests.support import tasks as test_tasks
 from tests.support.executions import EXECUTIONS_TABLE, executions, overlaps, summary
-from tests.support.faults import refused_dsn, terminate_backends
+from tests.support.faults import refused_dsn, starved, terminate_backends
 from tests.support.waiting import wait_until
 
 T = TypeVar("T")
@@ -248,8 +248,7 @@ async def test_an_outcome_waiting_to_be_written_keeps_its_lease_and_its_job_is_n
     ):
         # Every connection of the engine's pool taken: its completer cannot write for a while,
         # while the other process's rescuer works.
-        held = [await engine.pool.acquire() for _ in range(engine.settings.pool_max_size)]
-        try:
+        async with starved(engine.pool):
             job_id = await db.fetchval(
                 "INSERT INTO jobs (task, args) VALUES ('record_execution', $1) RETURNING id", {"seconds": 0.2}
             )
@@ -257,9 +256,8 @@ async def test_an_outcome_waiting_to_be_written_keeps_its_lease_and_its_job_is_n
                 lambda: db.fetchval("SELECT count(*) = 1 FROM test_executions WHERE outcome = 'finished'"), 10
             )
             await asyncio.sleep(8)  # past the lease and the rescuers' hold (1 + 5 s)
-        finally:
-            for conn in held:
-                await engine.pool.release(conn)
+            # Its outcome is still waiting to be written (the pool was starved indeed), its lease kept.
+            assert await db.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "running"
         await wait_until(
             lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", job_id), 20
         )

@@ -1,5 +1,6 @@
 """Fault injection for the tests: a PostgreSQL of the test's own (to stop, restart or crash),
-terminated backends, paused processes. Add what a new case needs here, so the next costs little."""
+terminated backends, paused processes, a starved pool, a refusing or a slow TCP path to the
+server. Add what a new case needs here, so the next costs little."""
 
 from __future__ import annotations
 
@@ -157,3 +158,17 @@ def refused_dsn() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"postgresql://skiplock@127.0.0.1:{port}/skiplock"
+
+
+@asynccontextmanager
+async def starved(pool: asyncpg.Pool) -> AsyncIterator[list[asyncpg.pool.PoolConnectionProxy]]:
+    """Every connection of ``pool`` taken and held for the block, as by tasks that each hold one:
+    whatever acquires from it meanwhile waits (or times out). Connections in use are waited for."""
+    held: list[asyncpg.pool.PoolConnectionProxy] = []
+    try:
+        for _ in range(pool.get_max_size()):
+            held.append(await pool.acquire())
+        yield held
+    finally:
+        for conn in held:
+            await pool.release(conn)
