@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 
 from bench import (
+    claim_commit,
     dashboard,
     drain,
     enqueue,
@@ -29,6 +30,7 @@ WORKLOADS = {
     "floor": floor.run,
     "enqueue": enqueue.run,
     "drain": drain.run,
+    "claim-commit": claim_commit.run,
     "latency": latency.run,
     "http-enqueue": http_enqueue.run,
     "http-batch": http_batch.run,
