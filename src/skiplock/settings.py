@@ -74,6 +74,17 @@ class Settings(BaseSettings):
         ge=60,
         description="Offline workers' rows (GET /workers) are deleted after this many seconds.",
     )
+    stats_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How often the per-minute rollup behind the dashboard's charts is brought up to date.",
+    )
+    stats_retention_s: float = Field(
+        default=8 * 86_400,
+        ge=86_400,
+        description="The per-minute rollup's rows are deleted after this many seconds.",
+    )
     progress_interval_s: float = Field(
         default=0.1,
         gt=0,

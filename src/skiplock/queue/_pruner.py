@@ -1,6 +1,7 @@
 """Deletes finished jobs older than the retention period (then finished workflows whose steps are
-gone, and the rows of workers offline for longer than theirs), in small batches so it never holds
-long locks or bloats one transaction. Every process runs it; SKIP LOCKED shares the work."""
+gone, the rows of workers offline for longer than theirs, and the rollup's old minutes), in small
+batches so it never holds long locks or bloats one transaction. Every process runs it; SKIP LOCKED
+shares the work."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 import asyncpg
 import structlog
 
-from skiplock.queue._statements import JOBS, QUEUES, WORKERS, WORKFLOWS
+from skiplock.queue._statements import JOBS, QUEUES, STATS, WORKERS, WORKFLOWS
 from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.pruner")
@@ -26,10 +27,12 @@ class Pruner:
         interval_s: float,
         batch: int = 1000,
         worker_retention_s: float | None = None,
+        stats_retention_s: float | None = None,
     ) -> None:
         self.pool = pool
         self.retention_s = retention_s
         self.worker_retention_s = worker_retention_s
+        self.stats_retention_s = stats_retention_s
         self.interval_s = interval_s
         self.batch = batch
         self._stop = StopSignal()
@@ -72,7 +75,17 @@ class Pruner:
             await self.pool.execute(QUEUES.queue_key_starts_prune, now)
         if self.worker_retention_s is not None:
             await self.prune_workers()
+        if self.stats_retention_s is not None and not self._stop.is_set:
+            await self.prune_stats(now)
         return total
+
+    async def prune_stats(self, now: object = None) -> int:
+        """Delete the rollup's minutes older than the stats retention; returns how many."""
+        status = await self.pool.execute(STATS.stats_prune, self.stats_retention_s, now)
+        deleted = int(status.split()[-1])
+        if deleted:
+            log.info("stats_pruned", count=deleted)
+        return deleted
 
     async def prune_workers(self) -> int:
         """Delete the rows of workers offline for longer than their retention; returns how many."""

@@ -267,3 +267,17 @@ class WorkerStatements:
 
 
 WORKERS = load_statements(WorkerStatements, "skiplock.queue.sql", "workers.sql")
+
+
+@dataclass(frozen=True, slots=True)
+class StatsStatements:
+    stats_window: Statement
+    stats_roll: Statement
+    stats_sample_depth: Statement
+    stats_advance: Statement
+    stats_prune: Statement
+    stats_timeout: Statement
+    stats_series: Statement
+
+
+STATS = load_statements(StatsStatements, "skiplock.queue.sql", "stats.sql")

@@ -53,6 +53,7 @@ from skiplock.queue.models import (
 from skiplock.queue.origin import current_origin
 from skiplock.queue.results import ResultWaiter
 from skiplock.queue.schedules import Schedules
+from skiplock.queue.stats import Stats
 from skiplock.queue.tasks import MAX_PRIORITY, TaskRegistry, registered
 from skiplock.queue.workers import Workers
 from skiplock.queue.workflows import Step, Workflow, WorkflowInfo
@@ -193,6 +194,8 @@ class Client:
         self.schedules = Schedules(pool, registry)
         #: The fleet: every process's row, and requests to one (quiet, resume, stop, concurrency).
         self.workers = Workers(pool)
+        #: The per-minute rollup's series (the dashboard's charts).
+        self.stats = Stats(pool)
         self._overview: tuple[float, list[QueueInfo]] | None = None  # (monotonic time, queues)
         #: Set by the engine: wakes workers for enqueues made side by side (see _waker.py).
         self.waker: Waker | None = None

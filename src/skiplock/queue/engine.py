@@ -32,6 +32,7 @@ from skiplock.queue._producer import Producer
 from skiplock.queue._pruner import Pruner
 from skiplock.queue._registrations import TaskRegistrar
 from skiplock.queue._rescuer import Rescuer
+from skiplock.queue._rollup import Rollup
 from skiplock.queue._running import RunningJobs
 from skiplock.queue._scheduler import Scheduler
 from skiplock.queue._threads import TaskThreads, busy_threads
@@ -205,8 +206,10 @@ class Engine:
                 retention_s=self.settings.retention_s,
                 interval_s=self.settings.prune_interval_s,
                 worker_retention_s=self.settings.worker_retention_s,
+                stats_retention_s=self.settings.stats_retention_s,
             )
         )
+        services.append(Rollup(self.pool, interval_s=self.settings.stats_interval_s))
         if self.settings.scheduler:
             scheduler = Scheduler(self.pool, self.registry)
             self.listener.subscribe("schedules", scheduler.wake)
