@@ -1,4 +1,4 @@
-"""Writes the per-minute rollup the dashboard's charts read (migration 0022): per queue and
+"""Writes the per-minute rollup the dashboard's charts read (migration 0023): per queue and
 minute, the jobs finished by outcome, their waits in log buckets, and the queue's depth.
 
 Every process runs it; one at a time writes (job_stats_progress's row lock, SKIP LOCKED: the

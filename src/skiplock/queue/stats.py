@@ -1,4 +1,4 @@
-"""The charts' numbers, from the per-minute rollup (migration 0022, written by _rollup.py), never
+"""The charts' numbers, from the per-minute rollup (migration 0023, written by _rollup.py), never
 from the jobs table: per step of a window, the jobs finished by outcome, their waits' p50 and p95
 (due → started, read from the steps' wait buckets added up), and the queue depth."""
 

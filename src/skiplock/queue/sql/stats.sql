@@ -1,4 +1,4 @@
--- The per-minute rollup (migration 0022): written by queue/_rollup.py, read by queue/stats.py.
+-- The per-minute rollup (migration 0023): written by queue/_rollup.py, read by queue/stats.py.
 
 -- name: stats_window
 -- The rollup's turn: job_stats_progress's row locked (no row: another replica rolls now, this one
