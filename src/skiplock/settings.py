@@ -34,6 +34,13 @@ class Settings(BaseSettings):
         description="A direct PostgreSQL URL (no transaction pooler) for what needs a session of its own:"
         " the LISTEN connection and the migrations' advisory lock; unset: database_url.",
     )
+    horizon_warning_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="The dashboard warns of a transaction (or snapshot) open longer than this: it"
+        " holds back vacuum for every table.",
+    )
     data_dir: Path = Field(default=Path(".skiplock"), description="Where the embedded server lives.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

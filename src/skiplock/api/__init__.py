@@ -7,6 +7,7 @@ its own needs (the dashboard's). ``skiplock.app`` assembles the application from
 
 from __future__ import annotations
 
+from skiplock.api.metrics import database_stats
 from skiplock.api.plugin import ClientDep, EngineDep, SkiplockPlugin
 from skiplock.api.routes import api_routes
 from skiplock.api.security import KEY_COOKIE, PUBLIC_ROUTE, AuthState, needs
@@ -20,5 +21,6 @@ __all__ = [  # noqa: RUF022
     "PUBLIC_ROUTE",
     "SkiplockPlugin",
     "api_routes",
+    "database_stats",
     "needs",
 ]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, get_args
 
 import structlog
-from litestar import Request, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.enums import ScopeType
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController, PrometheusMiddleware
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -19,7 +19,8 @@ from skiplock import metrics
 from skiplock.api.plugin import ClientDep, EngineDep
 from skiplock.api.security import PUBLIC_ROUTE
 from skiplock.db.pool import DB_UNAVAILABLE_OR_TIMEOUT
-from skiplock.db.stats import DatabaseStatsReader
+from skiplock.db.stats import DatabaseStats, DatabaseStatsReader
+from skiplock.queue.engine import Engine
 from skiplock.queue.models import QueueLimitsInfo, WaitingOn
 from skiplock.queue.workers import Role, served_by
 from skiplock.rates import Rate
@@ -180,15 +181,21 @@ def limit_samples(limits: QueueLimitsInfo) -> dict[str, float]:
     return samples
 
 
+async def database_stats(app: Litestar, engine: Engine) -> DatabaseStats:
+    """The database's health as :class:`DatabaseStatsReader` reads it, one reader per app (on the
+    engine's pool), so /metrics and the dashboard's warning share one read every few seconds."""
+    reader: DatabaseStatsReader | None = app.state.get("database_stats")
+    if reader is None or reader.pool is not engine.pool:
+        reader = DatabaseStatsReader(engine.pool, ENGINE_TABLES, max_age_s=DEPTH_MAX_AGE_S)
+        app.state.database_stats = reader
+    return await reader.read()
+
+
 async def refresh_database_gauges(request: Request[Any, Any, Any], engine: EngineDep) -> None:
     """What holds back vacuum, the NOTIFY queue's use, rows and the last autovacuum per table, read
     at most every few seconds by one reader per app; the last values stay while the database does
     not answer."""
-    reader: DatabaseStatsReader | None = request.app.state.get("database_stats")
-    if reader is None or reader.pool is not engine.pool:
-        reader = DatabaseStatsReader(engine.pool, ENGINE_TABLES, max_age_s=DEPTH_MAX_AGE_S)
-        request.app.state.database_stats = reader
-    stats = await reader.read()
+    stats = await database_stats(request.app, engine)
     if not stats.read_at:
         return  # never read: no values rather than made-up zeros
     metrics.db_oldest_transaction_age.set(stats.oldest_transaction_age_s)

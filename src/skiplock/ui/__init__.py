@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from litestar import Router
 from litestar.datastructures import CacheControlHeader
 from litestar.openapi.plugins import OpenAPIRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -12,6 +13,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
+from skiplock.ui.health import read_health
 from skiplock.ui.pages import DashboardController, LoginController, limits_in_words, root, when
 from skiplock.ui.workers import WorkersPage
 
@@ -58,4 +60,10 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         cache_control=CacheControlHeader(max_age=3600, public=True),
         include_in_schema=False,
     )
-    return [root, DashboardController, WorkersPage, LoginController, static]
+    pages = Router(
+        path="/",
+        route_handlers=[root, DashboardController, WorkersPage, LoginController],
+        before_request=read_health,  # the database's warnings, in every page's banner
+        include_in_schema=False,
+    )
+    return [pages, static]
