@@ -223,6 +223,7 @@ def test_the_queue_page_shows_and_changes_its_limits_from_the_keyboard(
     page: WebDriver, server: httpx.Client, shots: Path | None
 ) -> None:
     enqueue(server, task="echo", queue="limited")  # nobody serves it: it stays queued
+    assert "limited" in {q["name"] for q in server.get("/queues").json()}  # a fresh read for the overview
     page.get(f"{server.base_url}/ui")
     # The overview is live (it may be re-rendered at any moment: follow the link's address).
     page.get(eventually(lambda: page.find_element(By.LINK_TEXT, "limited").get_attribute("href")))
