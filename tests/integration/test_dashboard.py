@@ -332,9 +332,11 @@ async def test_jobs_search_by_args_error_and_id(api: Client, db: asyncpg.Connect
     page = await api.get("/ui/jobs", params={**form, "args": '{"customer_id": 42}'})
     assert page.status_code == 200, text_of(page.text)
     assert re.findall(r'<tr data-job="(\d+)"', page.text) == [str(wanted)]
+    assert 'data-live="true"' in page.text
     bad = await api.get("/ui/jobs", params={"args": "[42"})
     assert bad.status_code == 400
     assert "args: not JSON" in bad.text
+    assert 'data-live="true"' not in bad.text  # its re-renders would fail alike, each a console error
     assert (await api.get("/ui/jobs", params={"args": "[42]"})).status_code == 400
     found = await api.get("/ui/jobs", params={"id": str(wanted)}, follow_redirects=False)
     assert found.status_code in (302, 303)
