@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     listen_database_url: str | None = Field(
         default=None,
         description="A direct PostgreSQL URL (no transaction pooler) for what needs a session of its own:"
-        " the LISTEN connection and the migrations' advisory lock; unset: database_url.",
+        " the LISTEN connection, a worker's heartbeat and the migrations' advisory lock;"
+        " unset: database_url.",
     )
     horizon_warning_s: float = Field(
         default=300.0,
@@ -244,8 +245,9 @@ class Settings(BaseSettings):
         return self.database_pooler == "transaction"
 
     def direct_database_url(self, dsn: str) -> str:
-        """The URL of the sessions that need one (LISTEN, migrations): listen_database_url, else
-        ``dsn`` (the main URL, which may have been chosen at start: the embedded server's)."""
+        """The URL of the sessions that need one (LISTEN, the heartbeat, migrations):
+        listen_database_url, else ``dsn`` (the main URL, which may have been chosen at start: the
+        embedded server's)."""
         return self.listen_database_url or dsn
 
     @property

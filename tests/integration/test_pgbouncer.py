@@ -5,6 +5,7 @@ through a pool of four server connections, while their LISTEN connections go dir
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import asyncpg
 import pytest
@@ -13,6 +14,7 @@ import skiplock
 from skiplock.db.pool import Limits, warn_of_unset_limits
 from skiplock.queue import EnqueueRequest
 from tests.support.bouncer import pgbouncer, pgbouncer_binary
+from tests.support.executions import EXECUTIONS_TABLE, executions
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker, stop_worker
 
@@ -28,11 +30,22 @@ JOBS = 300
 
 
 async def pooled_backends(db: asyncpg.Connection) -> int:
-    """This database's sessions other than the direct ones (LISTEN, this connection)."""
+    """This database's sessions other than the direct ones (LISTEN, heartbeat, this connection)."""
     return int(
         await db.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid() AND application_name <> 'skiplock-listener'"
+            " AND pid <> pg_backend_pid() AND application_name NOT IN ('skiplock-listener', 'skiplock-lease')"
+        )
+    )
+
+
+async def direct_heartbeats(db: asyncpg.Connection) -> int:
+    """Sessions named by a lease keeper: once no lease keeper goes through the pooler, only its
+    direct ones (a pooled server session carries the name PgBouncer last set on it)."""
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'skiplock-lease'"
         )
     )
 
@@ -53,7 +66,7 @@ async def test_three_workers_and_a_client_through_pgbouncer_in_transaction_mode(
         monkeypatch.setenv("SKIPLOCK_DATABASE_POOLER", "transaction")
         monkeypatch.setenv("SKIPLOCK_LISTEN_DATABASE_URL", dsn)
         client = await skiplock.connect()
-        most = 0
+        most = heartbeats = 0
         try:
             ids = await client.enqueue_many(
                 [EnqueueRequest("record_run", {"marker": str(n)}) for n in range(JOBS)]
@@ -62,8 +75,9 @@ async def test_three_workers_and_a_client_through_pgbouncer_in_transaction_mode(
             waiting = await client.enqueue("wait", {"seconds": 60})
 
             async def all_done() -> bool:
-                nonlocal most
+                nonlocal most, heartbeats
                 most = max(most, await pooled_backends(db))
+                heartbeats = max(heartbeats, await direct_heartbeats(db))
                 done = await db.fetchval(
                     "SELECT count(*) FROM jobs WHERE id = ANY($1::bigint[]) AND state = 'succeeded'",
                     [*ids, chatty.id],
@@ -99,6 +113,40 @@ async def test_three_workers_and_a_client_through_pgbouncer_in_transaction_mode(
             await client.close()
     assert await db.fetchval("SELECT count(DISTINCT job_id) FROM test_runs") == JOBS
     assert await db.fetchval("SELECT count(*) FROM test_runs") == JOBS  # each job ran once
-    # Everything but LISTEN went through the pooler's four server connections (without it, three
-    # workers hold a pool, a claim and a lease connection each).
+    # Everything but LISTEN and the heartbeat went through the pooler's four server connections
+    # (without it, three workers hold a pool, a claim and a lease connection each).
     assert 0 < most <= POOL_SIZE
+    # Each worker's heartbeat on a connection of its own to the server: tasks holding the pooler's
+    # server connections cannot delay it.
+    assert heartbeats == 3
+
+
+async def test_tasks_holding_every_server_connection_of_the_pooler_do_not_delay_the_heartbeat(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(EXECUTIONS_TABLE)
+    with pgbouncer(dsn, pool_size=2) as bounced:
+        worker = start_worker(
+            bounced,
+            database_pooler="transaction",
+            listen_database_url=dsn,
+            concurrency="2",
+            lease_s="1",
+            rescue_interval_s="0.2",
+        )
+        try:
+            # Two jobs, each in an open transaction on ctx.pool for 3 leases: both of the pooler's
+            # server connections are theirs, and every other statement through it waits.
+            await db.execute(
+                "INSERT INTO jobs (task, args) SELECT 'record_execution', $1 FROM generate_series(1, 2)",
+                {"seconds": 3, "hold_transaction": True, "record_dsn": dsn},
+            )
+            await wait_until(
+                lambda: db.fetchval("SELECT count(*) = 2 FROM jobs WHERE state = 'succeeded'"), 30
+            )
+        finally:
+            stop_worker(worker, signal.SIGKILL)
+    runs = await executions(db)
+    print(f"\nthe pooler's servers held 3 leases: {[(r.job_id, r.attempt, r.outcome) for r in runs]}")
+    # The heartbeat went on, direct: no run was fenced and none ran again.
+    assert sorted((r.attempt, r.outcome) for r in runs) == [(1, "finished"), (1, "finished")]

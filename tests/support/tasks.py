@@ -286,6 +286,9 @@ class Recorded(BaseModel):
     #: Record the execution in this other database instead (owner left NULL): a crash test of the
     #: jobs' server, where a record's durable commit would flush the WAL of the claim before it.
     record_dsn: str = ""
+    #: Hold a connection of the tasks' pool in an open transaction for the whole run: behind a
+    #: transaction pooler that holds one of its server connections (record elsewhere then).
+    hold_transaction: bool = False
 
 
 _RECORD_POOLS: dict[str, asyncpg.Pool] = {}
@@ -303,6 +306,9 @@ async def record_execution(ctx: Context, args: Recorded) -> dict[str, int]:
     tests/support/executions.py): its end is the end of its last step, also when stopped."""
     if args.record_dsn:
         pool = await _record_pool(args.record_dsn)
+        if args.hold_transaction:
+            async with ctx.pool.acquire() as conn, conn.transaction():
+                return await _recorded_run(ctx, args, pool, pool, owner=False)
         return await _recorded_run(ctx, args, pool, pool, owner=False)
     if args.hold_connection:
         # Fault injection: a task is never given the engine's pool; this one reaches it on purpose.

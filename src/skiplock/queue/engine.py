@@ -218,13 +218,14 @@ class Engine:
         if self.settings.worker:
             order = EventsBeforeOutcomes()  # the completer's and the event writer's turns
             completer = Completer(self.pool, self.owner, order=order)
-            keeper = LeaseKeeper(  # its own connection: nothing the pool serves can starve it
-                self.dsn,
+            # Its own connection, direct when a listen URL is set: nothing the pool serves can
+            # starve it, nor, behind a transaction pooler, the tasks' hold on the pooler's servers.
+            keeper = LeaseKeeper(
+                self.direct_dsn,
                 owner=self.owner,
                 running=self.running,
                 lease_s=self.settings.lease_s,
                 limits=self.limits,
-                transaction_pooler=self.settings.transaction_pooler,
                 outcomes=completer.pending_leases,  # finished runs stay ours until written
             )
             writer = EventWriter(
