@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from skiplock.api.bulk import BulkController
 from skiplock.api.events import EventController, all_events_ws, job_events_ws
 from skiplock.api.fetch import FetchController, RecordController
 from skiplock.api.health import health, ready
@@ -21,6 +22,7 @@ from skiplock.api.workflows import WorkflowController
 def api_routes() -> list[ControllerRouterHandler]:
     """Every handler of the JSON API, websockets, health and metrics included (not the dashboard)."""
     return [
+        BulkController,
         JobController,
         JobResultController,
         WorkflowController,

@@ -281,3 +281,17 @@ class StatsStatements:
 
 
 STATS = load_statements(StatsStatements, "skiplock.queue.sql", "stats.sql")
+
+
+@dataclass(frozen=True, slots=True)
+class BulkStatements:
+    bulk_match: Statement
+    bulk_page: Statement
+    bulk_lock_rows: Statement
+    bulk_cancel: Statement
+    bulk_notify_cancel: Statement
+    bulk_retry: Statement
+    bulk_delete: Statement
+
+
+BULK = load_statements(BulkStatements, "skiplock.queue.sql", "bulk.sql")

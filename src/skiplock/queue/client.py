@@ -27,6 +27,7 @@ from skiplock.errors import (
     SkiplockError,
 )
 from skiplock.queue import _workflow_store as workflow_store
+from skiplock.queue import bulk as bulk_actions
 from skiplock.queue._hub import JobEvent
 from skiplock.queue._listener import Listener
 from skiplock.queue._statements import (
@@ -40,6 +41,7 @@ from skiplock.queue._statements import (
     reserve_job_ids,
 )
 from skiplock.queue._waker import Waker
+from skiplock.queue.bulk import BulkAction, BulkPlan, BulkStarted, JobFilter
 from skiplock.queue.handles import default_client_or_none, set_default_client
 from skiplock.queue.models import (
     FailureGroup,
@@ -608,6 +610,33 @@ class Client:
             job = Job.from_record(record)
             await conn.execute(JOBS.notify_queued, [job.queue])
         return job
+
+    async def bulk(
+        self, action: BulkAction, *, ids: Sequence[int] | None = None, where: JobFilter | None = None
+    ) -> BulkStarted:
+        """Retry, cancel or delete the jobs ``ids`` names, or the newest 100,000 ``where`` matches,
+        by a job of its own (``bulk_jobs``, enqueued in this transaction with the jobs counted), a
+        batch a transaction, guarded by state: a job that changed meanwhile is skipped and counted.
+        Delete takes finished jobs only (a workflow's steps once their workflow ended)."""
+        if (ids is None) == (where is None):
+            message = "give ids or filter, one of them"
+            raise InvalidArgumentsError(message, errors=[{"field": "ids", "message": message}])
+        async with self.pool.acquire() as conn, conn.transaction():
+            if ids is not None:
+                unique = sorted(set(ids), reverse=True)
+                plan = BulkPlan(action=action, ids=unique, matched=len(unique))
+            else:
+                assert where is not None
+                matched, top, bottom = await bulk_actions.match(conn, where)
+                plan = BulkPlan(action=action, filter=where, top=top, bottom=bottom, matched=matched)
+            job = await self.enqueue(bulk_actions.BULK_TASK, plan, conn=conn)
+        return BulkStarted(job_id=job.id, action=action, matched=plan.matched)
+
+    async def count_matching(self, where: JobFilter) -> int:
+        """How many jobs :meth:`bulk` would take for ``where`` now (at most 100,000)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            matched, _, _ = await bulk_actions.match(conn, where)
+        return matched
 
     async def set_limits(self, queue: str, change: Mapping[str, Any]) -> QueueInfo:
         """Change ``queue``'s limits for every process (within a second): the keys of ``change``

@@ -10,13 +10,14 @@ from typing import Any
 
 from skiplock.errors import ConfigError
 from skiplock.queue.tasks import Task, TaskRegistry, registered
+from skiplock.tasks.bulk import bulk_jobs
 from skiplock.tasks.echo import EchoArgs, echo
 from skiplock.tasks.fetch_api import FetchApiArgs, fetch_api
 from skiplock.tasks.import_csv import ImportArgs, import_csv
 from skiplock.tasks.scrape import ScrapeArgs, scrape
 from skiplock.tasks.sleep import SleepArgs, sleep
 
-BUILTINS: tuple[Task[Any], ...] = (echo, fetch_api, import_csv, scrape, sleep)
+BUILTINS: tuple[Task[Any], ...] = (bulk_jobs, echo, fetch_api, import_csv, scrape, sleep)
 
 __all__ = [
     "BUILTINS",
@@ -25,6 +26,7 @@ __all__ = [
     "ImportArgs",
     "ScrapeArgs",
     "SleepArgs",
+    "bulk_jobs",
     "echo",
     "fetch_api",
     "import_csv",

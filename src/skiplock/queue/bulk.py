@@ -1,0 +1,157 @@
+"""Bulk actions: retry, cancel or delete the jobs a list names or a filter matches (at most
+:data:`MAX_BULK`), done a batch at a time by a job of its own (the ``bulk_jobs`` task).
+
+:meth:`Client.bulk` counts the jobs matched and enqueues the bulk job, whose args (a
+:class:`BulkPlan`) carry the ids or the filter with the id range it matched. The job walks that
+range newest first, :data:`BATCH` jobs a transaction, each write guarded by state as the single
+actions are: a job that changed meanwhile (finished before its cancel, retried already, running
+when deleted) is left alone and counted as skipped. A run again (a rescued lease) walks the range
+again; what was done stays done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field
+
+from skiplock.db.pool import AnyConnection
+from skiplock.queue._statements import BULK, JOBS, WORKFLOWS
+from skiplock.queue.models import JobState
+
+BulkAction = Literal["retry", "cancel", "delete"]
+#: The most jobs one bulk action takes (the newest matched, for a filter).
+MAX_BULK = 100_000
+#: Jobs a batch: one transaction, one statement per step.
+BATCH = 1000
+#: The task that does the work, a built-in (skiplock.tasks.bulk).
+BULK_TASK = "bulk_jobs"
+#: How long counting a filter's jobs may take.
+MATCH_TIMEOUT_S = 5.0
+
+_ID = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+class JobFilter(BaseModel):
+    """GET /jobs' filters, and the dashboard's search (args containment, error text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: JobState | None = None
+    queue: str | None = Field(default=None, min_length=1, max_length=200)
+    task: str | None = Field(default=None, min_length=1, max_length=200)
+    schedule_id: _ID | None = None
+    workflow_id: _ID | None = None
+    args: dict[str, Any] | None = Field(default=None, description="Jobs whose args contain this (JSON).")
+    error: str | None = Field(
+        default=None, min_length=1, max_length=200, description="An attempt's error type or message has it."
+    )
+
+    def params(self) -> tuple[Any, ...]:
+        """The first seven parameters of bulk_match and bulk_page."""
+        pattern = None if self.error is None else "%" + _like_escaped(self.error) + "%"
+        return (self.state, self.queue, self.task, self.schedule_id, self.workflow_id, self.args, pattern)
+
+
+class BulkPlan(BaseModel):
+    """The bulk job's args: the action, and the ids or the filter with the range it matched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: BulkAction
+    ids: list[int] | None = Field(default=None, max_length=MAX_BULK)
+    filter: JobFilter | None = None
+    top: int = Field(default=0, ge=0, description="The newest id matched.")
+    bottom: int = Field(default=0, ge=0, description="The oldest id matched.")
+    matched: int = Field(ge=0)
+
+
+class BulkStarted(BaseModel):
+    """POST /jobs/bulk's answer: the bulk job, and how many jobs it acts on."""
+
+    job_id: int = Field(description="The bulk job: its page and GET /jobs/{id} show its progress.")
+    action: BulkAction
+    matched: int = Field(description="Jobs matched now; those that change meanwhile are skipped.")
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def match(conn: AnyConnection, job_filter: JobFilter) -> tuple[int, int, int]:
+    """How many jobs the filter matches (at most :data:`MAX_BULK`, the newest), and the newest and
+    oldest id among them; under a statement_timeout of :data:`MATCH_TIMEOUT_S`."""
+    await conn.execute(JOBS.job_search_timeout, round(MATCH_TIMEOUT_S * 1000))
+    row = await conn.fetchrow(BULK.bulk_match, *job_filter.params(), MAX_BULK)
+    assert row is not None
+    return row["matched"], row["top"], row["bottom"]
+
+
+async def _page(pool: asyncpg.Pool, plan: BulkPlan, below: int) -> list[int]:
+    assert plan.filter is not None
+    rows = await pool.fetch(BULK.bulk_page, *plan.filter.params(), plan.bottom, below, BATCH)
+    return [r["id"] for r in rows]
+
+
+async def _apply(conn: AnyConnection, action: BulkAction, ids: Sequence[int]) -> int:
+    """The action on the jobs among ``ids`` it applies to, in the caller's transaction: how many."""
+    if action == "cancel":
+        workflows = await conn.fetchval(BULK.bulk_lock_rows, ids)
+        if workflows:
+            await conn.execute(WORKFLOWS.workflow_lock_many, sorted(workflows))
+        rows = await conn.fetch(BULK.bulk_cancel, ids)
+        running = [r["id"] for r in rows if r["state"] == JobState.RUNNING]
+        if running:
+            await conn.execute(BULK.bulk_notify_cancel, running)
+        return len(rows)
+    if action == "retry":
+        rows = await conn.fetch(BULK.bulk_retry, ids)
+        queues = sorted({r["queue"] for r in rows})
+        if queues:
+            await conn.execute(JOBS.notify_queued, queues)
+        return len(rows)
+    return len(await conn.fetch(BULK.bulk_delete, ids))
+
+
+async def apply_batch(pool: asyncpg.Pool, action: BulkAction, ids: Sequence[int]) -> int:
+    """One batch in one transaction: how many jobs it changed. A retry that would give a second
+    live job one unique_key is done job by job instead, the one in conflict skipped."""
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                return await _apply(conn, action, ids)
+        except asyncpg.UniqueViolationError:
+            if len(ids) == 1:
+                return 0
+        done = 0
+        for one in ids:
+            try:
+                async with conn.transaction():
+                    done += await _apply(conn, action, [one])
+            except asyncpg.UniqueViolationError:
+                continue
+        return done
+
+
+async def run(
+    pool: asyncpg.Pool, plan: BulkPlan, progress: Callable[[int, int], Awaitable[None]]
+) -> dict[str, Any]:
+    """Walk the plan a batch at a time, calling ``progress(seen, done)`` after each; the outcome."""
+    seen = done = 0
+    if plan.ids is not None:
+        for start in range(0, len(plan.ids), BATCH):
+            batch = plan.ids[start : start + BATCH]
+            done += await apply_batch(pool, plan.action, batch)
+            seen += len(batch)
+            await progress(seen, done)
+    elif plan.matched:
+        below = plan.top + 1
+        while seen < plan.matched and (batch := await _page(pool, plan, below)):
+            batch = batch[: plan.matched - seen]
+            done += await apply_batch(pool, plan.action, batch)
+            seen += len(batch)
+            below = batch[-1]
+            await progress(seen, done)
+    return {"action": plan.action, "matched": plan.matched, "done": done, "skipped": plan.matched - done}

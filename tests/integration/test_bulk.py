@@ -1,0 +1,167 @@
+"""POST /jobs/bulk: retry, cancel or delete many jobs by a job of its own, a batch a transaction,
+each write guarded by state (a job that changed meanwhile is skipped and counted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from litestar.testing import AsyncTestClient
+
+from skiplock.queue.bulk import BATCH
+from skiplock.queue.models import JobState
+from tests.factories import job
+from tests.support.waiting import wait_until
+
+Client = AsyncTestClient[Any]
+#: A queue no worker of the tests serves: its queued jobs stay queued.
+HELD = "held"
+
+
+async def finished(api: Client, job_id: int, timeout: float = 30) -> dict[str, Any]:
+    async def final() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await api.get(f"/jobs/{job_id}")).json()
+        return body if body["state"] in ("succeeded", "failed", "cancelled") else None
+
+    found: dict[str, Any] = await wait_until(final, timeout)
+    assert found["state"] == "succeeded", found
+    return found
+
+
+def rows_of(records: list[asyncpg.Record]) -> dict[Any, Any]:
+    return {r[0]: r[1] for r in records}
+
+
+async def bulk(api: Client, body: dict[str, Any]) -> dict[str, Any]:
+    response = await api.post("/jobs/bulk", json=body)
+    assert response.status_code == 202, response.text
+    started: dict[str, Any] = response.json()
+    done = await finished(api, started["job_id"])
+    return {**started, "result": done["result"], "progress": done["progress"]}
+
+
+async def test_bad_bulk_requests_are_422s_naming_the_field_and_write_nothing(
+    api: Client, db: asyncpg.Connection
+) -> None:
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"ids": [1]}, "action"),
+        ({"action": "explode", "ids": [1]}, "action"),
+        ({"action": "cancel"}, "ids or filter"),
+        ({"action": "cancel", "ids": [1], "filter": {}}, "ids or filter"),
+        ({"action": "cancel", "ids": []}, "ids"),
+        ({"action": "cancel", "ids": [0]}, "ids"),
+        ({"action": "cancel", "ids": ["x"]}, "ids"),
+        ({"action": "cancel", "filter": {"state": "asleep"}}, "state"),
+        ({"action": "cancel", "filter": {"colour": "red"}}, "colour"),
+        ({"action": "cancel", "filter": {"args": [1]}}, "args"),
+        ({"action": "cancel", "filter": {"workflow_id": -1}}, "workflow_id"),
+        ({"action": "cancel", "ids": [1], "extra": True}, "extra"),
+    ]
+    for body, field in bad:
+        response = await api.post("/jobs/bulk", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert field in response.text, (body, response.text)
+    response = await api.post("/jobs/bulk", content=b"[1, 2", headers={"content-type": "application/json"})
+    assert response.status_code in (400, 422), response.text
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+async def test_twenty_thousand_jobs_cancelled_by_filter_in_batches(
+    api: Client, db: asyncpg.Connection
+) -> None:
+    n = 20 * BATCH
+    await db.execute(
+        "INSERT INTO jobs (queue, task, args) SELECT $1, 'noop', '{}' FROM generate_series(1, $2)", HELD, n
+    )
+    await job(db, JobState.QUEUED, queue="elsewhere")  # another queue's: not matched
+    done = await bulk(api, {"action": "cancel", "filter": {"state": "queued", "queue": HELD}})
+    assert done["matched"] == n
+    assert done["result"] == {"action": "cancel", "matched": n, "done": n, "skipped": 0}
+    assert done["progress"]["fraction"] == 1.0
+    counts = rows_of(
+        await db.fetch("SELECT state::text, count(*) FROM jobs WHERE queue = $1 GROUP BY 1", HELD)
+    )
+    assert counts == {"cancelled": n}
+    assert await db.fetchval("SELECT state::text FROM jobs WHERE queue = 'elsewhere'") == "queued"
+    # One transaction a batch: each batch's jobs share their transaction's now().
+    assert (
+        await db.fetchval("SELECT count(DISTINCT finished_at) FROM jobs WHERE queue = $1", HELD) == n // BATCH
+    )
+    events = await db.fetchval(
+        "SELECT count(*) FROM job_events e JOIN jobs j ON j.id = e.job_id"
+        " WHERE j.queue = $1 AND e.kind = 'state'",
+        HELD,
+    )
+    assert events == n
+
+
+async def test_cancel_by_ids_skips_and_counts_jobs_that_cannot_be_cancelled(
+    api: Client, db: asyncpg.Connection
+) -> None:
+    queued = await job(db, JobState.QUEUED, queue=HELD)
+    running = await job(db, JobState.RUNNING, queue=HELD)
+    succeeded = await job(db, JobState.SUCCEEDED, queue=HELD)
+    done = await bulk(api, {"action": "cancel", "ids": [queued, running, succeeded, 10**9]})
+    assert done["matched"] == 4
+    assert done["result"] == {"action": "cancel", "matched": 4, "done": 2, "skipped": 2}
+    rows = rows_of(
+        await db.fetch("SELECT id, state::text || ':' || cancel_requested FROM jobs WHERE queue = $1", HELD)
+    )
+    assert rows == {queued: "cancelled:false", running: "running:true", succeeded: "succeeded:false"}
+
+
+async def test_retry_by_filter_skips_a_job_whose_unique_key_is_live(
+    api: Client, db: asyncpg.Connection
+) -> None:
+    failed = [await job(db, JobState.FAILED, queue=HELD, task="always_fails") for _ in range(3)]
+    held_key = await job(db, JobState.FAILED, queue=HELD, task="always_fails", unique_key="k")
+    await job(db, JobState.QUEUED, queue=HELD, task="noop", unique_key="k")
+    done = await bulk(api, {"action": "retry", "filter": {"state": "failed", "task": "always_fails"}})
+    assert done["result"] == {"action": "retry", "matched": 4, "done": 3, "skipped": 1}
+    states = rows_of(await db.fetch("SELECT id, state::text FROM jobs WHERE task = 'always_fails'"))
+    assert states == {**dict.fromkeys(failed, "queued"), held_key: "failed"}
+
+
+async def test_delete_takes_finished_jobs_and_steps_of_ended_workflows_only(
+    api: Client, db: asyncpg.Connection
+) -> None:
+    response = await api.post(
+        "/workflows",
+        json={"steps": [{"name": "a", "task": "echo"}, {"name": "b", "task": "echo", "after": ["a"]}]},
+    )
+    ended_workflow = response.json()["id"]
+    await wait_until(
+        lambda: db.fetchval("SELECT finished_at FROM workflows WHERE id = $1", ended_workflow), 15
+    )
+    steps_held = [
+        {"name": "first", "task": "echo", "queue": HELD},
+        {"name": "other", "task": "echo", "queue": HELD},
+    ]
+    running_workflow = (await api.post("/workflows", json={"steps": steps_held})).json()["id"]
+    first = await db.fetchval(
+        "SELECT id FROM jobs WHERE workflow_id = $1 AND step = 'first'", running_workflow
+    )
+    await db.execute("UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE id = $1", first)
+    assert await db.fetchval("SELECT finished_at FROM workflows WHERE id = $1", running_workflow) is None
+    finished_job = await job(db, JobState.SUCCEEDED, queue=HELD)
+    queued_job = await job(db, JobState.QUEUED, queue=HELD)
+    await db.execute(
+        "INSERT INTO job_events (job_id, seq, kind, data) VALUES ($1, 1, 'log', '{}')", finished_job
+    )
+    steps = [r["id"] for r in await db.fetch("SELECT id FROM jobs WHERE workflow_id = $1", ended_workflow)]
+
+    done = await bulk(api, {"action": "delete", "ids": [*steps, first, finished_job, queued_job]})
+    assert done["result"]["done"] == len(steps) + 1
+    assert done["result"]["skipped"] == 2
+    left = {
+        r["id"]
+        for r in await db.fetch(
+            "SELECT id FROM jobs WHERE id = ANY($1)", [*steps, first, finished_job, queued_job]
+        )
+    }
+    assert left == {first, queued_job}
+    assert await db.fetchval("SELECT count(*) FROM job_events WHERE job_id = $1", finished_job) == 0
+    assert await db.fetchval("SELECT count(*) FROM job_deps WHERE job_id = ANY($1)", steps) == 0
+    # The running workflow is whole and still reads; the ended one reads without its steps.
+    assert (await api.get(f"/workflows/{running_workflow}")).status_code == 200
+    assert (await api.get(f"/workflows/{ended_workflow}")).status_code == 200
