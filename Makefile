@@ -35,13 +35,13 @@ test: install ## run the whole suite against a real PostgreSQL
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install ## ruff check, ruff format --check, mypy --strict
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
-	$(VENV)/bin/mypy src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/mypy src tests bench examples
 
 format: install ## apply ruff's fixes and formatting
-	$(VENV)/bin/ruff check --fix src tests bench
-	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench examples
+	$(VENV)/bin/ruff format src tests bench examples
 
 bench: install ## benchmark the engine against bare asyncpg (QUICK=1 for a short run)
 	$(VENV)/bin/python -m bench $(if $(QUICK),--quick,)
