@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from litestar.testing import AsyncTestClient
 
 from skiplock.queue._pruner import Pruner
 from skiplock.queue._rollup import CHUNK_S, FIRST_S, LOOKBACK_S, MAX_S, Rollup
@@ -190,3 +191,25 @@ def bucket(wait_s: float) -> int:
     import math
 
     return min(120, math.floor(4 * math.log2(max(wait_s * 1000, 1))))
+
+
+async def test_stats_series_route_and_its_bad_input(
+    api: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "INSERT INTO job_stats_minutes (queue, minute, succeeded, failed, wait_buckets, wait_counts, queued)"
+        " VALUES ('mail', date_trunc('minute', now()) - interval '3 minutes', 4, 1, '{40}', '{5}', 9)"
+    )
+    response = await api.get("/stats/series", params={"queue": "mail"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["window"], body["step_s"], len(body["points"])) == ("1h", 60, 60)
+    (point,) = [p for p in body["points"] if p["succeeded"]]
+    assert (point["succeeded"], point["failed"], point["queued"]) == (4, 1, 9)
+    assert point["wait_p50_s"] == point["wait_p95_s"] == bucket_value_s(40)
+    day = (await api.get("/stats/series", params={"window": "1d"})).json()
+    assert (day["step_s"], sum(p["succeeded"] for p in day["points"])) == (600, 4)
+    for params in ({"window": "2h"}, {"queue": "no spaces allowed"}, {"window": ""}):
+        response = await api.get("/stats/series", params=params)
+        assert response.status_code == 400, (params, response.text)
+        assert response.headers["content-type"].startswith("application/json")

@@ -46,6 +46,7 @@ TAGS = [
     Tag(name="queues", description="Queues' counts, pausing and limits."),
     Tag(name="tasks", description="The registered tasks and their argument schemas."),
     Tag(name="workers", description="The fleet: every process's row, and quiet, resume, stop or resize one."),
+    Tag(name="stats", description="Jobs finished, waits and queue depth per minute, from the rollup."),
     Tag(name="imports", description="CSV uploads loaded by the import_csv task."),
     Tag(name="fetch", description="Fetching an external JSON API into records."),
     Tag(name="scrape", description="What the scrape task stored about a page."),

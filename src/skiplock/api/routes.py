@@ -15,6 +15,7 @@ from skiplock.api.pages import page
 from skiplock.api.queues import QueueController, TaskController, failures
 from skiplock.api.results import JobResultController, WorkflowResultController
 from skiplock.api.schedules import ScheduleController
+from skiplock.api.stats import StatsController
 from skiplock.api.workers import WorkerController
 from skiplock.api.workflows import WorkflowController
 
@@ -33,6 +34,7 @@ def api_routes() -> list[ControllerRouterHandler]:
         QueueController,
         TaskController,
         WorkerController,
+        StatsController,
         failures,
         FetchController,
         RecordController,

@@ -22,12 +22,14 @@ from pydantic import BaseModel, Field
 from skiplock.api import KEY_COOKIE, PUBLIC_ROUTE, AuthState, ClientDep, EngineDep, needs
 from skiplock.auth import Scope
 from skiplock.errors import ImportNotFound, JobNotFound, WorkflowNotFound
-from skiplock.queue.client import SEARCH_TIMEOUT_S
+from skiplock.queue.client import SEARCH_TIMEOUT_S, Client
 from skiplock.queue.models import JobState, QueueInfo, QueueLimitsInfo
+from skiplock.queue.stats import Window
 from skiplock.queue.workers import served_by
 from skiplock.queue.workflows import WorkflowInfo, WorkflowState
 from skiplock.queue_names import QUEUE_NAME
 from skiplock.tasks.import_csv import failed_rows, get_import, list_imports
+from skiplock.ui.charts import Chart, charts
 from skiplock.ui.dag import MAX_DRAWN_STEPS, NODE_HEIGHT, NODE_WIDTH, layout
 
 #: The overview may show counts up to this old (counting a large jobs table is a scan).
@@ -112,6 +114,17 @@ def _not_found(message: str) -> Response[str]:
     return Response(body, status_code=404, media_type=MediaType.HTML)
 
 
+async def _charts(client: Client, window: Window, queue: str | None = None) -> list[Chart]:
+    """The charts of the window from the rollup; none when its read ran past its timeout."""
+    try:
+        return charts(await client.stats.series(window, queue))
+    except asyncpg.QueryCanceledError:
+        return []
+
+
+ChartWindow = Annotated[Window, QueryParameter(description="The charts' window: 1h or 1d.")]
+
+
 def _local(path: str) -> str:
     """Only a path on this site (an absolute or protocol-relative URL would be an open redirect)."""
     return path if path.startswith("/") and not path.startswith("//") else "/ui"
@@ -134,22 +147,40 @@ class DashboardController(Controller):
         client: ClientDep,
         engine: EngineDep,
         fragment: Annotated[bool, QueryParameter(description="Only the queue table.")] = False,
+        window: ChartWindow = "1h",
     ) -> Template:
-        """Every queue: counts per state, paused, throughput and the oldest queued job's age."""
+        """Every queue: counts per state, paused, throughput and the oldest queued job's age; the
+        charts of every queue together."""
         queues = await client.queues(max_age_s=OVERVIEW_MAX_AGE_S)
         known = {q.name for q in queues}
         served = sorted(set(engine.queues) - known) if engine.settings.worker else []
         workers = await client.workers.served_queues(max_age_s=OVERVIEW_MAX_AGE_S)
         unserved = {q.name for q in queues if not served_by(q.name, workers)}
-        context = {"queues": queues, "idle": served, "states": list(JobState), "unserved": unserved}
-        name = "_queues.html.j2" if fragment else "overview.html.j2"
-        return Template(template_name=name, context=context)
+        context: dict[str, object] = {
+            "queues": queues,
+            "idle": served,
+            "states": list(JobState),
+            "unserved": unserved,
+        }
+        if fragment:
+            return Template(template_name="_queues.html.j2", context=context)
+        context.update(
+            charts=await _charts(client, window),
+            window=window,
+            stats_interval_s=engine.settings.stats_interval_s,
+        )
+        return Template(template_name="overview.html.j2", context=context)
 
     @get("/queues/{name:str}")
     async def queue(
-        self, name: Annotated[str, Parameter(pattern=QUEUE_NAME)], client: ClientDep, engine: EngineDep
+        self,
+        name: Annotated[str, Parameter(pattern=QUEUE_NAME)],
+        client: ClientDep,
+        engine: EngineDep,
+        window: ChartWindow = "1h",
     ) -> Template | Response[str]:
-        """One queue: its counts, pause and resume, and its limits across replicas, changeable."""
+        """One queue: its counts and charts, pause and resume, and its limits across replicas,
+        changeable."""
 
         def named(queues: list[QueueInfo]) -> QueueInfo | None:
             return next((q for q in queues if q.name == name), None)
@@ -158,7 +189,13 @@ class DashboardController(Controller):
         found = named(await client.queues(max_age_s=OVERVIEW_MAX_AGE_S)) or named(await client.queues())
         if found is None and not (engine.settings.worker and name in engine.queues):
             return _not_found(f"No queue {name}.")
-        context = {"queue": found or QueueInfo(name=name, paused=False, counts={}), "states": list(JobState)}
+        context = {
+            "queue": found or QueueInfo(name=name, paused=False, counts={}),
+            "states": list(JobState),
+            "charts": await _charts(client, window, name),
+            "window": window,
+            "stats_interval_s": engine.settings.stats_interval_s,
+        }
         return Template(template_name="queue.html.j2", context=context)
 
     @get("/jobs")
