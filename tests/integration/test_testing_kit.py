@@ -11,6 +11,7 @@ import pytest
 from skiplock import JobState, Workflow, chain
 from skiplock.queue import Client, Step, TaskRegistry
 from skiplock.testing import Kit
+from tests.support import tasks as suite_tasks
 from tests.support.kit_tasks import KIT_TASKS, Flaky, Resize, flaky, hourly, notify, resize
 
 
@@ -113,3 +114,24 @@ async def test_until_fires_every_schedule_tick_up_to_it(skiplock_kit: Kit) -> No
     assert all((t.minute, t.second) == (0, 0) for t in times)
     assert times == [times[0] + timedelta(hours=n) for n in range(len(times))]  # each once, in order
     assert not (await skiplock_kit.drain(until=timedelta(hours=3))).jobs  # those ticks are done
+
+
+@pytest.mark.parametrize("skiplock_registry", [TaskRegistry([notify, suite_tasks.wait])])
+async def test_drain_leaves_paused_queues_and_unknown_tasks_and_times_out_naming_what_is_left(
+    skiplock_kit: Kit,
+) -> None:
+    client = skiplock_kit.client
+    await client.enqueue("kit_notify", {"url": "paused"}, queue="held")
+    await client.set_paused("held", True)
+    await client.pool.execute(  # a job of a task this registry does not have (another service's)
+        "INSERT INTO jobs (queue, task, args) VALUES ('default', 'elsewhere', '{}')"
+    )
+    assert not (await skiplock_kit.drain()).jobs  # neither is waited for
+    await skiplock_kit.assert_enqueued(notify, {"url": "paused"}, queue="held")
+
+    await client.enqueue("wait", {"seconds": 1.5})
+    with pytest.raises(TimeoutError, match=r"jobs still to run after 0.3 s: \{'wait': \{'running': "):
+        await skiplock_kit.drain(timeout_s=0.3)
+    await client.set_paused("held", False)
+    drained = await skiplock_kit.drain()
+    assert [(j.task, j.queue, j.state) for j in drained.of(notify)] == [("kit_notify", "held", "succeeded")]
