@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skiplock import JobCancelled, JobFailed, JobState, ResultTimeout
+from skiplock import JobCancelled, JobFailed, JobState, ResultTimeout, Step, WorkflowFailed, chain
 from skiplock.auth import KeyStore, Scope
 from skiplock.db import create_pool
 from skiplock.db.admin import create_database, drop_database
@@ -20,9 +20,11 @@ from skiplock.errors import (
     JobNotFound,
     ServiceUnreachable,
     UnknownTaskError,
+    WorkflowInvalid,
+    WorkflowNotFound,
 )
 from skiplock.http import Client
-from skiplock.queue import EnqueueRequest, Job
+from skiplock.queue import EnqueueRequest, Job, WorkflowInfo
 from skiplock.tasks import EchoArgs
 from tests.conftest import TEMPLATE
 from tests.support.live import free_port
@@ -162,3 +164,29 @@ async def test_the_readmes_remote_example_runs_as_written(
             "args": {"greeting": "hello"},
             "upstream": {},
         }
+
+
+async def test_workflows_start_wait_fail_and_refuse_as_in_process(client: Client) -> None:
+    flow = chain(Step("a", "echo", {"x": 1}), Step("b", "echo", {"y": 2}), name="pair")
+    info = await client.start(flow)
+    assert isinstance(info, WorkflowInfo)
+    assert info.steps is not None
+    assert (info.name, info.steps_total, [s.name for s in info.steps]) == ("pair", 2, ["a", "b"])
+    result = await client.wait_for_workflow(info.id, timeout_s=20)
+    assert result == {"b": {"args": {"y": 2}, "upstream": {"a": {"args": {"x": 1}, "upstream": {}}}}}
+    assert (await client.workflow(info.id)).state == "succeeded"
+    with pytest.raises(InvalidStateError):
+        await client.cancel_workflow(info.id)
+
+    failing = await client.start(chain(Step("a", "echo", {"fail": True}), Step("b", "echo")))
+    with pytest.raises(WorkflowFailed) as failed:
+        await client.wait_for_workflow(failing.id, timeout_s=20)
+    assert failed.value.state == "failed"
+    assert failed.value.error is not None
+    assert (failed.value.error.step, failed.value.error.state) == ("a", "failed")
+    assert (await client.retry_workflow(failing.id)).state == "running"
+
+    with pytest.raises(WorkflowInvalid, match="no_such_task"):
+        await client.start(chain(Step("a", "no_such_task")))
+    with pytest.raises(WorkflowNotFound):
+        await client.workflow(10**12)

@@ -26,9 +26,13 @@ from skiplock.errors import (
     ServiceUnreachable,
     SkiplockError,
     UnknownTaskError,
+    WorkflowFailed,
+    WorkflowInvalid,
+    WorkflowNotFound,
 )
-from skiplock.queue import EnqueueRequest, Job, JobState
+from skiplock.queue import EnqueueRequest, Job, JobState, Workflow, WorkflowInfo
 from skiplock.queue.models import AttemptError
+from skiplock.queue.workflows import FailedStep
 
 if TYPE_CHECKING:
     import httpx
@@ -63,9 +67,32 @@ def _body(request: EnqueueRequest) -> dict[str, Any]:
     return {key: _json(value) for key, value in fields.items() if value is not None}
 
 
-def error_of(response: httpx.Response) -> SkiplockError:
+def _workflow_body(workflow: Workflow) -> dict[str, Any]:
+    """POST /workflows's body."""
+    steps = [
+        {
+            "name": step.name,
+            "task": step.task,
+            "args": _json(step.args) if step.args is not None else {},
+            "after": list(step.after),
+            "queue": step.queue,
+            "priority": step.priority,
+            "max_attempts": step.max_attempts,
+            "timeout_s": step.timeout_s,
+        }
+        for step in workflow.steps
+    ]
+    body = {"name": workflow.name, "on_failure": workflow.on_failure}
+    return {
+        **{k: v for k, v in body.items() if v is not None},
+        "steps": [{k: v for k, v in step.items() if v is not None} for step in steps],
+    }
+
+
+def error_of(response: httpx.Response, *, workflow: bool = False) -> SkiplockError:
     """The skiplock error an error answer stands for, with its ``detail`` as the message and its
-    ``extra`` (and the status) as the error's extra."""
+    ``extra`` (and the status) as the error's extra; ``workflow``: of a workflow's route (a 404 is
+    :class:`WorkflowNotFound`, a 422 :class:`WorkflowInvalid`)."""
     try:
         body = response.json()
     except ValueError:
@@ -78,10 +105,12 @@ def error_of(response: httpx.Response) -> SkiplockError:
     if status in (401, 403):
         return AccessDenied(detail, **extra)
     if status == 404:
-        return JobNotFound(detail, **extra)
+        return WorkflowNotFound(detail, **extra) if workflow else JobNotFound(detail, **extra)
     if status == 409:
         return InvalidStateError(detail, **extra) if "state" in extra else ConflictError(detail, **extra)
     if status == 422:
+        if workflow:
+            return WorkflowInvalid(detail, **extra)
         if detail.startswith("unknown task"):
             return UnknownTaskError(detail, **extra)
         return InvalidArgumentsError(detail, **extra)
@@ -97,7 +126,8 @@ def error_of(response: httpx.Response) -> SkiplockError:
 class Client:
     """``async with skiplock.http.Client("https://jobs.example.com", api_key=…) as client:``: the
     methods of :class:`skiplock.Client` that a remote service uses (enqueue, enqueue_request,
-    enqueue_many, get, wait_for_result, cancel, retry, list_jobs), answering the same models and
+    enqueue_many, get, wait_for_result, cancel, retry, list_jobs; start, workflow,
+    wait_for_workflow, cancel_workflow, retry_workflow), answering the same models and
     raising the same errors; a service it cannot reach is :class:`ServiceUnreachable`, a key the
     service refuses :class:`AccessDenied`. Args are validated by the service (a 422 is
     :class:`InvalidArgumentsError`, with ``extra["errors"]`` naming the fields)."""
@@ -134,7 +164,7 @@ class Client:
         except self._transport_error as exc:
             raise ServiceUnreachable(f"{method} {self._http.base_url}{path}: {exc!r}") from exc
         if response.status_code >= 400:
-            raise error_of(response)
+            raise error_of(response, workflow=path.startswith("/workflows"))
         return response
 
     async def enqueue(
@@ -235,3 +265,53 @@ class Client:
         }
         response = await self._call("GET", "/jobs", params={k: v for k, v in params.items() if v is not None})
         return [Job.model_validate(item) for item in response.json()["items"]]
+
+    # --- workflows -------------------------------------------------------------------------------
+
+    async def start(self, workflow: Workflow) -> WorkflowInfo:
+        """``POST /workflows``: checked by the service before anything is written (a problem is a
+        :class:`WorkflowInvalid` naming the step); the workflow with its steps."""
+        response = await self._call("POST", "/workflows", json=_workflow_body(workflow))
+        return WorkflowInfo.model_validate(response.json())
+
+    async def workflow(self, workflow_id: int) -> WorkflowInfo:
+        return WorkflowInfo.model_validate((await self._call("GET", f"/workflows/{workflow_id}")).json())
+
+    async def cancel_workflow(self, workflow_id: int) -> WorkflowInfo:
+        response = await self._call("POST", f"/workflows/{workflow_id}/cancel")
+        return WorkflowInfo.model_validate(response.json())
+
+    async def retry_workflow(self, workflow_id: int) -> WorkflowInfo:
+        response = await self._call("POST", f"/workflows/{workflow_id}/retry")
+        return WorkflowInfo.model_validate(response.json())
+
+    async def wait_for_workflow(self, workflow_id: int, timeout_s: float | None = 30) -> dict[str, Any]:
+        """The workflow's result (its last steps' results by name) once it has succeeded, by long
+        polls; as :meth:`skiplock.Client.wait_for_workflow`, :class:`WorkflowFailed` (``state``,
+        the failed step as ``error``, ``result``), :class:`ResultTimeout`, :class:`WorkflowNotFound`."""
+        deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
+        path = f"/workflows/{workflow_id}/result"
+        while True:
+            wait = max(0.0, min(MAX_WAIT_S, deadline - time.monotonic()))
+            response = await self._call("GET", path, params={"wait": wait}, wait_s=wait)
+            body = response.json()
+            state = str(body["state"])
+            if response.status_code == 200:
+                result: dict[str, Any] = body.get("result") or {}
+                if state == "succeeded":
+                    return result
+                error = FailedStep.model_validate(body["error"]) if body.get("error") else None
+                why = "" if error is None else f": step {error.step!r} {error.state.value}"
+                raise WorkflowFailed(
+                    f"workflow {workflow_id} {state}{why}",
+                    workflow_id=workflow_id,
+                    state=state,
+                    error=error,
+                    result=result,
+                )
+            if time.monotonic() >= deadline:
+                raise ResultTimeout(
+                    f"workflow {workflow_id} is not final after {timeout_s} s",
+                    workflow_id=workflow_id,
+                    state=state,
+                )
