@@ -239,6 +239,17 @@ worker_held_jobs_offline = Gauge(
     "Running jobs whose leases workers that went offline hold: they run again once their lease and its "
     "hold have passed and a rescuer takes them (read at most every 5 s).",
 )
+read_fallbacks = Counter(
+    "skiplock_read_fallbacks_total",
+    "Reads meant for the read replica (SKIPLOCK_READ_DATABASE_URL) that the primary served: the replica"
+    " down (unreachable, or its connection broke), lagging (more than SKIPLOCK_READ_MAX_LAG_S behind),"
+    " or conflict (the standby cancelled the read for a conflict with recovery).",
+    ("reason",),
+)
+read_replica_lag = Gauge(
+    "skiplock_read_replica_lag_seconds",
+    "How far the read replica was behind at its last check (at most every second; 0: caught up).",
+)
 db_oldest_transaction_age = Gauge(
     "skiplock_db_oldest_transaction_age_seconds",
     "Age of the oldest open transaction in this database (it holds back vacuum), from "

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
         " the LISTEN connection, a worker's heartbeat and the migrations' advisory lock;"
         " unset: database_url.",
     )
+    read_database_url: str | None = Field(
+        default=None,
+        description="A read replica (a streaming standby, reached directly) for the reads that may lag:"
+        " the jobs and workflows lists, searches, failure groups, the dashboard's counts and charts;"
+        " unset: database_url. Reads go to database_url while it is down or lags past read_max_lag_s.",
+    )
+    read_max_lag_s: float = Field(
+        default=10.0, gt=0, le=3600, description="A read replica lagging more than this is not read from."
+    )
     horizon_warning_s: float = Field(
         default=300.0,
         gt=0,

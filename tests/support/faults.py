@@ -5,6 +5,7 @@ server. Add what a new case needs here, so the next costs little."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -172,3 +173,30 @@ async def starved(pool: asyncpg.Pool) -> AsyncIterator[list[asyncpg.pool.PoolCon
     finally:
         for conn in held:
             await pool.release(conn)
+
+
+@asynccontextmanager
+async def streaming_replica(primary: PrivateServer) -> AsyncIterator[PrivateServer]:
+    """A hot standby of ``primary`` streaming from it (``pg_basebackup -R``, its own socket
+    directory), started; ``dsn`` is its copy of the ``skiplock`` database. Stopped and removed after."""
+    from skiplock.db.embedded import _bin
+
+    standby = PrivateServer(primary.directory / "standby", dict(primary.server.settings))
+    data = standby.server.data_dir
+    data.mkdir(mode=0o700, parents=True)
+    owner = standby.server._pick_user()  # as root the server's own user, who must own the copy
+    if owner is not None:
+        entry = pwd.getpwnam(owner)
+        os.chown(data, entry.pw_uid, entry.pw_gid)
+    source = ["-h", str(primary.server.socket_dir), "-U", "postgres"]
+    primary.server._run([_bin("pg_basebackup"), "-D", str(data), "-R", "-X", "stream", "-c", "fast", *source])
+    for copied in data.glob(".s.PGSQL.*"):  # the primary's socket lock, its socket being in its data dir
+        copied.unlink()
+    try:
+        standby.start()
+        standby.dsn = with_database(standby.admin_dsn, "skiplock")
+        yield standby
+    finally:
+        if standby.postmaster_pid() is not None:
+            standby._pg_ctl("stop", "-m", "immediate")
+        standby.server.stop()

@@ -9,7 +9,8 @@ from typing import Any
 import asyncpg
 
 from skiplock.db.copy import copy_rows
-from skiplock.db.pool import AnyConnection
+from skiplock.db.pool import AnyConnection, PoolOrConnection
+from skiplock.db.replica import ReadRoute
 from skiplock.errors import InvalidStateError, SkiplockError, WorkflowInvalid, WorkflowNotFound
 from skiplock.queue._statements import JOBS, WORKFLOWS
 from skiplock.queue.models import JobState, ResolvedJob
@@ -98,7 +99,7 @@ async def get(
 
 
 async def list_workflows(
-    pool: asyncpg.Pool, *, state: str | None, before_id: int | None, limit: int
+    pool: PoolOrConnection | ReadRoute, *, state: str | None, before_id: int | None, limit: int
 ) -> list[WorkflowInfo]:
     records = await pool.fetch(WORKFLOWS.workflow_list, state, before_id, limit)
     return [WorkflowInfo.from_record(r) for r in records]

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from skiplock import metrics, tracing
 from skiplock.db.copy import copy_rows
 from skiplock.db.pool import AnyConnection, PoolOrConnection, create_pool
+from skiplock.db.replica import ReadRoute
 from skiplock.errors import (
     ConfigError,
     ConflictError,
@@ -186,7 +187,12 @@ class Client:
     """The engine's public face. ``conn=`` on enqueue joins the caller's transaction."""
 
     def __init__(
-        self, pool: asyncpg.Pool, registry: TaskRegistry, *, task_pool: asyncpg.Pool | None = None
+        self,
+        pool: asyncpg.Pool,
+        registry: TaskRegistry,
+        *,
+        task_pool: asyncpg.Pool | None = None,
+        reads: ReadRoute | None = None,
     ) -> None:
         #: The engine's statements' pool (with the engine, not reset between uses: see Engine.pool).
         self.pool = pool
@@ -197,7 +203,10 @@ class Client:
         #: The fleet: every process's row, and requests to one (quiet, resume, stop, concurrency).
         self.workers = Workers(pool)
         #: The per-minute rollup's series (the dashboard's charts).
-        self.stats = Stats(pool)
+        #: Where the reads that may lag go (lists, searches, counts, charts): a read replica while
+        #: it keeps up, else ``pool``. A job's own read (get, events) and every write use ``pool``.
+        self.reads = reads or ReadRoute(pool)
+        self.stats = Stats(self.reads)
         self._overview: tuple[float, list[QueueInfo]] | None = None  # (monotonic time, queues)
         #: Set by the engine: wakes workers for enqueues made side by side (see _waker.py).
         self.waker: Waker | None = None
@@ -532,7 +541,7 @@ class Client:
         workflow_id: int | None = None,
     ) -> list[Job]:
         """Newest first; ``before_id`` is the keyset cursor. ``workflow_id``: that workflow's steps."""
-        records = await self.pool.fetch(
+        records = await self.reads.fetch(
             JOBS.job_list, state, queue, task, before_id, limit, schedule_id, workflow_id
         )
         return [Job.from_record(r) for r in records]
@@ -557,7 +566,7 @@ class Client:
         ``statement_timeout`` of ``timeout_s`` (asyncpg.QueryCanceledError past it). The page's
         ``next_cursor`` goes on below the last job found, or below the window searched."""
         pattern = None if error is None else "%" + _like_escaped(error) + "%"
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.reads.acquire() as conn, conn.transaction():
             await conn.execute(JOBS.job_search_timeout, round(timeout_s * 1000))
             top = before_id - 1 if before_id is not None else await conn.fetchval(JOBS.job_max_id)
             bottom = max(1, top - window + 1)
@@ -677,14 +686,16 @@ class Client:
         now = time.monotonic()
         if self._overview is not None and now - self._overview[0] <= max_age_s:
             return self._overview[1]
-        records = await self.pool.fetch(QUEUES.queue_overview)
+        # An answer allowed to be old may come from the replica; the exact one (after a change of
+        # limits or a pause) is the primary's.
+        records = await (self.reads if max_age_s > 0 else self.pool).fetch(QUEUES.queue_overview)
         queues = [_queue_info(r) for r in records]
         self._overview = (now, queues)
         return queues
 
     async def failures(self, ids_per_group: int = 20) -> list[FailureGroup]:
         """Failed jobs grouped by task and error type, biggest groups first (at most 100)."""
-        records = await self.pool.fetch(JOBS.job_failures, ids_per_group)
+        records = await self.reads.fetch(JOBS.job_failures, ids_per_group)
         return [FailureGroup.model_validate(dict(r)) for r in records]
 
     # --- workflows -------------------------------------------------------------------------------
@@ -724,7 +735,7 @@ class Client:
         self, *, state: str | None = None, before_id: int | None = None, limit: int = 50
     ) -> list[WorkflowInfo]:
         """Newest first, without their steps; ``before_id`` is the keyset cursor."""
-        return await workflow_store.list_workflows(self.pool, state=state, before_id=before_id, limit=limit)
+        return await workflow_store.list_workflows(self.reads, state=state, before_id=before_id, limit=limit)
 
     async def cancel_workflow(self, workflow_id: int) -> WorkflowInfo:
         """Cancel every step not yet finished (running ones as a job's cancel)."""

@@ -18,6 +18,7 @@ from skiplock import metrics
 from skiplock.db.migrate import migrate_database
 from skiplock.db.migrate import missing as missing_migrations
 from skiplock.db.pool import create_pool, engine_limits, task_limits, warn_of_unset_limits
+from skiplock.db.replica import ReadRoute
 from skiplock.errors import ConfigError, InvalidArgumentsError, MigrationError
 from skiplock.fetcher import Fetcher, FetchPolicy
 from skiplock.queue._completer import Completer
@@ -109,6 +110,7 @@ class Engine:
         self._presence: WorkerPresence | None = None
         self._pool: asyncpg.Pool | None = None
         self._task_pool: asyncpg.Pool | None = None
+        self._read_pool: asyncpg.Pool | None = None  # SKIPLOCK_READ_DATABASE_URL's
         self._client: Client | None = None
         self.limits = engine_limits(settings)  # of the engine's own connections
         self.listener = Listener(self.direct_dsn, limits=self.limits)
@@ -309,6 +311,23 @@ class Engine:
                 " run `skiplock migrate` first (SKIPLOCK_AUTO_MIGRATE is off)"
             )
 
+    async def _reads(self) -> ReadRoute:
+        """Where the reads that may lag go: the read replica's pool (connected on first use, so a
+        replica away at start is only a fallback) beside the primary's."""
+        s, pool = self.settings, self.pool
+        if not s.read_database_url:
+            return ReadRoute(pool)
+        self._read_pool = replica = await create_pool(
+            s.read_database_url,
+            min_size=0,
+            max_size=max(2, s.pool_max_size // 2),
+            limits=self.limits,
+            application_name="skiplock-reads",
+            reset_sessions=False,
+        )
+        metrics.pool_waits.track("reads", replica)
+        return ReadRoute(pool, replica, max_lag_s=s.read_max_lag_s)
+
     async def start(self) -> None:
         s = self.settings
         if s.auto_migrate:
@@ -339,7 +358,7 @@ class Engine:
         )
         metrics.pool_waits.track("tasks", task_pool)
         await self.http.start()
-        self._client = Client(self._pool, self.registry, task_pool=self._task_pool)
+        self._client = Client(self._pool, self.registry, task_pool=self._task_pool, reads=await self._reads())
         self._client.waker = Waker(self._pool)
         try:
             await self._declare_schedules()
@@ -399,6 +418,9 @@ class Engine:
         self.threads.close()
         await self.processes.close()
         await self.http.close()
+        if self._read_pool is not None:
+            await self._read_pool.close()
+            self._read_pool = None
         if self._task_pool is not None:
             await self._task_pool.close()
             self._task_pool = None

@@ -12,6 +12,7 @@ from typing import Literal
 import asyncpg
 from pydantic import BaseModel, Field
 
+from skiplock.db.replica import ReadRoute
 from skiplock.queue._statements import STATS
 
 Window = Literal["1h", "1d"]
@@ -67,7 +68,7 @@ def percentile_s(buckets: Sequence[int], counts: Sequence[int], q: float) -> flo
 class Stats:
     """Read series of the rollup (the dashboard's charts and GET /stats/series)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool | ReadRoute) -> None:
         self.pool = pool
 
     async def series(
