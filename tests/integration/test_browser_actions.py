@@ -1,6 +1,7 @@
-"""The dashboard's bulk actions in headless Chromium against a real ``skiplock serve``: one server
-and one browser for the module, offline (no host but 127.0.0.1), each test failing on a console
-error. Jobs meant to stay queued go to a queue the server does not serve."""
+"""The dashboard's actions (bulk actions, the schedule form, run again) in headless Chromium
+against a real ``skiplock serve``: one server and one browser for the module, offline (no host but
+127.0.0.1), each test failing on a console error. Jobs meant to stay queued go to a queue the
+server does not serve."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.select import Select
 
 from skiplock.db.admin import create_database, drop_database
 from tests.conftest import TEMPLATE
@@ -109,3 +111,55 @@ def test_bulk_cancel_of_selected_jobs_keeps_the_selection_across_live_renders(
     eventually(lambda: page.find_element(By.ID, "bulk-status").get_attribute("data-state"), timeout=15)
     states = [server.get(f"/jobs/{i}").json()["state"] for i in ids]
     assert states == ["cancelled", "cancelled", "queued"]
+
+
+def upcoming(page: WebDriver) -> int:
+    return len(page.find_elements(By.CSS_SELECTOR, "#schedule-upcoming li"))
+
+
+def test_schedule_form_previews_fire_times_creates_a_schedule_that_fires_and_edits_it(
+    page: WebDriver, server: httpx.Client
+) -> None:
+    page.get(f"{server.base_url}/ui/schedules")
+    page.find_element(By.ID, "schedule-name").send_keys("every-two-seconds")
+    cron = page.find_element(By.ID, "schedule-cron")
+    cron.send_keys("61 * * * *")
+    preview = page.find_element(By.ID, "schedule-preview")
+    eventually(lambda: "cron:" in preview.text)
+    cron.clear()
+    cron.send_keys("*/2 * * * * *")
+    eventually(lambda: upcoming(page) == 5)
+    Select(page.find_element(By.ID, "schedule-task")).select_by_value("echo")
+    assert (
+        page.find_element(By.CSS_SELECTOR, '#schedule-args input[name="fail"]').get_attribute("type")
+        == "checkbox"
+    )
+    page.find_element(By.ID, "schedule-extra").send_keys('{"greeting": "hi"}')
+    page.find_element(By.ID, "schedule-save").click()
+    eventually(
+        lambda: page.find_elements(By.XPATH, "//table[@class='schedules']//td[text()='every-two-seconds']")
+    )
+    (schedule,) = [s for s in server.get("/schedules").json() if s["name"] == "every-two-seconds"]
+    assert (schedule["cron"], schedule["task"], schedule["enabled"]) == ("*/2 * * * * *", "echo", True)
+
+    def fired() -> list[dict[str, object]]:
+        items: list[dict[str, object]] = server.get("/jobs", params={"schedule_id": schedule["id"]}).json()[
+            "items"
+        ]
+        return items
+
+    (job, *_) = eventually(fired, timeout=10)
+    assert job["args"] == {"fail": False, "greeting": "hi"}
+
+    page.find_element(
+        By.CSS_SELECTOR, f'button[data-action="edit"][data-schedule="{schedule["id"]}"]'
+    ).click()
+    eventually(lambda: page.find_element(By.ID, "schedule-cron").get_attribute("value") == "*/2 * * * * *")
+    assert page.find_element(By.ID, "schedule-extra").get_attribute("value") == '{"greeting":"hi"}'
+    cron.clear()
+    cron.send_keys("0 4 * * *")
+    page.find_element(By.ID, "schedule-enabled").click()
+    page.find_element(By.ID, "schedule-save").click()
+    eventually(lambda: server.get(f"/schedules/{schedule['id']}").json()["cron"] == "0 4 * * *")
+    changed = server.get(f"/schedules/{schedule['id']}").json()
+    assert (changed["enabled"], changed["args"]) == (False, {"fail": False, "greeting": "hi"})

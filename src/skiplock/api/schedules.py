@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, delete, get, patch, post
@@ -17,7 +18,7 @@ from skiplock.api.schemas import error_responses
 from skiplock.api.security import needs
 from skiplock.auth import Scope
 from skiplock.queue.models import Job
-from skiplock.queue.schedules import Schedule, ScheduleSpec
+from skiplock.queue.schedules import Schedule, Schedules, ScheduleSpec
 from skiplock.queue_names import QUEUE_NAME
 
 _BAD_SCHEDULE = "A bad cron, timezone, task, args or field (`extra.errors` names it), or a bad id."
@@ -56,6 +57,14 @@ class ScheduleChange(BaseModel):
     misfire: Annotated[Literal["skip", "catch_up"], Field(default=None)]
 
 
+class CronPreview(BaseModel):
+    """A cron's next fire times, as a schedule of it would fire."""
+
+    cron: str
+    timezone: str
+    upcoming: list[datetime] = Field(description="The next fire times (UTC).")
+
+
 class ScheduleController(Controller):
     opt = needs(Scope.JOBS_READ)
     path = "/schedules"
@@ -80,6 +89,25 @@ class ScheduleController(Controller):
         """201 with the schedule; 422 naming the field for a bad cron, timezone, task or args;
         409 when the name is taken."""
         return await client.schedules.create(data)
+
+    @get(
+        "/preview",
+        operation_id="PreviewSchedule",
+        summary="Preview a cron's fire times",
+        responses=error_responses(database=False, e422="A bad cron or timezone (`extra.errors` names it)."),
+        description="The next `count` fire times of `cron` in `timezone`, computed as the scheduler "
+        "does (croniter; daylight-saving rules included); nothing is stored. What the dashboard's "
+        "schedule form shows as you type.",
+    )
+    async def preview(
+        self,
+        cron: Annotated[str, Parameter(min_length=1, max_length=200)],
+        timezone: Annotated[str, Parameter(min_length=1, max_length=100)] = "UTC",
+        count: Annotated[int, Parameter(ge=1, le=20)] = 5,
+    ) -> CronPreview:
+        """The next fire times of a cron in a timezone; 422 naming the field for a bad one."""
+        upcoming = Schedules.preview(cron, timezone, count)
+        return CronPreview(cron=cron, timezone=timezone, upcoming=upcoming)
 
     @get(
         "/{schedule_id:str}",

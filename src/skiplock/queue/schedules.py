@@ -80,6 +80,17 @@ class Schedules:
             raise InvalidArgumentsError(f"invalid schedule: {summary}", errors=problems)
         return cron, args
 
+    @staticmethod
+    def preview(cron: str, timezone: str = "UTC", count: int = UPCOMING) -> list[datetime]:
+        """The next ``count`` fire times (UTC) of ``cron`` in ``timezone``, as a schedule would
+        fire; InvalidArgumentsError naming the field for a bad cron or timezone."""
+        try:
+            return Cron(cron, timezone).upcoming(datetime.now(UTC), count)
+        except CronError as exc:
+            field = "timezone" if "timezone" in str(exc) else "cron"
+            problem = {"field": field, "message": str(exc)}
+            raise InvalidArgumentsError(f"{field}: {exc}", errors=[problem]) from exc
+
     def _stored(self, spec: ScheduleSpec) -> tuple[Any, ...]:
         """The validated values as the statements take them (see schedules.sql); next run from now."""
         cron, args = self.validate(spec)

@@ -21,9 +21,10 @@ from pydantic import BaseModel, Field
 
 from skiplock.api import KEY_COOKIE, PUBLIC_ROUTE, AuthState, ClientDep, EngineDep, needs
 from skiplock.auth import Scope
-from skiplock.errors import ImportNotFound, JobNotFound, WorkflowNotFound
+from skiplock.errors import ImportNotFound, InvalidArgumentsError, JobNotFound, WorkflowNotFound
 from skiplock.queue.client import SEARCH_TIMEOUT_S, Client
 from skiplock.queue.models import JobState, QueueInfo, QueueLimitsInfo
+from skiplock.queue.schedules import Schedules
 from skiplock.queue.stats import Window
 from skiplock.queue.workers import served_by
 from skiplock.queue.workflows import WorkflowInfo, WorkflowState
@@ -319,9 +320,26 @@ class DashboardController(Controller):
 
     @get("/schedules")
     async def schedules(self, client: ClientDep) -> Template:
-        """Schedules with their cron in words, timezone, next fire times, last job."""
+        """Schedules with their cron in words, timezone, next fire times, last job; a form that
+        creates or edits one (its fire times previewed as the cron is typed)."""
         rows = [(s, cron_in_words(s.cron)) for s in await client.schedules.all()]
-        return Template(template_name="schedules.html.j2", context={"schedules": rows})
+        tasks = [{"name": t.name, "schema": t.args_schema()} for t in client.registry]
+        return Template(template_name="schedules.html.j2", context={"schedules": rows, "tasks": tasks})
+
+    @get("/schedules/preview")
+    async def schedule_preview(
+        self,
+        cron: Annotated[str, Parameter(max_length=200)] = "",
+        timezone: Annotated[str, Parameter(max_length=100)] = "UTC",
+    ) -> dict[str, Any]:
+        """The schedule form's preview: the fire times GET /schedules/preview gives and the cron in
+        words, or what is wrong, always a 200: the form asks at each keystroke, and a cron half
+        typed is no error (nor one in the browser's console)."""
+        try:
+            upcoming = Schedules.preview(cron, timezone or "UTC")
+        except InvalidArgumentsError as exc:
+            return {"upcoming": [], "words": "", "errors": exc.extra["errors"]}
+        return {"upcoming": [t.isoformat() for t in upcoming], "words": cron_in_words(cron), "errors": []}
 
     @get("/failures")
     async def failures(self, client: ClientDep) -> Template:
