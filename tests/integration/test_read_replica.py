@@ -16,7 +16,7 @@ from tests.support.live import app_client
 from tests.support.serving import sample
 from tests.support.waiting import wait_until
 
-MAX_LAG_S = 3.0
+MAX_LAG_S = 5.0  # margin for the checks made while replay is paused, on a loaded machine
 
 
 async def listed(api: AsyncTestClient[Any]) -> set[int]:
