@@ -125,6 +125,19 @@ async def test_failures_are_grouped_by_task_and_error_type(api: Client, db: asyn
     assert '<body data-page="failures">' in page.text
 
 
+async def test_failures_are_grouped_among_the_newest_failed_jobs_only(
+    engine: Engine, db: asyncpg.Connection
+) -> None:
+    for _ in range(3):
+        await job(db, task="noop", state=JobState.FAILED)
+    newest = [await job(db, task="chatty", state=JobState.FAILED) for _ in range(2)]
+    groups = await engine.client.failures(ids_per_group=1, window=3)
+    assert [(g.task, g.count, g.job_ids) for g in groups] == [
+        ("chatty", 2, [newest[1]]),
+        ("noop", 1, [newest[0] - 1]),
+    ]
+
+
 async def test_enqueue_page_carries_every_task_schema(api: Client) -> None:
     page = await api.get("/ui/enqueue")
     assert page.status_code == 200

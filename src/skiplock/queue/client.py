@@ -69,6 +69,8 @@ _MAX_EXPIRY_S = 366 * 86400.0
 #: A search (:meth:`Client.search_jobs`) reads at most this many ids a page, for at most this long.
 SEARCH_WINDOW = 100_000
 SEARCH_TIMEOUT_S = 2.0
+#: Failures (:meth:`Client.failures`) are grouped among this many newest failed jobs.
+FAILURES_WINDOW = 10_000
 
 
 def _like_escaped(text: str) -> str:
@@ -693,9 +695,10 @@ class Client:
         self._overview = (now, queues)
         return queues
 
-    async def failures(self, ids_per_group: int = 20) -> list[FailureGroup]:
-        """Failed jobs grouped by task and error type, biggest groups first (at most 100)."""
-        records = await self.reads.fetch(JOBS.job_failures, ids_per_group)
+    async def failures(self, ids_per_group: int = 20, window: int = FAILURES_WINDOW) -> list[FailureGroup]:
+        """The newest ``window`` failed jobs grouped by task and error type, biggest groups first
+        (at most 100): a bounded read however many jobs failed."""
+        records = await self.reads.fetch(JOBS.job_failures, ids_per_group, window)
         return [FailureGroup.model_validate(dict(r)) for r in records]
 
     # --- workflows -------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ class FailureGroup(BaseModel):
 
     task: str
     error_type: str
-    count: int
+    count: int = Field(description="Its jobs among the newest 10,000 failed jobs (the ones grouped).")
     last_failed_at: datetime | None
     last_message: str | None
     job_ids: list[int] = Field(description="The newest of them, newest first.")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from skiplock.api import KEY_COOKIE, PUBLIC_ROUTE, AuthState, ClientDep, EngineDep, needs
 from skiplock.auth import Scope
 from skiplock.errors import ImportNotFound, InvalidArgumentsError, JobNotFound, WorkflowNotFound
-from skiplock.queue.client import SEARCH_TIMEOUT_S, Client
+from skiplock.queue.client import FAILURES_WINDOW, SEARCH_TIMEOUT_S, Client
 from skiplock.queue.models import JobState, QueueInfo, QueueLimitsInfo
 from skiplock.queue.schedules import Schedules
 from skiplock.queue.stats import Window
@@ -346,7 +346,7 @@ class DashboardController(Controller):
         """Failed jobs grouped by task and error type."""
         groups = await client.failures()
         imports = (await list_imports(client.pool, with_failures=True, limit=20)).items
-        context = {"groups": groups, "imports": imports}
+        context = {"groups": groups, "imports": imports, "window": FAILURES_WINDOW}
         return Template(template_name="failures.html.j2", context=context)
 
     @get("/imports/{import_id:int}")

@@ -555,27 +555,21 @@ FROM generate_series(1, $1)
 
 -- name: job_failures
 -- Failed jobs grouped by task and the last attempt's error type, biggest groups first, each with
--- its newest $1 ids and message: fetched per group, not aggregated over every failed job.
-WITH groups AS (
-    SELECT task, coalesce(errors -> -1 ->> 'type', 'unknown') AS error_type,
-           count(*) AS count, max(finished_at) AS last_failed_at
+-- its newest $1 ids and message: among the newest $2 failed jobs (jobs_state_id_idx, newest first),
+-- one pass over them, so the answer takes the same time however many jobs failed (counting every
+-- failed job's error type is a read of each one's row: 170 ms for 50,000 of them).
+WITH newest AS (
+    SELECT id, task, coalesce(errors -> -1 ->> 'type', 'unknown') AS error_type,
+           errors -> -1 ->> 'message' AS message, finished_at
     FROM jobs
     WHERE state = 'failed'
-    GROUP BY 1, 2
-    ORDER BY count DESC, last_failed_at DESC
-    LIMIT 100
+    ORDER BY id DESC
+    LIMIT $2
 )
-SELECT g.task, g.error_type, g.count, g.last_failed_at,
-       (array_agg(newest.message ORDER BY newest.id DESC))[1] AS last_message,
-       array_agg(newest.id ORDER BY newest.id DESC) AS job_ids
-FROM groups g
-CROSS JOIN LATERAL (
-    SELECT j.id, j.errors -> -1 ->> 'message' AS message
-    FROM jobs j
-    WHERE j.state = 'failed' AND j.task = g.task
-      AND coalesce(j.errors -> -1 ->> 'type', 'unknown') = g.error_type
-    ORDER BY j.id DESC
-    LIMIT $1
-) AS newest
-GROUP BY g.task, g.error_type, g.count, g.last_failed_at
-ORDER BY g.count DESC, g.last_failed_at DESC
+SELECT task, error_type, count(*) AS count, max(finished_at) AS last_failed_at,
+       (array_agg(message ORDER BY id DESC))[1] AS last_message,
+       (array_agg(id ORDER BY id DESC))[1:$1] AS job_ids
+FROM newest
+GROUP BY task, error_type
+ORDER BY count DESC, last_failed_at DESC
+LIMIT 100
