@@ -334,7 +334,9 @@ def test_a_jobs_attempts_copy_as_json_and_run_again(page: WebDriver, server: htt
     copied = page.execute_async_script("navigator.clipboard.readText().then(arguments[0])")
     assert json.loads(copied) == server.get(f"/jobs/{flaky['id']}").json()
     # Run again: the enqueue form filled in with its task, queue and args, sent as it stands.
-    original = enqueue(server, task="echo", queue="limited", args={"customer_id": 42, "note": "again"})
+    original = enqueue(
+        server, task="echo", queue="limited", priority=7, args={"customer_id": 42, "note": "again"}
+    )
     page.get(f"{server.base_url}/ui/jobs/{original['id']}")
     page.find_element(By.ID, "run-again").click()
     eventually(lambda: page.find_element(By.ID, "queue").get_attribute("value") == "limited")
@@ -345,5 +347,5 @@ def test_a_jobs_attempts_copy_as_json_and_run_again(page: WebDriver, server: htt
     page.find_element(By.CSS_SELECTOR, "#enqueue-form button[type=submit]").click()
     link = eventually(lambda: page.find_element(By.ID, "created-link"))
     again = server.get(f"/jobs/{int(link.text.split()[-1])}").json()
-    assert (again["task"], again["queue"]) == ("echo", "limited")
+    assert (again["task"], again["queue"], again["priority"]) == ("echo", "limited", 7)
     assert again["args"] == {"customer_id": 42, "note": "again", "fail": False}

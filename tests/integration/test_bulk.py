@@ -165,3 +165,20 @@ async def test_delete_takes_finished_jobs_and_steps_of_ended_workflows_only(
     # The running workflow is whole and still reads; the ended one reads without its steps.
     assert (await api.get(f"/workflows/{running_workflow}")).status_code == 200
     assert (await api.get(f"/workflows/{ended_workflow}")).status_code == 200
+
+
+async def test_count_says_how_many_jobs_a_filter_matches_and_writes_nothing(
+    api: Client, db: asyncpg.Connection
+) -> None:
+    for _ in range(3):
+        await job(db, JobState.FAILED, queue=HELD, args={"customer_id": 42})
+    await job(db, JobState.FAILED, queue=HELD, args={"customer_id": 7})
+    await job(db, JobState.QUEUED, queue=HELD, args={"customer_id": 42})
+    response = await api.post("/jobs/bulk/count", json={"state": "failed", "args": {"customer_id": 42}})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"matched": 3}
+    assert (await api.post("/jobs/bulk/count", json={"queue": HELD})).json() == {"matched": 5}
+    bad = await api.post("/jobs/bulk/count", json={"state": "late"})
+    assert bad.status_code == 422
+    assert "state" in bad.text
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE task = 'bulk_jobs'") == 0

@@ -55,6 +55,7 @@ class BulkCount(BaseModel):
 
 
 class BulkController(Controller):
+    opt = needs(Scope.JOBS_READ)
     path = "/jobs/bulk"
     tags = ["jobs"]
     security = NEEDS_KEY

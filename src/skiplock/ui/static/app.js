@@ -553,7 +553,7 @@ function enqueuePage() {
   };
   select.addEventListener("change", build);
   build();
-  // "Run again with these args" (a job's page) comes here with ?task=&queue=&args=: the form
+  // "Run again with these args" (a job's page) comes here with ?task=&queue=&priority=&args=: the form
   // filled in, for a look before it is sent. Args the form has no field for go to "more args".
   const given = new URLSearchParams(location.search);
   const extra = document.getElementById("extra-args");
@@ -561,6 +561,7 @@ function enqueuePage() {
     select.value = given.get("task");
     build();
     document.getElementById("queue").value = given.get("queue") || "";
+    document.getElementById("priority").value = given.get("priority") || "";
     const args = JSON.parse(given.get("args") || "{}");
     const rest = {};
     for (const [name, value] of Object.entries(args)) {
@@ -581,6 +582,8 @@ function enqueuePage() {
     const body = { task: select.value, args: { ...more, ...readArgs(fieldset) } };
     const queue = document.getElementById("queue").value.trim();
     if (queue) body.queue = queue;
+    const priority = document.getElementById("priority").value;
+    if (priority !== "") body.priority = Number(priority);
     const delay = document.getElementById("delay").value;
     if (delay !== "") body.delay_s = Number(delay);
     const job = await api("POST", "/jobs", body);
