@@ -4,9 +4,11 @@ theme (light and dark), no console errors (skipped without Chromium, as test_bro
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
@@ -33,6 +35,25 @@ def finished(server: httpx.Client, queue: str | None = None) -> int:
     return sum(p["succeeded"] + p["failed"] for p in response.json()["points"])
 
 
+# An hour of another queue's minutes, as the rollup writes them: the picture has something to show.
+HOUR = """
+INSERT INTO job_stats_minutes (queue, minute, succeeded, failed, cancelled, wait_buckets, wait_counts, queued)
+SELECT 'reports', date_trunc('minute', now()) - make_interval(mins => m), 30 + (m * 7) % 25,
+       (m % 9 = 0)::int * 4, (m % 13 = 0)::int,
+       ARRAY[30 + m % 3, 36, 44 + (m % 11 = 0)::int * 6]::smallint[], '{20,8,2}',
+       40 + (m * 13) % 60
+FROM generate_series(1, 59) AS m
+"""
+
+
+async def seed_hour(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(HOUR)
+    finally:
+        await conn.close()
+
+
 def bar_fill(page: WebDriver) -> str:
     fill: str = page.execute_script(
         "return getComputedStyle(document.querySelector('svg.chart rect.ok')).fill"
@@ -51,6 +72,7 @@ def test_charts_on_the_overview_and_a_queue_page(dsn: str, tmp_path: Path) -> No
             )
         eventually(lambda: finished(server) == 7)
         assert finished(server, "mail") == 1
+        asyncio.run(seed_hour(dsn))
         driver = chrome()
         try:
             driver.get(f"{server.base_url}/ui")
