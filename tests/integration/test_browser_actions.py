@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -62,13 +63,23 @@ def page(browser: WebDriver, server: httpx.Client) -> Iterator[WebDriver]:
     assert errors == []
 
 
+@pytest.fixture
+def shots() -> Path | None:
+    """Where the README's pictures of these pages go: only when asked (``SKIPLOCK_SCREENSHOT_DIR``)."""
+    directory = os.environ.get("SKIPLOCK_SCREENSHOT_DIR")
+    if not directory:
+        return None
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return Path(directory)
+
+
 def pick(page: WebDriver, job_id: int) -> bool:
     page.find_element(By.CSS_SELECTOR, f'input.bulk-pick[value="{job_id}"]').click()
     return True
 
 
 def test_bulk_cancel_by_filter_asks_with_the_count_and_cancels_every_match(
-    page: WebDriver, server: httpx.Client
+    page: WebDriver, server: httpx.Client, shots: Path | None
 ) -> None:
     jobs = [{"task": "sleep", "args": {"seconds": 1}, "queue": PARKED} for _ in range(30)]
     assert server.post("/jobs/batch", json=jobs).status_code == 201
@@ -86,6 +97,17 @@ def test_bulk_cancel_by_filter_asks_with_the_count_and_cancels_every_match(
     listed = server.get("/jobs", params={"queue": PARKED, "limit": 100}).json()["items"]
     assert {j["state"] for j in listed} == {"cancelled"}
     assert server.get(f"/jobs/{other['id']}").json()["state"] == "queued"
+    if shots is not None:  # the picture: three of a queue's jobs ticked and cancelled
+        fresh = [{"task": "sleep", "args": {"seconds": 1}, "queue": PARKED} for _ in range(6)]
+        ids = server.post("/jobs/batch", json=fresh).json()["ids"]
+        page.get(f"{server.base_url}/ui/jobs?queue={PARKED}")
+        for job_id in ids[:3]:
+            eventually(lambda job_id=job_id: pick(page, job_id))
+        page.find_element(By.ID, "bulk-selected").click()
+        eventually(lambda: page.switch_to.alert).accept()
+        eventually(lambda: page.find_element(By.ID, "bulk-status").get_attribute("data-state"), timeout=15)
+        eventually(lambda: len(page.find_elements(By.CSS_SELECTOR, "tr[data-job] .state.cancelled")) == 33)
+        page.save_screenshot(str(shots / "bulk.png"))
 
 
 def test_bulk_cancel_of_selected_jobs_keeps_the_selection_across_live_renders(
@@ -118,7 +140,7 @@ def upcoming(page: WebDriver) -> int:
 
 
 def test_schedule_form_previews_fire_times_creates_a_schedule_that_fires_and_edits_it(
-    page: WebDriver, server: httpx.Client
+    page: WebDriver, server: httpx.Client, shots: Path | None
 ) -> None:
     page.get(f"{server.base_url}/ui/schedules")
     page.find_element(By.ID, "schedule-name").send_keys("every-two-seconds")
@@ -135,6 +157,8 @@ def test_schedule_form_previews_fire_times_creates_a_schedule_that_fires_and_edi
         == "checkbox"
     )
     page.find_element(By.ID, "schedule-extra").send_keys('{"greeting": "hi"}')
+    if shots is not None:
+        page.save_screenshot(str(shots / "schedules.png"))
     page.find_element(By.ID, "schedule-save").click()
     eventually(
         lambda: page.find_elements(By.XPATH, "//table[@class='schedules']//td[text()='every-two-seconds']")
