@@ -182,3 +182,23 @@ async def test_count_says_how_many_jobs_a_filter_matches_and_writes_nothing(
     assert bad.status_code == 422
     assert "state" in bad.text
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE task = 'bulk_jobs'") == 0
+
+
+async def test_cancelling_a_workflows_steps_in_bulk_cancels_what_depends_on_them(
+    api: Client, db: asyncpg.Connection
+) -> None:
+    steps = [
+        {"name": "first", "task": "echo", "queue": HELD},
+        {"name": "then", "task": "echo", "after": ["first"]},
+        {"name": "alone", "task": "echo", "queue": HELD},
+    ]
+    workflow = (await api.post("/workflows", json={"steps": steps})).json()
+    done = await bulk(api, {"action": "cancel", "filter": {"workflow_id": workflow["id"], "queue": HELD}})
+    assert done["result"] == {"action": "cancel", "matched": 2, "done": 2, "skipped": 0}
+    states = rows_of(
+        await db.fetch("SELECT step, state::text FROM jobs WHERE workflow_id = $1", workflow["id"])
+    )
+    assert states == {"first": "cancelled", "then": "cancelled", "alone": "cancelled"}
+    ended = (await api.get(f"/workflows/{workflow['id']}")).json()
+    assert ended["finished_at"] is not None
+    assert ended["state"] != "running"

@@ -43,9 +43,15 @@ LIMIT $10
 -- bulk actions, never wait on each other in a circle. Returns the workflows, for
 -- workflow_lock_many.
 WITH locked AS (
+    -- Ids by the primary key and jobs_workflow_idx: an OR of the two would be a scan of jobs.
     SELECT id, workflow_id FROM jobs
-    WHERE id = ANY($1::bigint[])
-       OR workflow_id IN (SELECT workflow_id FROM jobs WHERE id = ANY($1::bigint[]) AND workflow_id IS NOT NULL)
+    WHERE id IN (
+        SELECT unnest($1::bigint[])
+        UNION
+        SELECT s.id FROM jobs AS s
+        WHERE s.workflow_id IN (
+            SELECT workflow_id FROM jobs WHERE id = ANY($1::bigint[]) AND workflow_id IS NOT NULL)
+    )
     ORDER BY id
     FOR NO KEY UPDATE
 )
