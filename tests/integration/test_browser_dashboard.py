@@ -324,6 +324,9 @@ def test_a_jobs_attempts_copy_as_json_and_run_again(page: WebDriver, server: htt
     assert re.fullmatch(r"\d+ ms|\d+\.\d s", first[3]), first[3]
     assert first[5].startswith("RuntimeError: first attempt fails")
     assert second[:5] == ["2", "time", "time", second[3], "succeeded"]
+    workers = {w["id"] for w in server.get("/workers").json()}
+    assert first[6] in workers
+    assert second[6] in workers  # the worker that claimed each attempt
     # Copy as JSON: the job as GET /jobs/{id} answers it.
     permissions = ["clipboardReadWrite", "clipboardSanitizedWrite"]
     page.execute_cdp_cmd(

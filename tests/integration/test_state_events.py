@@ -64,7 +64,7 @@ async def claim(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx)
     rows = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [])
     assert [r["id"] for r in rows] == [job_id]
-    return job_id, [{"state": "running", "previous": "queued", "attempt": 1}]
+    return job_id, [{"state": "running", "previous": "queued", "attempt": 1, "worker": "me"}]
 
 
 async def claim_after(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
@@ -74,7 +74,7 @@ async def claim_after(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]
     assert hint is not None
     rows = await tx.fetch(JOBS.job_claim_after, "default", 10, "me", 30.0, None, ["noop"], [], *hint)
     assert [r["id"] for r in rows] == [job_id]  # the job after the hint, not the one it names
-    return job_id, [{"state": "running", "previous": "queued", "attempt": 1}]
+    return job_id, [{"state": "running", "previous": "queued", "attempt": 1, "worker": "me"}]
 
 
 async def claim_limited(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
@@ -84,7 +84,7 @@ async def claim_limited(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any
     )
     rows = await tx.fetch(JOBS.job_claim_limited, "default", 10, "me", 30.0, None, ["noop"], [])
     assert [r["id"] for r in rows] == [job_id]
-    return job_id, [{"state": "running", "previous": "queued", "attempt": 1}]
+    return job_id, [{"state": "running", "previous": "queued", "attempt": 1, "worker": "me"}]
 
 
 async def finish_succeeded(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:

@@ -121,6 +121,7 @@ SELECT coalesce(max(id), 0) FROM jobs
 
 -- name: job_claim_many
 -- Up to $2 due jobs of queue $1 for owner $3, unless the queue is paused. $5 pins the clock in tests.
+-- Each claim's state event names its worker, $3 (the job page's attempt timeline shows it).
 -- Only jobs of the tasks in $6, the ones this process registered: in a rolling deploy an older
 -- process leaves a newer task's jobs queued, unattempted, for a process that knows the task.
 -- A filter on jobs_claim_idx: unknown tasks' jobs ahead of known ones are walked, not claimed.
@@ -147,7 +148,8 @@ WITH picked AS (
               j.run_at, j.started_at, j.event_seq, j.workflow_id
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
-    SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) FROM claimed
+    SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) || jsonb_build_object('worker', $3::text)
+    FROM claimed
 )
 SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at,
        workflow_id
@@ -178,7 +180,8 @@ WITH picked AS (
               j.run_at, j.started_at, j.event_seq, j.workflow_id
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
-    SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) FROM claimed
+    SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) || jsonb_build_object('worker', $3::text)
+    FROM claimed
 )
 SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at,
        workflow_id
@@ -210,7 +213,8 @@ WITH budget AS (
               j.run_at, j.started_at, j.event_seq, j.workflow_id
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
-    SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) FROM claimed
+    SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) || jsonb_build_object('worker', $3::text)
+    FROM claimed
 ), ring AS (
     UPDATE queues AS q
     SET starts = ARRAY(

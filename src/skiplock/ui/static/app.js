@@ -233,7 +233,7 @@ function showJob(job) {
 }
 
 // A job's attempts: when each started and ended, from its state events (the page replays them
-// all), with its outcome and, from the job, its error and traceback.
+// all), with its outcome, the worker that claimed it, and, from the job, its error and traceback.
 function attemptCell(content) {
   const cell = document.createElement("td");
   if (content instanceof Node) cell.appendChild(content);
@@ -267,10 +267,11 @@ function renderAttempts(attempts, job) {
       detail.append(summary, trace);
     }
     row.append(attemptCell(String(n)), attemptCell(timeOf(run.started)), attemptCell(timeOf(ended)),
-      attemptCell(took), attemptCell(outcome), attemptCell(detail));
+      attemptCell(took), attemptCell(outcome), attemptCell(detail), attemptCell(run.worker || "–"));
     row.children[0].className = "num";
     row.children[3].className = "num";
     row.children[5].className = "message";
+    row.children[6].dataset.worker = run.worker || "";
     return row;
   }));
 }
@@ -281,6 +282,7 @@ function noteAttempt(attempts, event) {
   const run = attempts.get(data.attempt) || {};
   if (data.state === "running") {
     run.started = event.at;
+    run.worker = data.worker; // the claiming process (GET /workers), recorded since migration 0024
     delete run.ended;
     delete run.outcome;
   } else if (data.previous === "running") {
