@@ -56,6 +56,9 @@ EXCUSED = {
         "a worker left running for the FastAPI example; tests/integration/test_fastapi_example.py runs it"
     ),
     "uvicorn examples.fastapi_app.app:app": "serves until stopped; test_fastapi_example.py drives the app",
+    "uvicorn --factory examples.litestar_app.app:create_app": (
+        "serves until stopped; test_litestar_example.py runs the app in-process"
+    ),
     "docker compose": "no Docker engine here",
     'curl -H "Authorization: Bearer sk_…" localhost:8080/queues': "nginx of the compose deployment",
     "skiplock serve": "serves until stopped: the test's server is this command (flags checked by the parser)",
