@@ -11,7 +11,7 @@ import pytest
 
 from skiplock.errors import LeaseLostError
 from skiplock.queue import Engine, TaskRegistry
-from skiplock.queue._lease import LeaseKeeper, fenced
+from skiplock.queue._lease import LeaseKeeper, fenced, lease_hold
 from skiplock.queue._producer import Producer
 from skiplock.queue._running import StopReason
 from skiplock.queue._statements import EVENTS, JOBS
@@ -20,7 +20,7 @@ from tests.conftest import make_settings
 from tests.factories import job
 from tests.support import tasks as test_tasks
 from tests.support.executions import EXECUTIONS_TABLE, executions, overlaps, summary
-from tests.support.faults import refused_dsn, starved, terminate_backends
+from tests.support.faults import refused_dsn, slow_proxy, starved, terminate_backends
 from tests.support.waiting import wait_until
 
 T = TypeVar("T")
@@ -138,6 +138,78 @@ async def test_a_worker_cut_off_alone_fences_its_run_before_another_runs_it(
     print(f"\nheartbeat refused while the database is up: {len(runs)} executions; {summary(found)}")
     assert found == []
     assert [run.outcome for run in runs] == ["stopped", "finished"]  # fenced, then run elsewhere
+
+
+async def test_a_slow_database_fences_nothing_and_rescues_nothing_and_a_dead_one_still_fences(
+    dsn: str, db: asyncpg.Connection, registry: TaskRegistry
+) -> None:
+    await db.execute(EXECUTIONS_TABLE)
+    lease_s, delay_s = 2.5, 0.25  # a margin of 0.5 s; every round trip half of it longer
+    record = {"record_dsn": dsn}  # the records go direct, so they are written whatever the path
+    # The engine's rescuer runs too, on the database's clock as any other's: it would take a lease
+    # that ran out.
+    async with (
+        slow_proxy(dsn) as proxy,
+        Engine(make_settings(proxy.dsn, lease_s=lease_s, rescue_interval_s=0.2), registry, proxy.dsn),
+    ):
+        # A first job with the path fast, so the engine's connections and statements are in use (a
+        # statement's first use on a connection costs several round trips); then every round trip
+        # slow.
+        warm = await db.fetchval(
+            "INSERT INTO jobs (task, args) VALUES ('record_execution', $1) RETURNING id", record
+        )
+        await wait_until(lambda: db.fetchval("SELECT state = 'succeeded' FROM jobs WHERE id = $1", warm), 10)
+        proxy.delay_s = delay_s
+        ids = [
+            await db.fetchval(
+                "INSERT INTO jobs (task, args) VALUES ('record_execution', $1) RETURNING id",
+                {"seconds": 3 * lease_s, **record},
+            )
+            for _ in range(2)
+        ]
+        await wait_until(
+            lambda: db.fetchval(
+                "SELECT count(*) = 2 FROM jobs WHERE id = ANY($1) AND state = 'succeeded'", ids
+            ),
+            30,
+            0.1,
+        )
+        slow_runs = [r for r in await executions(db) if r.job_id != warm]
+        # Then the database as a dead host: no answer at all on that path.
+        dead = await db.fetchval(
+            "INSERT INTO jobs (task, args) VALUES ('record_execution', $1) RETURNING id",
+            {"seconds": 30, **record},
+        )
+        await wait_until(
+            lambda: db.fetchval("SELECT count(*) = 1 FROM test_executions WHERE job_id = $1", dead), 20
+        )
+        proxy.freeze()
+        frozen_at = time.time()
+        await wait_until(
+            lambda: db.fetchval("SELECT ended_at IS NOT NULL FROM test_executions WHERE job_id = $1", dead),
+            15,
+            0.1,
+        )
+        lease_end = await db.fetchval(
+            "SELECT extract(epoch FROM lease_expires_at)::float8 FROM jobs WHERE id = $1", dead
+        )
+        await proxy.close()  # the engine's connections cut: it stops at once
+    await test_tasks.close_record_pools()
+    runs = await executions(db)
+    print(
+        f"\nround trips +{delay_s} s: {[(r.attempt, r.outcome) for r in slow_runs]}; dead database:"
+        f" {[(r.outcome, round((r.ended_at or 0) - frozen_at, 2)) for r in runs if r.job_id == dead]}"
+    )
+    # Slow: each run once, to its end, no lease lost nor rescued.
+    assert sorted((r.job_id, r.attempt, r.outcome) for r in slow_runs) == [(i, 1, "finished") for i in ids]
+    for job_id in ids:
+        assert await _attempts_and_errors(db, job_id) == (1, [])
+    # Dead: its run stopped by its own clock, before a rescuer could take the job (its lease's end
+    # in the database plus the rescuers' hold).
+    (stopped,) = [r for r in runs if r.job_id == dead]
+    assert stopped.outcome == "stopped"
+    assert stopped.ended_at is not None
+    assert stopped.ended_at < lease_end + lease_hold(lease_s)
 
 
 @pytest.mark.parametrize("swallow", [1, 1_000_000])

@@ -4,6 +4,7 @@ server. Add what a new case needs here, so the next costs little."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import shutil
@@ -15,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -200,3 +202,108 @@ async def streaming_replica(primary: PrivateServer) -> AsyncIterator[PrivateServ
         if standby.postmaster_pid() is not None:
             standby._pg_ctl("stop", "-m", "immediate")
         standby.server.stop()
+
+
+class SlowProxy:
+    """A TCP proxy in front of a PostgreSQL server that delays everything a client sends by
+    ``delay_s`` (so every round trip takes that much longer; what the server sends back is not
+    held), and can stop forwarding altogether (:meth:`freeze`: the server as a dead host, no
+    reply and no reset). ``dsn`` reaches the server through it."""
+
+    def __init__(self, upstream: str, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.dsn = ""
+        self._upstream = upstream
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    def freeze(self) -> None:
+        """Nothing more is forwarded either way (connections stay open; new ones get no answer)."""
+        self._flowing.clear()
+
+    async def start(self) -> None:
+        url = urlsplit(self._upstream)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        credentials = url.netloc.rpartition("@")[0]
+        self.dsn = f"postgresql://{credentials}@127.0.0.1:{port}{url.path}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        url = urlsplit(self._upstream)
+        query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        port = int(query.get("port") or url.port or 5432)
+        host = query.get("host") or url.hostname or "127.0.0.1"
+        if host.startswith("/"):  # a Unix socket directory
+            return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+        return await asyncio.open_connection(host, port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        try:
+            up_reader, up_writer = await self._connect_upstream()
+        except OSError:
+            writer.close()
+            return
+        self._writers.append(up_writer)
+        for task in (
+            self._pump(reader, up_writer, delayed=True),
+            self._pump(up_reader, writer, delayed=False),
+        ):
+            spawned = asyncio.create_task(task)
+            self._tasks.add(spawned)
+            spawned.add_done_callback(self._tasks.discard)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, delayed: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def send() -> None:
+            while True:
+                due, data = await chunks.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                await self._flowing.wait()
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.create_task(send())
+        self._tasks.add(sender)
+        sender.add_done_callback(self._tasks.discard)
+        try:
+            while data := await reader.read(65536):
+                await self._flowing.wait()
+                chunks.put_nowait((loop.time() + (self.delay_s if delayed else 0.0), data))
+            chunks.put_nowait((loop.time(), b""))
+            await sender
+        except (OSError, asyncio.IncompleteReadError):
+            writer.close()
+        finally:
+            sender.cancel()
+
+
+@asynccontextmanager
+async def slow_proxy(dsn: str, delay_s: float = 0.0) -> AsyncIterator[SlowProxy]:
+    """A :class:`SlowProxy` in front of ``dsn``'s server (its Unix socket or TCP port); every
+    connection through it is cut when the block ends. ``delay_s`` may be changed meanwhile."""
+    proxy = SlowProxy(dsn, delay_s)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()

@@ -296,8 +296,14 @@ _RECORD_POOLS: dict[str, asyncpg.Pool] = {}
 
 async def _record_pool(dsn: str) -> asyncpg.Pool:
     if dsn not in _RECORD_POOLS:
-        _RECORD_POOLS[dsn] = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
+        _RECORD_POOLS[dsn] = await asyncpg.create_pool(dsn, min_size=0, max_size=10)
     return _RECORD_POOLS[dsn]
+
+
+async def close_record_pools() -> None:
+    """What an in-process engine's record_dsn runs opened (a worker process's go with it)."""
+    while _RECORD_POOLS:
+        await _RECORD_POOLS.popitem()[1].close()
 
 
 @task("record_execution", args=Recorded, backoff=FAST, max_attempts=20)

@@ -238,13 +238,31 @@ class LeaseKeeper:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connect(
+            conn = await connect(
                 self.dsn,
                 limits=self.limits,
                 application_name="skiplock-lease",
                 transaction_pooler=self.transaction_pooler,
             )
+            try:
+                await self._warm(conn)
+            except BaseException:
+                await close_quietly(conn, wait_s=0.5)
+                raise
+            self._conn = conn
         return self._conn
+
+    async def _warm(self, conn: asyncpg.Connection) -> None:
+        """A statement's first use on a connection takes several round trips (its parameter and
+        row types are looked up): 1.6 s for the heartbeat's where a round trip takes 0.2 s. They are
+        used once here, with nothing to change, under the connect limit, so the statement limit (a
+        third of the lease) only has to cover the statement itself: else, on a slow database, every
+        heartbeat was cut, and its connection dropped, before its statement could be sent."""
+        limit = self.limits.connect_s
+        await conn.fetch(JOBS.job_heartbeat, [], self.owner, self.lease_s, [], timeout=limit)
+        await conn.fetch(JOBS.job_cancel_requested, [], timeout=limit)
+        if not self.transaction_pooler:  # its types at least (it runs for real every round)
+            await conn.prepare(JOBS.job_release_untracked, timeout=limit)
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
