@@ -61,6 +61,14 @@ async def test_three_workers_and_a_client_through_pgbouncer_in_transaction_mode(
             "lease_s": "5",
         }
         workers = [start_worker(bounced, **settings) for _ in range(3)]
+        # Each registered (its signal handlers are in place by then): a worker still importing when
+        # the jobs are done and the stop comes would die of the SIGTERM's default action (-15).
+        await wait_until(
+            lambda: db.fetchval(
+                "SELECT count(*) = 3 FROM workers WHERE role = 'worker' AND stopped_at IS NULL"
+            ),
+            60,
+        )
         # The service's own settings, as a web app beside it has them.
         monkeypatch.setenv("DATABASE_URL", bounced)
         monkeypatch.setenv("SKIPLOCK_DATABASE_POOLER", "transaction")
