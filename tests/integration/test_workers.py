@@ -17,6 +17,7 @@ from litestar.testing import AsyncTestClient
 from skiplock.queue import Engine
 from skiplock.queue._pruner import Pruner
 from skiplock.queue._statements import WORKERS
+from skiplock.queue.workers import served_by
 from tests.conftest import make_settings
 from tests.integration.test_metrics import sample, scrape
 from tests.support.live import app_client
@@ -271,6 +272,13 @@ async def test_a_worker_of_every_queue_runs_jobs_of_a_queue_it_was_not_told_of(
         assert {"*", "default", "before-start"} <= set(row)
         served = {r["name"]: r["workers"] for r in await db.fetch(WORKERS.worker_served_queues)}
         assert served["*"] == 1
+        # One process serving every queue is one worker of each, not one for '*' and one more for
+        # the queues it lists besides.
+        assert {name: served_by(name, served) for name in ("default", "before-start", "nobody")} == {
+            "default": 1,
+            "before-start": 1,
+            "nobody": 1,
+        }
 
 
 async def test_offline_workers_are_pruned_after_their_retention(dsn: str, db: asyncpg.Connection) -> None:

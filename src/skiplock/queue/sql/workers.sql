@@ -55,10 +55,12 @@ SELECT pg_notify('skiplock', 'worker:' || id) FROM changed
 
 -- name: worker_served_queues
 -- How many live workers claim from each queue (quiet and stopping ones do not): the key '*' counts
--- the workers that serve every queue. API-only processes serve none.
+-- the workers that serve every queue, and only there (they list the queues they found too, which
+-- would count them twice). API-only processes serve none.
 SELECT q.name, count(*)::int AS workers
 FROM workers AS w CROSS JOIN LATERAL jsonb_object_keys(w.queues) AS q(name)
 WHERE w.state = 'online' AND w.role <> 'api'
+  AND (q.name = '*' OR NOT w.queues ? '*')
   AND NOT skiplock_worker_offline(w.stopped_at, w.last_heartbeat_at, w.heartbeat_s)
 GROUP BY q.name
 
