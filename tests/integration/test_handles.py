@@ -37,6 +37,16 @@ async def test_a_connected_client_enqueues_by_task_and_waits_for_the_result(
     assert listening == 0
 
 
+async def test_clients_closed_out_of_order_leave_an_open_default(engine: Engine, dsn: str) -> None:
+    first = await Client.connect(dsn)
+    second = await Client.connect(dsn)
+    await first.close()
+    assert default_client_or_none() is second
+    await second.close()  # not the closed first one back: the engine's, which first replaced
+    assert default_client_or_none() is engine.client
+    assert (await test_tasks.noop.enqueue()).client is engine.client
+
+
 async def test_inside_a_process_task_enqueue_uses_the_engines_client(engine: Engine) -> None:
     handle = await test_tasks.record_run.enqueue({"marker": "engine"})
     assert handle.client is engine.client

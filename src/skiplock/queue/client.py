@@ -217,6 +217,7 @@ class Client:
         self.results: ResultWaiter | None = None
         self._listen_dsn: str | None = None  # set by connect(): the client owns its pool; LISTENs here
         self._replaced: Client | None = None  # the default client before connect()
+        self._closed = False
         self._services: list[Listener | ResultWaiter] = []
         self._service_tasks: list[asyncio.Task[None]] = []
 
@@ -252,8 +253,14 @@ class Client:
     async def close(self) -> None:
         """Close what :meth:`connect` opened: its pool, and the LISTEN connection its first wait
         for a result started (a client of an engine is closed with the engine)."""
+        self._closed = True
         if default_client_or_none() is self:
-            set_default_client(self._replaced)
+            # The one it replaced, unless that was closed meanwhile (clients closed out of order):
+            # then the one before it, and so on.
+            replaced = self._replaced
+            while replaced is not None and replaced._closed:
+                replaced = replaced._replaced
+            set_default_client(replaced)
         if self._listen_dsn is None:
             return
         for service in self._services:
