@@ -202,3 +202,24 @@ async def test_cancelling_a_workflows_steps_in_bulk_cancels_what_depends_on_them
     ended = (await api.get(f"/workflows/{workflow['id']}")).json()
     assert ended["finished_at"] is not None
     assert ended["state"] != "running"
+
+
+async def test_the_bulk_task_is_internal_every_public_enqueue_refuses_it(
+    api: Client, db: asyncpg.Connection
+) -> None:
+    plan = {"action": "delete", "filter": {}, "top": 10**9, "bottom": 1, "matched": 10}
+    one = {"task": "bulk_jobs", "args": plan}
+    attempts = [
+        ("/jobs", one),
+        ("/jobs/batch", [one]),
+        ("/workflows", {"steps": [{"name": "wipe", **one}]}),
+        ("/schedules", {"name": "wipe", "cron": "* * * * *", **one}),
+    ]
+    for path, body in attempts:
+        response = await api.post(path, json=body)
+        assert response.status_code == 422, (path, response.text)
+        assert "'bulk_jobs' is internal" in response.text, (path, response.text)
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+    assert await db.fetchval("SELECT count(*) FROM schedules WHERE task = 'bulk_jobs'") == 0
+    # Only POST /jobs/bulk (Client.bulk) makes one.
+    await bulk(api, {"action": "cancel", "ids": [10**9]})

@@ -46,12 +46,14 @@ def test_jobs_and_queues_from_the_shell(dsn: str) -> None:
     assert enqueued.stderr == f"enqueued 'echo' as job {job_id} on queue 'cli'\n"
     assert json_of(paused)["paused"] is True
 
-    listed, shown, missing, unknown, resumed = at_once(
+    plan = '{"action": "delete", "filter": {}, "matched": 1}'
+    listed, shown, missing, unknown, internal, resumed = at_once(
         dsn,
         ("jobs", "list", "--queue", "cli", "--json"),
         ("jobs", "show", str(job_id)),
         ("jobs", "show", "999999"),
         ("jobs", "enqueue", "no_such_task"),
+        ("jobs", "enqueue", "bulk_jobs", "--args", plan),  # only POST /jobs/bulk makes one
         ("queues", "resume", "cli"),
     )
     [job] = json_of(listed)
@@ -62,6 +64,8 @@ def test_jobs_and_queues_from_the_shell(dsn: str) -> None:
     assert (missing.returncode, missing.stderr) == (3, "skiplock: no job with id 999999\n")
     assert unknown.returncode == 3
     assert unknown.stderr.startswith("skiplock: unknown task 'no_such_task'")
+    assert internal.returncode != 0
+    assert "task 'bulk_jobs' is internal" in internal.stderr, internal.stderr
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.startswith("cli\tactive")
 

@@ -292,9 +292,12 @@ class Client:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def _resolve(self, request: EnqueueRequest) -> ResolvedJob:
-        """Validate one job against its task and fill in the task's defaults."""
+    def _resolve(self, request: EnqueueRequest, *, internal: bool = False) -> ResolvedJob:
+        """Validate one job against its task and fill in the task's defaults; an internal task's
+        job only when the caller is its own action (``internal``)."""
         spec = self.registry.get(request.task)
+        if not internal:
+            spec.check_public()
         args = request.args
         if isinstance(args, BaseModel) and not isinstance(args, spec.args):
             args = args.model_dump()  # another model: validate its fields like any input
@@ -647,7 +650,9 @@ class Client:
                 assert where is not None
                 matched, top, bottom = await bulk_actions.match(conn, where)
                 plan = BulkPlan(action=action, filter=where, top=top, bottom=bottom, matched=matched)
-            job = await self.enqueue(bulk_actions.BULK_TASK, plan, conn=conn)
+            request = EnqueueRequest(bulk_actions.BULK_TASK, plan)
+            resolved = self._resolve(request, internal=True)
+            job = await self._insert(conn, request, resolved, wake_later=False)
         return BulkStarted(job_id=job.id, action=action, matched=plan.matched)
 
     async def count_matching(self, where: JobFilter) -> int:

@@ -70,6 +70,10 @@ class Schedules:
         else:
             task = self.registry.get(spec.task)
             try:
+                task.check_public()
+            except InvalidArgumentsError as exc:
+                problems += exc.extra["errors"]
+            try:
                 args = task.dump_args(task.validate_args(spec.args))
             except InvalidArgumentsError as exc:
                 problems += [

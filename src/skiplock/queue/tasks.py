@@ -84,6 +84,9 @@ class Task(Generic[ArgsT]):
     #: Per-key limits it declares for its queue (written at a worker's start where none is set).
     key_concurrency: int | None = None
     key_rate: Rate | None = None
+    #: A built-in enqueued only by its own method (``bulk_jobs`` by :meth:`Client.bulk`): refused by
+    #: every other enqueue (POST /jobs, batches, workflows, schedules, ``ctx.enqueue``, the CLI).
+    internal: bool = False
 
     is_async: bool = field(init=False)
 
@@ -106,6 +109,12 @@ class Task(Generic[ArgsT]):
             raise InvalidArgumentsError(
                 f"invalid args for task {self.name!r}: {summary}", errors=errors
             ) from exc
+
+    def check_public(self) -> None:
+        """InvalidArgumentsError (naming the field ``task``) for an internal task."""
+        if self.internal:
+            message = f"task {self.name!r} is internal: it is enqueued only by its own action, not directly"
+            raise InvalidArgumentsError(message, errors=[{"field": "task", "message": message}])
 
     def key_of(self, args: BaseModel, dumped: dict[str, Any]) -> str | None:
         """The job's concurrency key: its field's value (as stored) or the function's, as text; None
@@ -312,6 +321,7 @@ def task(
     concurrency_key: ConcurrencyKey | None = None,
     key_concurrency: int | None = None,
     key_rate_limit: str | None = None,
+    internal: bool = False,
 ) -> Callable[[TaskFn], Task[ArgsT]]:
     """Declare a task. The function takes ``(ctx, args)``; a plain ``def`` runs in a thread.
     ``upstream``: as a workflow step, its dependencies' results are read as this model.
@@ -320,7 +330,8 @@ def task(
     ``concurrency_key``: an args field's name, or a function of the args, whose value (computed at
     enqueue, kept on the job) is the job's key; ``key_concurrency`` (jobs running at once) and
     ``key_rate_limit`` (``"10/minute"``) per key value are limits of the task's queue, across every
-    process, written at a worker's start unless the queue has them set already (PATCH)."""
+    process, written at a worker's start unless the queue has them set already (PATCH).
+    ``internal``: only the library's own code enqueues it (see :attr:`Task.internal`)."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
@@ -352,6 +363,7 @@ def task(
             concurrency_key=concurrency_key,
             key_concurrency=key_concurrency,
             key_rate=key_rate,
+            internal=internal,
         )
         registered.add(declared)
         return declared

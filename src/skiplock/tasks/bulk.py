@@ -12,7 +12,9 @@ from skiplock.queue.tasks import MAX_PRIORITY, task
 
 
 # Ahead of every other job of its queue: a bulk cancel of a backlog must not wait behind it.
-@task(bulk.BULK_TASK, args=BulkPlan, priority=MAX_PRIORITY)
+# Internal: only Client.bulk enqueues it, after checking the caller may (a plan by hand could
+# delete what its key may not).
+@task(bulk.BULK_TASK, args=BulkPlan, priority=MAX_PRIORITY, internal=True)
 async def bulk_jobs(ctx: Context, args: BulkPlan) -> dict[str, Any]:
     """Apply ``args.action`` to the jobs it names or matched, a batch a transaction; the counts."""
 
