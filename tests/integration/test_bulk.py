@@ -3,12 +3,17 @@ each write guarded by state (a job that changed meanwhile is skipped and counted
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
+import pytest
 from litestar.testing import AsyncTestClient
+from pydantic import ValidationError
 
-from skiplock.queue.bulk import BATCH
+from skiplock.db.pool import create_pool
+from skiplock.queue import bulk as bulk_actions
+from skiplock.queue.bulk import BATCH, MAX_BULK, BulkPlan, JobFilter
 from skiplock.queue.models import JobState
 from tests.factories import job
 from tests.support.waiting import wait_until
@@ -223,3 +228,24 @@ async def test_the_bulk_task_is_internal_every_public_enqueue_refuses_it(
     assert await db.fetchval("SELECT count(*) FROM schedules WHERE task = 'bulk_jobs'") == 0
     # Only POST /jobs/bulk (Client.bulk) makes one.
     await bulk(api, {"action": "cancel", "ids": [10**9]})
+
+
+async def test_a_plan_and_its_walk_are_bounded_by_max_bulk(
+    dsn: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValidationError, match="matched"):
+        BulkPlan.model_validate({"action": "delete", "filter": {}, "top": 10**9, "matched": MAX_BULK + 1})
+    ids = [await job(db, JobState.QUEUED, queue=HELD) for _ in range(5)]
+    # A plan past the bound (made without validation) still walks at most MAX_BULK jobs.
+    monkeypatch.setattr(bulk_actions, "MAX_BULK", 3)
+    plan = BulkPlan.model_construct(
+        action="cancel", ids=None, filter=JobFilter(queue=HELD), top=ids[-1], bottom=ids[0], matched=5
+    )
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        outcome = await bulk_actions.run(pool, plan, lambda seen, done: asyncio.sleep(0))
+    finally:
+        await pool.close()
+    assert outcome["done"] == 3
+    states = rows_of(await db.fetch("SELECT id, state::text FROM jobs WHERE queue = $1", HELD))
+    assert states == {**dict.fromkeys(ids[:2], "queued"), **dict.fromkeys(ids[2:], "cancelled")}

@@ -65,7 +65,7 @@ class BulkPlan(BaseModel):
     filter: JobFilter | None = None
     top: int = Field(default=0, ge=0, description="The newest id matched.")
     bottom: int = Field(default=0, ge=0, description="The oldest id matched.")
-    matched: int = Field(ge=0)
+    matched: int = Field(ge=0, le=MAX_BULK)
 
 
 class BulkStarted(BaseModel):
@@ -148,8 +148,9 @@ async def run(
             await progress(seen, done)
     elif plan.matched:
         below = plan.top + 1
-        while seen < plan.matched and (batch := await _page(pool, plan, below)):
-            batch = batch[: plan.matched - seen]
+        limit = min(plan.matched, MAX_BULK)  # the model's bound, kept by the walk itself too
+        while seen < limit and (batch := await _page(pool, plan, below)):
+            batch = batch[: limit - seen]
             done += await apply_batch(pool, plan.action, batch)
             seen += len(batch)
             below = batch[-1]
