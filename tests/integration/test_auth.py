@@ -248,3 +248,19 @@ def test_keys_commands_create_list_and_revoke(dsn: str) -> None:
     assert skiplock("revoke", "ci").returncode == 0
     assert "revoked" in skiplock("list").stdout
     assert skiplock("revoke", "ci").returncode == 2
+
+
+async def test_a_bulk_delete_needs_admin_retry_and_cancel_jobs_write(
+    api: Client, keys: dict[str, str]
+) -> None:
+    delete = {"action": "delete", "ids": [10**9]}
+    for key in (keys["jobs:write"], keys["all-but-admin"]):
+        denied = await api.post("/jobs/bulk", json=delete, headers=bearer(key))
+        assert denied.status_code == 403, denied.text
+        assert "a bulk delete needs the 'admin' scope" in denied.text
+    allowed = await api.post("/jobs/bulk", json=delete, headers=bearer(keys["admin"]))
+    assert allowed.status_code == 202, allowed.text
+    for action in ("retry", "cancel"):
+        body = {"action": action, "ids": [10**9]}
+        started = await api.post("/jobs/bulk", json=body, headers=bearer(keys["jobs:write"]))
+        assert started.status_code == 202, started.text

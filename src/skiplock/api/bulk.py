@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, post
-from litestar.exceptions import ValidationException
+from litestar import Controller, Request, post
+from litestar.exceptions import PermissionDeniedException, ValidationException
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,7 +15,7 @@ from skiplock.api.openapi import NEEDS_KEY, documented
 from skiplock.api.plugin import ClientDep
 from skiplock.api.schemas import error_responses
 from skiplock.api.security import needs
-from skiplock.auth import Scope
+from skiplock.auth import Principal, Scope
 from skiplock.queue.bulk import MAX_BULK, BulkAction, BulkStarted, JobFilter
 
 #: The most ids a request may name (a filter reaches MAX_BULK): they travel in the bulk job's args.
@@ -72,6 +72,7 @@ class BulkController(Controller):
             body=True,
             e422="A bad action, ids or filter, both or neither (`extra` names the field): nothing is "
             "written.",
+            e403="The key lacks jobs:write, or the action is delete and it lacks admin.",
             e503="Counting the filter's jobs ran past its limit, or the database is unavailable: narrow it.",
         ),
         operation_class=documented(examples=EXAMPLES),
@@ -82,11 +83,20 @@ class BulkController(Controller):
             "single actions are: retry takes failed and cancelled jobs that are no workflow's step, "
             "cancel waiting, queued and running ones, delete finished ones (a workflow's steps only "
             "once their workflow ended); a job that changed meanwhile is skipped and counted. The "
-            "bulk job's progress is the share walked, its result `{matched, done, skipped}`."
+            "bulk job's progress is the share walked, its result `{matched, done, skipped}`. Retry "
+            "and cancel need `jobs:write`; delete needs `admin` (no single job is deleted over the API)."
         ),
     )
-    async def bulk(self, data: JSONBody[BulkRequest], client: ClientDep) -> BulkStarted:
+    async def bulk(
+        self, data: JSONBody[BulkRequest], client: ClientDep, request: Request[Any, Any, Any]
+    ) -> BulkStarted:
         """Retry, cancel or delete the jobs named or matched, by a job of its own."""
+        if data.action == "delete":
+            principal = request.scope.get("user")
+            if isinstance(principal, Principal) and not principal.allows(Scope.ADMIN):
+                raise PermissionDeniedException(
+                    "a bulk delete needs the 'admin' scope", extra={"scope": Scope.ADMIN}
+                )
         return await client.bulk(data.action, ids=data.ids, where=data.filter)
 
     @post(
