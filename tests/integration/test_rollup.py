@@ -107,6 +107,49 @@ async def test_outcomes_and_waits_per_queue_and_minute(db: asyncpg.Connection, p
     assert sum(p.succeeded for p in day.points) == 101
 
 
+async def test_a_minute_whose_jobs_are_gone_reads_zero_when_it_is_recomputed(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    recent = NOW.replace(second=0) - timedelta(minutes=1)  # within the next turn's lookback
+    await finish(db, "mail", "failed", recent + timedelta(seconds=5), [1.0, 1.0, 1.0])
+    assert await Rollup(pool, interval_s=60).roll_once(NOW)
+    assert [(r["queue"], r["failed"]) for r in await rows(db) if r["minute"] == recent] == [("mail", 3)]
+    # Retried (or deleted) before the minute leaves the lookback: the next turn recomputes it.
+    await db.execute("DELETE FROM jobs WHERE state = 'failed'")
+    assert await Rollup(pool, interval_s=60).roll_once(NOW + timedelta(seconds=30))
+    got = await db.fetch(
+        "SELECT queue, succeeded, failed, cancelled, wait_counts FROM job_stats_minutes WHERE minute = $1",
+        recent,
+    )
+    assert [tuple(r) for r in got] == [("mail", 0, 0, 0, [])]
+
+
+async def test_a_depth_sample_that_fails_loses_only_itself_not_the_turns_outcomes(
+    db: asyncpg.Connection, pool: asyncpg.Pool, dsn: str
+) -> None:
+    await finish(db, "mail", "succeeded", MINUTE + timedelta(seconds=5), [0.1])
+    locker = await asyncpg.connect(dsn)
+    try:
+        # The sample reads queues; a lock held on it makes the sample's statement fail on its time
+        # limit (made short here), as a count of a huge backlog would.
+        await locker.execute("BEGIN; LOCK TABLE queues IN ACCESS EXCLUSIVE MODE")
+        async with pool.acquire() as conn:
+            name = await conn.fetchval("SELECT current_database()")
+            await conn.execute(f"ALTER DATABASE \"{name}\" SET lock_timeout = '200ms'")  # this test's own
+        try:
+            await pool.expire_connections()
+            assert await Rollup(pool, interval_s=60).roll_once(NOW)
+        finally:
+            async with pool.acquire() as conn:
+                await conn.execute(f'ALTER DATABASE "{name}" RESET lock_timeout')
+            await pool.expire_connections()
+    finally:
+        await locker.close()
+    got = [(r["queue"], r["minute"], r["succeeded"]) for r in await rows(db)]
+    assert got == [("mail", MINUTE, 1)]  # the outcomes committed, the turn advanced
+    assert await db.fetchval("SELECT rolled_to FROM job_stats_progress") is not None
+
+
 async def test_idempotent_run_twice_and_by_two_replicas_at_once(
     db: asyncpg.Connection, pool: asyncpg.Pool, dsn: str
 ) -> None:

@@ -17,8 +17,10 @@ FROM (
 
 -- name: stats_roll
 -- The minutes of [$1, $2) recomputed from the jobs that finished in them (jobs_finished_at_idx's
--- range, nothing else of jobs), their rows replaced, so a rerun writes the same numbers. A wait is
--- run_at → started_at of the attempt that finished the job (none for a job cancelled unstarted).
+-- range, nothing else of jobs), their rows replaced, so a rerun writes the same numbers; a minute
+-- of the range with no finished job left (retried, deleted or pruned since) reads 0 again, its depth
+-- sample kept. A wait is run_at → started_at of the attempt that finished the job (none for a job
+-- cancelled unstarted). $1 is a minute's start.
 WITH finished AS (
     SELECT queue, date_trunc('minute', finished_at) AS minute, state,
            CASE WHEN started_at IS NOT NULL THEN skiplock_wait_bucket(started_at - run_at) END AS bucket
@@ -37,6 +39,13 @@ waits AS (
     FROM (SELECT queue, minute, bucket, count(*)::integer AS n FROM finished
           WHERE bucket IS NOT NULL GROUP BY queue, minute, bucket) AS b
     GROUP BY queue, minute
+),
+emptied AS (
+    UPDATE job_stats_minutes AS s
+    SET succeeded = 0, failed = 0, cancelled = 0, wait_buckets = '{}', wait_counts = '{}'
+    WHERE s.minute >= $1 AND s.minute < $2
+      AND (s.succeeded + s.failed + s.cancelled) > 0
+      AND NOT EXISTS (SELECT 1 FROM outcomes AS o WHERE o.queue = s.queue AND o.minute = s.minute)
 )
 INSERT INTO job_stats_minutes AS s (queue, minute, succeeded, failed, cancelled, wait_buckets, wait_counts)
 SELECT o.queue, o.minute, o.succeeded, o.failed, o.cancelled, coalesce(w.buckets, '{}'), coalesce(w.counts, '{}')
