@@ -234,12 +234,19 @@ async def test_a_plan_and_its_walk_are_bounded_by_max_bulk(
     dsn: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(ValidationError, match="matched"):
-        BulkPlan.model_validate({"action": "delete", "filter": {}, "top": 10**9, "matched": MAX_BULK + 1})
+        plan_past = {"action": "delete", "filter": {}, "top": 10**9, "matched": MAX_BULK + 1}
+        BulkPlan.model_validate({**plan_past, "asked_at": "2026-01-01T00:00:00Z"})
     ids = [await job(db, JobState.QUEUED, queue=HELD) for _ in range(5)]
     # A plan past the bound (made without validation) still walks at most MAX_BULK jobs.
     monkeypatch.setattr(bulk_actions, "MAX_BULK", 3)
     plan = BulkPlan.model_construct(
-        action="cancel", ids=None, filter=JobFilter(queue=HELD), top=ids[-1], bottom=ids[0], matched=5
+        action="cancel",
+        ids=None,
+        filter=JobFilter(queue=HELD),
+        top=ids[-1],
+        bottom=ids[0],
+        matched=5,
+        asked_at=await db.fetchval("SELECT now()"),
     )
     pool = await create_pool(dsn, min_size=1, max_size=2)
     try:
@@ -249,3 +256,30 @@ async def test_a_plan_and_its_walk_are_bounded_by_max_bulk(
     assert outcome["done"] == 3
     states = rows_of(await db.fetch("SELECT id, state::text FROM jobs WHERE queue = $1", HELD))
     assert states == {**dict.fromkeys(ids[:2], "queued"), **dict.fromkeys(ids[2:], "cancelled")}
+
+
+async def test_a_plan_run_again_does_not_retry_twice_nor_touch_jobs_finished_after_it_was_asked(
+    api: Client, dsn: str, db: asyncpg.Connection
+) -> None:
+    failed = await job(db, JobState.FAILED, queue=HELD, task="always_fails")
+    later = await job(db, JobState.QUEUED, queue=HELD, task="always_fails")
+    done = await bulk(api, {"action": "retry", "filter": {"task": "always_fails"}})
+    assert done["result"] == {"action": "retry", "matched": 2, "done": 1, "skipped": 1}
+    # The retried job fails again, the queued one fails too, both after the request.
+    await db.execute(
+        "UPDATE jobs SET state = 'failed', finished_at = now() WHERE id = ANY($1)", [failed, later]
+    )
+    args = await db.fetchval("SELECT args FROM jobs WHERE id = $1", done["job_id"])
+    plan = BulkPlan.model_validate(args)
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        again = await bulk_actions.run(pool, plan, lambda seen, done: asyncio.sleep(0))
+        deleting = await bulk_actions.run(
+            pool, plan.model_copy(update={"action": "delete"}), lambda seen, done: asyncio.sleep(0)
+        )
+    finally:
+        await pool.close()
+    assert again["done"] == 0
+    assert deleting["done"] == 0
+    states = rows_of(await db.fetch("SELECT id, state::text FROM jobs WHERE queue = $1", HELD))
+    assert states == {failed: "failed", later: "failed"}

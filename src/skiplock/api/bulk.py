@@ -82,7 +82,8 @@ class BulkController(Controller):
             f"newest {MAX_BULK:,}; ids at most {MAX_IDS:,}). Each write is guarded by state as the "
             "single actions are: retry takes failed and cancelled jobs that are no workflow's step, "
             "cancel waiting, queued and running ones, delete finished ones (a workflow's steps only "
-            "once their workflow ended); a job that changed meanwhile is skipped and counted. The "
+            "once their workflow ended); a job that changed meanwhile, or finished (retry, delete) or "
+            "was created (cancel) after the request, is skipped and counted. The "
             "bulk job's progress is the share walked, its result `{matched, done, skipped}`. Retry "
             "and cancel need `jobs:write`; delete needs `admin` (no single job is deleted over the API)."
         ),

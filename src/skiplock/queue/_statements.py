@@ -286,6 +286,7 @@ STATS = load_statements(StatsStatements, "skiplock.queue.sql", "stats.sql")
 @dataclass(frozen=True, slots=True)
 class BulkStatements:
     bulk_match: Statement
+    bulk_asked_at: Statement
     bulk_page: Statement
     bulk_lock_rows: Statement
     bulk_cancel: Statement

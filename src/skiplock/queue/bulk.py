@@ -6,12 +6,15 @@
 range newest first, :data:`BATCH` jobs a transaction, each write guarded by state as the single
 actions are: a job that changed meanwhile (finished before its cancel, retried already, running
 when deleted) is left alone and counted as skipped. A run again (a rescued lease) walks the range
-again; what was done stays done.
+again; what was done stays done, and the plan's ``asked_at`` keeps it to the jobs as they were
+asked: retry and delete take jobs finished by then (not one retried that failed again since),
+cancel jobs created by then.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -66,6 +69,10 @@ class BulkPlan(BaseModel):
     top: int = Field(default=0, ge=0, description="The newest id matched.")
     bottom: int = Field(default=0, ge=0, description="The oldest id matched.")
     matched: int = Field(ge=0, le=MAX_BULK)
+    asked_at: datetime = Field(
+        description="When it was asked: retry and delete take jobs finished by then, cancel jobs "
+        "created by then."
+    )
 
 
 class BulkStarted(BaseModel):
@@ -89,39 +96,46 @@ async def match(conn: AnyConnection, job_filter: JobFilter) -> tuple[int, int, i
     return row["matched"], row["top"], row["bottom"]
 
 
+async def asked_at(conn: AnyConnection) -> datetime:
+    """The database's time now: a plan's :attr:`BulkPlan.asked_at`."""
+    value: datetime = await conn.fetchval(BULK.bulk_asked_at)
+    return value
+
+
 async def _page(pool: asyncpg.Pool, plan: BulkPlan, below: int) -> list[int]:
     assert plan.filter is not None
     rows = await pool.fetch(BULK.bulk_page, *plan.filter.params(), plan.bottom, below, BATCH)
     return [r["id"] for r in rows]
 
 
-async def _apply(conn: AnyConnection, action: BulkAction, ids: Sequence[int]) -> int:
-    """The action on the jobs among ``ids`` it applies to, in the caller's transaction: how many."""
+async def _apply(conn: AnyConnection, action: BulkAction, ids: Sequence[int], asked: datetime) -> int:
+    """The action on the jobs among ``ids`` it applies to (as they were ``asked``), in the caller's
+    transaction: how many."""
     if action == "cancel":
         workflows = await conn.fetchval(BULK.bulk_lock_rows, ids)
         if workflows:
             await conn.execute(WORKFLOWS.workflow_lock_many, sorted(workflows))
-        rows = await conn.fetch(BULK.bulk_cancel, ids)
+        rows = await conn.fetch(BULK.bulk_cancel, ids, asked)
         running = [r["id"] for r in rows if r["state"] == JobState.RUNNING]
         if running:
             await conn.execute(BULK.bulk_notify_cancel, running)
         return len(rows)
     if action == "retry":
-        rows = await conn.fetch(BULK.bulk_retry, ids)
+        rows = await conn.fetch(BULK.bulk_retry, ids, asked)
         queues = sorted({r["queue"] for r in rows})
         if queues:
             await conn.execute(JOBS.notify_queued, queues)
         return len(rows)
-    return len(await conn.fetch(BULK.bulk_delete, ids))
+    return len(await conn.fetch(BULK.bulk_delete, ids, asked))
 
 
-async def apply_batch(pool: asyncpg.Pool, action: BulkAction, ids: Sequence[int]) -> int:
+async def apply_batch(pool: asyncpg.Pool, action: BulkAction, ids: Sequence[int], asked: datetime) -> int:
     """One batch in one transaction: how many jobs it changed. A retry that would give a second
     live job one unique_key is done job by job instead, the one in conflict skipped."""
     async with pool.acquire() as conn:
         try:
             async with conn.transaction():
-                return await _apply(conn, action, ids)
+                return await _apply(conn, action, ids, asked)
         except asyncpg.UniqueViolationError:
             if len(ids) == 1:
                 return 0
@@ -129,7 +143,7 @@ async def apply_batch(pool: asyncpg.Pool, action: BulkAction, ids: Sequence[int]
         for one in ids:
             try:
                 async with conn.transaction():
-                    done += await _apply(conn, action, [one])
+                    done += await _apply(conn, action, [one], asked)
             except asyncpg.UniqueViolationError:
                 continue
         return done
@@ -143,7 +157,7 @@ async def run(
     if plan.ids is not None:
         for start in range(0, len(plan.ids), BATCH):
             batch = plan.ids[start : start + BATCH]
-            done += await apply_batch(pool, plan.action, batch)
+            done += await apply_batch(pool, plan.action, batch, plan.asked_at)
             seen += len(batch)
             await progress(seen, done)
     elif plan.matched:
@@ -151,7 +165,7 @@ async def run(
         limit = min(plan.matched, MAX_BULK)  # the model's bound, kept by the walk itself too
         while seen < limit and (batch := await _page(pool, plan, below)):
             batch = batch[: limit - seen]
-            done += await apply_batch(pool, plan.action, batch)
+            done += await apply_batch(pool, plan.action, batch, plan.asked_at)
             seen += len(batch)
             below = batch[-1]
             await progress(seen, done)

@@ -645,11 +645,15 @@ class Client:
         async with self.pool.acquire() as conn, conn.transaction():
             if ids is not None:
                 unique = sorted(set(ids), reverse=True)
-                plan = BulkPlan(action=action, ids=unique, matched=len(unique))
+                asked = await bulk_actions.asked_at(conn)
+                plan = BulkPlan(action=action, ids=unique, matched=len(unique), asked_at=asked)
             else:
                 assert where is not None
                 matched, top, bottom = await bulk_actions.match(conn, where)
-                plan = BulkPlan(action=action, filter=where, top=top, bottom=bottom, matched=matched)
+                asked = await bulk_actions.asked_at(conn)
+                plan = BulkPlan(
+                    action=action, filter=where, top=top, bottom=bottom, matched=matched, asked_at=asked
+                )
             request = EnqueueRequest(bulk_actions.BULK_TASK, plan)
             resolved = self._resolve(request, internal=True)
             job = await self._insert(conn, request, resolved, wake_later=False)

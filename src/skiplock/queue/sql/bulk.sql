@@ -21,6 +21,12 @@ FROM (
     LIMIT $8
 ) AS matched
 
+-- name: bulk_asked_at
+-- When a bulk action was asked (after its jobs were counted): its writes take only jobs finished
+-- (retry, delete) or created (cancel) by then, so a run again (a rescued lease) does not retry
+-- again a job it retried that failed since, nor act on one that finished after the request.
+SELECT clock_timestamp() AS asked_at
+
 -- name: bulk_page
 -- The next batch of a bulk job's walk: up to $10 ids matching the filter in [$8, $9), newest first.
 SELECT id FROM jobs
@@ -60,11 +66,12 @@ FROM locked
 
 -- name: bulk_cancel
 -- job_cancel for many: waiting and queued jobs cancelled outright, running ones flagged for their
--- workers (the caller notifies them); the rest left as they are. The rows are locked already
--- (bulk_lock_rows).
+-- workers (the caller notifies them); the rest left as they are, and jobs created after $2 (the
+-- request). The rows are locked already (bulk_lock_rows).
 WITH previous AS (
     SELECT id, state FROM jobs
     WHERE id = ANY($1::bigint[]) AND state IN ('waiting', 'queued', 'running') AND NOT cancel_requested
+      AND created_at <= $2
 ), changed AS (
     UPDATE jobs AS j
     SET state = CASE WHEN j.state = 'running' THEN j.state ELSE 'cancelled'::job_state END,
@@ -87,10 +94,12 @@ SELECT pg_notify('skiplock', 'cancel:' || id) FROM unnest($1::bigint[]) AS id
 
 -- name: bulk_retry
 -- job_retry for many: failed and cancelled jobs that are no workflow's step go back to their
--- queues; the rest are left as they are. Rows locked in id order.
+-- queues, those that finished by $2 (the request: not one retried already that failed again since);
+-- the rest are left as they are. Rows locked in id order.
 WITH previous AS (
     SELECT id, state FROM jobs
     WHERE id = ANY($1::bigint[]) AND state IN ('failed', 'cancelled') AND workflow_id IS NULL
+      AND (finished_at IS NULL OR finished_at <= $2)
     ORDER BY id
     FOR NO KEY UPDATE
 ), changed AS (
@@ -111,11 +120,13 @@ SELECT id, queue FROM changed
 -- name: bulk_delete
 -- Finished jobs deleted (their events and edges go with them: jobs_deleted_events). A workflow's
 -- step only once its workflow has ended, as the pruner does: until then its dependents read its
--- result and a retry its state. Waiting, queued and running jobs are left: cancel them first.
+-- result and a retry its state. Waiting, queued and running jobs are left: cancel them first; and
+-- jobs that finished after $2 (the request).
 DELETE FROM jobs
 WHERE id IN (
     SELECT id FROM jobs
     WHERE id = ANY($1::bigint[]) AND state IN ('succeeded', 'failed', 'cancelled')
+      AND (finished_at IS NULL OR finished_at <= $2)
       AND (workflow_id IS NULL
            OR EXISTS (SELECT 1 FROM workflows AS w WHERE w.id = workflow_id AND w.finished_at IS NOT NULL))
     ORDER BY id
