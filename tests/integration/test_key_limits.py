@@ -145,12 +145,76 @@ async def test_a_key_over_its_rate_stays_queued_unattempted_and_says_when_it_may
     assert await tx.fetchval("SELECT count(*) FROM jobs WHERE state = 'queued' AND attempts = 0") == 6
 
 
-async def test_jobs_without_a_key_in_a_keyed_queue_are_claimed_after_the_keys(tx: asyncpg.Connection) -> None:
+async def test_jobs_without_a_key_in_a_keyed_queue_are_one_turn_of_the_round_robin(
+    tx: asyncpg.Connection,
+) -> None:
     await add_keyed(tx, None, 3)
     await add_keyed(tx, "a", 3)
     await set_key_limits(tx, concurrency=1)
     rows = await claim(tx)
     assert Counter(await keys_of(tx, jobs_of(rows))) == {"a": 1, None: 3}
+
+
+async def test_a_job_without_a_key_is_claimed_within_one_round_while_the_keys_have_room(
+    tx: asyncpg.Connection,
+) -> None:
+    for key in "abc":
+        await add_keyed(tx, key, 100)
+    await tx.execute(
+        "INSERT INTO jobs (queue, task, args, priority, run_at) "
+        "VALUES ('default', 'noop', '{}', 100, now() - interval '1 hour')"
+    )
+    await set_key_limits(tx, concurrency=1000)
+    await tx.execute("UPDATE queues SET key_cursor = 'a' WHERE name = 'default'")  # b, c, then it
+    served: list[str | None] = []
+    for _ in range(4):  # one round: the three keys and the jobs without a key
+        ids = jobs_of(await claim(tx, 10))
+        assert len(ids) == 10
+        served += await keys_of(tx, ids)
+    assert None in served
+
+
+async def test_a_process_that_cannot_run_the_unkeyed_jobs_does_not_hold_them_back_from_others(
+    tx: asyncpg.Connection,
+) -> None:
+    await add_keyed(tx, None, 1)
+    await add_keyed(tx, "a", 1)
+    await set_key_limits(tx, concurrency=1)
+    other = await tx.fetch(JOBS.job_claim_keyed, "default", 10, "other", 30.0, None, ["other"], [])
+    assert jobs_of(other) == []
+    rows = await claim(tx)  # at once, from a process that runs them
+    assert Counter(await keys_of(tx, jobs_of(rows))) == {"a": 1, None: 1}
+
+
+async def test_a_claim_walks_a_bounded_number_of_keys_and_the_next_continues_after_them(
+    tx: asyncpg.Connection,
+) -> None:
+    keys = [f"k{i:05}" for i in range(20_000)]  # each at its limit, one more queued
+    for state in ("running", "queued"):
+        await tx.execute(
+            "INSERT INTO jobs (queue, task, args, state, concurrency_key) "
+            "SELECT 'default', 'noop', '{}', $1, k FROM unnest($2::text[]) AS k",
+            state,
+            keys,
+        )
+    await tx.execute("ANALYZE jobs")
+    await set_key_limits(tx, concurrency=1)
+    cursor = "SELECT key_cursor FROM queues WHERE name = 'default'"
+    started = time.monotonic()
+    first = await claim(tx, 10)  # 64 turns: the jobs without a key, then 63 keys
+    elapsed = time.monotonic() - started
+    assert jobs_of(first) == []
+    assert first[0]["held"]  # turns left unwalked: claimed again on an outcome or at the poll
+    assert await tx.fetchval(cursor) == keys[62]
+    await claim(tx, 10)
+    assert await tx.fetchval(cursor) == keys[126]
+    await tx.execute(
+        "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL "
+        "WHERE state = 'running' AND concurrency_key = $1",
+        keys[127],
+    )
+    assert await keys_of(tx, jobs_of(await claim(tx, 10))) == [keys[127]]
+    assert elapsed < 2.0  # about 10 ms; the 20,000 keys walked took 256 ms
 
 
 async def test_the_queues_own_limits_hold_over_the_keys(tx: asyncpg.Connection) -> None:
