@@ -33,8 +33,11 @@ CLAIMS: dict[str, str] = {JOBS.job_claim_many: "job_claim_many", JOBS.job_claim_
 @dataclass
 class ExplainedClaims:
     """Each claim the producer sends, first run under EXPLAIN (ANALYZE, BUFFERS) in a transaction
-    rolled back (it changes nothing), then sent as it was: the claim index's buffers per claim."""
+    rolled back (it changes nothing), then sent as it was: the claim index's buffers per claim of
+    ``queue`` (claims of the other queues the engine serves, empty ones, are left out: which of them
+    a process serves depends on the tasks the suite imported before)."""
 
+    queue: str = "default"
     buffers: list[tuple[str, int]] = field(default_factory=list)
 
     def wrap(self, conn: asyncpg.Connection) -> Any:
@@ -45,7 +48,7 @@ class ExplainedClaims:
                 return getattr(conn, name)
 
             async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-                if sql in CLAIMS:
+                if sql in CLAIMS and args[0] == claims.queue:
                     transaction = conn.transaction()
                     await transaction.start()
                     try:
