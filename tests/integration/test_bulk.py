@@ -15,7 +15,9 @@ from skiplock.db.pool import create_pool
 from skiplock.queue import bulk as bulk_actions
 from skiplock.queue.bulk import BATCH, MAX_BULK, BulkPlan, JobFilter
 from skiplock.queue.models import JobState
+from tests.conftest import make_settings
 from tests.factories import job
+from tests.support.live import app_client
 from tests.support.waiting import wait_until
 
 Client = AsyncTestClient[Any]
@@ -283,3 +285,21 @@ async def test_a_plan_run_again_does_not_retry_twice_nor_touch_jobs_finished_aft
     assert deleting["done"] == 0
     states = rows_of(await db.fetch("SELECT id, state::text FROM jobs WHERE queue = $1", HELD))
     assert states == {failed: "failed", later: "failed"}
+
+
+async def test_a_bulk_action_no_worker_would_run_is_refused_with_409(
+    api: Client, dsn: str, registry: Any, db: asyncpg.Connection
+) -> None:
+    body = {"action": "cancel", "ids": [10**9]}
+    assert (await api.post("/queues/default/pause")).status_code in (200, 201)
+    paused = await api.post("/jobs/bulk", json=body)
+    assert paused.status_code == 409, paused.text
+    assert "queue 'default', where bulk_jobs runs, is paused" in paused.text
+    assert (await api.post("/queues/default/resume")).status_code in (200, 201)
+    await bulk(api, body)
+    await db.execute("UPDATE workers SET stopped_at = now()")  # the fleet gone: only the next one
+    async with app_client(make_settings(dsn, queues=[HELD]), registry) as elsewhere:
+        unserved = await elsewhere.post("/jobs/bulk", json=body)
+    assert unserved.status_code == 409, unserved.text
+    assert "no live worker serves queue 'default', where bulk_jobs runs" in unserved.text
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE task = 'bulk_jobs'") == 1

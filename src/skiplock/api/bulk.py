@@ -73,6 +73,8 @@ class BulkController(Controller):
             e422="A bad action, ids or filter, both or neither (`extra` names the field): nothing is "
             "written.",
             e403="The key lacks jobs:write, or the action is delete and it lacks admin.",
+            e409="No live worker serves the queue bulk_jobs runs in (default), or it is paused: the "
+            "job would never run, so none is made.",
             e503="Counting the filter's jobs ran past its limit, or the database is unavailable: narrow it.",
         ),
         operation_class=documented(examples=EXAMPLES),
@@ -85,7 +87,8 @@ class BulkController(Controller):
             "once their workflow ended); a job that changed meanwhile, or finished (retry, delete) or "
             "was created (cancel) after the request, is skipped and counted. The "
             "bulk job's progress is the share walked, its result `{matched, done, skipped}`. Retry "
-            "and cancel need `jobs:write`; delete needs `admin` (no single job is deleted over the API)."
+            "and cancel need `jobs:write`; delete needs `admin` (no single job is deleted over the API). "
+            "409 when no live worker serves the bulk job's queue (`default`) or it is paused."
         ),
     )
     async def bulk(

@@ -287,6 +287,7 @@ STATS = load_statements(StatsStatements, "skiplock.queue.sql", "stats.sql")
 class BulkStatements:
     bulk_match: Statement
     bulk_asked_at: Statement
+    bulk_queue_paused: Statement
     bulk_page: Statement
     bulk_lock_rows: Statement
     bulk_cancel: Statement

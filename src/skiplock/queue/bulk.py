@@ -21,8 +21,10 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from skiplock.db.pool import AnyConnection
+from skiplock.errors import ConflictError
 from skiplock.queue._statements import BULK, JOBS, WORKFLOWS
 from skiplock.queue.models import JobState
+from skiplock.queue.workers import served_by
 
 BulkAction = Literal["retry", "cancel", "delete"]
 #: The most jobs one bulk action takes (the newest matched, for a filter).
@@ -100,6 +102,19 @@ async def asked_at(conn: AnyConnection) -> datetime:
     """The database's time now: a plan's :attr:`BulkPlan.asked_at`."""
     value: datetime = await conn.fetchval(BULK.bulk_asked_at)
     return value
+
+
+async def check_runnable(conn: AnyConnection, queue: str, served: dict[str, int]) -> None:
+    """ConflictError unless a live worker claims from ``queue`` (``served``: see
+    :meth:`Workers.served_queues`) and it is not paused: a bulk job there would never run."""
+    if not served_by(queue, served):
+        raise ConflictError(
+            f"no live worker serves queue {queue!r}, where {BULK_TASK} runs: start one whose "
+            f"SKIPLOCK_QUEUES includes {queue!r} (or '*', or leave it empty)",
+            queue=queue,
+        )
+    if await conn.fetchval(BULK.bulk_queue_paused, queue):
+        raise ConflictError(f"queue {queue!r}, where {BULK_TASK} runs, is paused: resume it", queue=queue)
 
 
 async def _page(pool: asyncpg.Pool, plan: BulkPlan, below: int) -> list[int]:

@@ -638,7 +638,8 @@ class Client:
         """Retry, cancel or delete the jobs ``ids`` names, or the newest 100,000 ``where`` matches,
         by a job of its own (``bulk_jobs``, enqueued in this transaction with the jobs counted), a
         batch a transaction, guarded by state: a job that changed meanwhile is skipped and counted.
-        Delete takes finished jobs only (a workflow's steps once their workflow ended)."""
+        Delete takes finished jobs only (a workflow's steps once their workflow ended). ConflictError
+        when no live worker serves the bulk job's queue or it is paused: it would never run."""
         if (ids is None) == (where is None):
             message = "give ids or filter, one of them"
             raise InvalidArgumentsError(message, errors=[{"field": "ids", "message": message}])
@@ -656,6 +657,7 @@ class Client:
                 )
             request = EnqueueRequest(bulk_actions.BULK_TASK, plan)
             resolved = self._resolve(request, internal=True)
+            await bulk_actions.check_runnable(conn, resolved.queue, await self.workers.served_queues())
             job = await self._insert(conn, request, resolved, wake_later=False)
         return BulkStarted(job_id=job.id, action=action, matched=plan.matched)
 

@@ -27,6 +27,10 @@ FROM (
 -- again a job it retried that failed since, nor act on one that finished after the request.
 SELECT clock_timestamp() AS asked_at
 
+-- name: bulk_queue_paused
+-- Whether the bulk job's queue ($1) is paused: its job would wait there until a resume.
+SELECT coalesce((SELECT paused FROM queues WHERE name = $1), false) AS paused
+
 -- name: bulk_page
 -- The next batch of a bulk job's walk: up to $10 ids matching the filter in [$8, $9), newest first.
 SELECT id FROM jobs
