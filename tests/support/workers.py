@@ -30,6 +30,9 @@ def spawn(dsn: str, *command: str, stderr_to: Path | None = None, **settings: st
         "SKIPLOCK_LOG_LEVEL": "warning",
         "SKIPLOCK_POLL_INTERVAL_S": "0.5",
         "SKIPLOCK_AUTO_MIGRATE": "false",
+        # As make_settings's in-process engines: a stop with jobs still running waits 1 s for them,
+        # not the production 10 s (a test of the grace sets its own).
+        "SKIPLOCK_SHUTDOWN_GRACE_S": "1",
         **{f"SKIPLOCK_{key.upper()}": value for key, value in settings.items()},
     }
     env.pop("SKIPLOCK_TEST_DATABASE_URL", None)
