@@ -8,7 +8,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format bench clean
+.PHONY: help install run test lint format bench soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ format: install ## apply ruff's fixes and formatting
 
 bench: install ## benchmark the engine against bare asyncpg (QUICK=1 for a short run)
 	$(VENV)/bin/python -m bench $(if $(QUICK),--quick,)
+
+soak: install ## a steady load for SOAK_MINUTES (30) at SOAK_RATE jobs/s (2000); SOAK_HOLD_SNAPSHOT=1
+	$(VENV)/bin/python -m bench.soak
 
 clean: ## remove the venv, tools and caches (keeps .skiplock, your local database)
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
