@@ -15,6 +15,7 @@ printed and written with every minute to bench/results/soak-<timestamp>.json.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -125,8 +126,10 @@ async def soak(
                         )
                     rows = await sample(plan, conn, origin, postmaster)
                 finally:
-                    if holder is not None:
+                    if holder is not None:  # closed before the database is dropped
                         holder.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await holder
     finally:
         await conn.close()
         await admin.close()

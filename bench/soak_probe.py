@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 
-#: The engine tables followed; each with its partitions, if it has any (pg_partition_tree).
+#: The engine tables followed; each with its partitions, if it has any (pg_partition_tree lists
+#: none for a plain table, so the table itself is added).
 TABLES = ("jobs", "job_events")
 SIZE_KEYS = ("total", "indexes")
 
@@ -29,7 +30,7 @@ SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint AS total,
        coalesce(sum(pg_indexes_size(t.relid)), 0)::bigint AS indexes,
        coalesce(sum(s.n_dead_tup), 0)::bigint AS dead,
        coalesce(sum(s.n_live_tup), 0)::bigint AS live
-FROM pg_partition_tree($1::regclass) AS t
+FROM (SELECT $1::regclass AS relid UNION SELECT relid FROM pg_partition_tree($1::regclass)) AS t
 LEFT JOIN pg_stat_user_tables AS s ON s.relid = t.relid
 """
 

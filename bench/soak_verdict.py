@@ -65,7 +65,7 @@ def judge(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
     checks: dict[str, Any] = {}
 
     rates = [r["jobs_per_s"] for r in steady]
-    median_rate = statistics.median(rates) if rates else None
+    median_rate = round(statistics.median(rates), 1) if rates else None
     checks["throughput"] = {
         "minutes": [r["minute"] for r in steady],
         "median_jobs_per_s": median_rate,
@@ -76,7 +76,7 @@ def judge(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
     p99s = [r["wait_p99_ms"] for r in steady if r["wait_p99_ms"] is not None]
-    median_p99 = statistics.median(p99s) if p99s else None
+    median_p99 = round(statistics.median(p99s), 2) if p99s else None
     checks["p99"] = {
         "median_ms": median_p99,
         "pass": None
