@@ -100,7 +100,7 @@ async def main() -> bool:
     print()
     print(summary(verdict, offered))
     print(f"written to {out.relative_to(ROOT)}")
-    return bool(verdict["pass"])
+    return verdict["pass"] is True
 
 
 async def soak(
@@ -230,7 +230,8 @@ def summary(verdict: dict[str, Any], offered: dict[str, Any]) -> str:
             f" {word(r['pass'])}"
         )
     undecided = f" ({verdict['undecided']} check(s) too short to tell)" if verdict["undecided"] else ""
-    lines.append(f"soak: {'PASS' if verdict['pass'] else 'FAIL'}{undecided}")
+    outcome = "too short to tell" if verdict["pass"] is None else ("PASS" if verdict["pass"] else "FAIL")
+    lines.append(f"soak: {outcome}{undecided}")
     return "\n".join(lines)
 
 

@@ -13,7 +13,8 @@
 - recovery (with a held snapshot): the first minute that starts at least a minute after the release
   within ±20 % of the steady median.
 
-A check whose window has fewer than two minutes is None: the run was too short to tell.
+A check whose window has fewer than two minutes is None: the run was too short to tell; the run
+passes when every other check does, and is None itself when no check could be judged.
 """
 
 from __future__ import annotations
@@ -119,4 +120,5 @@ def judge(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
 
     decided = [c["pass"] for c in checks.values() if c["pass"] is not None]
-    return {"checks": checks, "pass": bool(decided) and all(decided), "undecided": len(checks) - len(decided)}
+    verdict = all(decided) if decided else None  # None: no check could be judged
+    return {"checks": checks, "pass": verdict, "undecided": len(checks) - len(decided)}
