@@ -261,7 +261,6 @@ class Producer:
                         transaction_pooler=self.transaction_pooler,
                     )
                     try:
-                        await self._warm(conn)
                         if self._claim_unsure:
                             await self._release_unrun(conn)
                         while not self._stop.is_set:
@@ -280,21 +279,6 @@ class Producer:
                     if await recovery.failed(exc):
                         break
             await self._drain()
-
-    async def _warm(self, conn: AnyConnection) -> None:
-        """A statement's first use on a connection costs several round trips (its parameter and
-        row types are looked up): on a slow database the first claim's reply came too late to start
-        its runs, which were handed back unstarted. The claims' types are looked up here, under the
-        connect limit, before any claim. (Behind a transaction pooler every use parses anew.)"""
-        if self.transaction_pooler:
-            return
-        for statement in (
-            JOBS.job_claim_many,
-            JOBS.job_claim_after,
-            JOBS.job_claim_limited,
-            JOBS.job_claim_keyed,
-        ):
-            await conn.prepare(statement, timeout=(self.limits or Limits()).connect_s)
 
     async def _wait_for_work(self) -> None:
         if not self._woken:
