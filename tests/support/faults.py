@@ -63,6 +63,10 @@ class PrivateServer:
         self.server.stop()  # forget ownership; it is not running
         self.start()
 
+    def promote(self) -> None:
+        """``pg_ctl promote``: a standby ends recovery and takes writes; back when it does."""
+        self._pg_ctl("promote")
+
     def postmaster_pid(self) -> int | None:
         return self.server._running_pid()
 
@@ -204,6 +208,24 @@ async def streaming_replica(primary: PrivateServer) -> AsyncIterator[PrivateServ
         standby.server.stop()
 
 
+async def replicate_synchronously(primary: PrivateServer, standby: PrivateServer) -> None:
+    """From now on the primary's commits wait until ``standby`` has flushed them
+    (``synchronous_standby_names = '*'``, with ``synchronous_commit = on``): an acknowledged commit
+    is on the standby. Set on the primary only (ALTER SYSTEM, after the base backup), so the
+    standby, once promoted, waits for no standby of its own. Returns once the standby is sync."""
+    conn = await asyncpg.connect(primary.admin_dsn)
+    try:
+        await conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        await conn.execute("SELECT pg_reload_conf()")
+        for _ in range(300):
+            if await conn.fetchval("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'"):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the standby did not become synchronous within 15 s")
+    finally:
+        await conn.close()
+
+
 class SlowProxy:
     """A TCP proxy in front of a PostgreSQL server that delays everything a client sends by
     ``delay_s`` (so every round trip takes that much longer; what the server sends back is not
@@ -223,6 +245,14 @@ class SlowProxy:
     def freeze(self) -> None:
         """Nothing more is forwarded either way (connections stay open; new ones get no answer)."""
         self._flowing.clear()
+
+    def repoint(self, upstream: str) -> None:
+        """The address moves (a failover): new connections reach ``upstream``'s server, and every
+        connection made before is cut, as the old host's would be."""
+        self._upstream = upstream
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
 
     async def start(self) -> None:
         url = urlsplit(self._upstream)
