@@ -24,6 +24,7 @@ from skiplock.db import connect
 from skiplock.db.admin import create_database, with_database
 from skiplock.db.embedded import EmbeddedPostgres
 from skiplock.db.migrate import migrate_database
+from tests.support.servers import data_root
 
 #: Like the suite's server (fsync off: the tests never crash the machine itself), but commits wait
 #: for the WAL write, so a server crash keeps exactly what was acknowledged, as in production.
@@ -84,7 +85,7 @@ async def private_postgres(
     settings: dict[str, str] | None = None, *, test_tables: str = ""
 ) -> AsyncIterator[PrivateServer]:
     """A fresh server with a migrated database ``skiplock`` (plus ``test_tables``), removed after."""
-    directory = Path(tempfile.mkdtemp(prefix="skpf-", dir="/tmp"))
+    directory = Path(tempfile.mkdtemp(prefix="skpf-", dir=data_root()))
     server = PrivateServer(directory, {**DURABLE_SETTINGS, **(settings or {})})
     server.start()
     try:
