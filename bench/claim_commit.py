@@ -28,7 +28,7 @@ async def run(bench: Bench) -> None:
             await fill_noop_jobs(setup, 2 * claims * CLAIM_BATCH)
             await durable.execute("SET synchronous_commit = on")  # whatever the server's default
             await fast.execute("SET synchronous_commit = off")
-            args: tuple[object, ...] = ("default", CLAIM_BATCH, "bench", 60.0, None, ["bench_noop"], [])
+            args: tuple[object, ...] = ("default", CLAIM_BATCH, "bench", 60.0, None, ["bench_noop"], [], 0)
             times: dict[str, list[float]] = {"durable": [], "off": []}
             for _ in range(claims):
                 for side, conn in (("durable", durable), ("off", fast)):

@@ -118,7 +118,7 @@ async def claim_cost(bench: Bench, count: int, *, keyed: bool) -> float:
                     "INSERT INTO queues (name, key_concurrency) VALUES ('default', $1)", CLAIM_PER_KEY
                 )
                 statement = CLAIM_SQL["job_claim_keyed"]
-            args: tuple[object, ...] = ("default", CLAIM_BATCH, "bench", 60.0, None, ["bench_noop"], [])
+            args: tuple[object, ...] = ("default", CLAIM_BATCH, "bench", 60.0, None, ["bench_noop"], [], 0)
             times = []
             for _ in range(CLAIMS):
                 started = time.perf_counter()

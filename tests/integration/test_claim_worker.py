@@ -10,7 +10,7 @@ import asyncpg
 from skiplock.queue._statements import JOBS
 from tests.integration.test_key_limits import add_keyed, set_key_limits
 
-CLAIM = [100, "worker-a", 30.0, None, ["noop"], []]
+CLAIM = [100, "worker-a", 30.0, None, ["noop"], [], 0]
 
 
 async def workers_of_running_events(conn: asyncpg.Connection, queue: str) -> list[str | None]:

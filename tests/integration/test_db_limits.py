@@ -153,7 +153,7 @@ async def test_a_process_stopped_inside_an_engine_transaction_keeps_no_job_from_
     stopped = await connect(dsn, limits=engine_limits(settings))
     try:
         await stopped.execute("BEGIN")
-        await stopped.execute(JOBS.job_lock_rows, [job_id])  # as the event writer or completer would
+        await stopped.execute(JOBS.job_lock_rows, [job_id], 0)  # as the event writer or completer would
         assert await db.fetch(JOBS.job_rescue_pick, 10, None, 0.0) == []  # skipped while it is held
         started = time.monotonic()
         while not await db.fetch(JOBS.job_rescue_pick, 10, None, 0.0):

@@ -17,7 +17,7 @@ from skiplock.queue.models import JobState
 from tests.factories import job
 from tests.integration.test_engine import finished
 
-CLAIM: list[Any] = ["default", 10, "me", 30.0, None, ["noop"], []]  # job_claim_many's $1 … $7
+CLAIM: list[Any] = ["default", 10, "me", 30.0, None, ["noop"], [], 0]  # job_claim_many's $1 … $8
 
 
 async def assert_expired_unstarted(engine: Engine, job_id: int) -> None:

@@ -24,7 +24,7 @@ from tests.conftest import make_settings
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker, stop_worker
 
-CLAIM: list[Any] = ["default", 100, "me", 30.0, None, ["noop"], []]
+CLAIM: list[Any] = ["default", 100, "me", 30.0, None, ["noop"], [], 0]
 
 
 async def set_key_limits(
@@ -180,7 +180,7 @@ async def test_a_process_that_cannot_run_the_unkeyed_jobs_does_not_hold_them_bac
     await add_keyed(tx, None, 1)
     await add_keyed(tx, "a", 1)
     await set_key_limits(tx, concurrency=1)
-    other = await tx.fetch(JOBS.job_claim_keyed, "default", 10, "other", 30.0, None, ["other"], [])
+    other = await tx.fetch(JOBS.job_claim_keyed, "default", 10, "other", 30.0, None, ["other"], [], 0)
     assert jobs_of(other) == []
     rows = await claim(tx)  # at once, from a process that runs them
     assert Counter(await keys_of(tx, jobs_of(rows))) == {"a": 1, None: 1}

@@ -28,9 +28,10 @@ T = TypeVar("T")
 
 async def test_heartbeat_extends_only_the_attempt_it_names(tx: asyncpg.Connection) -> None:
     job_id = await job(tx, JobState.RUNNING)  # attempt 1, owner 'factory'
-    assert await tx.fetch(JOBS.job_heartbeat, [job_id], "factory", 30.0, [2]) == []
-    assert await tx.fetch(JOBS.job_heartbeat, [job_id], "other", 30.0, [1]) == []
-    assert [r["id"] for r in await tx.fetch(JOBS.job_heartbeat, [job_id], "factory", 30.0, [1])] == [job_id]
+    assert await tx.fetch(JOBS.job_heartbeat, [job_id], "factory", 30.0, [2], 0) == []
+    assert await tx.fetch(JOBS.job_heartbeat, [job_id], "other", 30.0, [1], 0) == []
+    renewed = await tx.fetch(JOBS.job_heartbeat, [job_id], "factory", 30.0, [1], 0)
+    assert [r["id"] for r in renewed] == [job_id]
 
 
 async def test_events_of_an_attempt_that_is_no_longer_ours_are_not_written(tx: asyncpg.Connection) -> None:
@@ -293,7 +294,7 @@ async def test_a_task_enqueueing_in_its_own_open_transaction_does_not_block_its_
         await wait_until(lambda: db.fetchval("SELECT count(*) = 1 FROM test_runs WHERE job_id = $1", job_id))
         # The task's transaction holds its guard's lock on the parent's row now.
         await db.execute("SET lock_timeout = '500ms'")
-        renewed = await db.fetch(JOBS.job_heartbeat, [job_id], engine.owner, 30.0, [1])
+        renewed = await db.fetch(JOBS.job_heartbeat, [job_id], engine.owner, 30.0, [1], 0)
         assert [r["id"] for r in renewed] == [job_id]
         expired = db.transaction()  # rolled back: the lease as if expired, for the rescue pick alone
         await expired.start()

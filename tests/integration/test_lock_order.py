@@ -20,7 +20,7 @@ ROUNDS = 150
 async def _heartbeats(conn: asyncpg.Connection, ids: list[int], rng: random.Random) -> None:
     for _ in range(ROUNDS):
         batch = rng.sample(ids, len(ids))
-        await conn.fetch(JOBS.job_heartbeat, batch, OWNER, 30.0, [1] * len(batch))
+        await conn.fetch(JOBS.job_heartbeat, batch, OWNER, 30.0, [1] * len(batch), 0)
 
 
 async def _event_writes(conn: asyncpg.Connection, ids: list[int], rng: random.Random) -> None:
@@ -42,7 +42,7 @@ async def _completer_writes(conn: asyncpg.Connection, ids: list[int], rng: rando
     for _ in range(ROUNDS):
         batch = rng.sample(ids, len(ids))
         async with conn.transaction():
-            await conn.execute(JOBS.job_lock_rows, sorted(batch))
+            await conn.execute(JOBS.job_lock_rows, sorted(batch), 0)
             await conn.execute(
                 EVENTS.event_write_many,
                 batch,
@@ -51,7 +51,7 @@ async def _completer_writes(conn: asyncpg.Connection, ids: list[int], rng: rando
                 [1] * len(batch),
                 OWNER,
             )
-            await conn.fetch(JOBS.job_heartbeat, batch[::-1], OWNER, 30.0, [1] * len(batch))
+            await conn.fetch(JOBS.job_heartbeat, batch[::-1], OWNER, 30.0, [1] * len(batch), 0)
 
 
 async def test_heartbeat_event_and_outcome_writes_of_the_same_jobs_never_deadlock(

@@ -57,6 +57,9 @@ async def crowd(request: pytest.FixtureRequest, pg_admin_dsn: str, template_dsn:
             INSERT INTO jobs (task, state, attempts, started_at, finished_at)
             SELECT 'noop', 'succeeded', 1, now(), now() FROM generate_series(1, {FINISHED});
             INSERT INTO jobs (task) SELECT 'noop' FROM generate_series(1, {MINE});
+            -- Queued in another shard, ahead of those in claim order: a claim of shard 0 reads
+            -- none of them (the shard leads the claim's index).
+            INSERT INTO jobs (task, shard, priority) SELECT 'noop', 1, 5 FROM generate_series(1, {MINE});
             """
         )
         if stale:
@@ -120,6 +123,7 @@ def _finish_args(ids: list[int]) -> list[Any]:
         [0.0] * (n - 1) + [5.0],
         ['{"fraction": 1.0}'] * n,
         "me",
+        0,
     ]
 
 
@@ -148,28 +152,30 @@ class Hot:
 HOT: dict[str, Hot] = {
     "job_claim_many": Hot(
         JOBS.job_claim_many,
-        lambda ids, c: ["default", len(ids), "me", 30.0, None, ["noop"], []],
+        lambda ids, c: ["default", len(ids), "me", 30.0, None, ["noop"], [], 0],
         _whole_batch,
     ),
     "job_claim_after": Hot(  # going on after a job placed before every queued one
         JOBS.job_claim_after,
-        lambda ids, c: ["default", len(ids), "me", 30.0, None, ["noop"], [], 0, EPOCH, 0],
+        lambda ids, c: ["default", len(ids), "me", 30.0, None, ["noop"], [], 0, 0, EPOCH, 0],
         _whole_batch,
     ),
     "job_finish_many": Hot(JOBS.job_finish_many, lambda ids, c: _finish_args(ids), _whole_batch),
     "job_fail_outcome_not_stored": Hot(
         JOBS.job_fail_outcome_not_stored,
-        lambda ids, c: [ids[-1], 1, "me", "the outcome could not be stored"],
+        lambda ids, c: [ids[-1], 1, "me", "the outcome could not be stored", 0],
         lambda n: 1,
     ),
-    "job_heartbeat": Hot(JOBS.job_heartbeat, lambda ids, c: [ids, "me", 30.0, [1] * len(ids)], _whole_batch),
+    "job_heartbeat": Hot(
+        JOBS.job_heartbeat, lambda ids, c: [ids, "me", 30.0, [1] * len(ids), 0], _whole_batch
+    ),
     "job_rescue_pick": Hot(JOBS.job_rescue_pick, lambda ids, c: [len(ids), None, 0.0], lambda n: 3),
     "job_rescue_expired": Hot(
         JOBS.job_rescue_expired, lambda ids, c: [c.expired, [0.5] * len(c.expired)], lambda n: 3
     ),
     "job_expire_queued": Hot(JOBS.job_expire_queued, lambda ids, c: [len(ids), None], lambda n: 3),
     "job_release_many": Hot(
-        JOBS.job_release_many, lambda ids, c: [ids, "me", [1] * len(ids), [0.0] * len(ids)], _whole_batch
+        JOBS.job_release_many, lambda ids, c: [ids, "me", [1] * len(ids), [0.0] * len(ids), 0], _whole_batch
     ),
     "job_cancel_requested": Hot(JOBS.job_cancel_requested, lambda ids, c: [ids], lambda n: 1),
     "event_write_many": Hot(EVENTS.event_write_many, lambda ids, c: _event_args(ids), None),
@@ -256,6 +262,29 @@ def _shape(node: dict[str, Any], depth: int = 0) -> str:
     return "\n".join([line, *(_shape(child, depth + 1) for child in node.get("Plans", []))])
 
 
+def _index_scans(node: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [node] if node["Node Type"] in ("Index Scan", "Index Only Scan") else []
+    return found + [scan for child in node.get("Plans", []) for scan in _index_scans(child)]
+
+
+@pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
+@pytest.mark.parametrize("name", ["job_claim_many", "job_claim_after"])
+async def test_a_claim_reads_its_shard_alone_by_an_index_scan_led_by_the_shard(
+    crowd: Crowd, name: str, mode: str
+) -> None:
+    hot = HOT[name]
+    conn = await connect(crowd.dsn)
+    try:
+        explained = await _explain(conn, hot.sql, hot.args(crowd.mine[: BATCHES[0]], crowd), mode)
+    finally:
+        await conn.close()
+    scans = [s for s in _index_scans(explained["Plan"]) if s.get("Index Name") == "jobs_claim_idx"]
+    assert scans, _shape(explained["Plan"])
+    (scan,) = scans
+    assert scan["Index Cond"].startswith("((shard = "), scan["Index Cond"]
+    assert scan.get("Rows Removed by Filter", 0) == 0  # no job of shard 1 read and put aside
+
+
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
 @pytest.mark.parametrize("name", sorted(HOT))
@@ -302,6 +331,7 @@ async def test_finish_many_gives_each_job_its_own_outcome_and_never_another_ones
             [0.0] * len(order),
             [None] * len(order),
             "me",
+            0,
         ]
 
     written = await tx.fetch(JOBS.job_finish_many, *finish(sorted([*ids[:3], stale]), {stale: 1}))

@@ -23,7 +23,7 @@ from tests.integration.test_metrics import sample, scrape
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker, stop_worker
 
-CLAIM: list[Any] = ["default", 10, "me", 30.0, None, ["noop"], []]
+CLAIM: list[Any] = ["default", 10, "me", 30.0, None, ["noop"], [], 0]
 
 
 async def add_jobs(conn: asyncpg.Connection, n: int, queue: str = "default") -> None:

@@ -138,7 +138,7 @@ async def test_claim_stays_on_the_claim_index_behind_many_jobs_of_an_unknown_tas
     await tx.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
     await tx.execute(f"PREPARE claim AS {JOBS.job_claim_many}")
     explained = await tx.fetchval(
-        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim('default', 10, 'me', 30.0, NULL, '{noop}', '{}')"
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim('default', 10, 'me', 30.0, NULL, '{noop}', '{}', 0)"
     )
     await tx.execute("DEALLOCATE claim")
     plan = explained[0]  # the json codec decoded it

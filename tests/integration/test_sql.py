@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import typing
 from collections.abc import Sequence
 from datetime import timedelta
@@ -136,12 +137,12 @@ async def test_a_job_inserted_claimed_renewed_and_finished_through_the_typed_cal
     assert inserted["priority"] == 3
     job_id = inserted["id"]
     claim = JobClaim(
-        queue="default", limit=5, owner="me", lease_s=30.0, now=None, tasks=["noop"], excluded=[]
+        queue="default", limit=5, owner="me", lease_s=30.0, now=None, tasks=["noop"], excluded=[], shard=0
     )
     assert await claim_jobs(tx, claim._replace(excluded=[job_id])) == []
     claimed = await claim_jobs(tx, claim)
     assert [(r["id"], r["attempts"], r["timeout_s"]) for r in claimed] == [(job_id, 1, 5.0)]
-    renew = JobHeartbeat(ids=[job_id], owner="me", lease_s=60.0, attempts=[1])
+    renew = JobHeartbeat(ids=[job_id], owner="me", lease_s=60.0, attempts=[1], shard=0)
     assert await renew_leases(tx, renew._replace(owner="other"), statement_timeout_s=None) == set()
     assert await renew_leases(tx, renew, statement_timeout_s=None) == {job_id}
     finish = JobFinish(
@@ -153,6 +154,7 @@ async def test_a_job_inserted_claimed_renewed_and_finished_through_the_typed_cal
         retry_in_s=[None],
         progress=[None],
         owner="me",
+        shard=0,
     )
     assert await finish_jobs(tx, finish._replace(attempts=[2])) == []
     assert await finish_jobs(tx, finish) == [job_id]
@@ -171,10 +173,10 @@ async def test_claim_takes_only_due_jobs_by_the_pinned_clock(tx: asyncpg.Connect
     run_at = await tx.fetchval("SELECT now() + interval '1 hour'")
     job_id = await job(tx, run_at=run_at)
     early = await tx.fetch(
-        JOBS.job_claim_many, "default", 10, "me", 30.0, run_at - timedelta(seconds=1), ["noop"], []
+        JOBS.job_claim_many, "default", 10, "me", 30.0, run_at - timedelta(seconds=1), ["noop"], [], 0
     )
     assert early == []
-    on_time = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, run_at, ["noop"], [])
+    on_time = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, run_at, ["noop"], [], 0)
     assert [r["id"] for r in on_time] == [job_id]
     assert on_time[0]["attempts"] == 1
 
@@ -188,9 +190,9 @@ async def test_claim_after_takes_the_jobs_of_the_hints_priority_after_it_in_clai
     higher = await job(tx, run_at=t0, priority=5)
     lower = await job(tx, run_at=t0, priority=-1)
     hint = [0, at[1], same[1]]  # where a claim that took same[0] and same[1] ended
-    after = await tx.fetch(JOBS.job_claim_after, "default", 10, "me", 30.0, None, ["noop"], [], *hint)
+    after = await tx.fetch(JOBS.job_claim_after, "default", 10, "me", 30.0, None, ["noop"], [], 0, *hint)
     assert [r["id"] for r in after] == same[2:]  # neither the hint's job nor another priority's
-    rest = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [])
+    rest = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [], 0)
     assert [r["id"] for r in sorted(rest, key=lambda r: (-r["priority"], r["run_at"], r["id"]))] == [
         higher,
         *same[:2],
@@ -210,8 +212,10 @@ async def test_claim_uses_the_partial_claim_index(tx: asyncpg.Connection) -> Non
     await tx.execute("ANALYZE jobs")
     await tx.execute("SET LOCAL enable_seqscan = off")  # a small table would otherwise be scanned
     explain = await tx.prepare("EXPLAIN " + JOBS.job_claim_many)
-    plan = "\n".join(r[0] for r in await explain.fetch("q1", 10, "me", 30.0, None, ["noop"], []))
+    plan = "\n".join(r[0] for r in await explain.fetch("q1", 10, "me", 30.0, None, ["noop"], [], 0))
     assert "jobs_claim_idx" in plan, plan
+    # The shard leads the index and the claim names it: one shard's entries are read, no other's.
+    assert re.search(r"Index Cond: \(\(shard = [^)]+\) AND \(queue = ", plan), plan
 
 
 async def test_rescue_requeues_expired_leases_and_fails_exhausted_ones(
@@ -250,6 +254,7 @@ async def test_finish_is_ignored_for_a_job_no_longer_ours(db: asyncpg.Connection
         [0.0],
         [None],
         "someone-else",
+        0,
     )
     assert written == []
     assert await db.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "running"
@@ -290,7 +295,7 @@ async def test_a_cancel_asked_while_the_attempt_failed_wins_over_the_retry(tx: a
     job_id = await job(tx, JobState.RUNNING, cancel_requested=True)
     error = '{"attempt": 1, "type": "RuntimeError", "message": "boom", "at": "2026-01-01T00:00:00Z"}'
     written = await tx.fetch(
-        JOBS.job_finish_many, [job_id], [1], ["queued"], [None], [error], [5.0], [None], "factory"
+        JOBS.job_finish_many, [job_id], [1], ["queued"], [None], [error], [5.0], [None], "factory", 0
     )
     assert [r["id"] for r in written] == [job_id]
     row = await tx.fetchrow("SELECT state, finished_at, errors FROM jobs WHERE id = $1", job_id)
@@ -305,7 +310,7 @@ async def test_release_at_shutdown_requeues_or_cancels_as_asked(tx: asyncpg.Conn
 
     plain = await job(tx, JobState.RUNNING)
     asked = await job(tx, JobState.RUNNING, cancel_requested=True)
-    released = await tx.fetch(JOBS.job_release_many, [plain, asked], "factory", [1, 1], [0.0, 0.0])
+    released = await tx.fetch(JOBS.job_release_many, [plain, asked], "factory", [1, 1], [0.0, 0.0], 0)
     rows = {r["id"]: r["state"] for r in released}
     assert rows == {plain: "queued", asked: "cancelled"}
     # The attempt stays counted (attempt numbers never repeat); the interrupted run gets one more.

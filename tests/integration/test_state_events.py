@@ -62,7 +62,7 @@ Case = Callable[[asyncpg.Connection], Awaitable[tuple[int, list[dict[str, Any]]]
 
 async def claim(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx)
-    rows = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [])
+    rows = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [], 0)
     assert [r["id"] for r in rows] == [job_id]
     return job_id, [{"state": "running", "previous": "queued", "attempt": 1, "worker": "me"}]
 
@@ -72,7 +72,7 @@ async def claim_after(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]
     job_id = await job(tx)
     hint = await tx.fetchrow("SELECT priority, run_at, id FROM jobs WHERE id = $1", before)
     assert hint is not None
-    rows = await tx.fetch(JOBS.job_claim_after, "default", 10, "me", 30.0, None, ["noop"], [], *hint)
+    rows = await tx.fetch(JOBS.job_claim_after, "default", 10, "me", 30.0, None, ["noop"], [], 0, *hint)
     assert [r["id"] for r in rows] == [job_id]  # the job after the hint, not the one it names
     return job_id, [{"state": "running", "previous": "queued", "attempt": 1, "worker": "me"}]
 
@@ -82,14 +82,14 @@ async def claim_limited(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any
     await tx.execute(
         "INSERT INTO queues (name, global_concurrency, rate_limit, rate_period_s) VALUES ('default', 5, 5, 1)"
     )
-    rows = await tx.fetch(JOBS.job_claim_limited, "default", 10, "me", 30.0, None, ["noop"], [])
+    rows = await tx.fetch(JOBS.job_claim_limited, "default", 10, "me", 30.0, None, ["noop"], [], 0)
     assert [r["id"] for r in rows] == [job_id]
     return job_id, [{"state": "running", "previous": "queued", "attempt": 1, "worker": "me"}]
 
 
 async def finish_succeeded(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING)
-    args = [[job_id], [1], ["succeeded"], ['{"ok": 1}'], [None], [0.0], [None], OWNER]
+    args = [[job_id], [1], ["succeeded"], ['{"ok": 1}'], [None], [0.0], [None], OWNER, 0]
     assert len(await tx.fetch(JOBS.job_finish_many, *args)) == 1
     return job_id, [{"state": "succeeded", "previous": "running", "attempt": 1}]
 
@@ -97,14 +97,14 @@ async def finish_succeeded(tx: asyncpg.Connection) -> tuple[int, list[dict[str, 
 async def finish_retried_with_error(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING)
     error = {"attempt": 1, "type": "Boom", "message": "no"}
-    args = [[job_id], [1], ["queued"], [None], [json.dumps(error)], [5.0], [None], OWNER]
+    args = [[job_id], [1], ["queued"], [None], [json.dumps(error)], [5.0], [None], OWNER, 0]
     assert len(await tx.fetch(JOBS.job_finish_many, *args)) == 1
     return job_id, [{"state": "queued", "previous": "running", "attempt": 1, "error": error}]
 
 
 async def finish_snoozed(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING, max_attempts=1)
-    args = [[job_id], [1], ["snoozed"], [None], [None], [5.0], [None], OWNER]
+    args = [[job_id], [1], ["snoozed"], [None], [None], [5.0], [None], OWNER, 0]
     assert len(await tx.fetch(JOBS.job_finish_many, *args)) == 1
     row = await tx.fetchrow(
         "SELECT attempts, max_attempts, errors, run_at - now() AS wait FROM jobs WHERE id = $1", job_id
@@ -117,7 +117,7 @@ async def finish_snoozed(tx: asyncpg.Connection) -> tuple[int, list[dict[str, An
 
 async def finish_snoozed_after_a_cancel_request(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING, cancel_requested=True)
-    args = [[job_id], [1], ["snoozed"], [None], [None], [5.0], [None], OWNER]
+    args = [[job_id], [1], ["snoozed"], [None], [None], [5.0], [None], OWNER, 0]
     assert len(await tx.fetch(JOBS.job_finish_many, *args)) == 1
     row = await tx.fetchrow("SELECT max_attempts, finished_at FROM jobs WHERE id = $1", job_id)
     assert row is not None
@@ -128,14 +128,14 @@ async def finish_snoozed_after_a_cancel_request(tx: asyncpg.Connection) -> tuple
 
 async def finish_not_ours(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING)
-    args = [[job_id], [1], ["succeeded"], [None], [None], [0.0], [None], "someone else"]
+    args = [[job_id], [1], ["succeeded"], [None], [None], [0.0], [None], "someone else", 0]
     assert await tx.fetch(JOBS.job_finish_many, *args) == []
     return job_id, []
 
 
 async def fail_outcome_not_stored(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING)
-    assert await tx.fetch(JOBS.job_fail_outcome_not_stored, job_id, 1, OWNER, "refused")
+    assert await tx.fetch(JOBS.job_fail_outcome_not_stored, job_id, 1, OWNER, "refused", 0)
     error = await tx.fetchval("SELECT errors -> -1 FROM jobs WHERE id = $1", job_id)
     assert error["type"] == "OutcomeNotStored"
     return job_id, [{"state": "failed", "previous": "running", "attempt": 1, "error": error}]
@@ -162,14 +162,14 @@ async def expire_queued(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any
 
 async def release_many(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING, cancel_requested=True)
-    rows = await tx.fetch(JOBS.job_release_many, [job_id], OWNER, [1], [0.0])
+    rows = await tx.fetch(JOBS.job_release_many, [job_id], OWNER, [1], [0.0], 0)
     assert [r["state"] for r in rows] == ["cancelled"]
     return job_id, [{"state": "cancelled", "previous": "running", "attempt": 1}]
 
 
 async def release_unstarted(tx: asyncpg.Connection) -> tuple[int, list[dict[str, Any]]]:
     job_id = await job(tx, JobState.RUNNING)
-    assert await tx.fetch(JOBS.job_release_unstarted, [job_id], OWNER, [1])
+    assert await tx.fetch(JOBS.job_release_unstarted, [job_id], OWNER, [1], 0)
     return job_id, [{"state": "queued", "previous": "running", "attempt": 0}]
 
 
@@ -256,12 +256,12 @@ async def test_a_state_change_writes_its_event_at_the_next_seq(tx: asyncpg.Conne
 async def test_seqs_follow_on_from_progress_events_through_a_whole_run(tx: asyncpg.Connection) -> None:
     """Claim, a progress report, a retry, a claim, success: one gapless stream."""
     job_id = await job(tx)
-    claims: list[Any] = [JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], []]
+    claims: list[Any] = [JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [], 0]
     await tx.fetch(*claims)
     await tx.fetch(EVENTS.event_write_many, [job_id], ["progress"], ['{"fraction": 0.5}'], [1], "me")
-    await tx.fetch(JOBS.job_finish_many, [job_id], [1], ["queued"], [None], [None], [0.0], [None], "me")
+    await tx.fetch(JOBS.job_finish_many, [job_id], [1], ["queued"], [None], [None], [0.0], [None], "me", 0)
     await tx.fetch(*claims)
-    await tx.fetch(JOBS.job_finish_many, [job_id], [2], ["succeeded"], [None], [None], [0.0], [None], "me")
+    await tx.fetch(JOBS.job_finish_many, [job_id], [2], ["succeeded"], [None], [None], [0.0], [None], "me", 0)
     rows = await tx.fetch("SELECT seq, kind, data FROM job_events WHERE job_id = $1 ORDER BY seq", job_id)
     kinds = [(r["seq"], r["kind"], r["data"].get("state")) for r in rows]
     assert kinds == [
@@ -295,6 +295,6 @@ async def test_a_state_change_by_a_previous_release_gets_its_event_from_the_comp
 
 async def test_a_deleted_jobs_events_go_with_it(tx: asyncpg.Connection) -> None:
     gone, kept = await job(tx), await job(tx)
-    await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [])
+    await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [], 0)
     await tx.execute("DELETE FROM jobs WHERE id = $1", gone)
     assert await tx.fetchval("SELECT array_agg(DISTINCT job_id) FROM job_events") == [kept]

@@ -122,6 +122,10 @@ class Completer:
             leases[job.id] = max(job.attempt, leases.get(job.id, 0))
         return leases
 
+    def pending_shards(self) -> dict[int, int]:
+        """Job id → shard of every outcome not written yet (its lease's heartbeat names it)."""
+        return {outcome.job.id: outcome.job.shard for outcome in self._pending}
+
     def put(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
         if outcome.job.workflow_id is not None:
@@ -174,12 +178,16 @@ class Completer:
 
     def _next_batch(self) -> list[Outcome]:
         """The oldest pending outcomes, up to ``max_batch``, of distinct jobs: job_finish_many finds
-        each row's values by its id (two attempts of one job may both wait after an outage)."""
+        each row's values by its id (two attempts of one job may both wait after an outage); and of
+        one shard, the oldest's: each statement of the write reads one shard."""
         batch: list[Outcome] = []
         ids: set[int] = set()
+        shard = self._pending[0].job.shard if self._pending else 0
         for outcome in self._pending:
             if len(batch) == self.max_batch or outcome.job.id in ids:
                 break
+            if outcome.job.shard != shard:
+                continue
             ids.add(outcome.job.id)
             batch.append(outcome)
         return batch
@@ -225,7 +233,7 @@ class Completer:
                 # Every row this transaction will update, locked in id order before any of them
                 # (job_finish_many alone locks its own rows so); then the steps' workflows, in id
                 # order too, before the step-ended trigger takes them in the rows' order.
-                await conn.execute(JOBS.job_lock_rows, sorted({o.job.id for o in batch}))
+                await conn.execute(JOBS.job_lock_rows, sorted({o.job.id for o in batch}), batch[0].job.shard)
                 if workflows:
                     await conn.execute(WORKFLOWS.workflow_lock_many, workflows)
             if events:  # the last progress and logs come before the state change
@@ -236,6 +244,7 @@ class Completer:
             callback()
 
     async def _store(self, conn: AnyConnection, batch: Sequence[Outcome]) -> None:
+        shard = batch[0].job.shard  # every outcome of a batch is of one (_next_batch)
         # Sorted by id: job_finish_many finds each row's values by binary search on the ids.
         finished = sorted((o for o in batch if o.kind not in _HANDED_BACK), key=lambda o: o.job.id)
         if finished:
@@ -250,6 +259,7 @@ class Completer:
                     retry_in_s=[o.retry_in_s for o in finished],
                     progress=[encode_json(o.progress) for o in finished],
                     owner=self.owner,
+                    shard=shard,
                 ),
             )
             if len(written) != len(finished):
@@ -263,10 +273,10 @@ class Completer:
             ids, attempts = [o.job.id for o in released], [o.job.attempt for o in released]
             if kind == OutcomeKind.RELEASED:
                 rows = await conn.fetch(
-                    statement, ids, self.owner, attempts, [o.retry_in_s for o in released]
+                    statement, ids, self.owner, attempts, [o.retry_in_s for o in released], shard
                 )
             else:
-                rows = await conn.fetch(statement, ids, self.owner, attempts)
+                rows = await conn.fetch(statement, ids, self.owner, attempts, shard)
             later = {o.job.id for o in released if o.retry_in_s > 0}  # due later: no wake-up now
             await notify_requeued(conn, [r for r in rows if r["id"] not in later])
             if rows:
@@ -303,6 +313,7 @@ class Completer:
                         job.attempt,
                         self.owner,
                         f"the outcome could not be stored: {reason}",
+                        job.shard,
                     )
                 log.error("job_outcome_not_stored", **fields, recorded="failed")
                 return

@@ -8,8 +8,9 @@ outcome void, nothing more of it written. A process that was paused (SIGSTOP, a 
 its clock past the deadline on waking, and :func:`fenced` stops the run before it takes a step.
 
 The heartbeat has a connection of its own (nothing the pool serves can starve it) and sends one
-statement for every lease, checked against the attempt; a run missing from its answer is stopped
-at once. It is sent every third of a lease, and a failed one is retried within a quarter second.
+statement for every lease of a shard (one for all of them while every queue is in shard 0), checked
+against the attempt; a run missing from its answer is stopped at once. It is sent every third of a
+lease, and a failed one is retried within a quarter second.
 It renews the outcomes still waiting in the completer too (a rescue would re-run a finished job
 and discard its outcome), and hands back the rows this process holds but no longer runs.
 
@@ -172,6 +173,7 @@ class LeaseKeeper:
         transaction_pooler: bool = False,
         cancel_poll_s: float = 1.0,
         outcomes: Callable[[], dict[int, int]] | None = None,
+        outcome_shards: Callable[[], dict[int, int]] | None = None,
     ) -> None:
         self.dsn = dsn
         self.owner = owner
@@ -187,6 +189,8 @@ class LeaseKeeper:
         self.cancel_poll_s = cancel_poll_s
         #: Job id → attempt of the outcomes not written yet: their leases are renewed too.
         self.outcomes = outcomes or dict
+        #: Job id → shard of those outcomes.
+        self.outcome_shards = outcome_shards or dict
         self._conn: asyncpg.Connection | None = None
         self._stop = StopSignal()
 
@@ -259,7 +263,7 @@ class LeaseKeeper:
         third of the lease) only has to cover the statement itself: else, on a slow database, every
         heartbeat was cut, and its connection dropped, before its statement could be sent."""
         limit = self.limits.connect_s
-        await conn.fetch(JOBS.job_heartbeat, [], self.owner, self.lease_s, [], timeout=limit)
+        await conn.fetch(JOBS.job_heartbeat, [], self.owner, self.lease_s, [], 0, timeout=limit)
         await conn.fetch(JOBS.job_cancel_requested, [], timeout=limit)
         if not self.transaction_pooler:  # its types at least (it runs for real every round)
             await conn.prepare(JOBS.job_release_untracked, timeout=limit)
@@ -280,13 +284,19 @@ class LeaseKeeper:
             return
         try:
             conn = await self._connection()
-            kept = await renew_leases(
-                conn,
-                JobHeartbeat(
-                    ids=list(sent), owner=self.owner, lease_s=self.lease_s, attempts=list(sent.values())
-                ),
-                statement_timeout_s=self.statement_timeout_s,
-            )
+            kept: set[int] = set()
+            for shard, ids in self._by_shard(sent).items():
+                kept |= await renew_leases(
+                    conn,
+                    JobHeartbeat(
+                        ids=ids,
+                        owner=self.owner,
+                        lease_s=self.lease_s,
+                        attempts=[sent[i] for i in ids],
+                        shard=shard,
+                    ),
+                    statement_timeout_s=self.statement_timeout_s,
+                )
         except Exception:
             # No rescuer takes a lease before it has been expired for the hold: the runs still ours
             # now are held, at most that long past their last renewal (see the module's docstring).
@@ -303,6 +313,14 @@ class LeaseKeeper:
                 self.running.stop(job_id, StopReason.LEASE_LOST)
                 log.warning("job_lease_lost", job_id=job_id, attempt=attempt)
         await self._release_untracked(outcomes)
+
+    def _by_shard(self, sent: dict[int, int]) -> dict[int, list[int]]:
+        """The ids sent, by shard: one heartbeat statement reads one shard."""
+        shard_of = {**self.outcome_shards(), **self.running.shards()}
+        by_shard: dict[int, list[int]] = {}
+        for job_id in sent:
+            by_shard.setdefault(shard_of.get(job_id, 0), []).append(job_id)
+        return by_shard
 
     async def _release_untracked(self, outcomes: dict[int, int]) -> None:
         """Hand back the rows this process holds as running but no longer runs (a fenced run that

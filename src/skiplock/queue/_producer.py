@@ -124,6 +124,9 @@ class Producer:
         self.queue_limits = dict(queues)
         #: Each queue's limits as its row holds them, read again at every poll and on notification.
         self.limits_of: dict[str, QueueLimits] = {}
+        #: Each queue's shard (skiplock_shard), read before its first claim: its claims read that
+        #: shard alone. A pure function of the queue's name: read once.
+        self.shards: dict[str, int] = {}
         self._reload_all = True
         self._reload: set[str] = set()
         self._rate_timers: dict[str, asyncio.TimerHandle] = {}
@@ -300,6 +303,9 @@ class Producer:
         if self._reload:  # a notification: the new limits hold from this round on
             await self._load_limits(conn, sorted(self._reload))
         queues, self._woken = self._woken, set()
+        unknown = [queue for queue in queues if queue not in self.shards]
+        if unknown:
+            await self._load_shards(conn, unknown)
         for queue in queues:
             if self.quiet:  # asked while this round awaited: no claim is sent from now on
                 break
@@ -347,6 +353,10 @@ class Producer:
                 self._woken.add(queue)
                 self._wakeup.set()
 
+    async def _load_shards(self, conn: AnyConnection, names: list[str]) -> None:
+        for record in await conn.fetch(QUEUES.queue_shards, names):
+            self.shards[record["name"]] = record["shard"]
+
     async def _load_limits(self, conn: AnyConnection, names: list[str]) -> None:
         """Read these queues' limits again; a queue whose limits changed is claimed again at once."""
         if len(names) == len(self.configured):
@@ -388,6 +398,7 @@ class Producer:
             now=None,
             tasks=self.tasks,
             excluded=self.running.ids(),
+            shard=self.shards[queue],
         )
         keyed = self.limits_of[queue].keyed
         rows = await (claim_jobs_keyed if keyed else claim_jobs_limited)(conn, claim)
@@ -433,6 +444,7 @@ class Producer:
             tasks=self.tasks,
             # Never a job this process still runs (a stopped run not yet returned).
             excluded=self.running.ids(),
+            shard=self.shards[queue],
         )
         if hint is None:
             records = await claim_jobs(conn, claim)

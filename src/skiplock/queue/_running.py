@@ -150,6 +150,10 @@ class RunningJobs:
     def attempts(self) -> dict[int, int]:
         return {job_id: running.job.attempt for job_id, running in self._jobs.items()}
 
+    def shards(self) -> dict[int, int]:
+        """Job id → shard of every run: its heartbeat names it."""
+        return {job_id: running.job.shard for job_id, running in self._jobs.items()}
+
     def leases(self, now: float) -> dict[int, int]:
         """Job id → attempt of every run whose lease still holds at ``now``: what a heartbeat renews."""
         return {i: r.job.attempt for i, r in self._jobs.items() if r.holds_lease(now)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -56,6 +56,7 @@ class QueueStatements:
     queue_set_limits: Statement
     queue_declare_limits: Statement
     queue_limits: Statement
+    queue_shards: Statement
     queue_key_starts_prune: Statement
     queue_overview: Statement
     task_register: Statement
@@ -127,7 +128,8 @@ class JobInsert(NamedTuple):
 
 
 class JobClaim(NamedTuple):
-    """``job_claim_many``: up to ``limit`` due jobs of ``queue`` for ``owner``."""
+    """``job_claim_many``: up to ``limit`` due jobs of ``queue`` for ``owner``, in the queue's
+    ``shard`` (``queue_shards``)."""
 
     queue: str
     limit: int
@@ -136,6 +138,7 @@ class JobClaim(NamedTuple):
     now: datetime | None  # None: the server's clock (tests pin it)
     tasks: Sequence[str]  # only jobs of these tasks (the ones this process registered)
     excluded: Sequence[int]  # never these jobs (the ones this process still runs)
+    shard: int  # the queue's (skiplock_shard): the claim reads that shard alone
 
 
 class JobClaimAfter(NamedTuple):
@@ -149,6 +152,7 @@ class JobClaimAfter(NamedTuple):
     now: datetime | None
     tasks: Sequence[str]
     excluded: Sequence[int]
+    shard: int
     priority: int
     run_at: datetime
     id: int
@@ -167,15 +171,18 @@ class JobFinish(NamedTuple):
     retry_in_s: Sequence[float | None]
     progress: Sequence[str | None]
     owner: str
+    shard: int  # every job of the batch is in this shard (the completer's batches are of one)
 
 
 class JobHeartbeat(NamedTuple):
-    """``job_heartbeat``: extend ``owner``'s leases on ``ids``, each at its attempt beside it."""
+    """``job_heartbeat``: extend ``owner``'s leases on ``ids``, each at its attempt beside it, all
+    in ``shard``."""
 
     ids: Sequence[int]
     owner: str
     lease_s: float
     attempts: Sequence[int]
+    shard: int
 
 
 async def insert_job(target: PoolOrConnection, params: JobInsert) -> asyncpg.Record | None:
@@ -192,11 +199,21 @@ async def insert_child_job(
     return await target.fetchrow(JOBS.job_insert_child, *params, parent_id, child_key)
 
 
-async def reserve_job_ids(conn: AnyConnection, count: int) -> tuple[datetime, list[int]]:
-    """The transaction's clock and ``count`` new job ids, in order (for a bulk COPY)."""
-    reserved = await conn.fetchrow(JOBS.job_reserve_ids, count)
+class Reserved(NamedTuple):
+    """What a bulk COPY of jobs writes beside each row: the transaction's clock, new ids in order,
+    and the shard of each of its queues."""
+
+    now: datetime
+    ids: list[int]
+    shards: dict[str, int]
+
+
+async def reserve_job_ids(conn: AnyConnection, count: int, queues: Iterable[str]) -> Reserved:
+    """:class:`Reserved` for ``count`` jobs of ``queues`` (for a bulk COPY)."""
+    names = sorted(set(queues))
+    reserved = await conn.fetchrow(JOBS.job_reserve_ids, count, names)
     assert reserved is not None  # one row, always
-    return reserved["now"], reserved["ids"]
+    return Reserved(reserved["now"], reserved["ids"], dict(zip(names, reserved["shards"], strict=True)))
 
 
 async def claim_jobs(conn: AnyConnection, params: JobClaim) -> list[asyncpg.Record]:

@@ -12,7 +12,7 @@ from skiplock.db.copy import copy_rows
 from skiplock.db.pool import AnyConnection, PoolOrConnection
 from skiplock.db.replica import ReadRoute
 from skiplock.errors import InvalidStateError, SkiplockError, WorkflowInvalid, WorkflowNotFound
-from skiplock.queue._statements import JOBS, WORKFLOWS
+from skiplock.queue._statements import WORKFLOWS, reserve_job_ids
 from skiplock.queue.models import JobState, ResolvedJob
 from skiplock.queue.workflows import (
     Step,
@@ -24,7 +24,7 @@ from skiplock.queue.workflows import (
 
 _STEP_COLUMNS = (
     "id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s", "origin",
-    "workflow_id", "step", "deps_pending", "state", "concurrency_key",
+    "workflow_id", "step", "deps_pending", "state", "concurrency_key", "shard",
 )  # fmt: skip
 _DEP_COLUMNS = ("upstream_id", "job_id", "position")
 
@@ -56,16 +56,14 @@ async def insert(
         WORKFLOWS.workflow_insert, workflow.name, workflow.on_failure, len(ordered), origin
     )
     assert row is not None
-    reserved = await conn.fetchrow(JOBS.job_reserve_ids, len(ordered))
-    assert reserved is not None
-    ids: list[int] = reserved["ids"]
-    now = reserved["now"]
+    now, ids, shards = await reserve_job_ids(conn, len(ordered), (r.queue for r in resolved))
     id_of = {step.name: job_id for step, job_id in zip(ordered, ids, strict=True)}
     steps = (
         (
             job_id, r.queue, r.task, r.args, r.priority, now, r.max_attempts, r.timeout_s, origin,
             row["id"], step.name, len(step.after),
             JobState.WAITING.value if step.after else JobState.QUEUED.value, r.concurrency_key,
+            shards[r.queue],
         )
         for job_id, step, r in zip(ids, ordered, resolved, strict=True)
     )  # fmt: skip

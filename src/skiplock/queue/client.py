@@ -112,7 +112,7 @@ class EnqueueRequest:
 
 _COPY_COLUMNS = (
     "id", "queue", "task", "args", "priority", "run_at", "max_attempts", "timeout_s", "origin", "expires_at",
-    "concurrency_key",
+    "concurrency_key", "shard",
 )  # fmt: skip
 
 
@@ -476,7 +476,7 @@ class Client:
         self, conn: AnyConnection, requests: Sequence[EnqueueRequest], resolved: list[ResolvedJob]
     ) -> list[int]:
         # The transaction's clock, as the column default would be, and the ids, in order.
-        now, ids = await reserve_job_ids(conn, len(resolved))
+        now, ids, shards = await reserve_job_ids(conn, len(resolved), (r.queue for r in resolved))
         origin = _origin()
         rows = (
             (
@@ -491,6 +491,7 @@ class Client:
                 origin,
                 _expiry(now, q),
                 r.concurrency_key,
+                shards[r.queue],
             )
             for job_id, q, r in zip(ids, requests, resolved, strict=True)
         )

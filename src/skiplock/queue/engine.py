@@ -229,6 +229,7 @@ class Engine:
                 lease_s=self.settings.lease_s,
                 limits=self.limits,
                 outcomes=completer.pending_leases,  # finished runs stay ours until written
+                outcome_shards=completer.pending_shards,
             )
             writer = EventWriter(
                 self.pool,

@@ -189,6 +189,7 @@ class ClaimedJob(NamedTuple):
     origin: dict[str, Any] | None = None
     run_at: datetime | None = None  # when it was due (the wait metric starts there)
     workflow_id: int | None = None  # a workflow's step: it reads its dependencies' results first
+    shard: int = 0  # its row's shard: its outcome and heartbeat name it
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> ClaimedJob:
@@ -204,4 +205,5 @@ class ClaimedJob(NamedTuple):
             record["origin"],
             record["run_at"],
             record["workflow_id"],
+            record["shard"],
         )

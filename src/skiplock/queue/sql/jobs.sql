@@ -8,13 +8,14 @@
 -- $11: the caller wakes the workers itself after the commit (see _waker.py), so the insert
 -- trigger sends no NOTIFY from this transaction; set before the row goes in.
 -- $12 or $13: its expiry, an instant or seconds from now (neither: none). $14: its concurrency key.
+-- Its shard: its queue's (skiplock_shard, migration 0027, a constant once inlined).
 WITH inserted AS (
     INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key, origin,
-                      expires_at, concurrency_key)
+                      expires_at, concurrency_key, shard)
     SELECT $1, $2, $3, $4,
            coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
            $7, $8, $9, $10,
-           coalesce($12::timestamptz, now() + make_interval(secs => $13::float8)), $14
+           coalesce($12::timestamptz, now() + make_interval(secs => $13::float8)), $14, skiplock_shard($1)
     FROM (SELECT set_config('skiplock.wake', CASE WHEN $11::boolean THEN 'later' ELSE '' END, true)) AS wake
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -35,12 +36,12 @@ WHERE $9::text IS NOT NULL AND jobs.unique_key = $9 AND jobs.state IN ('queued',
 -- conflict is not visible yet (insert again).
 WITH inserted AS (
     INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key, origin,
-                      expires_at, concurrency_key, parent_id, child_key)
+                      expires_at, concurrency_key, parent_id, child_key, shard)
     SELECT $1, $2, $3, $4,
            coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
            $7, $8, $9, $10,
            coalesce($12::timestamptz, now() + make_interval(secs => $13::float8)),
-           $14, $15, $16
+           $14, $15, $16, skiplock_shard($1)
     FROM (SELECT set_config('skiplock.wake', CASE WHEN $11::boolean THEN 'later' ELSE '' END, true)) AS wake
     ON CONFLICT DO NOTHING
     RETURNING *
@@ -120,7 +121,9 @@ SELECT set_config('statement_timeout', $1::int::text, true)
 SELECT coalesce(max(id), 0) FROM jobs
 
 -- name: job_claim_many
--- Up to $2 due jobs of queue $1 for owner $3, unless the queue is paused. $5 pins the clock in tests.
+-- Up to $2 due jobs of queue $1 in shard $8 (its queue's, skiplock_shard) for owner $3, unless the
+-- queue is paused. $5 pins the clock in tests. Each claimed row says its shard: the outcome and the
+-- heartbeat name it (one shard a statement, as every claim is).
 -- Each claim's state event names its worker, $3 (the job page's attempt timeline shows it).
 -- Only jobs of the tasks in $6, the ones this process registered: in a rolling deploy an older
 -- process leaves a newer task's jobs queued, unattempted, for a process that knows the task.
@@ -132,7 +135,7 @@ SELECT coalesce(max(id), 0) FROM jobs
 -- those (a producer that has not heard of a new limit yet takes nothing, rather than too much).
 WITH picked AS (
     SELECT id FROM jobs
-    WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
+    WHERE state = 'queued' AND shard = $8 AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
       AND task = ANY($6::text[]) AND id <> ALL($7::bigint[])
       AND (expires_at IS NULL OR expires_at > coalesce($5::timestamptz, now()) OR attempts > 0)
       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND (paused OR limited))
@@ -145,26 +148,26 @@ WITH picked AS (
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))  -- not a join: no plan can hash the whole table
     RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
-              j.run_at, j.started_at, j.event_seq, j.workflow_id
+              j.run_at, j.started_at, j.event_seq, j.workflow_id, j.shard
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
     SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) || jsonb_build_object('worker', $3::text)
     FROM claimed
 )
 SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at,
-       workflow_id
+       workflow_id, shard
 FROM claimed
 
 -- name: job_claim_after
--- job_claim_many continued where the producer's last claim of queue $1 ended: jobs of its priority
--- $8 after ($9, $10), its last job's run_at and id, in claim order. The index scan starts there:
--- the entries before it (claimed jobs, dead but kept while any snapshot is open elsewhere) are not
--- walked again by every claim. What it cannot see (a job of another priority, or placed earlier,
+-- job_claim_many ($1 … $8) continued where the producer's last claim of queue $1 ended: jobs of
+-- its priority $9 after ($10, $11), its last job's run_at and id, in claim order. The index scan
+-- starts there: the entries before it (claimed jobs, dead but kept while any snapshot is open
+-- elsewhere) are not walked again by every claim. What it cannot see (a job of another priority, or placed earlier,
 -- since) the producer's next full claim finds (see _producer.py's ClaimHint).
 WITH picked AS (
     SELECT id FROM jobs
-    WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
-      AND priority = $8 AND (run_at, id) > ($9::timestamptz, $10::bigint)
+    WHERE state = 'queued' AND shard = $8 AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
+      AND priority = $9 AND (run_at, id) > ($10::timestamptz, $11::bigint)
       AND task = ANY($6::text[]) AND id <> ALL($7::bigint[])
       AND (expires_at IS NULL OR expires_at > coalesce($5::timestamptz, now()) OR attempts > 0)
       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND (paused OR limited))
@@ -177,18 +180,18 @@ WITH picked AS (
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
-              j.run_at, j.started_at, j.event_seq, j.workflow_id
+              j.run_at, j.started_at, j.event_seq, j.workflow_id, j.shard
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
     SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) || jsonb_build_object('worker', $3::text)
     FROM claimed
 )
 SELECT id, queue, task, args, attempts, max_attempts, timeout_s, priority, origin, run_at, started_at,
-       workflow_id
+       workflow_id, shard
 FROM claimed
 
 -- name: job_claim_limited
--- job_claim_many ($1 … $7) for a queue with limits across replicas (global concurrency, a rate
+-- job_claim_many ($1 … $8) for a queue with limits across replicas (global concurrency, a rate
 -- limit): takes at most what skiplock_claim_budget allows, in the queue's turn (it locks the
 -- queue's row till the commit), starts them at the budget's clock and records those starts in the
 -- queue's ring (only the ones still inside the rate window are kept). Its rows: the claimed jobs,
@@ -198,7 +201,7 @@ WITH budget AS (
     SELECT * FROM skiplock_claim_budget($1, $2)
 ), picked AS (
     SELECT id FROM jobs
-    WHERE state = 'queued' AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
+    WHERE state = 'queued' AND shard = $8 AND queue = $1 AND run_at <= coalesce($5::timestamptz, now())
       AND task = ANY($6::text[]) AND id <> ALL($7::bigint[])
       AND (expires_at IS NULL OR expires_at > coalesce($5::timestamptz, now()) OR attempts > 0)
     ORDER BY priority DESC, run_at, id
@@ -210,7 +213,7 @@ WITH budget AS (
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
-              j.run_at, j.started_at, j.event_seq, j.workflow_id
+              j.run_at, j.started_at, j.event_seq, j.workflow_id, j.shard
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
     SELECT id, event_seq, 'state', skiplock_state_event('running', 'queued', attempts, NULL) || jsonb_build_object('worker', $3::text)
@@ -225,15 +228,15 @@ WITH budget AS (
     WHERE q.name = $1 AND q.rate_limit IS NOT NULL
 )
 SELECT c.id, c.queue, c.task, c.args, c.attempts, c.max_attempts, c.timeout_s, c.priority, c.origin, c.run_at,
-       c.started_at, c.workflow_id, b.budget, b.clock, b.next_at
+       c.started_at, c.workflow_id, c.shard, b.budget, b.clock, b.next_at
 FROM budget AS b LEFT JOIN claimed AS c ON true
 
 -- name: job_claim_keyed
--- job_claim_limited ($1 … $7) for a queue with per-key limits (a concurrency or a rate per
+-- job_claim_limited ($1 … $8) for a queue with per-key limits (a concurrency or a rate per
 -- concurrency_key value): skiplock_claim_keyed (migration 0019) takes each key's share in the
 -- queue's turn, serving keys round-robin. Its rows as job_claim_limited's, and held: a
 -- concurrency (the queue's or a key's) held a job back.
-SELECT * FROM skiplock_claim_keyed($1, $2, $3, $4, $5, $6::text[], $7::bigint[])
+SELECT * FROM skiplock_claim_keyed($1, $2, $3, $4, $5, $6::text[], $7::bigint[], $8::smallint)
 
 -- name: job_finish_many
 -- Record outcomes; only while the job is still ours (running, same attempt, same owner).
@@ -248,9 +251,9 @@ SELECT * FROM skiplock_claim_keyed($1, $2, $3, $4, $5, $6::text[], $7::bigint[])
 -- Each row takes its values at its id's place in $1, found by binary search: $1 is sorted and
 -- distinct (an id out of order finds another place, fails the check and is left unwritten).
 -- Rows locked in id order first (see job_heartbeat), so a batch with nothing else to write is
--- this one statement, its own transaction.
+-- this one statement, its own transaction. A batch is of one shard, $9 (the completer's).
 WITH locked AS (
-    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND shard = $9 ORDER BY id FOR NO KEY UPDATE
 ), finished AS (
 UPDATE jobs AS j
 SET (state, result, errors, progress, run_at, finished_at, max_attempts) = (
@@ -270,7 +273,7 @@ SET (state, result, errors, progress, run_at, finished_at, max_attempts) = (
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false, event_seq = j.event_seq + 1
 WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND ($1::bigint[])[width_bucket(j.id, $1::bigint[])] = j.id
   AND j.state = 'running' AND j.attempts = ($2::int[])[width_bucket(j.id, $1::bigint[])]
-  AND j.lease_owner = $8
+  AND j.lease_owner = $8 AND j.shard = $9
 RETURNING j.id, j.event_seq, j.state, j.attempts,
           CASE WHEN ($5::text[])[width_bucket(j.id, $1::bigint[])] IS NOT NULL THEN j.errors -> -1 END AS error
 ), events AS (
@@ -281,14 +284,14 @@ SELECT id FROM finished
 
 -- name: job_fail_outcome_not_stored
 -- The server refused to store a job's outcome (a value of it): the job fails with this error
--- alone, $4 saying why, and nothing of the refused outcome. The guard of job_finish_many.
+-- alone, $4 saying why, and nothing of the refused outcome. The guard of job_finish_many ($5: its shard).
 WITH failed AS (
     UPDATE jobs
     SET state = 'failed', result = NULL, finished_at = now(),
         errors = errors || jsonb_build_array(jsonb_build_object(
             'attempt', attempts, 'type', 'OutcomeNotStored', 'message', $4::text, 'at', now())),
         lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false, event_seq = event_seq + 1
-    WHERE id = $1 AND state = 'running' AND attempts = $2 AND lease_owner = $3
+    WHERE id = $1 AND state = 'running' AND attempts = $2 AND lease_owner = $3 AND shard = $5
     RETURNING id, event_seq, attempts, errors -> -1 AS error
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
@@ -304,17 +307,20 @@ SELECT id FROM failed
 -- that updates several running jobs does (job_lock_rows): locked in whatever order a plan visits
 -- them, the heartbeat and an event or outcome write of the same jobs deadlocked, and the heartbeat
 -- waited out deadlock_timeout, long enough for a short lease's runs to be fenced.
-WITH locked AS (SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE)
+-- One shard a statement ($5): the lease keeper sends one per shard its jobs are in.
+WITH locked AS (
+    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND shard = $5 ORDER BY id FOR NO KEY UPDATE
+)
 UPDATE jobs AS j SET lease_expires_at = now() + make_interval(secs => $3)
-WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.state = 'running' AND j.lease_owner = $2
+WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.state = 'running' AND j.lease_owner = $2 AND j.shard = $5
   AND j.attempts = ($4::int[])[array_position($1::bigint[], j.id)]
 RETURNING j.id
 
 -- name: job_lock_rows
 -- Lock these jobs' rows in id order, first in a transaction that updates several of them in more
 -- than one statement (the completer's events, then outcomes): one order for every writer, so
--- writers of the same jobs wait for each other but never deadlock (see job_heartbeat).
-SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+-- writers of the same jobs wait for each other but never deadlock (see job_heartbeat). In shard $2.
+SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND shard = $2 ORDER BY id FOR NO KEY UPDATE
 
 -- name: job_cancel_requested
 SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND cancel_requested
@@ -384,7 +390,7 @@ SELECT id FROM expired
 -- attempt given ($3, beside $1). The attempt stays counted, so attempt numbers never repeat; as
 -- the interrupted run did not fail, it is granted one more attempt if it was the last. Due again
 -- after $4 s (beside $1): 0, or, for a run whose thread is still running as the process leaves,
--- until after the process is surely gone.
+-- until after the process is surely gone. In shard $5 (the completer's batch is of one).
 WITH released AS (
     UPDATE jobs AS j
     SET state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
@@ -395,7 +401,7 @@ WITH released AS (
         lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false,
         event_seq = j.event_seq + 1
     WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
-      AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
+      AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)] AND j.shard = $5
     RETURNING j.id, j.queue, j.state, j.event_seq, j.attempts
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
@@ -406,7 +412,7 @@ SELECT id, queue, state::text AS state FROM released
 -- name: job_release_unstarted
 -- Runs this process decided not to start (their lease not surely held when they were to begin):
 -- back to their queue at once with the attempt given back, each only at the attempt given ($3,
--- beside $1) and while still ours ($2). Never a run that began: its attempt stays counted.
+-- beside $1) and while still ours ($2), in shard $4. Never a run that began: its attempt stays counted.
 WITH released AS (
     UPDATE jobs AS j
     SET state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END)::job_state,
@@ -416,7 +422,7 @@ WITH released AS (
         lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false,
         event_seq = j.event_seq + 1
     WHERE j.id = ANY($1::bigint[]) AND j.state = 'running' AND j.lease_owner = $2
-      AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)]
+      AND j.attempts = ($3::int[])[array_position($1::bigint[], j.id)] AND j.shard = $4
     RETURNING j.id, j.queue, j.state, j.event_seq, j.attempts
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
@@ -554,7 +560,9 @@ WHERE id IN (
 -- name: job_reserve_ids
 -- Ids for a bulk enqueue, taken before the COPY so the caller learns them. The sequence is
 -- named as a constant: pg_get_serial_sequence() here would run per row, five times slower.
-SELECT array_agg(nextval('jobs_id_seq'::regclass)) AS ids, now() AS now
+-- With the shard of each of the queues $2, in their order: every row the COPY writes says its own.
+SELECT array_agg(nextval('jobs_id_seq'::regclass)) AS ids, now() AS now,
+       ARRAY(SELECT skiplock_shard(q) FROM unnest($2::text[]) AS q) AS shards
 FROM generate_series(1, $1)
 
 -- name: job_failures

@@ -66,6 +66,10 @@ SELECT name, concurrency, global_concurrency, rate_limit, rate_period_s, key_con
        key_rate_period_s
 FROM queues WHERE name = ANY($1::text[])
 
+-- name: queue_shards
+-- The shard of each of queues $1 (skiplock_shard, migration 0027): where a producer claims its jobs.
+SELECT q AS name, skiplock_shard(q) AS shard FROM unnest($1::text[]) AS q
+
 -- name: queue_key_starts_prune
 -- Keys' rings whose last start is older than the longest rate window (a day): none of their
 -- starts counts any more (the claim writes a key's ring anew when it serves the key again).
@@ -81,10 +85,12 @@ DELETE FROM queue_key_starts WHERE last_start < coalesce($1::timestamptz, now())
 -- and the due ones of unknown tasks from the same scan; whether its rate window is full, whether it
 -- runs its global concurrency (one indexed count), and the due jobs of keys at their concurrency
 -- or with a full rate window (read for a queue with per-key limits only, on the keys' indexes).
+-- The reads of jobs_claim_idx and the keys' indexes name the queue's shard (they lead with it).
 SELECT o.name, o.paused, o.counts, q.concurrency AS limit_concurrency, q.global_concurrency, q.rate_limit,
        q.rate_period_s, q.key_concurrency, q.key_rate_limit, q.key_rate_period_s,
        (SELECT min(run_at) FROM jobs
-        WHERE state = 'queued' AND queue = o.name AND run_at <= now()) AS oldest_queued_at,
+        WHERE state = 'queued' AND shard = skiplock_shard(o.name) AND queue = o.name
+          AND run_at <= now()) AS oldest_queued_at,
        o.waiting_for_unknown_task, o.finished_last_hour, o.later, o.unknown_due,
        CASE WHEN q.rate_limit IS NOT NULL THEN (
            SELECT count(*) FROM unnest(q.starts) AS s WHERE s >= now() - make_interval(secs => q.rate_period_s)
@@ -95,14 +101,17 @@ SELECT o.name, o.paused, o.counts, q.concurrency AS limit_concurrency, q.global_
        ) >= q.global_concurrency END AS global_full,
        CASE WHEN q.key_concurrency IS NOT NULL THEN (
            SELECT count(*) FROM jobs AS j
-           WHERE j.state = 'queued' AND j.queue = o.name AND j.run_at <= now() AND j.concurrency_key IN (
+           WHERE j.state = 'queued' AND j.shard = skiplock_shard(o.name) AND j.queue = o.name
+             AND j.run_at <= now() AND j.concurrency_key IN (
                SELECT r.concurrency_key FROM jobs AS r
-               WHERE r.state = 'running' AND r.queue = o.name AND r.concurrency_key IS NOT NULL
+               WHERE r.state = 'running' AND r.shard = skiplock_shard(o.name) AND r.queue = o.name
+                 AND r.concurrency_key IS NOT NULL
                GROUP BY 1 HAVING count(*) >= q.key_concurrency)
        ) END AS key_concurrency_waiting,
        CASE WHEN q.key_rate_limit IS NOT NULL THEN (
            SELECT count(*) FROM jobs AS j
-           WHERE j.state = 'queued' AND j.queue = o.name AND j.run_at <= now() AND j.concurrency_key IN (
+           WHERE j.state = 'queued' AND j.shard = skiplock_shard(o.name) AND j.queue = o.name
+             AND j.run_at <= now() AND j.concurrency_key IN (
                SELECT k.key FROM queue_key_starts AS k
                WHERE k.queue = o.name AND k.last_start >= now() - make_interval(secs => q.key_rate_period_s)
                  AND (SELECT count(*) FROM unnest(k.starts) AS s

@@ -62,8 +62,10 @@ SELECT extract(epoch FROM min(next_run_at) - now()) FROM schedules WHERE enabled
 
 -- name: job_insert_scheduled_many
 -- A batch of ticks' jobs at once (args as JSON text); ticks that have their job already are skipped.
-INSERT INTO jobs (queue, task, args, priority, max_attempts, timeout_s, schedule_id, scheduled_for)
-SELECT queue, task, args::jsonb, priority, max_attempts, timeout_s, schedule_id, scheduled_for
+-- Each in its queue's shard (skiplock_shard, migration 0027).
+INSERT INTO jobs (queue, task, args, priority, max_attempts, timeout_s, schedule_id, scheduled_for, shard)
+SELECT queue, task, args::jsonb, priority, max_attempts, timeout_s, schedule_id, scheduled_for,
+       skiplock_shard(queue)
 FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::int[], $6::float8[], $7::bigint[],
             $8::timestamptz[])
     AS t(queue, task, args, priority, max_attempts, timeout_s, schedule_id, scheduled_for)

@@ -89,11 +89,15 @@ DELETE FROM workers WHERE id IN (
 
 -- name: job_queues_queued
 -- The queues that have queued jobs, for a worker serving every queue ('*'): a loose scan of
--- jobs_claim_idx, one probe per queue, not a scan of the queued jobs.
+-- jobs_claim_idx, one probe per (shard, queue) in the index's order, not a scan of the queued jobs.
 WITH RECURSIVE found AS (
-    (SELECT queue FROM jobs WHERE state = 'queued' ORDER BY queue LIMIT 1)
+    (SELECT shard, queue FROM jobs WHERE state = 'queued' ORDER BY shard, queue LIMIT 1)
     UNION ALL
-    SELECT (SELECT j.queue FROM jobs AS j WHERE j.state = 'queued' AND j.queue > f.queue ORDER BY j.queue LIMIT 1)
-    FROM found AS f WHERE f.queue IS NOT NULL
+    SELECT next.shard, next.queue
+    FROM found AS f, LATERAL (
+        SELECT j.shard, j.queue FROM jobs AS j
+        WHERE j.state = 'queued' AND (j.shard, j.queue) > (f.shard, f.queue)
+        ORDER BY j.shard, j.queue LIMIT 1
+    ) AS next
 )
-SELECT queue FROM found WHERE queue IS NOT NULL
+SELECT DISTINCT queue FROM found ORDER BY queue
