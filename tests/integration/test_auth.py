@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -237,17 +238,26 @@ def test_keys_commands_create_list_and_revoke(dsn: str) -> None:
             timeout=60,
         )
 
-    created = skiplock("create", "--name", "ci", "--scopes", "jobs:write,jobs:read")
+    def at_once(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+        """Commands that do not depend on each other, side by side (each is a process start)."""
+        with ThreadPoolExecutor(len(commands)) as pool:
+            return list(pool.map(lambda args: skiplock(*args), commands))
+
+    created, bad = at_once(
+        ("create", "--name", "ci", "--scopes", "jobs:write,jobs:read"),
+        ("create", "--name", "bad", "--scopes", "root"),
+    )
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert re.fullmatch(r"sk_[A-Za-z0-9_-]{32}", key)
+    assert bad.returncode == 2
     listed = skiplock("list").stdout
     assert "ci\t" + key[:11] + "\tjobs:read,jobs:write\tlast used never\tlive" in listed
     assert key not in listed
-    assert skiplock("create", "--name", "bad", "--scopes", "root").returncode == 2
     assert skiplock("revoke", "ci").returncode == 0
-    assert "revoked" in skiplock("list").stdout
-    assert skiplock("revoke", "ci").returncode == 2
+    listed_after, again = at_once(("list",), ("revoke", "ci"))
+    assert "revoked" in listed_after.stdout
+    assert again.returncode == 2
 
 
 async def test_a_bulk_delete_needs_admin_retry_and_cancel_jobs_write(
