@@ -161,4 +161,5 @@ async def test_a_process_stopped_inside_an_engine_transaction_keeps_no_job_from_
             await asyncio.sleep(0.05)
         assert time.monotonic() - started < 2.5
     finally:
-        await stopped.close()
+        # The server has ended its session: a close's goodbye would meet a broken pipe.
+        stopped.terminate()
