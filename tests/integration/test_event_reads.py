@@ -374,9 +374,11 @@ async def test_an_event_the_decoder_cannot_read_is_delivered_and_the_hub_survive
 
 
 def _scanned(plan: dict[str, Any], relation: str) -> tuple[int, set[str]]:
-    """Rows the plan's scans of ``relation`` returned (all loops), and the kinds of those scans."""
+    """Rows the plan's scans of ``relation`` (or its partitions) returned (all loops), and the kinds
+    of those scans."""
     rows, kinds = 0, set()
-    if plan.get("Relation Name") == relation:
+    name = plan.get("Relation Name") or ""
+    if name == relation or name.startswith(f"{relation}_"):  # or a partition of it (0028)
         rows += int(plan["Actual Rows"] * plan["Actual Loops"])
         kinds.add(plan["Node Type"])
     for child in plan.get("Plans", ()):

@@ -30,9 +30,12 @@ WAITING_REASONS: tuple[WaitingOn, ...] = typing.get_args(WaitingOn)
 log = structlog.get_logger("skiplock.metrics")
 
 DEPTH_MAX_AGE_S = 5.0
-#: The tables skiplock's migrations create: their live and dead rows are on /metrics.
+#: The tables skiplock's migrations create: their live and dead rows are on /metrics (a partitioned
+#: one's summed over its partitions; jobs_live, the claim's, and jobs_done, the history, also apart).
 ENGINE_TABLES = (
     "jobs",
+    "jobs_live",
+    "jobs_done",
     "job_events",
     "queues",
     "queue_key_starts",

@@ -13,6 +13,7 @@ import orjson
 import structlog
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
+from skiplock.db.moved import Connection
 from skiplock.db.sqlfile import Statement, load_statements
 from skiplock.db.storable import json_bytes, json_text, text_bytes
 from skiplock.errors import (
@@ -344,6 +345,7 @@ async def connect(
     try:
         conn = await asyncpg.connect(
             dsn,
+            connection_class=Connection,
             timeout=limits.connect_s,
             command_timeout=limits.command_s,
             statement_cache_size=_statement_cache_size(transaction_pooler),
@@ -388,7 +390,7 @@ async def create_pool(
         max_queries=50_000,
         max_inactive_connection_lifetime=300.0,
         loop=None,
-        connection_class=asyncpg.Connection,
+        connection_class=Connection,
         record_class=asyncpg.Record,
         init=init_connection,
         reset=None if reset_sessions else _keep_session,

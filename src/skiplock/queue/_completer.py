@@ -21,6 +21,7 @@ import asyncpg
 import structlog
 
 from skiplock import metrics
+from skiplock.db.moved import retry_moved
 from skiplock.db.pool import AnyConnection, encode_json
 from skiplock.db.sqlfile import Statement
 from skiplock.queue._isolation import (
@@ -225,6 +226,14 @@ class Completer:
         self._pending = [o for o in self._pending if id(o) not in done]
 
     async def _write(self, batch: Sequence[Outcome]) -> None:
+        # Another process may have moved one of these rows meanwhile (a rescue): written again,
+        # the outcome finds it where it is now (see skiplock.db.moved).
+        await retry_moved(lambda: self._write_once(batch))
+        self._forget(batch)
+        for callback in self.on_written:
+            callback()
+
+    async def _write_once(self, batch: Sequence[Outcome]) -> None:
         events = [row for o in batch for row in o.event_rows()]
         # A transaction even for one statement: given up (stopping), it must not commit later.
         workflows = sorted({o.job.workflow_id for o in batch if o.job.workflow_id is not None})
@@ -239,9 +248,6 @@ class Completer:
             if events:  # the last progress and logs come before the state change
                 await write_events(conn, events, self.owner)
             await self._store(conn, batch)
-        self._forget(batch)
-        for callback in self.on_written:
-            callback()
 
     async def _store(self, conn: AnyConnection, batch: Sequence[Outcome]) -> None:
         shard = batch[0].job.shard  # every outcome of a batch is of one (_next_batch)

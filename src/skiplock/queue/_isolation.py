@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from skiplock import metrics
+from skiplock.db.moved import row_moved
 from skiplock.db.pool import AnyConnection, encode_json, is_unavailable
 from skiplock.queue._running import JobEvent
 from skiplock.queue._statements import EVENTS
@@ -29,7 +30,10 @@ T = TypeVar("T")
 def refused_for_values(exc: BaseException) -> bool:
     """True when retrying the same items would fail the same way: the server refused them, or
     the driver could not encode an argument (asyncpg's client-side DataError, an InterfaceError
-    that ``is_unavailable`` counts as the connection's fault)."""
+    that ``is_unavailable`` counts as the connection's fault). Not a row another transaction moved
+    meanwhile (see skiplock.db.moved): written again, the same items go through."""
+    if row_moved(exc):
+        return False
     return not is_unavailable(exc) or (
         isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
     )

@@ -1,7 +1,9 @@
-"""Deletes finished jobs older than the retention period (then finished workflows whose steps are
-gone, the rows of workers offline for longer than theirs, and the rollup's old minutes), in small
-batches so it never holds long locks or bloats one transaction. Every process runs it; SKIP LOCKED
-shares the work."""
+"""Keeps the history to its retention: drops the history's time ranges that ended longer ago than
+the retention, whole, and makes the next ones ahead of time (migration 0028); then deletes what no
+range held (ended jobs in jobs_done_default), finished workflows whose steps are gone, the rows of
+workers offline for longer than theirs, and the rollup's old minutes, in small batches so it never
+holds long locks or bloats one transaction. Every process runs it; one at a time maintains the
+ranges (the others find it done), SKIP LOCKED shares the rest."""
 
 from __future__ import annotations
 
@@ -14,6 +16,18 @@ from skiplock.queue._statements import JOBS, QUEUES, STATS, WORKERS, WORKFLOWS
 from skiplock.service import Recovery, StopSignal
 
 log = structlog.get_logger("skiplock.pruner")
+
+
+# The history's range widths: the smallest of these that is at least an eighth of the retention,
+# so about eight ranges hold it (a week: a day each; the shortest retention, a minute: a minute).
+RANGE_WIDTHS_S = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86_400)
+RANGES_AHEAD = 2  # made this many widths ahead, so an outcome always finds its range
+LOCK_WAIT_MS = 200  # a round that cannot take a range's lock in this long gives up until the next
+
+
+def range_width_s(retention_s: float) -> int:
+    """The width of the history's time ranges for this retention."""
+    return next((w for w in RANGE_WIDTHS_S if w >= retention_s / 8), RANGE_WIDTHS_S[-1])
 
 
 class Pruner:
@@ -50,8 +64,9 @@ class Pruner:
                 recovery.succeeded()
 
     async def prune_once(self, now: object = None) -> int:
-        """Delete every expired finished job now, batch by batch; returns how many."""
-        total = 0
+        """Drop and make the history's ranges, then delete every expired finished job left, batch
+        by batch; returns how many jobs went (a dropped range's as its statistics counted them)."""
+        total = await self.maintain_ranges(now)
         while not self._stop.is_set:
             status = await self.pool.execute(JOBS.job_prune_finished, self.retention_s, self.batch, now)
             deleted = int(status.split()[-1])
@@ -78,6 +93,38 @@ class Pruner:
         if self.stats_retention_s is not None and not self._stop.is_set:
             await self.prune_stats(now)
         return total
+
+    async def maintain_ranges(self, now: object = None) -> int:
+        """Make the history's next ranges, then drop the expired ones, one transaction each;
+        returns the dropped job ranges' rows (estimated). A step whose lock is busy gives up until
+        the next round, rather than queue the engine's statements behind it."""
+        try:
+            made = await self.pool.fetchval(
+                JOBS.history_make, range_width_s(self.retention_s), RANGES_AHEAD, LOCK_WAIT_MS, now
+            )
+        except asyncpg.LockNotAvailableError:
+            log.info("history_ranges_busy", step="make", wait_ms=LOCK_WAIT_MS)
+            made = 0
+        if made:
+            log.info("history_ranges_made", count=made)
+        rows = 0
+        while not self._stop.is_set:
+            try:
+                dropped = await self.pool.fetchrow(JOBS.history_drop, self.retention_s, LOCK_WAIT_MS, now)
+            except asyncpg.LockNotAvailableError:
+                log.info("history_ranges_busy", step="drop", wait_ms=LOCK_WAIT_MS)
+                break
+            if dropped is None:
+                break
+            log.info(
+                "history_range_dropped",
+                range=dropped["name"],
+                rows=dropped["estimate"],
+                steps_kept=dropped["kept"],
+            )
+            if dropped["parent"] == "jobs_done":
+                rows += int(dropped["estimate"])
+        return rows
 
     async def prune_stats(self, now: object = None) -> int:
         """Delete the rollup's minutes older than the stats retention; returns how many."""

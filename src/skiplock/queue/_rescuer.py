@@ -21,6 +21,7 @@ import asyncpg
 import structlog
 
 from skiplock import metrics
+from skiplock.db.moved import retry_moved
 from skiplock.queue._lease import lease_hold
 from skiplock.queue._statements import JOBS, WORKFLOWS, notify_requeued
 from skiplock.queue.backoff import Backoff
@@ -76,25 +77,29 @@ class Rescuer:
         """Rescue every expired lease now; returns how many jobs were rescued."""
         total = 0
         while True:
-            async with self.pool.acquire() as conn, conn.transaction():
-                picked = await conn.fetch(JOBS.job_rescue_pick, self.batch, None, self.hold_s)
-                rows = []
-                if picked:
-                    # Their workflows in id order before the step-ended trigger takes them in the
-                    # rows' order: two rescuers ending steps of the same two workflows never wait
-                    # on each other in a circle (the completer does the same).
-                    workflows = sorted({r["workflow_id"] for r in picked if r["workflow_id"] is not None})
-                    if workflows:
-                        await conn.execute(WORKFLOWS.workflow_lock_many, workflows)
-                    delays = [self._delay(r["task"], r["attempts"]) for r in picked]
-                    rows = await conn.fetch(JOBS.job_rescue_expired, [r["id"] for r in picked], delays)
-                await notify_requeued(conn, rows)
+            picked, rows = await retry_moved(self._rescue_batch)  # see skiplock.db.moved
             if rows:
                 metrics.lease_rescues.inc(len(rows))
                 log.warning("jobs_rescued", job_ids=[r["id"] for r in rows])
             total += len(rows)
             if len(picked) < self.batch:
                 return total
+
+    async def _rescue_batch(self) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            picked = await conn.fetch(JOBS.job_rescue_pick, self.batch, None, self.hold_s)
+            rows = []
+            if picked:
+                # Their workflows in id order before the step-ended trigger takes them in the
+                # rows' order: two rescuers ending steps of the same two workflows never wait on
+                # each other in a circle (the completer does the same).
+                workflows = sorted({r["workflow_id"] for r in picked if r["workflow_id"] is not None})
+                if workflows:
+                    await conn.execute(WORKFLOWS.workflow_lock_many, workflows)
+                delays = [self._delay(r["task"], r["attempts"]) for r in picked]
+                rows = await conn.fetch(JOBS.job_rescue_expired, [r["id"] for r in picked], delays)
+            await notify_requeued(conn, rows)
+        return picked, rows
 
     async def expire_once(self) -> int:
         """Cancel every queued job past its expiry that never started; returns how many."""

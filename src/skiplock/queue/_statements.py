@@ -46,6 +46,8 @@ class JobStatements:
     notify_cancel: Statement
     notify_queued: Statement
     job_prune_finished: Statement
+    history_make: Statement
+    history_drop: Statement
     job_reserve_ids: Statement
     job_failures: Statement
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from skiplock import metrics, tracing
 from skiplock.db.copy import copy_rows
+from skiplock.db.moved import retry_moved
 from skiplock.db.pool import AnyConnection, PoolOrConnection, create_pool
 from skiplock.db.replica import ReadRoute
 from skiplock.errors import (
@@ -605,33 +606,42 @@ class Client:
         """Cancel a waiting or queued job now, or ask the process running it to stop it. A
         workflow's step cancelled so cancels what depends on it (or, under ``on_failure=
         "continue"``, lets it run)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            workflow_id = await conn.fetchval(WORKFLOWS.workflow_of_job, job_id)
-            if workflow_id is not None:  # its steps first, in id order, as the step-ended trigger
-                await conn.execute(WORKFLOWS.workflow_lock_steps, workflow_id)  # and workflow cancel do
-            record = await conn.fetchrow(JOBS.job_cancel, job_id)
-            if record is None:
-                raise await self._not_allowed(conn, job_id, "cancel", "it has finished")
-            job = Job.from_record(record)
-            if job.state == JobState.RUNNING:
-                await conn.execute(JOBS.notify_cancel, job_id)
-        return job
+
+        async def once() -> Job:
+            async with self.pool.acquire() as conn, conn.transaction():
+                workflow_id = await conn.fetchval(WORKFLOWS.workflow_of_job, job_id)
+                if workflow_id is not None:  # its steps first, in id order, as the step-ended
+                    await conn.execute(WORKFLOWS.workflow_lock_steps, workflow_id)  # trigger does
+                record = await conn.fetchrow(JOBS.job_cancel, job_id)
+                if record is None:
+                    raise await self._not_allowed(conn, job_id, "cancel", "it has finished")
+                job = Job.from_record(record)
+                if job.state == JobState.RUNNING:
+                    await conn.execute(JOBS.notify_cancel, job_id)
+            return job
+
+        return await retry_moved(once)  # it may wait on the job's end: see skiplock.db.moved
 
     async def retry(self, job_id: int) -> Job:
         """Put a failed or cancelled job back in its queue. Never a workflow's step
         (:class:`InvalidStateError`): :meth:`retry_workflow` runs it again with what depends on it."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            try:
-                record = await conn.fetchrow(JOBS.job_retry, job_id)
-            except asyncpg.UniqueViolationError as exc:
-                raise ConflictError(
-                    f"job {job_id} cannot be retried: another live job holds its unique_key"
-                ) from exc
-            if record is None:
-                raise await self._not_allowed(conn, job_id, "retry", "only failed or cancelled jobs can be")
-            job = Job.from_record(record)
-            await conn.execute(JOBS.notify_queued, [job.queue])
-        return job
+
+        async def once() -> Job:
+            async with self.pool.acquire() as conn, conn.transaction():
+                try:
+                    record = await conn.fetchrow(JOBS.job_retry, job_id)
+                except asyncpg.UniqueViolationError as exc:
+                    raise ConflictError(
+                        f"job {job_id} cannot be retried: another live job holds its unique_key"
+                    ) from exc
+                if record is None:
+                    why = "only failed or cancelled jobs can be"
+                    raise await self._not_allowed(conn, job_id, "retry", why)
+                job = Job.from_record(record)
+                await conn.execute(JOBS.notify_queued, [job.queue])
+            return job
+
+        return await retry_moved(once)  # a retry moves the row back to jobs_live
 
     async def bulk(
         self, action: BulkAction, *, ids: Sequence[int] | None = None, where: JobFilter | None = None

@@ -26,9 +26,15 @@ SELECT
 -- name: db_table_tuples
 -- Live and dead row versions of the given tables in the current schema (the statistics system's
 -- estimates, updated as transactions end and by vacuum and analyze), and when autovacuum last
--- finished on each (null: never since the statistics were reset).
-SELECT relname AS name, n_live_tup AS live, n_dead_tup AS dead,
-       extract(epoch FROM last_autovacuum)::float8 AS last_autovacuum
-FROM pg_stat_user_tables
-WHERE schemaname = current_schema() AND relname = ANY($1::text[])
-ORDER BY relname
+-- finished on each (null: never since the statistics were reset). A partitioned table's are its
+-- partitions' summed (pg_partition_tree's leaves; a plain table has none), its last autovacuum
+-- their latest.
+SELECT t.name, sum(s.n_live_tup)::bigint AS live, sum(s.n_dead_tup)::bigint AS dead,
+       extract(epoch FROM max(s.last_autovacuum))::float8 AS last_autovacuum
+FROM unnest($1::text[]) AS t(name)
+JOIN pg_stat_user_tables AS s
+  ON s.schemaname = current_schema()
+ AND (s.relname = t.name
+      OR s.relid IN (SELECT p.relid FROM pg_partition_tree(to_regclass(t.name)) AS p WHERE p.isleaf))
+GROUP BY t.name
+ORDER BY t.name

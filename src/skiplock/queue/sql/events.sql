@@ -39,7 +39,7 @@ ORDER BY e.job_id, e.seq
 -- Data arrives as JSON text (see job_finish_many).
 -- Rows locked in id order first (see job_heartbeat in jobs.sql).
 WITH locked AS (
-    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND state = 'running' ORDER BY id FOR NO KEY UPDATE
 ), input AS (
     SELECT job_id, attempt, kind, data, ord
     FROM unnest($1::bigint[], $2::text[], $3::text[]::jsonb[], $4::int[])

@@ -9,6 +9,9 @@
 -- trigger sends no NOTIFY from this transaction; set before the row goes in.
 -- $12 or $13: its expiry, an instant or seconds from now (neither: none). $14: its concurrency key.
 -- Its shard: its queue's (skiplock_shard, migration 0027, a constant once inlined).
+-- A conflict can only be with jobs_unique_live_idx, the live table's (migration 0028: jobs is
+-- partitioned, so no conflict target can name it through jobs; ids come from the sequence and the
+-- other unique indexes need a parent or a schedule this insert never sets).
 WITH inserted AS (
     INSERT INTO jobs (queue, task, args, priority, run_at, max_attempts, timeout_s, unique_key, origin,
                       expires_at, concurrency_key, shard)
@@ -17,8 +20,7 @@ WITH inserted AS (
            $7, $8, $9, $10,
            coalesce($12::timestamptz, now() + make_interval(secs => $13::float8)), $14, skiplock_shard($1)
     FROM (SELECT set_config('skiplock.wake', CASE WHEN $11::boolean THEN 'later' ELSE '' END, true)) AS wake
-    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
-    DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING *
 )
 SELECT inserted.*, true AS created FROM inserted
@@ -43,6 +45,8 @@ WITH inserted AS (
            coalesce($12::timestamptz, now() + make_interval(secs => $13::float8)),
            $14, $15, $16, skiplock_shard($1)
     FROM (SELECT set_config('skiplock.wake', CASE WHEN $11::boolean THEN 'later' ELSE '' END, true)) AS wake
+    -- jobs_child_idx is the live table's (migration 0028): an ended child is found here
+    WHERE NOT EXISTS (SELECT 1 FROM jobs_done AS d WHERE d.parent_id = $15 AND d.child_key = $16)
     ON CONFLICT DO NOTHING
     RETURNING *
 )
@@ -65,8 +69,8 @@ SELECT *, skiplock_waiting_on(jobs) AS waiting_on FROM jobs WHERE id = $1
 -- Newest first; $4 is the keyset cursor (the last id of the previous page). A running job holds
 -- a lease: said here, running jobs are read from jobs_lease_expiry_idx, not found among every
 -- newer queued one by the primary key.
--- $7, a workflow's steps: a branch of its own, read from jobs_workflow_idx under a generic plan
--- too (one branch's gate, `$7 IS [NOT] NULL`, is decided before it reads a row: the other is
+-- $7, a workflow's steps: a branch of its own, read from jobs_workflow_idx (each partition's) under
+-- a generic plan too (one branch's gate, `$7 IS [NOT] NULL`, is decided before it reads a row: the other is
 -- never run). The filters are the same in both. Each job with its waiting_on, as job_get's.
 (
     SELECT *, skiplock_waiting_on(jobs) AS waiting_on FROM jobs
@@ -83,13 +87,17 @@ SELECT *, skiplock_waiting_on(jobs) AS waiting_on FROM jobs WHERE id = $1
 UNION ALL
 (
     SELECT *, skiplock_waiting_on(jobs) AS waiting_on FROM jobs
-    WHERE $7::bigint IS NOT NULL AND workflow_id = $7
+    WHERE $7::bigint IS NOT NULL AND workflow_id BETWEEN $7 AND $7  -- see the ORDER BY
       AND ($1::job_state IS NULL OR state = $1)
       AND ($2::text IS NULL OR queue = $2)
       AND ($3::text IS NULL OR task = $3)
       AND ($4::bigint IS NULL OR id < $4)
       AND ($6::bigint IS NULL OR schedule_id = $6)
-    ORDER BY id DESC
+    -- jobs_workflow_idx's own order, which no other index gives: said as a range, workflow_id is
+    -- not a constant the planner drops from the order (as for `= $7`), so a generic plan cannot
+    -- take a partition's primary key instead, guessing the workflow's steps are most of its rows
+    -- (in jobs_live, where one big waiting workflow may be all its steps are).
+    ORDER BY workflow_id DESC, id DESC
     LIMIT $5
 )
 ORDER BY id DESC
@@ -253,7 +261,8 @@ SELECT * FROM skiplock_claim_keyed($1, $2, $3, $4, $5, $6::text[], $7::bigint[],
 -- Rows locked in id order first (see job_heartbeat), so a batch with nothing else to write is
 -- this one statement, its own transaction. A batch is of one shard, $9 (the completer's).
 WITH locked AS (
-    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND shard = $9 ORDER BY id FOR NO KEY UPDATE
+    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND state = 'running' AND shard = $9
+    ORDER BY id FOR NO KEY UPDATE
 ), finished AS (
 UPDATE jobs AS j
 SET (state, result, errors, progress, run_at, finished_at, max_attempts) = (
@@ -309,7 +318,8 @@ SELECT id FROM failed
 -- waited out deadlock_timeout, long enough for a short lease's runs to be fenced.
 -- One shard a statement ($5): the lease keeper sends one per shard its jobs are in.
 WITH locked AS (
-    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND shard = $5 ORDER BY id FOR NO KEY UPDATE
+    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND state = 'running' AND shard = $5
+    ORDER BY id FOR NO KEY UPDATE
 )
 UPDATE jobs AS j SET lease_expires_at = now() + make_interval(secs => $3)
 WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.state = 'running' AND j.lease_owner = $2 AND j.shard = $5
@@ -320,10 +330,13 @@ RETURNING j.id
 -- Lock these jobs' rows in id order, first in a transaction that updates several of them in more
 -- than one statement (the completer's events, then outcomes): one order for every writer, so
 -- writers of the same jobs wait for each other but never deadlock (see job_heartbeat). In shard $2.
-SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND shard = $2 ORDER BY id FOR NO KEY UPDATE
+-- Running ones only (what else the writer finds, it leaves alone): its state prunes the statement
+-- to jobs_live when planned, so a writer holds no lock on the history while it waits for one of
+-- the live table's, and the maintainer's drop of a range never waits for it in a circle.
+SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND state = 'running' AND shard = $2 ORDER BY id FOR NO KEY UPDATE
 
 -- name: job_cancel_requested
-SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND cancel_requested
+SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND state = 'running' AND cancel_requested
 
 -- name: job_rescue_pick
 -- Jobs whose lease ran out more than $3 s ago (the hold: a worker whose heartbeat fails holds its
@@ -539,16 +552,16 @@ SELECT pg_notify('skiplock', 'cancel:' || $1::bigint)
 SELECT pg_notify('skiplock', 'queued:' || queue) FROM unnest($1::text[]) AS queue
 
 -- name: job_prune_finished
--- Finished jobs older than $1 seconds, oldest first, a batch at a time (served by
--- jobs_finished_at_idx); their events go with them (jobs_deleted_events, migration 0011). A
--- workflow's steps go only once the workflow itself ended longer ago than that: until then its
--- dependents read a step's result, and a retry its state (workflow_retry refuses one with a step
--- missing).
+-- Ended jobs older than $1 seconds that no dropped range took with it (skiplock_history_maintain
+-- drops the history's ranges whole): the ones jobs_done_default holds, a workflow's steps kept
+-- past their range among them. Oldest first, a batch at a time; their events go with them
+-- (jobs_deleted_events, migration 0011). A workflow's steps go only once the workflow itself ended
+-- longer ago than that: until then its dependents read a step's result, and a retry its state
+-- (workflow_retry refuses one with a step missing).
 DELETE FROM jobs
 WHERE id IN (
-    SELECT id FROM jobs
-    WHERE state IN ('succeeded', 'failed', 'cancelled')
-      AND finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)
+    SELECT id FROM jobs_done_default
+    WHERE finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)
       AND (workflow_id IS NULL
            OR EXISTS (SELECT 1 FROM workflows AS w WHERE w.id = workflow_id
                       AND w.finished_at < coalesce($3::timestamptz, now()) - make_interval(secs => $1)))
@@ -556,6 +569,17 @@ WHERE id IN (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
+
+-- name: history_make
+-- The history's time ranges made ahead (migration 0028): $1 their width in seconds, $2 how many
+-- widths ahead, $3 the longest wait for a lock in ms; $4 pins the clock in tests.
+SELECT skiplock_history_make($1, $2, $3, coalesce($4::timestamptz, now())) AS made
+
+-- name: history_drop
+-- The oldest range past the retention ($1 seconds) dropped whole, if any: its name, tree, the
+-- workflow steps it kept and its rows (estimated). $2 the longest wait for a lock in ms; $3 pins
+-- the clock.
+SELECT * FROM skiplock_history_drop($1, $2, coalesce($3::timestamptz, now()))
 
 -- name: job_reserve_ids
 -- Ids for a bulk enqueue, taken before the COPY so the caller learns them. The sequence is

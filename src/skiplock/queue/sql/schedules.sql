@@ -61,15 +61,20 @@ WHERE id = $1
 SELECT extract(epoch FROM min(next_run_at) - now()) FROM schedules WHERE enabled
 
 -- name: job_insert_scheduled_many
--- A batch of ticks' jobs at once (args as JSON text); ticks that have their job already are skipped.
--- Each in its queue's shard (skiplock_shard, migration 0027).
+-- A batch of ticks' jobs at once (args as JSON text); ticks that have their job already are skipped:
+-- a live one by the conflict (with jobs_schedule_tick_idx, the live table's: jobs is partitioned, so
+-- no conflict target can name it through jobs, and a tick's job has no unique_key), an ended one by
+-- the history's own index (migration 0028). Each in its queue's shard (skiplock_shard, migration 0027).
 INSERT INTO jobs (queue, task, args, priority, max_attempts, timeout_s, schedule_id, scheduled_for, shard)
 SELECT queue, task, args::jsonb, priority, max_attempts, timeout_s, schedule_id, scheduled_for,
        skiplock_shard(queue)
 FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::int[], $6::float8[], $7::bigint[],
             $8::timestamptz[])
     AS t(queue, task, args, priority, max_attempts, timeout_s, schedule_id, scheduled_for)
-ON CONFLICT (schedule_id, scheduled_for) WHERE schedule_id IS NOT NULL DO NOTHING
+WHERE NOT EXISTS (
+    SELECT 1 FROM jobs_done AS d WHERE d.schedule_id = t.schedule_id AND d.scheduled_for = t.scheduled_for
+)
+ON CONFLICT DO NOTHING
 RETURNING id, schedule_id
 
 -- name: schedule_advance_many

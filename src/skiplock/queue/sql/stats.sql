@@ -24,7 +24,7 @@ FROM (
 WITH finished AS (
     SELECT queue, date_trunc('minute', finished_at) AS minute, state,
            CASE WHEN started_at IS NOT NULL THEN skiplock_wait_bucket(started_at - run_at) END AS bucket
-    FROM jobs
+    FROM jobs_done  -- only ended jobs have a finished_at; the live table is not read at all
     WHERE finished_at >= $1 AND finished_at < $2
 ),
 outcomes AS (
