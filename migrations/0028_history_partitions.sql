@@ -54,10 +54,10 @@ CREATE TABLE history_partitions (
     upper      timestamptz NOT NULL CHECK (upper > lower)
 );
 
--- The history already there goes into day ranges, dropped whole like the maintainer's (the last
--- one ends just after the newest row: the maintainer goes on from there at its own width), so
--- none of it is left to the default partition's row-by-row pruning. For jobs here, for events
--- below.
+-- The history already there goes into day ranges, dropped whole like the maintainer's, up to the
+-- end of the newest row's day (so what ends before the first maintainer's round has a range too;
+-- the maintainer goes on from there at its own width): none of it is left to the default
+-- partition's row-by-row pruning. For jobs here, for events below.
 CREATE FUNCTION pg_temp.history_days(tree text, first timestamptz, last timestamptz)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -67,7 +67,7 @@ DECLARE
 BEGIN
     WHILE day < last LOOP
         upper := least(day + interval '1 day', last);
-        range_name := tree || '_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISS');
+        range_name := tree || '_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISSUS');
         EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)'
                        ' WITH (autovacuum_vacuum_insert_scale_factor = 0.05)', range_name, tree, day, upper);
         INSERT INTO history_partitions (name, parent, lower, upper) VALUES (range_name, tree, day, upper);
@@ -75,7 +75,7 @@ BEGIN
     END LOOP;
 END
 $$;
-SELECT pg_temp.history_days('jobs_done', min(finished_at), max(finished_at) + interval '1 microsecond')
+SELECT pg_temp.history_days('jobs_done', min(finished_at), date_trunc('day', max(finished_at), 'UTC') + interval '1 day')
 FROM jobs_old WHERE state IN ('succeeded', 'failed', 'cancelled');
 
 INSERT INTO jobs SELECT * FROM jobs_old;
@@ -250,7 +250,8 @@ CREATE TABLE job_events (LIKE job_events_old INCLUDING DEFAULTS INCLUDING CONSTR
 CREATE TABLE job_events_default PARTITION OF job_events DEFAULT WITH (
     autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.05
 );
-SELECT pg_temp.history_days('job_events', min(at), max(at) + interval '1 microsecond') FROM job_events_old;
+SELECT pg_temp.history_days('job_events', min(at), date_trunc('day', max(at), 'UTC') + interval '1 day')
+FROM job_events_old;
 INSERT INTO job_events SELECT * FROM job_events_old;
 DROP TABLE job_events_old;
 CREATE INDEX job_events_job_seq_idx ON job_events (job_id, seq);
@@ -294,6 +295,10 @@ BEGIN
             -- which a range must not overlap; the first range starts after its newest row (read
             -- by an index for jobs; the events' default partition holds only what came before
             -- any range, and is read only here).
+            -- Locked first against new rows (SHARE ROW EXCLUSIVE: outcomes and events routed
+            -- there wait, readers do not), or one written after the read would make the attach
+            -- below fail; attaching takes a stronger lock on it anyway.
+            EXECUTE format('LOCK TABLE %I IN SHARE ROW EXCLUSIVE MODE', tree || '_default');
             EXECUTE format('SELECT max(%I) FROM %I', CASE tree WHEN 'jobs_done' THEN 'finished_at' ELSE 'at' END,
                            tree || '_default')
             INTO newest;
@@ -304,7 +309,7 @@ BEGIN
             -- To the next boundary of width_s (a first range, or one after a change of width, may
             -- be shorter: the next ones are aligned).
             upper := to_timestamp((floor(extract(epoch FROM start) / width_s) + 1) * width_s);
-            range_name := tree || '_' || to_char(start AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISS');
+            range_name := tree || '_' || to_char(start AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISSUS');
             EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS) WITH (%s)',
                            range_name, tree, history_options);
             EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
@@ -349,6 +354,12 @@ BEGIN
             'SELECT 1 FROM workflows AS w WHERE w.id = j.workflow_id AND w.finished_at < $1)', name)
         USING cutoff;
         GET DIAGNOSTICS kept = ROW_COUNT;
+        -- The edges of the steps that go (the pruner's DELETE took them by a trigger; a DROP
+        -- fires none): every step of the range whose workflow ended before the cutoff.
+        EXECUTE format(
+            'DELETE FROM job_deps AS d USING %I AS j WHERE d.job_id = j.id AND j.workflow_id IS NOT NULL'
+            ' AND EXISTS (SELECT 1 FROM workflows AS w WHERE w.id = j.workflow_id AND w.finished_at < $1)', name)
+        USING cutoff;
     END IF;
     EXECUTE format('DROP TABLE %I', name);
     DELETE FROM history_partitions AS p WHERE p.name = skiplock_history_drop.name;

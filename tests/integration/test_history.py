@@ -15,7 +15,7 @@ from skiplock.db.pool import connect, create_pool
 from skiplock.errors import InvalidStateError
 from skiplock.queue import Engine
 from skiplock.queue._pruner import Pruner, range_width_s
-from skiplock.queue._statements import JOBS, JobHeartbeat, renew_leases
+from skiplock.queue._statements import JOBS, JobHeartbeat, JobInsert, insert_child_job, renew_leases
 from skiplock.queue.models import JobState
 from skiplock.queue.workflows import Step, Workflow
 from tests.factories import job
@@ -294,3 +294,79 @@ async def test_an_enqueue_finds_a_unique_key_only_among_live_jobs_and_a_tick_or_
     )
     assert found is not None
     assert (found["created"], found["id"]) == (False, child)
+
+
+async def test_a_child_that_ends_while_its_parent_makes_it_again_stays_the_one_child(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    """A parent run again (a rescue) asks for its child under the same key while the first run's
+    child is ending: the insert waits for the child's row, which then leaves the live table, so
+    neither its conflict nor its look at the history (taken before the move committed) saw it. The
+    twin is found after the insert, which is undone: one child per key, as before."""
+    parent = await job(db, JobState.RUNNING, lease_owner="w")
+    child = await job(db, JobState.RUNNING, lease_owner="w", parent_id=parent, child_key="c")
+    params = JobInsert(
+        queue="default",
+        task="noop",
+        args={},
+        priority=0,
+        run_at=None,
+        delay_s=None,
+        max_attempts=3,
+        timeout_s=None,
+        unique_key=None,
+        origin=None,
+        wake_later=False,
+    )
+    ending = await asyncpg.connect(dsn)
+    again = await connect(dsn)
+    try:
+        tx = ending.transaction()
+        await tx.start()
+        await ending.execute("UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE id = $1", child)
+
+        async def insert() -> asyncpg.Record | None:
+            async with again.transaction():
+                return await insert_child_job(again, params, parent, "c")
+
+        made = asyncio.create_task(insert())
+        await wait_until(lambda: _waiting_on_lock(db), 10)
+        await tx.commit()
+        record = await asyncio.wait_for(made, 10)
+    finally:
+        await ending.close()
+        await again.close()
+    assert record is not None
+    assert (record["id"], record["created"]) == (child, False)
+    rows = await db.fetch("SELECT id FROM jobs WHERE parent_id = $1 AND child_key = 'c'", parent)
+    assert [r["id"] for r in rows] == [child]
+
+
+async def test_a_dropped_ranges_steps_of_an_ended_workflow_go_with_their_edges_and_workflow(
+    engine: Engine, dsn: str, db: asyncpg.Connection
+) -> None:
+    """Edges went by the pruner's DELETE of their step (a trigger); a range's DROP fires none, so
+    the drop deletes them itself, and the workflow, its steps gone, is pruned after them."""
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        pruner = Pruner(pool, retention_s=RETENTION_S, interval_s=60)
+        await pruner.maintain_ranges(await db.fetchval("SELECT now() - interval '3 hours'"))
+        inside = await db.fetchval("SELECT min(lower) + interval '1 minute' FROM history_partitions")
+        started = await engine.client.start(
+            Workflow(steps=(Step("a", "echo", {}), Step("b", "echo", {}, after=("a",))))
+        )
+
+        async def ended() -> bool | None:
+            return (await engine.client.workflow(started.id)).is_final or None
+
+        await wait_until(ended, 10)
+        steps = [s.job_id for s in started.steps or []]
+        assert await db.fetchval("SELECT count(*) FROM job_deps WHERE job_id = ANY($1::bigint[])", steps) == 1
+        await db.execute("UPDATE jobs SET finished_at = $2 WHERE workflow_id = $1", started.id, inside)
+        await db.execute("UPDATE workflows SET finished_at = $2 WHERE id = $1", started.id, inside)
+        await pruner.prune_once()
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE workflow_id = $1", started.id) == 0
+    assert await db.fetchval("SELECT count(*) FROM job_deps WHERE job_id = ANY($1::bigint[])", steps) == 0
+    assert await db.fetchval("SELECT count(*) FROM workflows WHERE id = $1", started.id) == 0

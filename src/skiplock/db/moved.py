@@ -4,7 +4,9 @@
 ``jobs_live`` to ``jobs_done``. A statement that waited for that row's lock (a heartbeat behind
 the outcome of one of its jobs, a cancel behind the job's end) then fails with a serialization
 failure, "tuple to be locked was already moved to another partition due to concurrent update",
-where an UPDATE within one table would have gone on with the row's new version. Run again, the
+where an UPDATE within one table would have gone on with the row's new version (a ``FOR UPDATE
+SKIP LOCKED`` whose snapshot still saw the row before the move committed gets it too, instead of
+skipping the row). Run again, the
 statement finds the row where it is now. :class:`Connection` does that for every statement run
 outside a transaction; :func:`retry_moved` for a whole transaction, which its caller writes as a
 function.
@@ -21,12 +23,13 @@ import asyncpg
 T = TypeVar("T")
 
 ATTEMPTS = 20  # each retry follows a move that committed: an endless run of them is not a race
-_MOVED = "moved to another partition"
 
 
 def row_moved(exc: BaseException) -> bool:
-    """``exc`` is the failure of a statement that waited on a row moved to another partition."""
-    return isinstance(exc, asyncpg.SerializationError) and _MOVED in str(exc)
+    """``exc`` is the failure of a statement that waited on a row moved to another partition: a
+    serialization failure (40001), which under READ COMMITTED, the engine's isolation, nothing
+    else raises (matched by its code, not its message, which lc_messages may translate)."""
+    return isinstance(exc, asyncpg.SerializationError)
 
 
 async def retry_moved(op: Callable[[], Awaitable[T]], attempts: int = ATTEMPTS) -> T:

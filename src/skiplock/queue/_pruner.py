@@ -23,6 +23,7 @@ log = structlog.get_logger("skiplock.pruner")
 RANGE_WIDTHS_S = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86_400)
 RANGES_AHEAD = 2  # made this many widths ahead, so an outcome always finds its range
 LOCK_WAIT_MS = 200  # a round that cannot take a range's lock in this long gives up until the next
+BUSY_WARNING_ROUNDS = 5
 
 
 def range_width_s(retention_s: float) -> int:
@@ -49,6 +50,7 @@ class Pruner:
         self.stats_retention_s = stats_retention_s
         self.interval_s = interval_s
         self.batch = batch
+        self._busy_rounds = 0
         self._stop = StopSignal()
 
     async def run(self, ready: asyncio.Event) -> None:
@@ -103,7 +105,10 @@ class Pruner:
                 JOBS.history_make, range_width_s(self.retention_s), RANGES_AHEAD, LOCK_WAIT_MS, now
             )
         except asyncpg.LockNotAvailableError:
-            log.info("history_ranges_busy", step="make", wait_ms=LOCK_WAIT_MS)
+            self._busy("make")
+            made = 0
+        except asyncpg.PostgresError as exc:  # the drops and the rest of the round still run
+            log.warning("history_ranges_not_made", error=type(exc).__name__, message=str(exc))
             made = 0
         if made:
             log.info("history_ranges_made", count=made)
@@ -112,8 +117,9 @@ class Pruner:
             try:
                 dropped = await self.pool.fetchrow(JOBS.history_drop, self.retention_s, LOCK_WAIT_MS, now)
             except asyncpg.LockNotAvailableError:
-                log.info("history_ranges_busy", step="drop", wait_ms=LOCK_WAIT_MS)
+                self._busy("drop")
                 break
+            self._busy_rounds = 0
             if dropped is None:
                 break
             log.info(
@@ -125,6 +131,16 @@ class Pruner:
             if dropped["parent"] == "jobs_done":
                 rows += int(dropped["estimate"])
         return rows
+
+    def _busy(self, step: str) -> None:
+        """A step that could not take its lock in time: logged, and a warning once it has failed
+        BUSY_WARNING_ROUNDS rounds in a row (the history then outgrows its retention: something
+        holds a lock on it for long, a report or a dump, see the README's History)."""
+        self._busy_rounds += 1
+        if self._busy_rounds >= BUSY_WARNING_ROUNDS:
+            log.warning("history_ranges_busy", step=step, rounds=self._busy_rounds, wait_ms=LOCK_WAIT_MS)
+        else:
+            log.info("history_ranges_busy", step=step, rounds=self._busy_rounds, wait_ms=LOCK_WAIT_MS)
 
     async def prune_stats(self, now: object = None) -> int:
         """Delete the rollup's minutes older than the stats retention; returns how many."""

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 class JobStatements:
     job_insert: Statement
     job_insert_child: Statement
+    job_child_twin: Statement
     job_get: Statement
     job_list: Statement
     job_search: Statement
@@ -197,8 +198,14 @@ async def insert_child_job(
     target: PoolOrConnection, params: JobInsert, parent_id: int, child_key: str
 ) -> asyncpg.Record | None:
     """As :func:`insert_job`, for a job that running job ``parent_id`` enqueues under ``child_key``:
-    the child it already made under that key (``created`` false) comes first."""
-    return await target.fetchrow(JOBS.job_insert_child, *params, parent_id, child_key)
+    the child it already made under that key (``created`` false) comes first, even one that ended
+    while this insert waited for its row (job_child_twin)."""
+    record = await target.fetchrow(JOBS.job_insert_child, *params, parent_id, child_key)
+    if record is not None and record["created"]:
+        twin = await target.fetchrow(JOBS.job_child_twin, parent_id, child_key, record["id"])
+        if twin is not None:
+            return twin
+    return record
 
 
 class Reserved(NamedTuple):

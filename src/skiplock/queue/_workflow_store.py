@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from skiplock.db.copy import copy_rows
+from skiplock.db.moved import retry_moved
 from skiplock.db.pool import AnyConnection, PoolOrConnection
 from skiplock.db.replica import ReadRoute
 from skiplock.errors import InvalidStateError, SkiplockError, WorkflowInvalid, WorkflowNotFound
@@ -104,7 +105,12 @@ async def list_workflows(
 
 
 async def cancel(pool: asyncpg.Pool, workflow_id: int) -> None:
-    """Cancel a running workflow; :class:`InvalidStateError` when it has finished."""
+    """Cancel a running workflow; :class:`InvalidStateError` when it has finished. Run again when
+    a step's row it waited on was moved meanwhile (see skiplock.db.moved)."""
+    await retry_moved(lambda: _cancel(pool, workflow_id))
+
+
+async def _cancel(pool: asyncpg.Pool, workflow_id: int) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(WORKFLOWS.workflow_lock_steps, workflow_id)
         row = await conn.fetchrow(WORKFLOWS.workflow_cancel, workflow_id)
@@ -115,7 +121,12 @@ async def cancel(pool: asyncpg.Pool, workflow_id: int) -> None:
 
 async def retry(pool: asyncpg.Pool, workflow_id: int) -> None:
     """Run a failed or cancelled workflow's failed and cancelled steps again, with everything
-    downstream of them; :class:`InvalidStateError` otherwise."""
+    downstream of them; :class:`InvalidStateError` otherwise. Run again when a step's row it waited
+    on was moved meanwhile (see skiplock.db.moved)."""
+    await retry_moved(lambda: _retry(pool, workflow_id))
+
+
+async def _retry(pool: asyncpg.Pool, workflow_id: int) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(WORKFLOWS.workflow_lock_steps, workflow_id)
         try:

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
+from skiplock.db.moved import retry_moved
 from skiplock.db.pool import AnyConnection
 from skiplock.errors import ConflictError
 from skiplock.queue._statements import BULK, JOBS, WORKFLOWS
@@ -146,7 +147,12 @@ async def _apply(conn: AnyConnection, action: BulkAction, ids: Sequence[int], as
 
 async def apply_batch(pool: asyncpg.Pool, action: BulkAction, ids: Sequence[int], asked: datetime) -> int:
     """One batch in one transaction: how many jobs it changed. A retry that would give a second
-    live job one unique_key is done job by job instead, the one in conflict skipped."""
+    live job one unique_key is done job by job instead, the one in conflict skipped. Run again when
+    a row it waited on was moved meanwhile (see skiplock.db.moved)."""
+    return await retry_moved(lambda: _apply_batch(pool, action, ids, asked))
+
+
+async def _apply_batch(pool: asyncpg.Pool, action: BulkAction, ids: Sequence[int], asked: datetime) -> int:
     async with pool.acquire() as conn:
         try:
             async with conn.transaction():

@@ -445,7 +445,11 @@ class Client:
         request = EnqueueRequest(task, args, **options)
 
         async def guarded(target: AnyConnection) -> Job:
-            if await target.fetchval(JOBS.job_lock_owned, job_id, attempt, owner) is None:
+            try:
+                owned = await target.fetchval(JOBS.job_lock_owned, job_id, attempt, owner)
+            except asyncpg.SerializationError as exc:  # it waited on a rescue that moved the row
+                raise LeaseLostError(f"job {job_id} attempt {attempt} no longer holds its lease") from exc
+            if owned is None:
                 raise LeaseLostError(f"job {job_id} attempt {attempt} no longer holds its lease")
             if child_key is None:
                 return await self.enqueue_request(request, conn=target)

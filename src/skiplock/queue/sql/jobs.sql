@@ -61,6 +61,19 @@ SELECT * FROM (
 ORDER BY found_as
 LIMIT 1
 
+-- name: job_child_twin
+-- After job_insert_child made child $3 of running job $1 under key $2: the child the parent had
+-- already made under that key, if it ended while that insert waited for its row (its move to
+-- jobs_done committed after the insert's snapshot, which then saw it in neither partition): then
+-- the new one is deleted again, in the same transaction, and that one returned instead, as
+-- job_insert_child returns an existing child. No row: the new child is the only one.
+WITH twin AS (
+    SELECT d.* FROM jobs_done AS d WHERE d.parent_id = $1 AND d.child_key = $2 AND d.id <> $3 LIMIT 1
+), gone AS (
+    DELETE FROM jobs WHERE id = $3 AND EXISTS (SELECT 1 FROM twin)
+)
+SELECT twin.*, false AS created, 1 AS found_as FROM twin
+
 -- name: job_get
 -- With why it has not started yet, if it has not (skiplock_waiting_on, migration 0020).
 SELECT *, skiplock_waiting_on(jobs) AS waiting_on FROM jobs WHERE id = $1
