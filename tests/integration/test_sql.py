@@ -191,7 +191,10 @@ async def test_claim_after_takes_the_jobs_of_the_hints_priority_after_it_in_clai
     lower = await job(tx, run_at=t0, priority=-1)
     hint = [0, at[1], same[1]]  # where a claim that took same[0] and same[1] ended
     after = await tx.fetch(JOBS.job_claim_after, "default", 10, "me", 30.0, None, ["noop"], [], 0, *hint)
-    assert [r["id"] for r in after] == same[2:]  # neither the hint's job nor another priority's
+    # neither the hint's job nor another priority's; in claim order (an UPDATE returns its rows in
+    # its plan's order, which the engine never relies on: ClaimHint.after takes the last by order)
+    by_claim_order = sorted(after, key=lambda r: (-r["priority"], r["run_at"], r["id"]))
+    assert [r["id"] for r in by_claim_order] == same[2:]
     rest = await tx.fetch(JOBS.job_claim_many, "default", 10, "me", 30.0, None, ["noop"], [], 0)
     assert [r["id"] for r in sorted(rest, key=lambda r: (-r["priority"], r["run_at"], r["id"]))] == [
         higher,

@@ -168,6 +168,9 @@ WITH picked AS (
     SET state = 'running', attempts = j.attempts + 1, started_at = now(), finished_at = NULL,
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))  -- not a join: no plan can hash the whole table
+      -- Planned onto jobs_live alone (migration 0028), not every partition's id index: a state
+      -- list, not 'queued', which would let jobs_claim_idx serve the ids (every queued job).
+      AND j.state IN ('queued', 'waiting', 'running')
     RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
               j.run_at, j.started_at, j.event_seq, j.workflow_id, j.shard
 ), events AS (
@@ -200,6 +203,7 @@ WITH picked AS (
     SET state = 'running', attempts = j.attempts + 1, started_at = now(), finished_at = NULL,
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+      AND j.state IN ('queued', 'waiting', 'running')  -- see job_claim_many
     RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
               j.run_at, j.started_at, j.event_seq, j.workflow_id, j.shard
 ), events AS (
@@ -233,6 +237,7 @@ WITH budget AS (
     SET state = 'running', attempts = j.attempts + 1, started_at = (SELECT clock FROM budget), finished_at = NULL,
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4), event_seq = j.event_seq + 1
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+      AND j.state IN ('queued', 'waiting', 'running')  -- see job_claim_many
     RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.timeout_s, j.priority, j.origin,
               j.run_at, j.started_at, j.event_seq, j.workflow_id, j.shard
 ), events AS (
@@ -401,9 +406,9 @@ WITH picked AS (
         errors = j.errors || jsonb_build_array(jsonb_build_object(
             'attempt', j.attempts, 'type', 'expired', 'at', now(),
             'message', 'not started by its expiry, ' || j.expires_at))
-    -- No state guard: picked locked them queued, and state = 'queued' would let jobs_claim_idx
-    -- serve the ids (a scan of every queued job), not the primary key.
-    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    -- No state = 'queued' guard: picked locked them queued, and it would let jobs_claim_idx serve
+    -- the ids (a scan of every queued job), not the primary key; the live states only prune.
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state IN ('queued', 'waiting', 'running')
     RETURNING j.id, j.event_seq, j.attempts, j.errors -> -1 AS error
 ), events AS (
     INSERT INTO job_events (job_id, seq, kind, data)
