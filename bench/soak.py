@@ -60,8 +60,12 @@ def plan_from_env() -> tuple[Plan, int]:
         minutes=minutes,
         rate=float(os.environ.get("SOAK_RATE", "2000")),
         warmup_minutes=max(1, minutes // 10),
-        # At least 60 (the engine's minimum); 120 in a long run, 60 in one under 10 minutes.
-        retention_s=float(os.environ.get("SOAK_RETENTION_S", "120" if minutes >= 10 else "60")),
+        # At least 60 (the engine's minimum). 480 in a run of 10 minutes or more: the history is then
+        # eight of its one-minute ranges (the smallest, see queue/_pruner.py), so dropping one whole
+        # moves its size by an eighth, inside the size check's 20 % (at 120, two ranges, a range
+        # dropped or not was a third of it: the first full run failed that check on that alone).
+        # 60 in a shorter run, which is too short to judge sizes anyway.
+        retention_s=float(os.environ.get("SOAK_RETENTION_S", "480" if minutes >= 10 else "60")),
         prune_interval_s=float(os.environ.get("SOAK_PRUNE_INTERVAL_S", "10")),
         hold=hold,
     )
