@@ -6,10 +6,9 @@ the outcome of one of its jobs, a cancel behind the job's end) then fails with a
 failure, "tuple to be locked was already moved to another partition due to concurrent update",
 where an UPDATE within one table would have gone on with the row's new version (a ``FOR UPDATE
 SKIP LOCKED`` whose snapshot still saw the row before the move committed gets it too, instead of
-skipping the row). Run again, the
-statement finds the row where it is now. :class:`Connection` does that for every statement run
-outside a transaction; :func:`retry_moved` for a whole transaction, which its caller writes as a
-function.
+skipping the row). Run again, the statement finds the row where it is now. :class:`Connection`
+does that for every statement run outside a transaction; :func:`retry_moved` for a whole
+transaction, which its caller writes as a function.
 """
 
 from __future__ import annotations
@@ -48,23 +47,17 @@ class Connection(asyncpg.Connection):
     """asyncpg's connection, whose statements run outside a transaction are run again when a row
     they waited on was moved (see the module's docstring); in a transaction, the caller retries."""
 
+    async def _statement(self, op: Callable[[], Awaitable[T]]) -> T:
+        return await (op() if self.is_in_transaction() else retry_moved(op))
+
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
-        if self.is_in_transaction():
-            return await super().execute(query, *args, **kwargs)
-        return await retry_moved(lambda: super(Connection, self).execute(query, *args, **kwargs))
+        return await self._statement(lambda: super(Connection, self).execute(query, *args, **kwargs))
 
     async def fetch(self, query: str, *args: Any, **kwargs: Any) -> list[Any]:
-        if self.is_in_transaction():
-            rows: list[Any] = await super().fetch(query, *args, **kwargs)
-            return rows
-        return await retry_moved(lambda: super(Connection, self).fetch(query, *args, **kwargs))
+        return await self._statement(lambda: super(Connection, self).fetch(query, *args, **kwargs))
 
     async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        if self.is_in_transaction():
-            return await super().fetchrow(query, *args, **kwargs)
-        return await retry_moved(lambda: super(Connection, self).fetchrow(query, *args, **kwargs))
+        return await self._statement(lambda: super(Connection, self).fetchrow(query, *args, **kwargs))
 
     async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        if self.is_in_transaction():
-            return await super().fetchval(query, *args, **kwargs)
-        return await retry_moved(lambda: super(Connection, self).fetchval(query, *args, **kwargs))
+        return await self._statement(lambda: super(Connection, self).fetchval(query, *args, **kwargs))
